@@ -1,0 +1,1 @@
+"""Models, scoring, thresholds, the live daemon, alerts and metrics."""

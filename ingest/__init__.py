@@ -1,0 +1,1 @@
+"""Data plane: readers, canonical schemas, event-time windows, graph building, Kafka I/O."""

@@ -1,0 +1,1 @@
+"""Attack knowledge graph (ATT&CK, CAPEC, CWE, D3FEND), extractors, knowledge features, explanations."""

@@ -1,0 +1,1 @@
+"""Pretraining, fine-tuning, evaluation and retraining jobs; also hosts the CLI entry point."""
