@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from detector import cli_score, cli_serve
+
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
-    """Add this package's subcommands to the `graphsentry` parser."""
+    """Add `score`, `serve` and `replay`."""
+    cli_score.register(subparsers)
+    cli_serve.register(subparsers)

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from ingest import cli_ingest, cli_windows
+
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
-    """Add this package's subcommands to the `graphsentry` parser."""
+    """Add `ingest` and `windows`."""
+    cli_ingest.register(subparsers)
+    cli_windows.register(subparsers)

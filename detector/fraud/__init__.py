@@ -1,0 +1,1 @@
+"""Transaction (fraud) models and scoring."""

@@ -1,0 +1,1 @@
+"""Readers: every supported input format -> canonical Arrow record batches."""

@@ -1,0 +1,1 @@
+"""Transaction (fraud) training and evaluation."""
