@@ -1,0 +1,157 @@
+"""Every predicate: a hand-made window where it must fire and one where it must not."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knowledge.predicates import PREDICATE_NAMES, PREDICATES, compute_predicates, node_activations
+from tests.knowledge.flowkit import T0, attack, background, flow, many, table
+
+BG = background
+
+
+def _S0(**kw):
+    return dict(conn_state="S0", src_bytes=0, dst_bytes=0, src_pkts=1, dst_pkts=0, history="S", **kw)
+
+
+CASES: dict[str, list[tuple[list[dict], list[dict]]]] = {
+    "horizontal_scan": [(attack(many(25, lambda i: dict(src_ip="10.0.0.66", dst_ip=f"10.0.2.{i}", dst_port=445, **_S0()))),
+                         BG() + many(3, lambda i: dict(dst_ip=f"10.0.2.{i}", dst_port=445)))],
+    "vertical_scan": [(attack(many(25, lambda i: dict(src_ip="10.0.0.66", dst_port=1 + i, **_S0()))),
+                       BG() + many(3, lambda i: dict(dst_port=8000 + i)))],
+    "port_spread": [(attack(many(60, lambda i: dict(dst_ip=f"10.0.2.{i % 3}", dst_port=1000 + i, **_S0()))), BG())],
+    "fan_out": [(attack(many(120, lambda i: dict(dst_ip=f"10.0.{i // 100}.{i % 100}", dst_port=443))),
+                 BG() + many(10, lambda i: dict(dst_ip=f"10.0.3.{i}")))],
+    "fan_in": [(attack(many(60, lambda i: dict(src_ip=f"10.1.0.{i}", dst_ip="10.0.0.2"))),
+                BG() + many(5, lambda i: dict(src_ip=f"10.1.0.{i}", dst_ip="10.0.0.2")))],
+    "failed_connection_ratio": [
+        (attack(many(20, lambda i: dict(src_ip="10.0.0.66", ts=T0 + i, **_S0()))),
+         BG() + many(20, lambda i: dict(src_ip="10.0.0.66", ts=T0 + i))),
+        # no Zeek state: TCP attempts with no responder packets
+        (attack(many(20, lambda i: dict(src_ip="10.0.0.66", conn_state=None, dst_pkts=0, dst_bytes=0, src_bytes=0))),
+         [dict(r, conn_state=None) for r in BG()])],
+    "syn_only": [(BG() + attack(many(3, lambda i: _S0(dst_ip=f"10.0.2.{i}"))), BG()),
+                 (attack(many(3, lambda i: dict(conn_state=None, syn_count=1, dst_pkts=0, src_bytes=0, dst_bytes=0))),
+                  [dict(r, conn_state=None) for r in BG()])],
+    "rejected_connection": [(BG() + attack([flow(conn_state="REJ", src_bytes=0, dst_bytes=0, dst_pkts=1)]), BG()),
+                            (attack([flow(conn_state=None, rst_count=1, src_bytes=0, dst_bytes=0)]),
+                             [dict(r, conn_state=None) for r in BG()])],
+    "zero_payload": [(BG() + attack([flow(src_bytes=0, dst_bytes=0)]), BG())],
+    "small_packets": [(BG() + attack([flow(src_bytes=0, dst_bytes=0, src_pkts=2, dst_pkts=1)]), BG())],
+    "flood": [(attack(many(2000, lambda i: dict(ts=T0 + i * 0.005, src_ip=f"10.2.{i % 50}.1", **_S0()))),
+               BG() + many(30, lambda i: dict(ts=T0 + 2 * i, **_S0())))],
+    "request_burst": [(attack(many(250, lambda i: dict(ts=T0 + i * 0.1))), BG() + many(10, lambda i: dict(ts=T0 + i)))],
+    "high_packet_rate": [(BG() + attack([flow(src_pkts=4000, dst_pkts=1000, duration=1.0)]), BG())],
+    "amplification": [(BG() + attack([flow(proto="udp", dst_ip="10.0.0.53", dst_port=53, src_bytes=60,
+                                           dst_bytes=3000, src_pkts=1, dst_pkts=3)]), BG())],
+    "reflection_source_port": [(BG() + attack([flow(proto="udp", src_port=123, dst_port=40000, src_bytes=4000,
+                                                    dst_bytes=0, dst_pkts=0)]), BG())],
+    "udp_volume": [(attack(many(1500, lambda i: dict(ts=T0 + i / 150, proto="udp", dst_port=9999))), BG())],
+    "beaconing": [(BG() + attack(many(10, lambda i: dict(ts=T0 + 60 * i, dst_ip="10.9.9.9", dst_port=8443))),
+                   BG() + many(10, lambda i: dict(ts=T0 + [0, 1, 51, 54, 174, 181, 381, 382, 390, 600][i],
+                                                  dst_ip="10.9.9.9", dst_port=8443)))],
+    "long_low_volume": [(BG() + attack([flow(duration=1200.0, src_bytes=500, dst_bytes=500)]),
+                         BG() + [flow(duration=1200.0, src_bytes=10_000_000)])],
+    "slow_sessions": [(BG() + attack(many(12, lambda i: dict(duration=60.0, src_bytes=300, dst_bytes=0))),
+                       BG() + many(2, lambda i: dict(duration=60.0, src_bytes=300, dst_bytes=0)))],
+    "large_outbound_transfer": [(BG() + attack([flow(src_bytes=20_000_000, dst_bytes=10_000)]),
+                                 BG() + [flow(src_bytes=1000, dst_bytes=20_000_000)])],
+    "outbound_asymmetry": [(BG() + attack([flow(src_bytes=100_000, dst_bytes=500)]), BG())],
+    "large_inbound_transfer": [(BG() + attack([flow(src_bytes=1000, dst_bytes=10_000_000)]), BG())],
+    "external_upload_volume": [(BG() + attack(many(5, lambda i: dict(dst_ip="8.8.4.4", src_bytes=20_000_000))),
+                                BG() + many(5, lambda i: dict(dst_ip="10.0.4.4", src_bytes=20_000_000)))],
+    "brute_force": [(BG() + attack(many(30, lambda i: dict(ts=T0 + 2 * i, dst_ip="10.0.0.9", dst_port=22, duration=2.0))),
+                     BG() + many(3, lambda i: dict(ts=T0 + 2 * i, dst_ip="10.0.0.9", dst_port=22, duration=2.0)))],
+    "password_spray": [(BG() + attack(many(25, lambda i: dict(dst_ip=f"10.0.5.{i}", dst_port=3389))),
+                        BG() + many(2, lambda i: dict(dst_ip=f"10.0.5.{i}", dst_port=3389)))],
+    "repeated_short_sessions": [(BG() + attack(many(60, lambda i: dict(ts=T0 + i, duration=0.5, dst_port=8081))),
+                                 BG() + many(60, lambda i: dict(ts=T0 + i, duration=30.0, dst_port=8081)))],
+    "auth_service": [(BG() + attack([flow(dst_port=22)]), BG())],
+    "lateral_admin": [(BG() + attack([flow(dst_ip="10.0.0.7", dst_port=445)]),
+                       BG() + [flow(dst_ip="8.8.8.8", dst_port=445), flow(src_ip="198.51.100.7", dst_port=3389)])],
+    "internal_fan_out_admin": [(BG() + attack(many(12, lambda i: dict(dst_ip=f"10.0.6.{i}", dst_port=445))),
+                                BG() + [flow(dst_ip="10.0.6.1", dst_port=445)])],
+    "smb_traffic": [(BG() + attack([flow(dst_port=445)]), BG())],
+    "remote_desktop": [(BG() + attack([flow(dst_port=3389)]), BG())],
+    "inbound_remote_service": [(BG() + attack([flow(src_ip="203.0.113.5", dst_ip="10.0.0.9", dst_port=22)]),
+                                BG() + [flow(dst_ip="10.0.0.9", dst_port=22)])],
+    "nonstandard_port": [(BG() + attack([flow(service="http", dst_port=4444)]), BG())],
+    "uncommon_port": [(BG() + attack([flow(dst_port=4444)]), BG())],
+    "high_entropy_payload": [(BG() + attack([flow(entropy=7.9)]), BG() + [flow(entropy=5.0)])],
+    "low_entropy_payload": [(BG() + attack([flow(entropy=1.5)]), BG() + [flow(entropy=7.5)])],
+    "icmp_sweep": [(BG() + attack(many(25, lambda i: dict(proto="icmp", dst_ip=f"10.0.7.{i}", dst_port=8, src_port=None,
+                                                        src_bytes=56, dst_bytes=0, src_pkts=1, dst_pkts=0))),
+                    BG() + many(2, lambda i: dict(proto="icmp", dst_ip=f"10.0.7.{i}", dst_port=8, src_port=None)))],
+    "icmp_large_payload": [(BG() + attack([flow(proto="icmp", dst_port=8, src_bytes=12000, dst_bytes=0, src_pkts=10,
+                                                dst_pkts=0)]),
+                            BG() + [flow(proto="icmp", dst_port=8, src_bytes=56, dst_bytes=56, src_pkts=1, dst_pkts=1)])],
+    "icmp_flood": [(attack(many(2000, lambda i: dict(ts=T0 + i * 0.005, proto="icmp", dst_port=8, src_port=None))),
+                    BG() + many(5, lambda i: dict(ts=T0 + i, proto="icmp", dst_port=8, src_port=None)))],
+    "dns_query_volume": [(attack(many(400, lambda i: dict(ts=T0 + i * 0.1, proto="udp", dst_ip="10.0.0.53",
+                                                          dst_port=53, src_bytes=40, dst_bytes=200))), BG())],
+    "dns_large_query": [(BG() + attack([flow(proto="udp", dst_port=53, src_bytes=220, src_pkts=1, dst_bytes=100,
+                                             dst_pkts=1)]), BG())],
+    "dns_external_resolver": [(BG() + attack([flow(proto="udp", dst_ip="8.8.8.8", dst_port=53)]), BG())],
+    "cleartext_protocol": [(BG() + attack([flow(dst_port=23)]), BG())],
+    "web_traffic": [(BG() + attack([flow(dst_port=80)]), BG()[4:])],
+    "proxy_port": [(BG() + attack([flow(dst_port=9050)]), BG())],
+    "irc_port": [(BG() + attack([flow(dst_port=6667)]), BG())],
+    "file_transfer_protocol": [(BG() + attack([flow(dst_port=21)]), BG())],
+    "database_access": [(BG() + attack([flow(dst_port=3306)]), BG())],
+    "outbound_external": [(BG() + attack([flow(dst_ip="93.184.216.34", dst_port=443)]),
+                           BG() + [flow(proto="udp", dst_ip="239.255.255.250", dst_port=1900)])],
+    "inbound_external": [(BG() + attack([flow(src_ip="198.51.100.7", dst_ip="10.0.0.2")]),
+                          BG() + [flow(dst_ip="93.184.216.34", dst_port=443)])],
+    "internal_internal": [(attack(BG()), [flow(src_ip="198.51.100.7", dst_ip="93.184.216.34")])],
+    "many_destinations_same_payload": [(attack(many(60, lambda i: dict(dst_ip=f"10.0.8.{i}", src_bytes=1234))),
+                                        BG() + many(60, lambda i: dict(dst_ip=f"10.0.8.{i}", src_bytes=1000 + 7 * i)))],
+}
+
+PARAMS = [pytest.param(name, k, id=f"{name}-{k}") for name, cases in CASES.items() for k in range(len(cases))]
+
+
+def test_every_predicate_has_a_case_and_a_definition():
+    assert len(PREDICATE_NAMES) >= 30
+    assert set(CASES) == set(PREDICATE_NAMES)
+    for p in PREDICATES.values():
+        assert len(p.description) > 30, p.name
+
+
+@pytest.mark.parametrize("name,k", PARAMS)
+def test_fires(name, k):
+    fire, _ = CASES[name][k]
+    t = table(fire)
+    act = compute_predicates(t, (name,))[:, 0]
+    target = np.array([r.get("attack") == "x" for r in fire])
+    assert target.any()
+    assert act[target].min() >= 0.9, f"{name} should fire on every target row: {act[target]}"
+
+
+@pytest.mark.parametrize("name,k", PARAMS)
+def test_does_not_fire(name, k):
+    _, quiet = CASES[name][k]
+    act = compute_predicates(table(quiet), (name,))[:, 0]
+    assert act.max() <= 0.05, f"{name} fired on a window where it must not: {act}"
+
+
+def test_all_predicates_shape_range_and_nodes():
+    rows = BG() + many(25, lambda i: dict(src_ip="10.0.0.66", dst_ip=f"10.0.2.{i}", dst_port=445, **_S0()))
+    t = table(rows)
+    a = compute_predicates(t)
+    assert a.shape == (len(rows), len(PREDICATE_NAMES)) and a.dtype == np.float32
+    assert np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
+    # nodes = IPs; node activation is the max over incident edges
+    ips = sorted(set(t.column("src_ip").to_pylist()) | set(t.column("dst_ip").to_pylist()))
+    idx = {ip: i for i, ip in enumerate(ips)}
+    ei = np.array([[idx[x] for x in t.column("src_ip").to_pylist()], [idx[x] for x in t.column("dst_ip").to_pylist()]])
+    node = node_activations(a, ei, len(ips))
+    j = PREDICATE_NAMES.index("horizontal_scan")
+    assert node[idx["10.0.0.66"], j] == 1.0 and node[idx["10.0.0.1"], j] == 0.0
+
+
+def test_empty_and_missing_columns():
+    t = table(BG())
+    bare = t.select(["row", "ts", "src_ip", "dst_ip"])
+    a = compute_predicates(bare)
+    assert a.shape == (t.num_rows, len(PREDICATE_NAMES)) and np.isfinite(a).all()
+    assert compute_predicates(t.slice(0, 0)).shape == (0, len(PREDICATE_NAMES))
