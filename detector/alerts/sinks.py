@@ -1,0 +1,236 @@
+"""Alert sinks. Each has ``write(alerts)``, ``flush()`` (returns only once the alerts are durable)
+and ``close()``. The daemon commits Kafka offsets only after every *required* sink flushed.
+
+* :class:`SQLiteAlertStore` — embedded default; ``INSERT OR REPLACE`` on the alert id, so a
+  window re-scored after a crash overwrites its alert instead of duplicating it.
+* :class:`JsonLinesSink` — one OCSF JSON object per line, fsync'd on flush.
+* :class:`KafkaAlertSink` — a topic, acks=all, keyed by source endpoint.
+* :class:`AlertmanagerSink` — Alertmanager HTTP API v2 ``POST /api/v2/alerts``; notification,
+  so not required by default (a down Alertmanager does not stall detection).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class AlertSink:
+    """Base class: ``required`` sinks must flush before offsets are committed."""
+
+    name = "sink"
+    required = True
+
+    def write(self, alerts: list[dict]) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.flush()
+
+
+class JsonLinesSink(AlertSink):
+    name = "jsonl"
+
+    def __init__(self, path: str | os.PathLike, required: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")
+        self.required = required
+
+    def write(self, alerts: list[dict]) -> None:
+        for a in alerts:
+            self._f.write(json.dumps(a, separators=(",", ":"), default=str) + "\n")
+
+    def flush(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self.flush()
+            self._f.close()
+
+
+class SQLiteAlertStore(AlertSink):
+    """Alerts in one SQLite table, queryable by time, source, technique and severity."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str | os.PathLike, required: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.required = required
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False)
+        self._lock = threading.Lock()
+        # WAL + synchronous=FULL: a committed transaction survives a crash of the process or machine.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            """CREATE TABLE IF NOT EXISTS alerts (
+                 id TEXT PRIMARY KEY, time_ms INTEGER, window_start REAL, window_end REAL,
+                 src_ip TEXT, technique TEXT, severity_id INTEGER, score REAL, count INTEGER,
+                 model_version TEXT, finding TEXT)"""
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS alerts_window ON alerts(window_start)")
+        # One row per scored window (an audit of what was scored, written in the same transaction).
+        self._db.execute(
+            """CREATE TABLE IF NOT EXISTS windows (
+                 scored_at REAL, window_start REAL, window_end REAL, records INTEGER, alerts INTEGER,
+                 flagged INTEGER, model_version TEXT, rows TEXT)"""
+        )
+        self._db.commit()
+
+    def record_window(self, info: dict) -> None:
+        """Audit row for a scored window (``rows`` only when the daemon's ``audit_rows`` is on)."""
+        rows = info.get("rows")
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO windows VALUES (?,?,?,?,?,?,?,?)",
+                (time.time(), info["window_start"], info["window_end"], info["records"], info["alerts"],
+                 info["flagged"], info.get("model_version", ""), None if rows is None else json.dumps(rows)),
+            )
+
+    def write(self, alerts: list[dict]) -> None:
+        rows = []
+        for a in alerts:
+            u = a["unmapped"]
+            rows.append((
+                a["finding_info"]["uid"], a["time"], u["window"]["start"], u["window"]["end"],
+                a["src_endpoint"]["ip"], u["technique"], a["severity_id"], u["score"], u["count"],
+                u.get("model_version", ""), json.dumps(a, default=str),
+            ))
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._db.commit()
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            self._db.close()
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0])
+
+    def all(self) -> list[dict]:
+        with self._lock:
+            return [json.loads(r[0]) for r in self._db.execute("SELECT finding FROM alerts ORDER BY window_start, id")]
+
+
+def read_alert_store(path: str | os.PathLike) -> list[dict]:
+    """All findings in a SQLite alert store (read-only helper for tools and tests)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [json.loads(r[0]) for r in db.execute("SELECT finding FROM alerts ORDER BY window_start, id")]
+    finally:
+        db.close()
+
+
+class KafkaAlertSink(AlertSink):
+    name = "kafka"
+
+    def __init__(self, producer, topic: str, required: bool = True) -> None:
+        self.producer, self.topic, self.required = producer, topic, required
+        self._futures: list = []
+
+    def write(self, alerts: list[dict]) -> None:
+        for a in alerts:
+            self._futures.append(self.producer.send(
+                self.topic, json.dumps(a, separators=(",", ":"), default=str).encode(),
+                key=str(a["src_endpoint"]["ip"]).encode(),
+            ))
+
+    def flush(self) -> None:
+        self.producer.flush()
+        futs, self._futures = self._futures, []
+        for f in futs:
+            f.get(timeout=30)  # raises if the broker did not acknowledge: offsets will not be committed
+
+    def close(self) -> None:
+        self.flush()
+        self.producer.close()
+
+
+class AlertmanagerSink(AlertSink):
+    """POST findings to Alertmanager's API v2 as alerts with labels and annotations.
+
+    Labels: alertname=GraphsentryDetection, severity, technique, src_ip (Alertmanager labels are
+    not Prometheus series, so an address is fine here). ``endsAt`` = now + ``resolve_after`` so a
+    finding that is not seen again resolves by itself.
+    """
+
+    name = "alertmanager"
+
+    def __init__(self, url: str, required: bool = False, timeout: float = 5.0, resolve_after: float = 900.0) -> None:
+        self.url = url.rstrip("/") + "/api/v2/alerts"
+        self.required, self.timeout, self.resolve_after = required, timeout, resolve_after
+        self._pending: list[dict] = []
+
+    def write(self, alerts: list[dict]) -> None:
+        now = time.time()
+        for a in alerts:
+            u = a["unmapped"]
+            self._pending.append({
+                "labels": {
+                    "alertname": "GraphsentryDetection", "severity": a["severity"].lower(),
+                    "technique": u["technique"], "src_ip": str(a["src_endpoint"]["ip"]),
+                    "service": "graphsentry",
+                },
+                "annotations": {
+                    "summary": a["finding_info"]["title"], "score": f"{u['score']:.4g}",
+                    "count": str(u["count"]), "finding_uid": a["finding_info"]["uid"],
+                },
+                "startsAt": _rfc3339(u["window"]["start"]),
+                "endsAt": _rfc3339(now + self.resolve_after),
+            })
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        body = json.dumps(self._pending).encode()
+        req = urllib.request.Request(self.url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # raises on HTTP errors
+            resp.read()
+        self._pending = []
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
+
+
+def make_sink(spec: dict[str, Any], kafka_cfg: dict[str, Any] | None = None) -> AlertSink:
+    """Build a sink from a config entry: ``{type: sqlite|jsonl|kafka|alertmanager, ...}``."""
+    kind = spec.get("type")
+    req = spec.get("required")
+    if kind == "sqlite":
+        return SQLiteAlertStore(spec.get("path", "alerts.db"), required=True if req is None else bool(req))
+    if kind == "jsonl":
+        return JsonLinesSink(spec["path"], required=True if req is None else bool(req))
+    if kind == "kafka":
+        from ingest.kafka_io import make_producer
+
+        cfg = dict(kafka_cfg or {})
+        if spec.get("bootstrap"):
+            cfg["bootstrap"] = spec["bootstrap"]
+        return KafkaAlertSink(make_producer(cfg), spec.get("topic", "graphsentry-alerts"),
+                              required=True if req is None else bool(req))
+    if kind == "alertmanager":
+        return AlertmanagerSink(spec.get("url", "http://127.0.0.1:9093"),
+                                required=False if req is None else bool(req))
+    raise ValueError(f"unknown alert sink type {kind!r}; expected sqlite, jsonl, kafka or alertmanager")

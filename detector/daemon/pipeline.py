@@ -1,0 +1,676 @@
+"""The detection daemon: source -> windows -> graphs+model -> alerts, with bounded queues.
+
+Threads and queues::
+
+    source thread ──q_in (bounded)──> window thread ──q_win (bounded)──> score thread ──> sinks
+    (KafkaSource / file tail)          EventTimeWindower                  scorer.score_window,
+                                                                          build_alerts, flush,
+                                                                          mark rows durable
+
+* Backpressure: ``q_in`` and ``q_win`` are bounded; a full ``q_win`` blocks the window thread,
+  which lets ``q_in`` fill, which makes the Kafka source pause its partitions.
+* Delivery: every record gets a daemon-local row number; a record is *done* once the window it
+  landed in was scored and every required sink flushed (or once it was found late/invalid and
+  counted). Kafka offsets are committed only up to the first record that is not done.
+* Hot reload: a watcher thread loads a changed model directory beside the running one; the score
+  thread swaps it in between two windows, so each window is scored by exactly one model.
+* Shutdown (SIGTERM/SIGINT or a finite source's end): stop reading, drain the queues, score the
+  windows already closed, flush sinks, commit, return a :class:`DaemonSummary`. With a Kafka
+  source the still-open windows are *not* scored at SIGTERM: their offsets stay uncommitted and a
+  restart re-reads them whole (no half windows). A finite file source flushes them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from detector.alerts import build_alerts, make_sink
+from detector.alerts.sinks import AlertSink
+from detector.metrics import Metrics, MetricsServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DaemonSummary:
+    """What one run of the daemon did (returned by :func:`run_daemon`)."""
+
+    records_in: int = 0
+    records_scored: int = 0
+    malformed: dict = field(default_factory=dict)
+    late: int = 0
+    invalid: int = 0
+    windows_scored: int = 0
+    alerts: int = 0
+    flagged_records: int = 0
+    alerts_by_severity: dict = field(default_factory=dict)
+    alerts_by_technique: dict = field(default_factory=dict)
+    model_version: str = ""
+    model_reloads: int = 0
+    committed: dict = field(default_factory=dict)
+    sinks: list = field(default_factory=list)
+    metrics_url: str | None = None
+    duration_s: float = 0.0
+    stopped_by: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        """A short human summary (``make run`` prints it)."""
+        lines = [
+            f"records read {self.records_in}, scored {self.records_scored}, late {self.late}, "
+            f"malformed {sum(self.malformed.values())} {dict(self.malformed) or ''}".rstrip(),
+            f"windows scored {self.windows_scored}; {self.flagged_records} flagged records -> "
+            f"{self.alerts} alerts (after aggregation per source and technique)",
+        ]
+        if self.alerts_by_severity:
+            lines.append("by severity: " + ", ".join(f"{k} {v}" for k, v in sorted(self.alerts_by_severity.items())))
+        if self.alerts_by_technique:
+            top = sorted(self.alerts_by_technique.items(), key=lambda kv: -kv[1])[:8]
+            lines.append("by technique: " + ", ".join(f"{k} {v}" for k, v in top))
+        lines.append(f"model {self.model_version} ({self.model_reloads} reloads); {self.duration_s:.1f} s; "
+                     f"stopped by {self.stopped_by}")
+        for s in self.sinks:
+            lines.append(f"alerts in: {s}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# model loading and watching
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """A model directory from ``path``: a bundle dir, a symlink to one, or a pointer file.
+
+    A pointer file (e.g. ``models/current``) holds one line: the model directory, absolute or
+    relative to the pointer's folder. Promotion writes a new pointer atomically (rename).
+    """
+    p = Path(path)
+    if p.is_file():
+        target = p.read_text().strip()
+        t = Path(target)
+        return (t if t.is_absolute() else p.parent / t).resolve()
+    return p.resolve()
+
+
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """Changes when the pointer moves or the bundle's config.json is rewritten."""
+    d = resolve_model_dir(path)
+    cfg = d / "config.json"
+    try:
+        st = cfg.stat()
+        return f"{d}|{st.st_mtime_ns}|{st.st_size}"
+    except FileNotFoundError:
+        return f"{d}|missing"
+
+
+@dataclass
+class LoadedModel:
+    scorer: Any
+    version: str
+    threshold: float | None
+    path: str
+    explain: Callable | None = None
+
+
+def default_loader(path: str | os.PathLike) -> LoadedModel:
+    """Load a ModelBundle directory (or pointer) and make a fresh stream scorer."""
+    from detector.bundle import load_bundle
+
+    d = resolve_model_dir(path)
+    bundle = load_bundle(d)
+    cfg_bytes = (d / "config.json").read_bytes()
+    cfg = json.loads(cfg_bytes)
+    version = str(cfg.get("version") or f"{d.name}-{hashlib.sha1(cfg_bytes).hexdigest()[:8]}")
+    thr = getattr(bundle, "threshold", None)
+    return LoadedModel(bundle.stream_scorer(), version, float(thr) if thr is not None else None, str(d))
+
+
+def scorer_model(scorer: Any, version: str = "injected", threshold: float | None = None) -> LoadedModel:
+    """Wrap an already-built stream scorer (dependency injection for tests, embedding, benchmarks)."""
+    if threshold is None:
+        for name in ("threshold", "threshold_"):
+            v = getattr(scorer, name, None)
+            if isinstance(v, (int, float)):
+                threshold = float(v)
+                break
+    return LoadedModel(scorer, version, threshold, "")
+
+
+class ModelWatcher:
+    """Polls the model path; loads a changed model in its own thread and offers it for a swap."""
+
+    def __init__(self, path: str, loader: Callable[[str], LoadedModel], interval: float, metrics: Metrics) -> None:
+        self.path, self.loader, self.interval, self.metrics = path, loader, interval, metrics
+        self._fp = model_fingerprint(path)
+        self._pending: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name="model-watch", daemon=True)
+
+    def start(self) -> "ModelWatcher":
+        self._t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def take(self) -> LoadedModel | None:
+        with self._lock:
+            m, self._pending = self._pending, None
+            return m
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            fp = model_fingerprint(self.path)
+            if fp == self._fp:
+                continue
+            try:
+                m = self.loader(self.path)
+            except Exception as exc:  # noqa: BLE001 - a broken new model must not stop the old one
+                log.error("model reload from %s failed (%s); keeping the current model", self.path, exc)
+                self.metrics.model_reloads.labels("failed").inc()
+                self._fp = fp  # do not retry the same broken directory every interval
+                continue
+            self._fp = fp
+            with self._lock:
+                self._pending = m
+            log.info("new model %s loaded; swapping at the next window boundary", m.version)
+
+
+# ------------------------------------------------------------------------------------------
+# row bookkeeping
+
+
+class RowLedger:
+    """Daemon-local row ranges -> the input's own row numbers and arrival times, until done."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._starts: list[int] = []
+        self._chunks: list[list] = []  # [start, ref_rows ndarray, arrival, remaining]
+        self.next_row = 0
+
+    def add(self, ref_rows: np.ndarray, arrival: float) -> int:
+        with self._lock:
+            start = self.next_row
+            n = len(ref_rows)
+            self.next_row += n
+            if n:
+                self._starts.append(start)
+                self._chunks.append([start, np.asarray(ref_rows, dtype=np.int64), arrival, n])
+            return start
+
+    def lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ref rows, arrival times) for daemon-local ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        with self._lock:
+            starts = np.asarray(self._starts, dtype=np.int64)
+            idx = np.searchsorted(starts, rows, side="right") - 1
+            ref = np.full(len(rows), -1, dtype=np.int64)
+            arr = np.full(len(rows), np.nan)
+            for j in np.unique(idx):
+                if j < 0:
+                    continue
+                c = self._chunks[j]
+                m = idx == j
+                off = rows[m] - c[0]
+                ok = off < len(c[1])
+                ref[np.flatnonzero(m)[ok]] = c[1][off[ok]]
+                arr[m] = c[2]
+            return ref, arr
+
+    def done(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        with self._lock:
+            if not self._chunks:
+                return
+            idx = np.searchsorted(np.asarray(self._starts, dtype=np.int64), rows, side="right") - 1
+            counts = np.bincount(idx[idx >= 0], minlength=len(self._chunks))
+            ks, kc = [], []
+            for s, c, n in zip(self._starts, self._chunks, counts):
+                c[3] -= int(n)
+                if c[3] > 0:
+                    ks.append(s)
+                    kc.append(c)
+            self._starts, self._chunks = ks, kc
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(c[3] for c in self._chunks)
+
+
+# ------------------------------------------------------------------------------------------
+# the daemon
+
+
+class _FileDeadLetter:
+    """Dead letters of the file source: the readers' DeadLetter plus our metrics."""
+
+    def __init__(self, path: str | None, metrics: Metrics) -> None:
+        from ingest.deadletter import DeadLetter
+
+        self._dl = DeadLetter(path)
+        self.metrics = metrics
+
+    def add(self, source: str, line: Any, reason: str, raw: Any) -> None:
+        self.metrics.malformed.labels(reason).inc()
+        self.metrics.dead_letter.labels(reason).inc()
+        self._dl.add(source, line, reason, raw)
+
+    @property
+    def counts(self) -> dict:
+        return self._dl.counts
+
+    def flush(self) -> None:
+        fh = getattr(self._dl, "_fh", None)
+        if fh is not None:
+            fh.flush()
+
+    def close(self) -> None:
+        self._dl.close()
+
+
+class Daemon:
+    """One daemon instance; :meth:`run` blocks until a stop signal or the end of a finite source."""
+
+    def __init__(
+        self, config: dict, model: LoadedModel | None = None,
+        loader: Callable[[str], LoadedModel] | None = None, sinks: list[AlertSink] | None = None,
+        metrics: Metrics | None = None, install_signals: bool = True,
+    ) -> None:
+        self.cfg = config
+        self.metrics = metrics or Metrics()
+        self.loader = loader or default_loader
+        self._model = model
+        self._extra_sinks = sinks
+        self.install_signals = install_signals
+        self.stop_event = threading.Event()
+        self.stopped_by = ""
+        self.ledger = RowLedger()
+        self.tracker = None
+        self.source = None
+        self.summary = DaemonSummary()
+        self._ready = threading.Event()
+        self._errors: list[BaseException] = []
+        self._flagged = 0
+
+    # -- control -------------------------------------------------------------------------
+    def stop(self, reason: str = "stop()") -> None:
+        if not self.stop_event.is_set():
+            self.stopped_by = reason
+            log.info("stopping (%s): draining", reason)
+        self.stop_event.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and not self.stop_event.is_set()
+
+    # -- setup ---------------------------------------------------------------------------
+    def _make_sinks(self) -> list[AlertSink]:
+        if self._extra_sinks is not None:
+            return list(self._extra_sinks)
+        return [make_sink(s, self.cfg["kafka"]) for s in self.cfg["alerts"]["sinks"]]
+
+    def _make_windower(self):
+        from ingest.windows import EventTimeWindower, Tumbling
+
+        w = self.cfg["window"]
+        idle = w.get("idle_timeout")
+        return EventTimeWindower(Tumbling(float(w["size"])), lateness=float(w["lateness"]),
+                                 idle_timeout=float(idle) if idle else None)
+
+    # -- stages --------------------------------------------------------------------------
+    def _file_source(self, q_in: "queue.Queue") -> threading.Thread:
+        from ingest.kafka_io import SourceBatch
+        from ingest.tail import TailSource
+
+        s = self.cfg["source"]
+        self._file_dl = _FileDeadLetter(self.cfg["pipeline"].get("dead_letter_path"), self.metrics)
+        reading_stop = threading.Event()
+        self._file_stop = reading_stop
+        src = TailSource(s["paths"], format=s["format"], follow=bool(s["follow"]),
+                         poll_interval=float(s["poll_interval"]), dead_letter=self._file_dl, stop=reading_stop)
+        max_records = self.cfg["pipeline"].get("max_records")
+
+        def run() -> None:
+            n = 0
+            try:
+                for t in src:
+                    self.metrics.records.labels("file").inc(t.num_rows)
+                    item = SourceBatch(t, "file", time.time())
+                    while True:  # bounded put that still notices a stop
+                        try:
+                            q_in.put(item, timeout=0.2)
+                            break
+                        except queue.Full:
+                            if reading_stop.is_set():
+                                return
+                    n += t.num_rows
+                    if max_records and n >= int(max_records):
+                        break
+            except BaseException as exc:  # noqa: BLE001
+                log.exception("file source failed")
+                self._errors.append(exc)
+            finally:
+                try:  # end-of-stream marker; the window thread drains the queue, so this frees up
+                    q_in.put(None, timeout=30)
+                except queue.Full:
+                    log.error("window stage not draining; end-of-stream marker dropped")
+
+        t = threading.Thread(target=run, name="file-source", daemon=True)
+        t.start()
+        return t
+
+    def _kafka_source(self, q_in: "queue.Queue"):
+        from ingest.kafka_io import KafkaDeadLetter, KafkaSource, OffsetTracker, ensure_topics, make_producer
+
+        k = self.cfg["kafka"]
+        self.tracker = OffsetTracker()
+        dl = None
+        if k.get("dead_letter_topic"):
+            try:
+                ensure_topics(k["bootstrap"], {k["dead_letter_topic"]: 1}, k)
+            except Exception as exc:  # noqa: BLE001 - the producer creates it on first send where allowed
+                log.warning("could not create dead-letter topic: %s", exc)
+            dl = KafkaDeadLetter(make_producer(k), k["dead_letter_topic"],
+                                 on_add=lambda r: self.metrics.dead_letter.labels(r).inc())
+        self._kafka_dl = dl
+        src = KafkaSource(k, q_in, self.tracker, self.metrics, dl, kind=self.cfg["source"]["kind"],
+                          fmt=k["format"], stop_at_end=bool(k.get("stop_at_end")),
+                          commit_interval=float(k.get("commit_interval", 1.0)),
+                          on_assign=self._ready.set)
+        self.source = src
+        return src.start()
+
+    def _window_stage(self, q_in: "queue.Queue", q_win: "queue.Queue", drain_open: bool) -> None:
+        windower = self._make_windower()
+        self.windower = windower
+        m = self.metrics
+
+        def handle_side_outputs() -> None:
+            late = windower.drain_late()
+            for b in late:
+                m.late.inc(b.num_rows)
+                self.summary.late += b.num_rows
+                self._mark_done(b.column("row").to_numpy())
+            if windower.invalid:
+                inv, windower.invalid = windower.invalid, []
+                for b in inv:
+                    m.malformed.labels("null_ts").inc(b.num_rows)
+                    self.summary.invalid += b.num_rows
+                    self._mark_done(b.column("row").to_numpy())
+
+        def emit(windows: list) -> None:
+            for w in windows:
+                q_win.put(w)  # blocks when scoring falls behind: the backpressure chain starts here
+                m.queue_depth.labels("windows").set(q_win.qsize())
+
+        while True:
+            try:
+                item = q_in.get(timeout=0.2)
+            except queue.Empty:
+                item = _IDLE
+            m.queue_depth.labels("records").set(q_in.qsize())
+            if item is None:
+                break
+            if item is _IDLE:
+                if self.stop_event.is_set() and self.source is None and not self._file_thread.is_alive():
+                    break
+                emit(windower.poll())
+                continue
+            t: pa.Table = item.table
+            n = t.num_rows
+            ref = t.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
+            start = self.ledger.add(ref, item.arrival)
+            if self.tracker is not None and item.partition is not None:
+                self.tracker.add(item.topic, item.partition, item.first_offset, item.last_offset, start, start + n)
+            self.summary.records_in += n
+            if n == 0:
+                continue
+            t = t.set_column(t.schema.get_field_index("row"), "row",
+                             pa.array(np.arange(start, start + n, dtype=np.int64)))
+            emit(windower.push(t))
+            handle_side_outputs()
+        # A finite source that ended by itself (file end, Kafka stop_at_end) scores its open windows;
+        # a Kafka source stopped by a signal leaves them uncommitted for the restart to re-read.
+        if drain_open or not self.stop_event.is_set():
+            emit(windower.flush())
+        handle_side_outputs()
+        q_win.put(None)
+
+    def _mark_done(self, rows: np.ndarray) -> None:
+        self.ledger.done(rows)
+        if self.tracker is not None:
+            self.tracker.done_rows(rows)
+
+    def _score_stage(self, q_win: "queue.Queue", sinks: list[AlertSink], watcher: ModelWatcher | None) -> None:
+        m = self.metrics
+        model = self._model
+        while True:
+            w = q_win.get()
+            m.queue_depth.labels("windows").set(q_win.qsize())
+            if w is None:
+                return
+            if watcher is not None:
+                new = watcher.take()
+                if new is not None:  # between windows: this window and later ones use the new model
+                    log.info("model swap %s -> %s", model.version, new.version)
+                    model = self._model = new
+                    m.set_model(new.version, new.path)
+                    m.model_reloads.labels("ok").inc()
+                    self.summary.model_reloads += 1
+            rows_local = w.table.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
+            t0 = time.perf_counter()
+            try:
+                ws = model.scorer.score_window(w)
+            except Exception as exc:  # noqa: BLE001 - one bad window must not kill a weeks-long daemon
+                log.exception("scoring window [%s, %s) failed; its records are dead-lettered", w.start, w.end)
+                m.malformed.labels("scoring_error").inc(w.table.num_rows)
+                self._mark_done(rows_local)
+                continue
+            m.scoring_seconds.observe(time.perf_counter() - t0)
+            ref, arrival = self.ledger.lookup(rows_local)
+            wa = build_alerts(w, ws, model_version=model.version, threshold=model.threshold, ref_rows=ref,
+                              explain=model.explain)
+            info = {"window_start": float(w.start), "window_end": float(w.end), "records": int(w.table.num_rows),
+                    "alerts": len(wa.alerts), "flagged": wa.flagged, "model_version": model.version,
+                    "rows": ref.tolist() if self.cfg["pipeline"].get("audit_rows") else None}
+            self._write_durably(sinks, wa.alerts, info)
+            now = time.time()
+            # Event-to-alert: from the arrival of the alert's earliest flagged record to durable write.
+            for a in wa.alerts:
+                refs = a["unmapped"]["rows"]
+                pos = np.flatnonzero(np.isin(ref, refs[:1])) if refs else []
+                if len(pos) and np.isfinite(arrival[pos[0]]):
+                    m.event_to_alert.observe(max(0.0, now - float(arrival[pos[0]])))
+                sev = a["severity"].lower()
+                tech = a["unmapped"]["technique"]
+                m.alerts.labels(tech, sev).inc()
+                self.summary.alerts_by_severity[sev] = self.summary.alerts_by_severity.get(sev, 0) + 1
+                self.summary.alerts_by_technique[tech] = self.summary.alerts_by_technique.get(tech, 0) + 1
+            m.alerts_suppressed.inc(wa.suppressed)
+            m.windows_scored.inc()
+            m.records_scored.inc(w.table.num_rows)
+            self.summary.windows_scored += 1
+            self.summary.records_scored += int(w.table.num_rows)
+            self.summary.alerts += len(wa.alerts)
+            self.summary.flagged_records += wa.flagged
+            self._mark_done(rows_local)
+
+    def _write_durably(self, sinks: list[AlertSink], alerts: list[dict], info: dict) -> None:
+        """Write + flush every sink; retry required sinks until they succeed or we are told to stop hard."""
+        for s in sinks:
+            delay = 0.5
+            while True:
+                try:
+                    if hasattr(s, "record_window"):
+                        s.record_window(info)
+                    if alerts:
+                        s.write(alerts)
+                    s.flush()
+                    break
+                except Exception as exc:  # noqa: BLE001
+                    self.metrics.sink_errors.labels(s.name).inc()
+                    if not s.required:
+                        log.warning("optional sink %s failed (%s); alerts of this window not sent there", s.name, exc)
+                        break
+                    if self._hard_stop.is_set():
+                        raise RuntimeError(f"required sink {s.name} failing at shutdown: {exc}") from exc
+                    log.warning("required sink %s failed (%s); retrying in %.1fs (offsets not committed)",
+                                s.name, exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+
+    # -- run -----------------------------------------------------------------------------
+    def run(self) -> DaemonSummary:
+        t_start = time.monotonic()
+        cfg = self.cfg
+        self._hard_stop = threading.Event()
+        prev_handlers = {}
+        if self.install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                prev_handlers[sig] = signal.getsignal(sig)
+                signal.signal(sig, lambda signum, _f: self.stop(signal.Signals(signum).name))
+        server = None
+        watcher = None
+        sinks: list[AlertSink] = []
+        try:
+            if self._model is None:
+                self._model = self.loader(cfg["model"]["path"])
+            self.metrics.set_model(self._model.version, self._model.path)
+            self.summary.model_version = self._model.version
+            if cfg["model"].get("watch") and cfg["model"].get("path") and self._model.path:
+                watcher = ModelWatcher(cfg["model"]["path"], self.loader, float(cfg["model"]["watch_interval"]),
+                                       self.metrics).start()
+            sinks = self._make_sinks()
+            self.summary.sinks = [_describe(s) for s in sinks]
+            if cfg["metrics"].get("enabled"):
+                server = MetricsServer(self.metrics, cfg["metrics"]["host"], int(cfg["metrics"]["port"]),
+                                       ready=lambda: self.ready,
+                                       health=lambda: {"model_version": self._model.version}).start()
+                self.summary.metrics_url = f"http://{server.host}:{server.port}/metrics"
+            self.metrics.up.set(1)
+            q_in: queue.Queue = queue.Queue(maxsize=int(cfg["pipeline"]["queue_size"]))
+            q_win: queue.Queue = queue.Queue(maxsize=int(cfg["pipeline"]["window_queue_size"]))
+            is_kafka = cfg["source"]["type"] == "kafka"
+            self._file_thread = threading.Thread(target=lambda: None)
+            if is_kafka:
+                self._kafka_source(q_in)
+            else:
+                self._file_thread = self._file_source(q_in)
+                self._ready.set()
+            drain_open = not is_kafka
+            wt = threading.Thread(target=self._guard, args=(self._window_stage, q_in, q_win, drain_open),
+                                  name="windows", daemon=True)
+            st = threading.Thread(target=self._guard, args=(self._score_stage, q_win, sinks, watcher),
+                                  name="scoring", daemon=True)
+            wt.start()
+            st.start()
+            # Main thread: wait for a stop signal or the end of the pipeline.
+            while wt.is_alive() or st.is_alive():
+                if self.stop_event.wait(0.2):
+                    break
+                if self._errors:
+                    self.stop("error")
+            if self.stop_event.is_set():
+                # Stop reading; the stages drain what is queued and end.
+                if self.source is not None:
+                    self.source.stop_reading()
+                if getattr(self, "_file_stop", None) is not None:
+                    self._file_stop.set()
+                    try:
+                        q_in.put(None, timeout=1)
+                    except queue.Full:
+                        pass
+            else:
+                self.stopped_by = self.stopped_by or "end of input"
+            wt.join()
+            st.join()
+            if self.source is not None:
+                self.source.stop()  # final commit of what is durable, in the consumer's own thread
+                self.source.join(30)
+                self.summary.committed = {f"{t}/{p}": o for (t, p), o in self.source.committed_offsets().items()}
+        finally:
+            self._hard_stop.set()
+            if watcher is not None:
+                watcher.stop()
+            for s in sinks:
+                try:
+                    s.close()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("closing sink %s: %s", s.name, exc)
+            for dl in (getattr(self, "_kafka_dl", None), getattr(self, "_file_dl", None)):
+                if dl is not None:
+                    try:
+                        dl.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+            self.metrics.up.set(0)
+            if server is not None:
+                server.stop()
+            for sig, h in prev_handlers.items():
+                signal.signal(sig, h)
+        s = self.summary
+        s.records_in = int(s.records_in)
+        s.malformed = {}
+        for metric in self.metrics.registry.collect():
+            if metric.name == "graphsentry_malformed":
+                for smp in metric.samples:
+                    if smp.name.endswith("_total"):
+                        s.malformed[smp.labels["reason"]] = int(smp.value)
+        s.model_version = self._model.version if self._model else ""
+        s.duration_s = time.monotonic() - t_start
+        s.stopped_by = self.stopped_by or "end of input"
+        if self._errors:
+            raise RuntimeError(f"daemon failed: {self._errors[0]!r}") from self._errors[0]
+        return s
+
+    def _guard(self, fn: Callable, *args: Any) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001
+            log.exception("pipeline stage %s failed", fn.__name__)
+            self._errors.append(exc)
+            self.stop_event.set()
+
+
+_IDLE = object()
+
+
+def _describe(s: AlertSink) -> str:
+    for attr in ("path", "topic", "url"):
+        v = getattr(s, attr, None)
+        if v:
+            return f"{s.name}: {v}"
+    return s.name
+
+
+def run_daemon(config: dict, scorer: Any = None, model: LoadedModel | None = None,
+               loader: Callable[[str], LoadedModel] | None = None, sinks: list[AlertSink] | None = None,
+               metrics: Metrics | None = None, install_signals: bool = True) -> DaemonSummary:
+    """Run the daemon until SIGTERM/SIGINT or the end of a finite source; return its summary.
+
+    ``config`` is an effective config (:func:`detector.daemon.config.load_config`). The model
+    comes from ``config.model.path`` unless a ``scorer`` (any object with
+    ``score_window(window) -> WindowScores``) or a ``LoadedModel`` is passed in.
+    """
+    if model is None and scorer is not None:
+        model = scorer_model(scorer)
+    d = Daemon(config, model=model, loader=loader, sinks=sinks, metrics=metrics, install_signals=install_signals)
+    return d.run()

@@ -1,0 +1,845 @@
+"""Kafka I/O for the streaming daemon: message codecs, consumer source, producer, dead-letter topic.
+
+Two message formats travel on a flow topic:
+
+* ``json``  — one flow record per message, a JSON object with canonical field names
+  (what Zeek's Kafka writer, goflow2 or pmacct publish, after a field mapping). ``ts`` is
+  epoch seconds (number) or an ISO-8601 string.
+* ``arrow`` — one Arrow IPC *stream* per message holding one record batch with canonical
+  columns (any subset that includes the required ones). Many records per message is how
+  kafka-python goes fast: its per-message overhead caps it near 14k messages/s.
+
+``auto`` tells them apart per message: an Arrow IPC stream starts with the 0xFFFFFFFF
+continuation marker, a JSON object with ``{``.
+
+Partition keying: :func:`replay` (``graphsentry replay``) keys JSON messages by ``src_ip`` and
+sends Arrow batches grouped by the partition that key hashes to (kafka-python's murmur2
+partitioner), so every flow of one source endpoint lands in one partition. See docs/daemon.md.
+
+The consumer is not thread-safe (kafka-python); :class:`KafkaSource` therefore owns it in one
+thread, which polls, decodes, pauses/resumes for backpressure and commits the offsets that the
+processing side reports as durable through an :class:`OffsetTracker`.
+"""
+from __future__ import annotations
+
+import bisect
+import io
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from ingest.schema import FLOW_SCHEMA, TX_SCHEMA, conform
+
+log = logging.getLogger(__name__)
+
+ARROW_MAGIC = b"\xff\xff\xff\xff"
+FORMATS = ("json", "arrow", "auto")
+# Keys of a config mapping that kafka-python accepts for security; passed through unchanged.
+SECURITY_KEYS = (
+    "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
+    "sasl_kerberos_service_name", "sasl_oauth_token_provider", "ssl_cafile", "ssl_certfile",
+    "ssl_keyfile", "ssl_password", "ssl_check_hostname", "ssl_crlfile",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# codecs
+
+
+def _ts_seconds(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, datetime):
+        return v.timestamp()
+    if isinstance(v, (int, float)):
+        return float(v)
+    return None
+
+
+def table_to_json_messages(table: pa.Table) -> list[bytes]:
+    """One JSON object per row; ``ts`` becomes epoch seconds (float), like Zeek's Kafka writer."""
+    out = []
+    cols = table.column_names
+    ts_idx = cols.index("ts") if "ts" in cols else -1
+    ts_vals = None
+    if ts_idx >= 0:
+        ts_vals = (table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6).tolist()
+    pylists = {c: table.column(c).to_pylist() for c in cols if c != "ts"}
+    for i in range(table.num_rows):
+        rec = {c: pylists[c][i] for c in pylists if pylists[c][i] is not None}
+        if ts_vals is not None:
+            rec["ts"] = ts_vals[i]
+        out.append(json.dumps(rec, separators=(",", ":")).encode())
+    return out
+
+
+def encode_arrow(table: pa.Table | pa.RecordBatch) -> bytes:
+    """One Arrow IPC stream (schema + batches) as bytes."""
+    sink = io.BytesIO()
+    with ipc.new_stream(sink, table.schema) as w:
+        if isinstance(table, pa.RecordBatch):
+            w.write_batch(table)
+        else:
+            w.write_table(table)
+    return sink.getvalue()
+
+
+def decode_arrow(raw: bytes) -> pa.Table:
+    """Inverse of :func:`encode_arrow`; raises on anything that is not an Arrow IPC stream."""
+    with ipc.open_stream(pa.py_buffer(raw)) as r:
+        return r.read_all()
+
+
+def sniff_message(raw: bytes | None) -> str:
+    """``"arrow"``, ``"json"`` or ``"unknown"`` for one message value."""
+    if not raw:
+        return "unknown"
+    if raw[:4] == ARROW_MAGIC:
+        return "arrow"
+    head = raw[:64].lstrip()
+    if head[:1] == b"{":
+        return "json"
+    return "unknown"
+
+
+def _parse_ts(v: Any) -> int | None:
+    """Microseconds since the epoch from seconds (number) or an ISO-8601 string; None if unusable."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        if not math.isfinite(v):
+            return None
+        return int(round(float(v) * 1e6))
+    if isinstance(v, str):
+        try:
+            d = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            try:
+                return int(round(float(v) * 1e6))
+            except ValueError:
+                return None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=timezone.utc)
+        return int(round(d.timestamp() * 1e6))
+    return None
+
+
+def normalise_records(records: list[dict], kind: str, dead_letter: Any = None, source: str = "kafka") -> pa.Table:
+    """Dicts with canonical field names -> a canonical table (``row`` = the record's own ``row`` or -1).
+
+    Records missing a required field, with an unusable ``ts`` or a value of the wrong type go to
+    ``dead_letter`` (``.add(source, line, reason, raw)``) and are left out. This is the daemon's own
+    normaliser; the readers' ``records_to_batch`` is preferred when present (:func:`records_to_table`).
+    """
+    schema = TX_SCHEMA if kind == "transactions" else FLOW_SCHEMA
+    required = [f.name for f in schema if not f.nullable and f.name != "row"]
+    cols: dict[str, list] = {f.name: [] for f in schema}
+    for i, rec in enumerate(records):
+        reason = None
+        if not isinstance(rec, dict):
+            reason = "not_an_object"
+        else:
+            for name in required:
+                if rec.get(name) in (None, ""):
+                    reason = f"missing_{name}"
+                    break
+        ts = None
+        if reason is None:
+            ts = _parse_ts(rec.get("ts"))
+            if ts is None:
+                reason = "bad_ts"
+        if reason is None:
+            row_vals = {}
+            for f in schema:
+                if f.name == "ts":
+                    row_vals["ts"] = ts
+                    continue
+                v = rec.get(f.name)
+                if f.name == "row":
+                    v = v if isinstance(v, int) and not isinstance(v, bool) else -1
+                elif v is not None:
+                    try:
+                        if pa.types.is_integer(f.type):
+                            if isinstance(v, bool):
+                                raise TypeError
+                            v = int(v)
+                        elif pa.types.is_floating(f.type):
+                            v = float(v)
+                        elif pa.types.is_string(f.type):
+                            v = str(v)
+                    except (TypeError, ValueError):
+                        reason = f"bad_{f.name}"
+                        break
+                row_vals[f.name] = v
+        if reason is not None:
+            if dead_letter is not None:
+                dead_letter.add(source, i, reason, json.dumps(rec, default=str)[:4096])
+            continue
+        for k, v in row_vals.items():
+            cols[k].append(v)
+    arrays = []
+    for f in schema:
+        if f.name == "ts":
+            arrays.append(pa.array(cols["ts"], pa.int64()).cast(f.type))
+        else:
+            arrays.append(pa.array(cols[f.name], f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def records_to_table(records: list[dict], kind: str, dead_letter: Any = None) -> pa.Table:
+    """Canonical table from JSON records, keeping each record's own ``row`` (-1 when absent).
+
+    Our normaliser screens the records first (bad ones are dead-lettered with a reason); the
+    survivors then go through the readers' ``records_to_batch`` when it exists, so Kafka records
+    get exactly the normalisation the file readers apply.
+    """
+    screened = normalise_records(records, kind, dead_letter)
+    try:
+        from ingest.readers import records_to_batch  # type: ignore[attr-defined]
+    except ImportError:
+        return screened
+    if screened.num_rows == 0:
+        return screened
+    good = [r for r in records if isinstance(r, dict)] if screened.num_rows == len(records) else None
+    if good is None:
+        return screened  # some were rejected: our screened table keeps the row mapping exact
+    batch = records_to_batch(good, kind, dead_letter)
+    t = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    if t.num_rows != screened.num_rows:
+        return screened
+    return t.set_column(t.schema.get_field_index("row"), "row", screened.column("row"))
+
+
+@dataclass
+class Decoded:
+    """What one poll's messages of one partition decode to."""
+
+    table: pa.Table
+    malformed: dict[str, int] = field(default_factory=dict)
+
+
+def decode_messages(
+    values: Iterable[bytes | None], fmt: str, kind: str, dead_letter: Any = None, source: str = "kafka",
+) -> Decoded:
+    """Decode message values (JSON-per-record and/or Arrow IPC) into one canonical table.
+
+    Undecodable messages are dead-lettered with a reason (``bad_json``, ``bad_arrow``,
+    ``unknown_format``, ``schema``) and counted; they never raise.
+    """
+    schema = TX_SCHEMA if kind == "transactions" else FLOW_SCHEMA
+    malformed: dict[str, int] = {}
+    json_recs: list[dict] = []
+    tables: list[pa.Table] = []
+
+    class _Counting:
+        # Count record-level rejects from the normaliser too, then forward to the real sink.
+        def add(self, src: str, line: Any, reason: str, raw: Any) -> None:
+            malformed[reason] = malformed.get(reason, 0) + 1
+            if dead_letter is not None:
+                dead_letter.add(src, line, reason, raw)
+
+    counting = _Counting()
+    for i, raw in enumerate(values):
+        kindm = sniff_message(raw) if fmt == "auto" else fmt
+        if kindm == "json":
+            try:
+                rec = json.loads(raw)
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+                json_recs.append(rec)
+            except (ValueError, UnicodeDecodeError, TypeError):
+                counting.add(source, i, "bad_json", _raw_text(raw))
+        elif kindm == "arrow":
+            try:
+                t = decode_arrow(raw)
+                t = conform(t, schema) if "row" in t.column_names else _conform_norow(t, schema)
+                tables.append(t)
+            except (pa.ArrowException, ValueError, TypeError, OSError) as exc:
+                counting.add(source, i, "bad_arrow", f"{type(exc).__name__}: {exc}"[:512])
+        else:
+            counting.add(source, i, "unknown_format", _raw_text(raw))
+    if json_recs:
+        tables.append(records_to_table(json_recs, kind, counting))
+    if not tables:
+        return Decoded(schema.empty_table(), malformed)
+    t = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    return Decoded(t, malformed)
+
+
+def _conform_norow(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    t = t.append_column("row", pa.array(np.full(t.num_rows, -1, dtype=np.int64)))
+    return conform(t, schema)
+
+
+def _raw_text(raw: bytes | None) -> str:
+    if raw is None:
+        return ""
+    return raw[:4096].decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------------------------
+# clients
+
+
+def client_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """kafka-python keyword options from a config mapping: bootstrap + security passthrough + extras."""
+    opts: dict[str, Any] = {"bootstrap_servers": cfg["bootstrap"]}
+    for k in SECURITY_KEYS:
+        if cfg.get(k) not in (None, ""):
+            opts[k] = cfg[k]
+    opts.update(cfg.get("client_options") or {})
+    return opts
+
+
+def make_producer(cfg: dict[str, Any], **extra: Any):
+    """A kafka-python producer with acks=all (alerts and dead letters must be durable)."""
+    from kafka import KafkaProducer
+
+    opts = client_options(cfg)
+    opts.setdefault("acks", "all")
+    opts.setdefault("linger_ms", 5)
+    opts.setdefault("retries", 5)
+    opts.update(extra)
+    return KafkaProducer(**opts)
+
+
+def ensure_topics(bootstrap: str, topics: dict[str, int], cfg: dict[str, Any] | None = None) -> None:
+    """Create topics (name -> partitions) that do not exist yet; ignores 'already exists'."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    opts = client_options({**(cfg or {}), "bootstrap": bootstrap})
+    admin = KafkaAdminClient(**opts)
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def partition_for(key: bytes, n_partitions: int) -> int:
+    """The partition kafka-python's default partitioner picks for ``key`` (murmur2, positive)."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % n_partitions
+
+
+class KafkaDeadLetter:
+    """Dead-letter sink on a Kafka topic with the DeadLetter interface (``add``/``counts``/``close``).
+
+    Each message is JSON: ``{source, line, reason, raw, ts}``; ``flush()`` waits for the acks so the
+    daemon can commit offsets of the bad messages only after they are safely dead-lettered.
+    """
+
+    def __init__(self, producer, topic: str, on_add: Callable[[str], None] | None = None) -> None:
+        self.producer, self.topic = producer, topic
+        self.counts: dict[str, int] = {}
+        self._on_add = on_add
+        self._logged = 0
+
+    def add(self, source: str, line: Any, reason: str, raw: Any) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if self._logged < 5:  # the first few, then only counts: a flood of garbage must not flood logs
+            log.warning("dead-letter %s: %s (line %s)", reason, source, line)
+            self._logged += 1
+        if self._on_add:
+            self._on_add(reason)
+        msg = {"source": source, "line": line, "reason": reason, "raw": raw, "ts": time.time()}
+        self.producer.send(self.topic, json.dumps(msg, default=str).encode())
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+    def close(self) -> None:
+        self.producer.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# offset tracking
+
+
+@dataclass
+class _Chunk:
+    topic: str
+    partition: int
+    first: int          # first offset in the chunk
+    last: int           # last offset in the chunk
+    row_start: int      # daemon-local row range [row_start, row_end)
+    row_end: int
+    remaining: int
+
+
+class OffsetTracker:
+    """Which offsets may be committed: those whose every record's alerts are durably written.
+
+    The source registers each decoded chunk (a poll's messages of one partition) with the range of
+    daemon-local rows it became; the pipeline calls :meth:`done_rows` after the sinks flushed a
+    window (and for late records). A partition's committable offset is the first offset of its
+    oldest unfinished chunk, or one past the last finished one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._starts: list[int] = []
+        self._chunks: list[_Chunk] = []
+        self._by_tp: dict[tuple[str, int], list[_Chunk]] = {}
+        self._done_upto: dict[tuple[str, int], int] = {}
+
+    def add(self, topic: str, partition: int, first: int, last: int, row_start: int, row_end: int) -> None:
+        c = _Chunk(topic, partition, first, last, row_start, row_end, row_end - row_start)
+        with self._lock:
+            self._by_tp.setdefault((topic, partition), []).append(c)
+            if c.remaining > 0:
+                self._starts.append(row_start)
+                self._chunks.append(c)
+
+    def done_rows(self, rows: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        rows = np.asarray(rows, dtype=np.int64)
+        with self._lock:
+            if not self._chunks:
+                return
+            idx = np.searchsorted(np.asarray(self._starts, dtype=np.int64), rows, side="right") - 1
+            ok = idx >= 0
+            counts = np.bincount(idx[ok], minlength=len(self._chunks))
+            keep_s, keep_c = [], []
+            for c, s, n in zip(self._chunks, self._starts, counts):
+                if n:
+                    c.remaining -= int(n)
+                if c.remaining > 0:
+                    keep_s.append(s)
+                    keep_c.append(c)
+            self._starts, self._chunks = keep_s, keep_c
+
+    def committable(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> next offset to consume, for partitions that advanced."""
+        out = {}
+        with self._lock:
+            for tp, chunks in self._by_tp.items():
+                n = 0
+                while n < len(chunks) and chunks[n].remaining <= 0:
+                    n += 1
+                if n:
+                    self._done_upto[tp] = chunks[n - 1].last + 1
+                    del chunks[:n]
+                if tp in self._done_upto:
+                    out[tp] = self._done_upto[tp]
+        return out
+
+    def forget(self, tps: Iterable[tuple[str, int]]) -> None:
+        """Drop state of partitions that were revoked (their new owner re-reads from the last commit)."""
+        with self._lock:
+            for tp in tps:
+                self._by_tp.pop(tp, None)
+                self._done_upto.pop(tp, None)
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(c.remaining for c in self._chunks)
+
+
+# --------------------------------------------------------------------------------------------
+# the consumer source
+
+
+@dataclass
+class SourceBatch:
+    """A decoded chunk handed to the pipeline: canonical table + where it came from."""
+
+    table: pa.Table
+    source: str
+    arrival: float                       # wall time the chunk was read (or the producer's timestamp)
+    topic: str | None = None
+    partition: int | None = None
+    first_offset: int | None = None
+    last_offset: int | None = None
+
+
+class KafkaSource:
+    """Consumer-group source: poll -> decode -> bounded queue, with manual commits and pause/resume.
+
+    ``out`` is a bounded ``queue.Queue``; when it is at ``high_water`` items the source pauses all
+    assigned partitions (it keeps polling, so group heartbeats continue) and resumes at
+    ``low_water``: memory stays flat when scoring falls behind. Offsets come from ``tracker``.
+    """
+
+    def __init__(
+        self, cfg: dict[str, Any], out: "queue.Queue[SourceBatch | None]", tracker: OffsetTracker,
+        metrics=None, dead_letter: Any = None, kind: str = "flows", fmt: str = "auto",
+        stop_at_end: bool = False, commit_interval: float = 1.0, on_assign: Callable[[], None] | None = None,
+    ) -> None:
+        self.cfg, self.out, self.tracker, self.metrics = cfg, out, tracker, metrics
+        self.dead_letter, self.kind, self.fmt = dead_letter, kind, fmt
+        self.stop_at_end, self.commit_interval = stop_at_end, commit_interval
+        self.topic = cfg["topic"]
+        self.high_water = max(1, int(out.maxsize * 0.8)) if out.maxsize else 1 << 30
+        self.low_water = max(0, int(out.maxsize * 0.3)) if out.maxsize else 0
+        self.max_poll_records = int(cfg.get("max_poll_records") or 500)
+        self._stop = threading.Event()
+        self._stop_reading = threading.Event()
+        self._eos_sent = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run_guarded, name="kafka-source", daemon=True)
+        self._paused = False
+        self._last_commit: dict[tuple[str, int], int] = {}
+        self._on_assign = on_assign
+        self.assigned: set[tuple[str, int]] = set()
+        self.error: BaseException | None = None
+        self.reconnects = 0
+        self.consumer = None
+
+    # lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "KafkaSource":
+        self._thread.start()
+        return self
+
+    def stop_reading(self) -> None:
+        """Stop polling new records (drain starts); the thread keeps committing until :meth:`stop`."""
+        self._stop_reading.set()
+
+    def stop(self) -> None:
+        """Final commit of what is durable, close the consumer, end the thread."""
+        self._stop_reading.set()
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    # internals ---------------------------------------------------------------------------
+    def _make_consumer(self):
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        src = self
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                # Commit what is durable for partitions we are about to lose, then forget them:
+                # records still in our windows will be re-read by the new owner (at-least-once).
+                src._commit()
+                tps = {(tp.topic, tp.partition) for tp in revoked}
+                src.tracker.forget(tps)
+                for tp in tps:
+                    src._last_commit.pop(tp, None)
+                src.assigned -= tps
+                log.info("partitions revoked: %s", sorted(tps))
+
+            def on_partitions_assigned(self, assigned):
+                src.assigned = {(tp.topic, tp.partition) for tp in assigned}
+                log.info("partitions assigned: %s", sorted(src.assigned))
+                if src._on_assign:
+                    src._on_assign()
+
+        opts = client_options(self.cfg)
+        opts.update(
+            group_id=self.cfg.get("group_id", "graphsentry"),
+            enable_auto_commit=False,
+            auto_offset_reset=self.cfg.get("auto_offset_reset", "earliest"),
+            max_poll_records=self.max_poll_records,
+            session_timeout_ms=int(self.cfg.get("session_timeout_ms", 10000)),
+            heartbeat_interval_ms=int(self.cfg.get("heartbeat_interval_ms", 3000)),
+            max_partition_fetch_bytes=int(self.cfg.get("max_partition_fetch_bytes", 8388608)),
+            reconnect_backoff_max_ms=int(self.cfg.get("reconnect_backoff_max_ms", 2000)),
+        )
+        c = KafkaConsumer(**opts)
+        c.subscribe([self.topic], listener=Listener())
+        return c
+
+    def _commit(self) -> None:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        offs = self.tracker.committable()
+        todo = {}
+        for tp, off in offs.items():
+            if tp in self.assigned and self._last_commit.get(tp) != off:
+                todo[TopicPartition(*tp)] = OffsetAndMetadata(off, "", -1)
+        if not todo or self.consumer is None:
+            return
+        try:
+            if self.dead_letter is not None and hasattr(self.dead_letter, "flush"):
+                self.dead_letter.flush()  # bad messages must be in the DLQ before their offsets are committed
+            self.consumer.commit(todo)
+            for tp, om in todo.items():
+                self._last_commit[(tp.topic, tp.partition)] = om.offset
+            if self.metrics:
+                self.metrics.commits.inc()
+            log.debug("committed %s", {f"{k.topic}/{k.partition}": v.offset for k, v in todo.items()})
+        except Exception as exc:  # noqa: BLE001 - a failed commit only means a later re-read
+            log.warning("offset commit failed (%s); will retry", exc)
+
+    def committed_offsets(self) -> dict[tuple[str, int], int]:
+        """What this source last committed (for summaries and tests)."""
+        return dict(self._last_commit)
+
+    def _update_lag(self) -> None:
+        if not self.metrics or not self.assigned or self.consumer is None:
+            return
+        from kafka.structs import TopicPartition
+
+        tps = [TopicPartition(*tp) for tp in self.assigned]
+        try:
+            ends = self.consumer.end_offsets(tps)
+        except Exception:  # noqa: BLE001
+            return
+        for tp in tps:
+            try:
+                pos = self.consumer.position(tp, timeout_ms=1000)
+            except Exception:  # noqa: BLE001
+                continue
+            if pos is None:
+                continue
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, ends.get(tp, pos) - pos))
+
+    def _at_end(self) -> bool:
+        """True when every assigned partition has been read to its end offset (``stop_at_end``)."""
+        if not self.assigned or self.consumer is None:
+            return False
+        from kafka.structs import TopicPartition
+
+        tps = [TopicPartition(*tp) for tp in self.assigned]
+        try:
+            ends = self.consumer.end_offsets(tps)
+            return all(self.consumer.position(tp) >= ends[tp] for tp in tps)
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _put(self, item: SourceBatch) -> None:
+        # The queue is bounded; pausing keeps it from filling, but block briefly rather than drop.
+        while not self._stop_reading.is_set():
+            try:
+                self.out.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                self._backpressure()
+        # Draining: the batch is not handed on and its offsets are never committed (re-read later).
+
+    def _backpressure(self) -> None:
+        depth = self.out.qsize()
+        if self.metrics:
+            self.metrics.queue_depth.labels("records").set(depth)
+        if self.consumer is None:
+            return
+        parts = self.consumer.assignment()
+        if not self._paused and depth >= self.high_water and parts:
+            self.consumer.pause(*parts)
+            self._paused = True
+            if self.metrics:
+                self.metrics.paused.set(1)
+            log.debug("paused %d partitions (queue %d)", len(parts), depth)
+        elif self._paused and depth <= self.low_water:
+            paused = self.consumer.paused()
+            if paused:
+                self.consumer.resume(*paused)
+            self._paused = False
+            if self.metrics:
+                self.metrics.paused.set(0)
+
+    def _end_of_stream(self) -> None:
+        if not self._eos_sent:
+            self._eos_sent = True
+            while True:
+                try:
+                    self.out.put(None, timeout=0.5)
+                    return
+                except queue.Full:
+                    if self._stop.is_set():
+                        return
+
+    def _run_guarded(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - surface to the pipeline instead of dying silently
+            log.exception("kafka source failed")
+            self.error = exc
+        finally:
+            self._done.set()
+            self._end_of_stream()
+
+    def _run(self) -> None:
+        from kafka.errors import KafkaError, NoBrokersAvailable
+
+        while not self._stop_reading.is_set() and self.consumer is None:
+            try:
+                self.consumer = self._make_consumer()
+            except NoBrokersAvailable:
+                log.warning("no Kafka broker at %s yet; retrying", self.cfg["bootstrap"])
+                self._stop_reading.wait(1.0)
+        if self.consumer is None:
+            return
+        next_commit = time.monotonic() + self.commit_interval
+        next_lag = time.monotonic()
+        idle_polls = 0
+        while not self._stop.is_set():
+            if self._stop_reading.is_set():
+                self._end_of_stream()
+                self._stop.wait(0.1)
+            else:
+                self._backpressure()
+                try:
+                    polled = self.consumer.poll(timeout_ms=200, max_records=self.max_poll_records)
+                except KafkaError as exc:
+                    # Broker gone or a rebalance error: kafka-python reconnects by itself on the next poll.
+                    self.reconnects += 1
+                    log.warning("poll failed (%s); retrying", exc)
+                    self._stop.wait(0.5)
+                    continue
+                now = time.time()
+                for tp, msgs in polled.items():
+                    if not msgs or (tp.topic, tp.partition) not in self.assigned:
+                        continue
+                    dec = decode_messages((m.value for m in msgs), self.fmt, self.kind, self.dead_letter,
+                                          source=f"kafka:{tp.topic}/{tp.partition}")
+                    if self.metrics:
+                        self.metrics.records.labels("kafka").inc(dec.table.num_rows)
+                        for reason, n in dec.malformed.items():
+                            self.metrics.malformed.labels(reason).inc(n)
+                    ts_ms = [m.timestamp for m in msgs if m.timestamp and m.timestamp > 0]
+                    # Event-to-alert starts when the producer sent the newest message of this chunk.
+                    arrival = (max(ts_ms) / 1000.0) if ts_ms else now
+                    self._put(SourceBatch(dec.table, "kafka", min(arrival, now), tp.topic, tp.partition,
+                                          msgs[0].offset, msgs[-1].offset))
+                idle_polls = 0 if polled else idle_polls + 1
+                if self.stop_at_end and idle_polls >= 3 and self._at_end():
+                    log.info("all assigned partitions read to the end (stop_at_end)")
+                    self._stop_reading.set()
+            mono = time.monotonic()
+            if mono >= next_commit:
+                self._commit()
+                next_commit = mono + self.commit_interval
+            if mono >= next_lag and not self._stop_reading.is_set():
+                self._update_lag()
+                next_lag = mono + 5.0
+        # Final commit of everything durable, in this thread (the consumer is not thread-safe).
+        self._commit()
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def iter_topic(
+    bootstrap: str, topic: str, timeout_s: float = 10.0, group_id: str | None = None, idle_s: float = 2.0,
+    cfg: dict[str, Any] | None = None,
+) -> Iterator[Any]:
+    """Every message of ``topic`` from the beginning (tests, tools): stops after ``idle_s`` without data."""
+    from kafka import KafkaConsumer
+
+    opts = client_options({**(cfg or {}), "bootstrap": bootstrap})
+    c = KafkaConsumer(topic, group_id=group_id, auto_offset_reset="earliest", enable_auto_commit=False,
+                      consumer_timeout_ms=int(idle_s * 1000), **opts)
+    deadline = time.monotonic() + timeout_s
+    try:
+        for m in c:
+            yield m
+            if time.monotonic() > deadline:
+                break
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------------------------
+# replay
+
+
+def parse_speed(speed: str | float | None) -> float | None:
+    """``"10x"`` -> 10.0, ``"max"``/None -> None (as fast as possible), ``"1"`` -> 1.0."""
+    if speed is None:
+        return None
+    if isinstance(speed, (int, float)):
+        return float(speed)
+    s = str(speed).strip().lower()
+    if s in ("max", "inf", ""):
+        return None
+    s = s[:-1] if s.endswith("x") else s
+    v = float(s)
+    if v <= 0:
+        raise ValueError(f"--speed must be positive or 'max', got {speed!r}")
+    return v
+
+
+def replay(
+    batches: Iterable[pa.RecordBatch | pa.Table], producer, topic: str, n_partitions: int,
+    fmt: str = "json", speed: float | None = None, arrow_batch: int = 2000,
+    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+) -> dict[str, int]:
+    """Publish canonical batches to ``topic`` keeping event-time gaps scaled by ``speed``.
+
+    JSON: one message per record, key = ``src_ip`` (kafka-python hashes it to a partition).
+    Arrow: records grouped by the partition their ``src_ip`` hashes to, ``arrow_batch`` per message,
+    sent to that partition explicitly — the same keying as JSON, so both formats split alike.
+    Returns counts: records, messages.
+    """
+    if fmt not in ("json", "arrow"):
+        raise ValueError(f"replay format must be json or arrow, got {fmt!r}")
+    t0_event: float | None = None
+    t0_wall = clock()
+    n_rec = n_msg = 0
+    pending: dict[int, list[pa.Table]] = {}
+    pending_n: dict[int, int] = {}
+
+    def flush_part(p: int) -> None:
+        nonlocal n_msg
+        if not pending.get(p):
+            return
+        t = pa.concat_tables(pending[p]).combine_chunks()
+        producer.send(topic, encode_arrow(t), partition=p)
+        n_msg += 1
+        pending[p], pending_n[p] = [], 0
+
+    for b in batches:
+        t = pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+        if t.num_rows == 0:
+            continue
+        ts = t.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6
+        # Pace per slice of up to 256 rows: sleeping per record would cap the rate, not the data.
+        step = 256 if fmt == "arrow" else 64
+        for i0 in range(0, t.num_rows, step):
+            sl = t.slice(i0, step)
+            if speed is not None:
+                ev = float(ts[i0])
+                if t0_event is None:
+                    t0_event = ev
+                due = t0_wall + (ev - t0_event) / speed
+                delay = due - clock()
+                if delay > 0:
+                    if fmt == "arrow":
+                        for p in list(pending):
+                            flush_part(p)
+                    sleep(delay)
+            src = sl.column("src_ip").to_pylist()
+            if fmt == "json":
+                for key, val in zip(src, table_to_json_messages(sl)):
+                    producer.send(topic, val, key=str(key).encode())
+                    n_msg += 1
+            else:
+                parts = np.array([partition_for(str(k).encode(), n_partitions) for k in src])
+                for p in np.unique(parts):
+                    sub = sl.filter(pa.array(parts == p))
+                    pending.setdefault(int(p), []).append(sub)
+                    pending_n[int(p)] = pending_n.get(int(p), 0) + sub.num_rows
+                    if pending_n[int(p)] >= arrow_batch:
+                        flush_part(int(p))
+            n_rec += sl.num_rows
+    for p in list(pending):
+        flush_part(p)
+    producer.flush()
+    return {"records": n_rec, "messages": n_msg}

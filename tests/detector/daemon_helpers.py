@@ -1,0 +1,76 @@
+"""Helpers for the daemon tests: a small synthetic flow capture and a simple real scorer.
+
+The scorer is a genuine (if simple) detector passed to the daemon by dependency injection:
+the score of a flow is its source's fan-out in the window (distinct destination ports+hosts),
+so a port scan scores high. It lets the transport/alerting tests run without a trained model.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from ingest.schema import FLOW_SCHEMA, conform
+
+T0 = 1_700_000_000.0
+
+
+def make_flows(n_benign: int = 400, n_scan: int = 120, duration: float = 40.0, seed: int = 0,
+               t0: float = T0) -> pa.Table:
+    """Benign chatter between 20 hosts plus one scanner sweeping ports, time-ordered."""
+    rng = np.random.default_rng(seed)
+    ts = np.sort(rng.uniform(0, duration, n_benign))
+    src = [f"10.0.0.{i}" for i in rng.integers(1, 21, n_benign)]
+    dst = [f"10.0.1.{i}" for i in rng.integers(1, 6, n_benign)]
+    dport = rng.choice([53, 80, 443], n_benign)
+    sts = np.sort(rng.uniform(duration * 0.3, duration * 0.6, n_scan))
+    rows = []
+    for t, s, d, p in zip(ts, src, dst, dport):
+        rows.append((t, s, int(rng.integers(30000, 60000)), d, int(p), "tcp", int(rng.integers(100, 5000))))
+    for i, t in enumerate(sts):
+        rows.append((t, "10.0.9.9", 40000, f"10.0.1.{1 + i % 5}", 1000 + i, "tcp", 0))
+    rows.sort(key=lambda r: r[0])
+    n = len(rows)
+    t = pa.table({
+        "row": pa.array(np.arange(n), pa.int64()),
+        "uid": [f"C{i:06d}" for i in range(n)],
+        "ts": pa.array([int((t0 + r[0]) * 1e6) for r in rows], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "duration": [0.1] * n,
+        "src_ip": [r[1] for r in rows], "src_port": pa.array([r[2] for r in rows], pa.int32()),
+        "dst_ip": [r[3] for r in rows], "dst_port": pa.array([r[4] for r in rows], pa.int32()),
+        "proto": [r[5] for r in rows],
+        "src_bytes": pa.array([r[6] for r in rows], pa.int64()),
+        "label": pa.array([1 if r[1] == "10.0.9.9" else 0 for r in rows], pa.int8()),
+        "source": ["synthetic"] * n,
+    })
+    return conform(t, FLOW_SCHEMA)
+
+
+class FanoutScorer:
+    """Score = distinct (dst_ip, dst_port) pairs of the flow's source in this window.
+
+    Stateless across windows, so any two runs over the same windows agree exactly.
+    """
+
+    def __init__(self, threshold: float = 20.0, technique: str = "T1046") -> None:
+        self.threshold = threshold
+        self.technique = technique
+        self.windows = 0
+
+    def score_window(self, window):
+        from detector.scoring import WindowScores
+
+        t = window.table
+        src = np.asarray(t.column("src_ip").to_pylist(), dtype=object)
+        pairs = list(zip(t.column("dst_ip").to_pylist(), t.column("dst_port").to_pylist()))
+        fan: dict = {}
+        for s, p in zip(src, pairs):
+            fan.setdefault(s, set()).add(p)
+        scores = np.array([float(len(fan[s])) for s in src])
+        alerts = scores > self.threshold
+        self.windows += 1
+        return WindowScores(
+            rows=t.column("row").to_numpy().astype(np.int64), scores=scores, alerts=alerts,
+            top_technique=[self.technique if a else None for a in alerts],
+            node_scores=np.zeros(0), node_key=[], window_start=window.start, window_end=window.end,
+            threshold=self.threshold,
+        )
