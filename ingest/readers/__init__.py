@@ -1,1 +1,291 @@
-"""Readers: every supported input format -> canonical Arrow record batches."""
+"""Readers: every supported input format -> canonical Arrow record batches.
+
+```python
+from ingest.readers import open_inputs, sniff_format, FORMATS
+reader = open_inputs(paths, format="auto", mapping=None, dead_letter=None, batch_size=65536)
+for batch in reader:        # pyarrow.RecordBatch in FLOW_SCHEMA or TX_SCHEMA
+    ...
+reader.stats                # ReadStats: rows_ok, malformed (reason -> n), per_file
+reader.kind                 # "flows" | "transactions"
+```
+``row`` numbers the good records 0, 1, 2, ... across all inputs in the order given.
+Malformed records never stop a read: they are counted by reason, the first few
+logged, and all written to the dead-letter file (``ingest.deadletter``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ingest.deadletter import DeadLetter
+from ingest.readers.base import FileContext, FileStats, ReadStats, schema_for
+from ingest.readers.jsonl import records_to_batch
+from ingest.readers.sources import InputSpec, expand
+
+log = logging.getLogger("ingest.readers")
+
+__all__ = ["open_inputs", "sniff_format", "FORMATS", "ReadStats", "FileStats", "records_to_batch",
+           "InputReader", "FormatInfo"]
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """A registered input format."""
+
+    name: str
+    kind: str              # "flows", "transactions", or "any" (decided per file)
+    description: str
+    factory: Callable[[], Any]
+
+
+def _lazy(module: str, cls: str) -> Callable[..., Any]:
+    def make(*args: Any, **kw: Any) -> Any:
+        import importlib
+        return getattr(importlib.import_module(module), cls)(*args, **kw)
+    return make
+
+
+#: Every format ``open_inputs`` knows, by the name ``format=`` / ``--format`` takes.
+FORMATS: dict[str, FormatInfo] = {
+    f.name: f for f in (
+        FormatInfo("zeek", "flows", "Zeek conn.log TSV with #fields/#types header (Stratosphere labels)",
+                   _lazy("ingest.readers.zeek", "ZeekTSV")),
+        FormatInfo("zeek-csv", "flows", "Zeek conn log exported as CSV (IoT-23 style)",
+                   _lazy("ingest.readers.zeek", "ZeekCSV")),
+        FormatInfo("zeek-json", "flows", "Zeek conn log as JSON lines",
+                   _lazy("ingest.readers.zeek", "ZeekJSON")),
+        FormatInfo("cic", "flows", "CICFlowMeter CSV (CIC-IDS2017/2018, improved CIC-IDS2017)",
+                   _lazy("ingest.readers.cic", "CICFlowMeterCSV")),
+        FormatInfo("luflow", "flows", "LUFlow CSV (plain or zipped daily files)",
+                   _lazy("ingest.readers.luflow", "LUFlowCSV")),
+        FormatInfo("netflow", "flows", "NetFlow v3 CSV as in the NF-* data sets (needs FLOW_START_MILLISECONDS)",
+                   _lazy("ingest.readers.netflow", "NetFlowCSV")),
+        FormatInfo("pcap", "flows", "pcap/pcapng packet capture -> bidirectional flows via nfstream",
+                   _lazy("ingest.readers.pcap", "PcapReader")),
+        FormatInfo("parquet", "any", "Parquet in the canonical flow or transaction schema",
+                   _lazy("ingest.readers.arrowfmt", "ParquetReader")),
+        FormatInfo("arrow", "any", "Arrow IPC (file or stream) in the canonical schema",
+                   _lazy("ingest.readers.arrowfmt", "ArrowIPCReader")),
+        FormatInfo("jsonl", "any", "JSON lines with canonical field names (unknown fields counted)",
+                   _lazy("ingest.readers.jsonl", "CanonicalJSONL")),
+        FormatInfo("fdh", "transactions", "Fraud Detection Handbook transactions (Parquet or CSV)",
+                   _lazy("ingest.readers.fdh", "FDHReader")),
+        FormatInfo("mapped", "any", "any CSV/TSV through a column-mapping config (--mapping FILE)",
+                   _lazy("ingest.readers.mapping", "MappedCSV")),
+    )
+}
+_ALIASES = {"cicflowmeter": "cic", "conn": "zeek", "zeek-tsv": "zeek", "pcapng": "pcap", "ipc": "arrow",
+            "feather": "arrow", "json": "jsonl", "nf": "netflow", "csv": "mapped"}
+
+_PCAP_MAGIC = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",
+               b"\x0a\x0d\x0d\x0a")
+
+
+def _known() -> str:
+    return ", ".join(FORMATS)
+
+
+def _header_keys(line: str) -> set[str]:
+    from ingest.readers.textcsv import split_line
+    return {h.strip().strip('"').lower() for h in split_line(line.lstrip("\ufeff"), ",", True)}
+
+
+def sniff_head(head: bytes, name: str = "<input>") -> tuple[str, str]:
+    """``(format, kind)`` from the first bytes of an input; ``ValueError`` naming known formats if unknown."""
+    if head[:4] in _PCAP_MAGIC:
+        return "pcap", "flows"
+    if head[:4] == b"PAR1":
+        return "parquet", "any"
+    if head[:6] == b"ARROW1" or head[:4] == b"\xff\xff\xff\xff":
+        return "arrow", "any"
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+    stripped = text.lstrip()
+    if stripped.startswith("#separator") or stripped.startswith("#fields"):
+        return "zeek", "flows"
+    if stripped.startswith("{"):
+        first = stripped.split("\n", 1)[0]
+        try:
+            keys = set(json.loads(first))
+        except ValueError:
+            keys = set()
+        if {"id.orig_h", "id.resp_h"} & keys or "id" in keys and "uid" in keys:
+            return "zeek-json", "flows"
+        if {"customer_id", "terminal_id"} <= keys:
+            return "jsonl", "transactions"
+        if {"src_ip", "dst_ip"} <= keys or "ts" in keys:
+            return "jsonl", "flows"
+    first_line = text.split("\n", 1)[0].rstrip("\r")
+    keys = _header_keys(first_line) if "," in first_line else set()
+    if {"id.orig_h", "id.resp_h"} <= keys:
+        return "zeek-csv", "flows"
+    if {"ipv4_src_addr", "ipv4_dst_addr", "l4_src_port"} <= keys:
+        return "netflow", "flows"
+    if {"time_start", "src_ip", "dest_ip", "bytes_in"} <= keys:
+        return "luflow", "flows"
+    if "flow duration" in keys and ({"dst port", "destination port"} & keys):
+        return "cic", "flows"
+    if {"tx_datetime", "customer_id", "terminal_id", "tx_amount"} <= keys:
+        return "fdh", "transactions"
+    if {"ts", "src_ip", "dst_ip"} <= keys:
+        return "mapped", "flows"  # canonical CSV: read through the identity mapping
+    raise ValueError(
+        f"cannot tell the format of {name}: known formats are {_known()} "
+        f"(pass --format NAME, or --mapping FILE for any other CSV)")
+
+
+def sniff_format(path: str | os.PathLike) -> str:
+    """Format name of ``path`` from its header/magic bytes; ``ValueError`` naming the known formats."""
+    specs = expand(path)
+    if not specs:
+        raise ValueError(f"{path}: empty archive; known formats are {_known()}")
+    return _resolve(specs[0], "auto")[0]
+
+
+def _resolve(spec: InputSpec, fmt: str) -> tuple[str, str]:
+    """(format, kind) for one input, sniffing when ``fmt`` is auto and refining "any" kinds."""
+    fmt = _ALIASES.get(fmt, fmt)
+    if fmt == "auto":
+        fmt, kind = sniff_head(spec.head, spec.name)
+    elif fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; known formats are auto, {_known()}")
+    else:
+        kind = FORMATS[fmt].kind
+    if fmt in ("parquet", "arrow") and spec.plain:
+        from ingest.readers.arrowfmt import kind_of_file
+        kind, is_fdh = kind_of_file(spec.path, fmt)
+        if is_fdh:
+            fmt = "fdh"
+    elif fmt == "jsonl" and kind == "any":
+        try:
+            kind = sniff_head(spec.head, spec.name)[1]
+        except ValueError:
+            kind = "flows"
+        kind = "flows" if kind == "any" else kind
+    if fmt == "netflow":
+        from ingest.readers.netflow import check_header
+        check_header(spec)
+    return fmt, kind
+
+
+class InputReader:
+    """Iterates canonical record batches over several inputs; see :func:`open_inputs`."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], format: str = "auto", mapping: Any = None,
+                 dead_letter: str | os.PathLike | DeadLetter | None = None, batch_size: int = 65536) -> None:
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        if not paths:
+            raise ValueError("no inputs given")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.stats = ReadStats()
+        if isinstance(dead_letter, DeadLetter):
+            self.dead_letter, self._own_dl = dead_letter, False
+        else:
+            self.dead_letter, self._own_dl = DeadLetter(dead_letter), True
+        self.mapping = None
+        fmt = _ALIASES.get(format, format)
+        if mapping is not None:
+            from ingest.readers.mapping import load_mapping
+            self.mapping = load_mapping(mapping)
+            if fmt not in ("auto", "mapped"):
+                raise ValueError(f"--mapping reads CSV/TSV through a mapping; it cannot be combined with "
+                                 f"format {format!r}")
+            fmt = "mapped"
+        elif fmt == "mapped":
+            raise ValueError("format 'mapped' needs a mapping config (mapping=/--mapping FILE)")
+        self.specs: list[InputSpec] = []
+        self.plan: list[tuple[InputSpec, str, str]] = []
+        for p in paths:
+            for spec in expand(p):
+                if fmt == "mapped":
+                    f, kind = "mapped", self.mapping.kind
+                else:
+                    f, kind = _resolve(spec, fmt)
+                self.plan.append((spec, f, kind))
+        kinds = {k for _, _, k in self.plan}
+        if len(kinds) > 1:
+            detail = ", ".join(f"{s.name}: {k}" for s, _, k in self.plan)
+            raise ValueError(f"inputs mix flows and transactions ({detail}); read them separately")
+        self.kind: str = kinds.pop() if kinds else "flows"
+        self.schema = schema_for(self.kind)
+        self._next_row = 0
+        self._t0: float | None = None
+
+    @property
+    def formats(self) -> list[str]:
+        return [f for _, f, _ in self.plan]
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        self._t0 = time.perf_counter()
+        try:
+            for spec, fmt, kind in self.plan:
+                yield from self._read_one(spec, fmt, kind)
+        finally:
+            self.stats.seconds = time.perf_counter() - self._t0
+            self.dead_letter.flush()
+            if self._own_dl:
+                self.dead_letter.close()
+
+    def _read_one(self, spec: InputSpec, fmt: str, kind: str) -> Iterator[pa.RecordBatch]:
+        ctx = FileContext(spec.name, fmt, kind, self.dead_letter, self.stats, self.batch_size, self.mapping)
+        fs = ctx.file_stats
+        t0 = time.perf_counter()
+        reader = FORMATS[fmt].factory() if fmt != "mapped" else FORMATS[fmt].factory(self.mapping)
+        try:
+            for table in reader.read(spec, ctx):
+                if table.num_rows == 0:
+                    continue
+                n = table.num_rows
+                rows = pa.array(np.arange(self._next_row, self._next_row + n, dtype=np.int64))
+                table = table.set_column(0, self.schema.field("row"), rows)
+                self._next_row += n
+                fs.rows_ok += n
+                self.stats.rows_ok += n
+                for b in table.combine_chunks().to_batches(max_chunksize=self.batch_size):
+                    yield b
+        except Exception as exc:  # noqa: BLE001 - a broken file must not stop the other inputs
+            log.error("reading %s as %s failed: %s: %s", spec.name, fmt, type(exc).__name__, exc)
+            fs.error = f"{type(exc).__name__}: {exc}"
+            ctx.reject(None, "file_error", fs.error)
+        finally:
+            fs.seconds += time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Close the dead-letter file (when this reader opened it)."""
+        if self._own_dl:
+            self.dead_letter.close()
+
+    def __enter__(self) -> "InputReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_inputs(paths: Sequence[str | os.PathLike] | str | os.PathLike, format: str = "auto",
+                mapping: Any = None, dead_letter: str | os.PathLike | DeadLetter | None = None,
+                batch_size: int = 65536) -> InputReader:
+    """Open inputs for streaming canonical record batches.
+
+    Args:
+        paths: files in the order their records should be numbered (zip archives expand to their members).
+        format: ``"auto"`` (sniff each input) or a name in :data:`FORMATS`.
+        mapping: column-mapping config (path to YAML/JSON, or a dict) for any other CSV/TSV.
+        dead_letter: JSON-lines file for malformed records (or a :class:`DeadLetter`); None = count only.
+        batch_size: the most rows per yielded batch.
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+        ValueError: unknown format (the message names the known ones), or inputs mixing flows and
+            transactions.
+    """
+    return InputReader(paths, format=format, mapping=mapping, dead_letter=dead_letter, batch_size=batch_size)

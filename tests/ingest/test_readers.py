@@ -1,0 +1,155 @@
+"""Readers on the shared data sets and the bundled samples: counts, labels, timestamps."""
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+
+def data_lines(path: Path, comment: str | None = None, header: bool = True) -> list[str]:
+    """Non-blank data lines of a text file (zip: its single member), without header/comment lines."""
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            text = zf.read(zf.namelist()[0]).decode("utf-8")
+    else:
+        text = path.read_text(encoding="utf-8")
+    lines = [l for l in text.split("\n") if l.strip()]
+    if comment:
+        lines = [l for l in lines if not l.startswith(comment)]
+    return lines[1:] if header else lines
+
+
+def csv_column_counts(path: Path, *cols: str) -> Counter:
+    """Counter of tuples of the named columns, read with the csv module."""
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            fh = io.StringIO(zf.read(zf.namelist()[0]).decode("utf-8"))
+    else:
+        fh = open(path, newline="", encoding="utf-8")
+    with fh:
+        rd = csv.DictReader(fh)
+        return Counter(tuple(r[c] for c in cols) for r in rd)
+
+
+def zeek_column_counts(path: Path, *cols: str) -> Counter:
+    fields = None
+    out: Counter = Counter()
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if line.startswith("#fields"):
+            fields = line.split("\t")[1:]
+        elif line.strip() and not line.startswith("#"):
+            vals = dict(zip(fields, line.split("\t")))
+            out[tuple(vals[c] for c in cols)] += 1
+    return out
+
+
+import json
+import zipfile as _zf
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from ingest.readers import open_inputs, sniff_format
+from ingest.schema import FLOW_SCHEMA
+
+
+def read_all(paths, **kw) -> tuple[pa.Table, object]:
+    r = open_inputs([str(p) for p in paths], **kw)
+    batches = list(r)
+    assert all(b.schema.equals(r.schema) for b in batches)
+    return pa.Table.from_batches(batches, schema=r.schema), r
+
+
+def label_counts(t: pa.Table) -> Counter:
+    return Counter(zip(t["label"].to_pylist(), t["attack"].to_pylist()))
+
+
+# --- bundled samples (always run: the demo depends on them) -------------------------
+
+def test_samples_stratosphere(samples):
+    files = sorted((samples / "stratosphere").glob("*.labeled"))
+    assert len(files) == 2
+    t, r = read_all(files)
+    assert r.kind == "flows" and r.formats == ["zeek", "zeek"]
+    expected = sum(len(data_lines(f, comment="#", header=False)) for f in files)
+    assert t.num_rows == r.stats.rows_ok == expected == 3000
+    assert r.stats.malformed == {}
+    assert t["row"].to_pylist() == list(range(expected))  # continuous across both inputs
+    want = Counter()
+    for f in files:
+        for (lab, det), n in zeek_column_counts(f, "label", "detailedlabel").items():
+            code = {"Benign": 0, "Malicious": 1, "Background": 2}[lab]
+            want[(code, det if code == 1 else None)] += n
+    assert label_counts(t) == want
+    assert set(t["label"].to_pylist()) == {0, 1, 2}
+    # exact values of the first record of 008 (header order, unit conversion)
+    first = t.slice(0, 1).to_pylist()[0]
+    assert first["uid"] == "CHLXQF2OBY4onAR0Ug" and first["src_ip"] == "147.32.81.167"
+    assert first["ts"].timestamp() == pytest.approx(1655071198.444458, abs=1e-6)
+    assert (first["src_port"], first["dst_port"], first["proto"], first["service"]) == (62771, 443, "tcp", "ssl")
+    assert (first["src_bytes"], first["dst_bytes"], first["src_pkts"], first["dst_pkts"]) == (1596, 4039, 14, 16)
+    assert (first["src_ip_bytes"], first["dst_ip_bytes"], first["history"]) == (1016, 1226, "ShADdaFf")
+    assert first["label"] == 0 and first["attack"] is None and first["source"] == "zeek"
+
+
+def test_sniff_samples(samples):
+    for f in (samples / "stratosphere").glob("*.labeled"):
+        assert sniff_format(f) == "zeek"
+
+
+# --- shared data: Stratosphere TSV -----------------------------------------------------
+
+@pytest.mark.parametrize("name", ["001-zeek-scenario-malicious.labeled-conn.log",
+                                  "008-zeek-mixed.conn.log.labeled", "010-zeek-mixed.conn.log.labeled"])
+def test_stratosphere_full(shared_data, name):
+    f = shared_data / "flows" / "stratosphere" / name
+    t, r = read_all([f])
+    lines = data_lines(f, comment="#", header=False)
+    assert r.stats.rows_ok + r.stats.rows_malformed == len(lines)
+    assert t.num_rows == len(lines) and r.stats.malformed == {}
+    want = Counter()
+    for (lab, det), n in zeek_column_counts(f, "label", "detailedlabel").items():
+        code = {"Benign": 0, "Malicious": 1, "Background": 2}[lab]
+        want[(code, det if code == 1 else None)] += n
+    assert label_counts(t) == want
+    # timestamps exactly as in the file (Zeek writes at connection end: not monotone by start)
+    ts_file = np.array([float(l.split("\t")[0]) for l in lines])
+    assert np.allclose(t["ts"].cast(pa.int64()).to_numpy() / 1e6, ts_file, atol=1e-6)
+
+
+def test_stratosphere_001_documented_labels(shared_data):
+    t, _ = read_all([shared_data / "flows/stratosphere/001-zeek-scenario-malicious.labeled-conn.log"])
+    c = Counter(t["label"].to_pylist())
+    assert c == {2: 739, 1: 244, 0: 9}  # the README's distribution
+
+
+# --- shared data: IoT-23 CSV -----------------------------------------------------------
+
+IOT23_CLASSES = {"DDoS", "C&C", "C&C-Torii", "PartOfAHorizontalPortScan", "FileDownload", "C&C-FileDownload"}
+
+
+def test_iot23_all(shared_data):
+    files = sorted((shared_data / "flows" / "iot23").glob("*.csv"))
+    assert len(files) == 6
+    t, r = read_all(files)
+    total = 0
+    want = Counter()
+    for f in files:
+        n = len(data_lines(f))
+        fs = r.stats.per_file[str(f)]
+        assert fs.format == "zeek-csv"
+        assert fs.rows_ok + fs.rows_malformed == n
+        total += n
+        for (lab, det), k in csv_column_counts(f, "label", "detailed-label").items():
+            code = 0 if lab.lower() == "benign" else 1
+            want[(code, det if code == 1 else None)] += k
+    assert t.num_rows == total == 42 + 452 + 1374 + 3209 + 23145 + 4426 + 10403 - 42
+    assert r.stats.malformed == {}
+    assert label_counts(t) == want
+    assert {a for a in t["attack"].to_pylist() if a} == IOT23_CLASSES
+    assert t["row"].to_pylist() == list(range(total))
+    assert set(t["proto"].unique().to_pylist()) <= {"tcp", "udp", "icmp"}
