@@ -151,6 +151,8 @@ def sniff_format(path: str | os.PathLike) -> str:
 def _resolve(spec: InputSpec, fmt: str) -> tuple[str, str]:
     """(format, kind) for one input, sniffing when ``fmt`` is auto and refining "any" kinds."""
     fmt = _ALIASES.get(fmt, fmt)
+    if not spec.head and fmt in ("auto", "mapped"):
+        return "empty", "any"  # a zero-byte input holds zero records, whatever its format
     if fmt == "auto":
         fmt, kind = sniff_head(spec.head, spec.name)
     elif fmt not in FORMATS:
@@ -211,7 +213,7 @@ class InputReader:
                 else:
                     f, kind = _resolve(spec, fmt)
                 self.plan.append((spec, f, kind))
-        kinds = {k for _, _, k in self.plan}
+        kinds = {k for _, _, k in self.plan if k != "any"}
         if len(kinds) > 1:
             detail = ", ".join(f"{s.name}: {k}" for s, _, k in self.plan)
             raise ValueError(f"inputs mix flows and transactions ({detail}); read them separately")
@@ -239,6 +241,8 @@ class InputReader:
         ctx = FileContext(spec.name, fmt, kind, self.dead_letter, self.stats, self.batch_size, self.mapping)
         fs = ctx.file_stats
         t0 = time.perf_counter()
+        if fmt == "empty":
+            return
         reader = FORMATS[fmt].factory() if fmt != "mapped" else FORMATS[fmt].factory(self.mapping)
         try:
             for table in reader.read(spec, ctx):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -93,14 +94,17 @@ class FileContext:
         self.batch_size = batch_size
         self.mapping = mapping
         self.file_stats = stats.per_file.setdefault(path, FileStats(path=path, format=fmt))
+        # readers may parse in a background thread: counts and dead letters go through one lock
+        self._lock = threading.Lock()
 
     def reject(self, line: int | None, reason: str, raw: Any) -> None:
         """Count, log (first few) and dead-letter one malformed record."""
-        self.dead_letter.add(self.path, line, reason, raw)
-        fm = self.file_stats.malformed
-        fm[reason] = fm.get(reason, 0) + 1
-        gm = self.stats.malformed
-        gm[reason] = gm.get(reason, 0) + 1
+        with self._lock:
+            self.dead_letter.add(self.path, line, reason, raw)
+            fm = self.file_stats.malformed
+            fm[reason] = fm.get(reason, 0) + 1
+            gm = self.stats.malformed
+            gm[reason] = gm.get(reason, 0) + 1
 
     def unknown_field(self, name: str, n: int = 1) -> None:
         """Count a field the canonical schema does not know (ignored, but not silently)."""
@@ -108,7 +112,8 @@ class FileContext:
             d[name] = d.get(name, 0) + n
 
     def comment(self, n: int = 1) -> None:
-        self.file_stats.comments += n
+        with self._lock:
+            self.file_stats.comments += n
 
 
 class RowCheck:
@@ -190,13 +195,22 @@ def _regex_cast(arr: pa.Array, pattern: str, typ: pa.DataType) -> pa.Array:
 def parse_float(arr: pa.Array, check: RowCheck | None, reason: str,
                 tokens: Sequence[str] = NULL_TOKENS, allow_nonfinite: bool = True) -> pa.Array:
     """String -> float64; unparseable (non-token) values flag ``reason``."""
-    arr = nullify(arr, tokens)
+    arr = as_array(arr)
     if pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type):
         out = pc.cast(arr, pa.float64())
     else:
         try:
+            # fast path: clean columns convert in one kernel call (no token scan)
             out = pc.cast(arr, pa.float64())
         except _ArrowErrors:
+            out = None
+        if out is None:
+            arr = nullify(arr, tokens)
+            try:
+                out = pc.cast(arr, pa.float64())
+            except _ArrowErrors:
+                out = None
+        if out is None:
             out = _regex_cast(arr, _FLOAT_RE, pa.float64())
             if check is not None:
                 check.flag(pc.and_kleene(pc.is_valid(arr), pc.is_null(out)), reason)
@@ -214,15 +228,23 @@ def parse_int(arr: pa.Array, check: RowCheck | None, reason: str, typ: pa.DataTy
               lo: int | None = None, hi: int | None = None,
               tokens: Sequence[str] = NULL_TOKENS) -> pa.Array:
     """String -> integer; accepts integral floats ("3.0"); out of [lo, hi] or junk flags ``reason``."""
-    arr = nullify(arr, tokens)
+    arr = as_array(arr)
     if pa.types.is_integer(arr.type):
         out = pc.cast(arr, pa.int64())
     elif pa.types.is_floating(arr.type):
         out = _float_to_int(arr, check, reason)
     else:
         try:
-            out = pc.cast(arr, pa.int64())
+            out = pc.cast(arr, pa.int64())  # fast path: no token scan
         except _ArrowErrors:
+            out = None
+        if out is None:
+            arr = nullify(arr, tokens)
+            try:
+                out = pc.cast(arr, pa.int64())
+            except _ArrowErrors:
+                out = None
+        if out is None:
             out = _regex_cast(arr, _INT_RE, pa.int64())
             rest = pc.and_kleene(pc.is_valid(arr), pc.is_null(out))
             if pc.any(rest).as_py():
@@ -230,7 +252,10 @@ def parse_int(arr: pa.Array, check: RowCheck | None, reason: str, typ: pa.DataTy
                 out = pc.coalesce(out, _float_to_int(f, None, reason))
             if check is not None:
                 check.flag(pc.and_kleene(pc.is_valid(arr), pc.is_null(out)), reason)
-    if lo is not None or hi is not None:
+    mm = pc.min_max(out)
+    lo_v, hi_v = mm["min"].as_py(), mm["max"].as_py()
+    in_range = lo_v is None or ((lo is None or lo_v >= lo) and (hi is None or hi_v <= hi))
+    if not in_range:
         bad = pa.array(np.zeros(len(out), bool))
         if lo is not None:
             bad = pc.or_kleene(bad, pc.less(out, lo))
@@ -379,23 +404,36 @@ _LABEL_KEYS = pa.array(list(LABEL_WORDS))
 _LABEL_VALS = pa.array(list(LABEL_WORDS.values()), pa.int8())
 
 
+def label_of_word(word: str | None, other: int | None = None) -> int | None:
+    """One label word -> 0/1/2 (benign/normal..., malicious..., background/outlier...), else ``other``."""
+    if word is None:
+        return None
+    w = word.strip().lower()
+    if w in ("", "-", "(empty)"):
+        return None
+    if w in LABEL_WORDS:
+        return LABEL_WORDS[w]
+    if w.startswith(("benign", "normal")):
+        return 0
+    if w.startswith("malicious"):
+        return 1
+    if w.startswith(("background", "outlier")):
+        return 2
+    return other
+
+
 def labels_from_text(arr: pa.Array, other: int | None = None) -> pa.Array:
     """Label words -> int8 0/1/2; words starting with benign/normal, malicious, background count too.
 
     ``other`` is the label for any other non-empty value (CIC class names -> 1); else null.
+    Labels have few distinct values: they are dictionary-encoded and mapped once per value.
     """
-    arr = nullify(as_array(arr))
+    arr = as_array(arr)
     if not pa.types.is_string(arr.type):
         arr = pc.cast(arr, pa.string())
-    low = pc.utf8_lower(pc.utf8_trim_whitespace(arr))
-    out = pc.take(_LABEL_VALS, pc.index_in(low, value_set=_LABEL_KEYS))
-    for pat, val in ((r"^(benign|normal)", 0), (r"^malicious", 1), (r"^(background|outlier)", 2)):
-        out = pc.coalesce(out, pc.if_else(pc.match_substring_regex(low, pat), pa.scalar(val, pa.int8()),
-                                          pa.scalar(None, pa.int8())))
-    if other is not None:
-        nonempty = pc.and_kleene(pc.is_valid(low), pc.not_equal(low, ""))
-        out = pc.coalesce(out, pc.if_else(nonempty, pa.scalar(other, pa.int8()), pa.scalar(None, pa.int8())))
-    return pc.cast(out, pa.int8())
+    enc = pc.dictionary_encode(arr)
+    codes = pa.array([label_of_word(w, other) for w in enc.dictionary.to_pylist()], pa.int8())
+    return pc.take(codes, enc.indices)
 
 
 def attack_where_malicious(attack: pa.Array, label: pa.Array) -> pa.Array:

@@ -10,6 +10,8 @@ never costs the rows after it.
 from __future__ import annotations
 
 import csv
+import queue
+import threading
 import logging
 from typing import BinaryIO, Callable, Iterator, Sequence
 
@@ -51,6 +53,9 @@ def iter_text(open_stream: Callable[[], BinaryIO], ctx: FileContext, *, names: S
               block_size: int = BLOCK_SIZE) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """Yield ``(string batch, 1-based physical line numbers)`` for the data rows of a text file.
 
+    Decompression and CSV parsing run in a background thread (both release the GIL) while
+    the caller normalises the previous batch; at most two batches wait in between.
+
     Args:
         open_stream: opens the (decompressed) byte stream afresh (called again for the fallback).
         names: column names (the header, already parsed by the caller).
@@ -59,19 +64,86 @@ def iter_text(open_stream: Callable[[], BinaryIO], ctx: FileContext, *, names: S
             as comments, not records.
     """
     names = dedupe(names)
-    width = len(names)
-    skipped: list[int] = []  # physical line numbers consumed without being emitted (sorted)
-    unknown_lines = False
-    state = {"emitted_v": 0, "last_line": data_start_line}
+    # emitted_last: last physical line delivered in a batch; handled: lines the invalid-row
+    # handler already counted (so a fallback after a failed block does not count them twice)
+    state = {"emitted_last": data_start_line, "unknown_lines": False, "handled": set()}
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def worker() -> None:
+        try:
+            for item in _fast(open_stream, ctx, names, data_start_line, delimiter, quoted, comment_prefix,
+                              batch_rows, block_size, state):
+                if not put(("item", item)):
+                    return
+            put(("done", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            put(("error", exc))
+
+    th = threading.Thread(target=worker, name="csv-reader", daemon=True)
+    th.start()
+    failed: BaseException | None = None
+    try:
+        while True:
+            kind, val = q.get()
+            if kind == "item":
+                yield val
+            elif kind == "done":
+                break
+            else:
+                failed = val
+                break
+    finally:
+        stop.set()
+        while not q.empty():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                break
+        th.join(timeout=5)
+    if failed is None:
+        return
+    if not isinstance(failed, (pa.ArrowException, UnicodeDecodeError, ValueError, OSError)):
+        raise failed
+    msg = str(failed)
+    if "Empty CSV file" in msg:
+        return
+    if state["unknown_lines"]:
+        # cannot tell where pyarrow stopped: report the file error instead of guessing
+        ctx.reject(None, "file_error", f"{type(failed).__name__}: {msg}")
+        ctx.file_stats.error = msg
+        return
+    log.info("%s: pyarrow stopped at line ~%d (%s); reading the rest line by line",
+             ctx.path, state["emitted_last"], msg.splitlines()[0] if msg else type(failed).__name__)
+    already = {x for x in state["handled"] if x > state["emitted_last"]}
+    yield from _python_rest(open_stream, ctx, width=len(names), names=names, resume_after=state["emitted_last"],
+                            already=already,
+                            delimiter=delimiter, quoted=quoted, comment_prefix=comment_prefix,
+                            batch_rows=batch_rows)
+
+
+def _fast(open_stream: Callable[[], BinaryIO], ctx: FileContext, names: list[str], data_start_line: int,
+          delimiter: str, quoted: bool, comment_prefix: str | None, batch_rows: int, block_size: int,
+          state: dict) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+    """The pyarrow part of :func:`iter_text` (runs in the reader thread)."""
+    skipped: list[int] = []  # physical line numbers consumed without being emitted (in order)
 
     def handler(row: "pacsv.InvalidRow") -> str:
-        nonlocal unknown_lines
         num = row.number
         if num is None:
-            unknown_lines = True
+            state["unknown_lines"] = True
         else:
             skipped.append(num)
-            state["last_line"] = max(state["last_line"], num)
+            state["handled"].add(num)
         text = row.text
         if comment_prefix and text.startswith(comment_prefix):
             ctx.comment()
@@ -86,52 +158,32 @@ def iter_text(open_stream: Callable[[], BinaryIO], ctx: FileContext, *, names: S
                                     invalid_row_handler=handler)
     conv_opts = pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                      strings_can_be_null=False, quoted_strings_can_be_null=False)
-    stream = None
-    try:
-        stream = open_stream()
+    emitted = 0
+    with open_stream() as stream:
         reader = pacsv.open_csv(stream, read_options=read_opts, parse_options=parse_opts,
                                 convert_options=conv_opts)
         for batch in reader:
             n = batch.num_rows
             if n == 0:
                 continue
-            v = state["emitted_v"] + np.arange(n, dtype=np.int64)
-            if unknown_lines:
+            v = emitted + np.arange(n, dtype=np.int64)
+            if state["unknown_lines"]:
                 lines = np.full(n, -1, dtype=np.int64)
             else:
-                # data index of the j-th skipped row, minus j: where it sits among emitted rows
+                # the j-th skipped row sits after adj[j] emitted rows: shift later rows by one each
                 sk = np.asarray(skipped, dtype=np.int64)
                 adj = (sk - data_start_line - 1) - np.arange(len(sk), dtype=np.int64)
                 lines = v + data_start_line + 1 + np.searchsorted(adj, v, side="right")
-                state["last_line"] = max(state["last_line"], int(lines[-1]))
-            state["emitted_v"] += n
+            emitted += n
             for off in range(0, n, batch_rows):
-                yield batch.slice(off, batch_rows), lines[off:off + batch_rows]
-        return
-    except (pa.ArrowInvalid, pa.ArrowException, UnicodeDecodeError, ValueError, OSError) as exc:
-        msg = str(exc)
-        if "Empty CSV file" in msg:
-            return
-        if unknown_lines:
-            # cannot tell where pyarrow stopped: report the file error instead of guessing
-            ctx.reject(None, "file_error", f"{type(exc).__name__}: {msg}")
-            ctx.file_stats.error = msg
-            return
-        log.info("%s: pyarrow stopped at line ~%d (%s); reading the rest line by line",
-                 ctx.path, state["last_line"], msg.splitlines()[0] if msg else type(exc).__name__)
-    finally:
-        if stream is not None:
-            try:
-                stream.close()
-            except Exception:  # noqa: BLE001 - closing a broken stream must not mask the real error
-                pass
-    yield from _python_rest(open_stream, ctx, width=width, names=names, resume_after=state["last_line"],
-                            delimiter=delimiter, quoted=quoted, comment_prefix=comment_prefix,
-                            batch_rows=batch_rows)
+                part = lines[off:off + batch_rows]
+                yield batch.slice(off, batch_rows), part
+                if not state["unknown_lines"]:
+                    state["emitted_last"] = int(part[-1])
 
 
 def _python_rest(open_stream: Callable[[], BinaryIO], ctx: FileContext, *, width: int,
-                 names: Sequence[str], resume_after: int, delimiter: str, quoted: bool,
+                 names: Sequence[str], resume_after: int, already: set[int], delimiter: str, quoted: bool,
                  comment_prefix: str | None, batch_rows: int) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """Line-by-line reader for the rest of a file after physical line ``resume_after``."""
     cols: list[list[str]] = [[] for _ in range(width)]
@@ -147,7 +199,7 @@ def _python_rest(open_stream: Callable[[], BinaryIO], ctx: FileContext, *, width
 
     with open_stream() as fh:
         for num, raw in enumerate(_lines(fh), start=1):
-            if num <= resume_after:
+            if num <= resume_after or num in already:
                 continue
             body = raw.rstrip(b"\r\n")
             if not body.strip():
