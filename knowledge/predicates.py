@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 __all__ = ["Predicate", "PREDICATES", "PREDICATE_NAMES", "WindowContext", "compute_predicates",
            "node_activations", "VOCAB_VERSION"]
 
+# Tag "context": a fact about a single flow (its port, direction, handshake outcome) that is common in
+# benign traffic too; such predicates count less in technique scores than behaviours over groups of flows.
 # Bumped whenever a predicate is added, removed or its definition changes.
 VOCAB_VERSION = "1"
 
@@ -569,10 +571,10 @@ _reg(port_spread, "src", ("tcp", "udp"), tags=("scan",))
 _reg(fan_out, "src", tags=("scan", "spread"))
 _reg(fan_in, "dst", tags=("dos",))
 _reg(failed_connection_ratio, "src", ("tcp",), tags=("scan",))
-_reg(syn_only, "flow", ("tcp",), tags=("scan", "dos"))
-_reg(rejected_connection, "flow", ("tcp",), tags=("scan",))
-_reg(zero_payload, "flow", ("tcp", "udp"))
-_reg(small_packets, "flow", tags=("dos",))
+_reg(syn_only, "flow", ("tcp",), tags=("scan", "dos", "context"))
+_reg(rejected_connection, "flow", ("tcp",), tags=("scan", "context"))
+_reg(zero_payload, "flow", ("tcp", "udp"), tags=("context",))
+_reg(small_packets, "flow", tags=("dos", "context"))
 _reg(flood, "dst", tags=("dos",))
 _reg(request_burst, "src,dst,dst_port", tags=("dos", "bruteforce"))
 _reg(high_packet_rate, "flow", tags=("dos",))
@@ -598,7 +600,7 @@ _reg(inbound_remote_service, "flow", ("tcp",), (22, 23, 445, 3389, 5900, 5985, 5
 _reg(nonstandard_port, "flow", tags=("c2",))
 _reg(uncommon_port, "flow", tags=("c2",))
 _reg(high_entropy_payload, "flow", tags=("c2", "exfil"))
-_reg(low_entropy_payload, "flow")
+_reg(low_entropy_payload, "flow", tags=("context",))
 _reg(icmp_sweep, "src", ("icmp",), tags=("scan",))
 _reg(icmp_large_payload, "flow", ("icmp",), tags=("c2", "exfil"))
 _reg(icmp_flood, "dst", ("icmp",), tags=("dos",))
@@ -609,7 +611,7 @@ _reg(cleartext_protocol, "flow", ports=CLEARTEXT_PORTS, tags=("context",))
 _reg(web_traffic, "flow", ("tcp", "http", "ssl"), WEB_PORTS, tags=("context",))
 _reg(proxy_port, "flow", ("tcp",), PROXY_PORTS, tags=("c2",))
 _reg(irc_port, "flow", ("tcp", "irc"), IRC_PORTS, tags=("c2",))
-_reg(file_transfer_protocol, "flow", ("tcp", "udp"), FILE_TRANSFER_PORTS, tags=("transfer",))
+_reg(file_transfer_protocol, "flow", ("tcp", "udp"), FILE_TRANSFER_PORTS, tags=("transfer", "context"))
 _reg(database_access, "flow", ("tcp",), DB_PORTS, tags=("context",))
 _reg(outbound_external, "flow", tags=("context",))
 _reg(inbound_external, "flow", tags=("context",))

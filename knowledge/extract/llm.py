@@ -1,0 +1,203 @@
+"""LLM backend: any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, llama.cpp server, Ollama,
+hosted APIs) with a JSON-schema constrained answer.
+
+* Request: a system prompt with the predicate vocabulary (name: definition) and one user message with
+  the technique text; ``response_format = {"type": "json_schema", "json_schema": {...}}`` whose schema
+  only allows predicate names from the vocabulary (small models run away without it).
+* Robustness: each call retries with exponential backoff on network errors, HTTP 429/5xx and on
+  answers that do not parse or do not fit the schema; after ``retries`` attempts the item is recorded
+  as ``status="failed"`` and the build goes on. A minimum interval between calls rate-limits us.
+* Cache: one JSON file per (sha256 of the text, model, prompt version) under ``cache_dir``; a rebuild
+  with the same inputs makes no calls. Failures are not cached (a later run tries again).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from knowledge.extract import Link, TextItem
+from knowledge.predicates import PREDICATES
+
+log = logging.getLogger(__name__)
+
+PROMPT_VERSION = "2"
+MAX_TEXT = 3000  # characters of technique text sent (keeps a 1.5B model's prompt short)
+SYSTEM = (
+    "You map attack technique descriptions to network behaviours visible in flow records "
+    "(source/destination IP and port, protocol, bytes, packets, duration, TCP state). "
+    "Choose only behaviours that the text implies would be seen on the network when the technique is used. "
+    "If the technique is not visible in network flows, return an empty list. "
+    "For each behaviour give a confidence between 0 and 1 and quote the phrase of the text that supports it.\n"
+    "Behaviours:\n"
+)
+
+
+def response_schema(names: list[str]) -> dict:
+    """JSON schema of an answer: {"behaviours": [{"predicate", "confidence", "evidence"}]}."""
+    return {
+        "type": "object",
+        "properties": {
+            "behaviours": {
+                "type": "array", "maxItems": 8,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "predicate": {"type": "string", "enum": names},
+                        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                        "evidence": {"type": "string", "maxLength": 300},
+                    },
+                    "required": ["predicate", "confidence", "evidence"],
+                    "additionalProperties": False,
+                },
+            }
+        },
+        "required": ["behaviours"],
+        "additionalProperties": False,
+    }
+
+
+class AnswerError(ValueError):
+    """The model's answer is not valid JSON for the schema."""
+
+
+def parse_answer(content: str, names: set[str]) -> list[dict]:
+    """Validate a model answer against the schema (without a jsonschema dependency)."""
+    try:
+        data = json.loads(content)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise AnswerError(f"not JSON: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("behaviours"), list):
+        raise AnswerError("missing 'behaviours' list")
+    out = []
+    for b in data["behaviours"]:
+        if not isinstance(b, dict):
+            raise AnswerError("behaviour is not an object")
+        p, c, ev = b.get("predicate"), b.get("confidence"), b.get("evidence", "")
+        if p not in names:
+            raise AnswerError(f"unknown predicate {p!r}")
+        if not isinstance(c, (int, float)) or not 0 <= c <= 1:
+            raise AnswerError(f"bad confidence {c!r}")
+        out.append({"predicate": p, "confidence": float(c), "evidence": str(ev)[:300]})
+    return out
+
+
+class LLMExtractor:
+    """Extractor over an OpenAI-compatible chat-completions endpoint."""
+
+    name = "llm"
+
+    def __init__(self, url: str, model: str = "local", cache_dir: str | Path | None = None, retries: int = 3,
+                 backoff: float = 1.0, min_interval: float = 0.0, timeout: float = 120.0, api_key: str | None = None,
+                 temperature: float = 0.0, max_tokens: int = 400):
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/chat/completions"):
+            self.url += "/v1/chat/completions" if not self.url.endswith("/v1") else "/chat/completions"
+        self.model = model
+        self.cache_dir = Path(cache_dir or os.environ.get("GRAPHSENTRY_LLM_CACHE", Path.home() / ".cache" / "graphsentry" / "llm"))
+        self.retries, self.backoff, self.min_interval, self.timeout = retries, backoff, min_interval, timeout
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        self.temperature, self.max_tokens = temperature, max_tokens
+        self.names = sorted(PREDICATES)
+        self.schema = response_schema(self.names)
+        self.system = SYSTEM + "\n".join(f"- {n}: {PREDICATES[n].description}" for n in self.names)
+        self.stats = {"calls": 0, "cache_hits": 0, "retries": 0, "failed": 0}
+        self._last_call = 0.0
+        self._lock = threading.Lock()
+
+    # -------------------------------------------------------------- cache
+    def cache_key(self, item: TextItem) -> str:
+        text = item.text + "\n" + item.detection
+        h = hashlib.sha256(text.encode()).hexdigest()
+        return hashlib.sha256(f"{h}|{self.model}|{PROMPT_VERSION}".encode()).hexdigest()
+
+    def _cache_path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    # -------------------------------------------------------------- HTTP
+    def request_body(self, item: TextItem) -> dict:
+        text = (item.text + "\n" + item.detection)[:MAX_TEXT]
+        return {
+            "model": self.model,
+            "messages": [{"role": "system", "content": self.system},
+                         {"role": "user", "content": f"Technique {item.source_id}: {item.name}\n\n{text}"}],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "behaviours", "strict": True, "schema": self.schema}},
+        }
+
+    def _post(self, body: dict) -> dict:
+        with self._lock:  # rate limit: at least min_interval between request starts
+            wait = self._last_call + self.min_interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._last_call = time.monotonic()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        self.stats["calls"] += 1
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            return json.loads(resp.read())
+
+    def ask(self, item: TextItem) -> tuple[list[dict] | None, str]:
+        """Answer for one item: (behaviours, "") or (None, reason) after the retries are spent."""
+        key = self.cache_key(item)
+        path = self._cache_path(key)
+        if path.exists():
+            self.stats["cache_hits"] += 1
+            return json.loads(path.read_text())["behaviours"], ""
+        body = self.request_body(item)
+        reason = ""
+        for attempt in range(self.retries):
+            if attempt:
+                self.stats["retries"] += 1
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                resp = self._post(body)
+                content = resp["choices"][0]["message"]["content"]
+                behaviours = parse_answer(content, set(self.names))
+            except urllib.error.HTTPError as e:
+                reason = f"http {e.code}"
+                if e.code < 500 and e.code != 429:
+                    break  # a client error will not fix itself
+                continue
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+                reason = f"network: {e}"
+                continue
+            except (AnswerError, KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
+                reason = f"bad answer: {e}"
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"id": item.source_id, "model": self.model, "prompt_version": PROMPT_VERSION,
+                                       "behaviours": behaviours}, sort_keys=True))
+            tmp.replace(path)
+            return behaviours, ""
+        self.stats["failed"] += 1
+        log.warning("llm: %s failed after %d attempts: %s", item.source_id, self.retries, reason)
+        return None, reason
+
+    def extract(self, items: list[TextItem]) -> list[Link]:
+        links: list[Link] = []
+        for it in items:
+            behaviours, reason = self.ask(it)
+            if behaviours is None:
+                links.append(Link(it.id, "", 0.0, "", self.name, status="failed", extra={"reason": reason}))
+                continue
+            best: dict[str, dict] = {}
+            for b in behaviours:
+                if b["predicate"] not in best or b["confidence"] > best[b["predicate"]]["confidence"]:
+                    best[b["predicate"]] = b
+            for p, b in sorted(best.items()):
+                pr = PREDICATES[p]
+                links.append(Link(it.id, p, round(b["confidence"], 4), b["evidence"], self.name, pr.protocols, pr.ports,
+                                  extra={"model": self.model}))
+        return links

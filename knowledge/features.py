@@ -1,0 +1,154 @@
+"""Knowledge-augmented features for a window: predicate activations + technique and tactic scores.
+
+For a window table (FLOW_SCHEMA, edge i = row i) the featurizer computes
+
+* ``a[e, p]``  predicate activations in [0, 1] (:mod:`knowledge.predicates`);
+* ``s[e, t] = 1 - prod_p (1 - w[p, t]) ** a[e, p]``  technique scores: a noisy-OR over the predicates
+  linked to technique t with link confidence ``w`` (context predicates count ``context_factor`` of
+  their confidence). One fully active predicate with confidence 0.8 gives 0.8; partial activations
+  raise the exponent smoothly. Computed as one matrix product ``1 - exp(a @ log(1 - w))``;
+* ``tac[e, c] = max_{t in tactic c} s[e, t]``  tactic scores.
+
+Node rows use the node's predicate activations (max over incident edges) through the same maps.
+Column names: ``pred:<name>``, ``tech:<T-id>``, ``tactic:<TA-id>``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from knowledge.predicates import PREDICATES, compute_predicates, node_activations
+
+DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default"
+TOP_MIN_SCORE = 0.3  # below this, a flow has no top technique (None)
+
+
+@dataclass
+class KnowledgeBlock:
+    """Fixed-width named knowledge features of one window."""
+
+    edge: np.ndarray              # float32 [E, K]
+    node: np.ndarray              # float32 [N, K]
+    names: list[str]
+    n_pred: int
+    n_tech: int
+    technique_ids: list[str] = field(repr=False)
+
+    @property
+    def tech_slice(self) -> slice:
+        return slice(self.n_pred, self.n_pred + self.n_tech)
+
+    def top_technique(self, edge_ids=None, min_score: float = TOP_MIN_SCORE) -> list[str | None]:
+        """Highest-scoring technique per edge (None when its score is below ``min_score``)."""
+        s = self.edge[:, self.tech_slice] if edge_ids is None else self.edge[np.asarray(edge_ids, dtype=np.int64), self.tech_slice]
+        if s.shape[1] == 0:
+            return [None] * s.shape[0]
+        j = s.argmax(axis=1)
+        best = s[np.arange(s.shape[0]), j]
+        ids = self.technique_ids
+        return [ids[k] if v >= min_score else None for k, v in zip(j.tolist(), best.tolist())]
+
+
+class KnowledgeFeaturizer:
+    """Turns windows into knowledge features using a built artifact (see :mod:`knowledge.artifact`)."""
+
+    def __init__(self, spec: dict, manifest: dict | None = None):
+        self.spec = spec
+        self.manifest = manifest or {}
+        self.version = f"{spec.get('artifact_version', '?')}/{spec.get('vocab_version', '?')}"
+        self.hash = self.manifest.get("hash", "")
+        # Predicates the artifact knows and this code computes (a newer vocabulary never breaks loading).
+        self.predicates = [p for p in spec["predicates"] if p in PREDICATES]
+        self.techniques = spec["techniques"]
+        self.tech_ids = [t["id"] for t in self.techniques]
+        self.tactics = spec["tactics"]
+        ctx = set(spec.get("context_predicates", []))
+        cf = float(spec.get("context_factor", 1.0))
+        P, T = len(self.predicates), len(self.tech_ids)
+        w = np.zeros((P, T), dtype=np.float64)
+        pidx = {p: i for i, p in enumerate(self.predicates)}
+        for j, tid in enumerate(self.tech_ids):
+            for p, c in spec["weights"].get(tid, {}).items():
+                if p in pidx:
+                    w[pidx[p], j] = c * (cf if p in ctx else 1.0)
+        self.weight = w
+        self.log_keep = np.log1p(-np.clip(w, 0.0, 0.99)).astype(np.float32)  # [P, T], <= 0
+        tac_ids = [t["id"] for t in self.tactics]
+        self.tactic_members = [np.array([j for j, t in enumerate(self.techniques) if tid in t["tactics"]], dtype=np.int64)
+                               for tid in tac_ids]
+        self.names = ([f"pred:{p}" for p in self.predicates] + [f"tech:{t}" for t in self.tech_ids]
+                      + [f"tactic:{t}" for t in tac_ids])
+        self._tech_by_id = {t["id"]: t for t in self.techniques}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, artifact_dir: str | Path) -> "KnowledgeFeaturizer":
+        d = Path(artifact_dir)
+        spec = json.loads((d / "features.json").read_text())
+        manifest = json.loads((d / "manifest.json").read_text()) if (d / "manifest.json").exists() else {}
+        return cls(spec, manifest)
+
+    @classmethod
+    def default(cls) -> "KnowledgeFeaturizer":
+        """The artifact bundled with the package (built with the lexicon extractor)."""
+        return cls.load(DEFAULT_ARTIFACT)
+
+    @property
+    def width(self) -> int:
+        return len(self.names)
+
+    # ------------------------------------------------------------------ features
+    def _propagate(self, act: np.ndarray) -> np.ndarray:
+        """[R, P] activations -> [R, K] block (activations | technique scores | tactic scores)."""
+        tech = -np.expm1(act @ self.log_keep) if self.tech_ids else np.zeros((act.shape[0], 0), np.float32)
+        tac = np.zeros((act.shape[0], len(self.tactics)), dtype=np.float32)
+        for c, members in enumerate(self.tactic_members):
+            if len(members):
+                tac[:, c] = tech[:, members].max(axis=1)
+        return np.concatenate([act, tech.astype(np.float32), tac], axis=1)
+
+    def transform(self, table: pa.Table | pa.RecordBatch, edge_index: np.ndarray | None = None,
+                  num_nodes: int | None = None) -> KnowledgeBlock:
+        """Knowledge features of one window; ``edge_index`` [2, E] (src, dst node ids) for node rows."""
+        act = compute_predicates(table, tuple(self.predicates))
+        edge = self._propagate(act)
+        if edge_index is not None and num_nodes:
+            node = self._propagate(node_activations(act, np.asarray(edge_index), int(num_nodes)))
+        else:
+            node = np.zeros((int(num_nodes or 0), self.width), dtype=np.float32)
+        return KnowledgeBlock(edge, node, self.names, len(self.predicates), len(self.tech_ids), self.tech_ids)
+
+    # ------------------------------------------------------------------ explanations
+    def technique_info(self, tid: str) -> dict | None:
+        return self._tech_by_id.get(tid)
+
+    def explain(self, kb: KnowledgeBlock, edge: int | None = None, node: int | None = None, k: int = 5,
+                min_score: float = 0.05) -> dict:
+        """Top techniques for one edge or node, with the predicates that fired and references."""
+        if (edge is None) == (node is None):
+            raise ValueError("explain() needs exactly one of edge=... or node=...")
+        row = kb.edge[edge] if edge is not None else kb.node[node]
+        act = row[: kb.n_pred]
+        tech = row[kb.tech_slice]
+        order = np.argsort(-tech, kind="stable")[:k]
+        out = []
+        for j in order.tolist():
+            if tech[j] < min_score:
+                break
+            t = self.techniques[j]
+            contrib = act * self.weight[:, j]
+            preds = [{"name": self.predicates[p], "value": round(float(act[p]), 3),
+                      "confidence": round(float(self.weight[p, j]), 3)}
+                     for p in np.argsort(-contrib, kind="stable").tolist() if contrib[p] > 0]
+            out.append({
+                "id": t["id"], "name": t["name"], "score": round(float(tech[j]), 4), "predicates": preds,
+                "tactics": t["tactics"],
+                "refs": {"attack": t["url"], "d3fend": t["d3fend"][:5], "mitigations": t["mitigations"][:5]},
+            })
+        fired = [{"name": self.predicates[p], "value": round(float(act[p]), 3)}
+                 for p in np.argsort(-act, kind="stable").tolist() if act[p] > 0]
+        return {"edge": edge, "node": node, "techniques": out, "predicates": fired, "artifact": self.hash[:12]}
