@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import datetime, timedelta, timezone
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -347,7 +348,6 @@ def text_to_ts(arr: pa.Array, check: RowCheck, formats: Sequence[str] | None = N
             out = None
     if out is None:
         vals = []
-        from datetime import datetime, timezone
         pending = []
         for i, v in enumerate(arr.to_pylist()):
             if v is None:
@@ -357,7 +357,7 @@ def text_to_ts(arr: pa.Array, check: RowCheck, formats: Sequence[str] | None = N
                 d = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
                 if d.tzinfo is not None:
                     d = d.astimezone(timezone.utc).replace(tzinfo=None)
-                vals.append(int((d - datetime(1970, 1, 1)).total_seconds() * 1_000_000))
+                vals.append((d - datetime(1970, 1, 1)) // timedelta(microseconds=1))
             except (ValueError, TypeError, OverflowError):
                 vals.append(None)
                 pending.append(i)
@@ -367,6 +367,22 @@ def text_to_ts(arr: pa.Array, check: RowCheck, formats: Sequence[str] | None = N
             for fmt in formats:
                 parsed = pc.strptime(rest, format=fmt, unit="us", error_is_null=True).cast(pa.int64())
                 out = pc.coalesce(out, parsed)
+            left = pc.and_kleene(pc.is_null(out), pc.is_valid(arr))
+            if pc.any(left).as_py():
+                # Arrow's strptime has no %f: values with fractional seconds go through Python
+                vals = out.to_pylist()
+                for i in np.flatnonzero(to_np_bool(left, len(arr))):
+                    v = arr[int(i)].as_py().strip()
+                    for fmt in formats:
+                        try:
+                            d = datetime.strptime(v, fmt + ".%f")
+                        except ValueError:
+                            continue
+                        if d.tzinfo is not None:
+                            d = d.astimezone(timezone.utc).replace(tzinfo=None)
+                        vals[int(i)] = (d - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+                        break
+                out = pa.array(vals, pa.int64())
     if tz_offset_s:
         out = pc.subtract(out, int(tz_offset_s * 1e6))
     limit = int(TS_MAX_S * 1e6)

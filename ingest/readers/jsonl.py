@@ -166,7 +166,7 @@ def records_to_batch(records: list[dict], kind: str = "flows", dead_letter: Dead
             ctx.reject(i, "bad_record", r if isinstance(r, (str, bytes)) else repr(r))
     table = normalise_records(objs, kind, ctx, np.asarray(idx, dtype=np.int64))
     rows = pa.array(np.arange(row_start, row_start + table.num_rows, dtype=np.int64))
-    table = table.set_column(0, "row", rows)
+    table = table.set_column(0, schema_for(kind).field("row"), rows)
     st.rows_ok += table.num_rows
     ctx.file_stats.rows_ok += table.num_rows
     batches = table.combine_chunks().to_batches()

@@ -153,3 +153,102 @@ def test_iot23_all(shared_data):
     assert {a for a in t["attack"].to_pylist() if a} == IOT23_CLASSES
     assert t["row"].to_pylist() == list(range(total))
     assert set(t["proto"].unique().to_pylist()) <= {"tcp", "udp", "icmp"}
+
+
+# --- shared data: LUFlow -------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_luflow_all_days_full_count(shared_data):
+    files = sorted((shared_data / "flows" / "luflow").glob("*.zip"))
+    assert len(files) == 14
+    r = open_inputs([str(f) for f in files], format="auto")
+    n = 0
+    labels: Counter = Counter()
+    prev_last = -1
+    for b in r:
+        n += b.num_rows
+        labels.update(dict(zip(*np.unique(b.column("label").to_numpy(zero_copy_only=False), return_counts=True))))
+        rows = b.column("row").to_numpy()
+        assert rows[0] == prev_last + 1 and np.all(np.diff(rows) == 1)
+        prev_last = rows[-1]
+    # independent count: non-blank lines minus the header; label is the second-to-last field
+    expected = 0
+    want: Counter = Counter()
+    for f in files:
+        with _zf.ZipFile(f) as z:
+            lines = [l for l in z.read(z.namelist()[0]).split(b"\n") if l.strip()][1:]
+        expected += len(lines)
+        want.update({"benign": 0, "malicious": 1, "outlier": 2}[l.rsplit(b",", 2)[1].decode()] for l in lines)
+    assert r.stats.rows_ok + r.stats.rows_malformed == expected
+    assert n == r.stats.rows_ok and r.stats.malformed == {}
+    assert set(labels) == {0, 1, 2}  # outlier kept as 2, not merged
+    assert labels == want
+
+
+def test_luflow_one_day_timestamps(shared_data):
+    f = shared_data / "flows" / "luflow" / "2020.12.17.zip"
+    t, r = read_all([f])
+    with _zf.ZipFile(f) as z:
+        rows = list(csv.DictReader(io.StringIO(z.read(z.namelist()[0]).decode())))
+    assert t.num_rows == len(rows)
+    # independent decoding of the quirk: 10 digits seconds + unpadded microseconds
+    want = [int(x["time_start"][:10]) * 1_000_000 + (int(x["time_start"][10:]) if len(x["time_start"]) > 10 else 0)
+            for x in rows]
+    assert t["ts"].cast(pa.int64()).to_pylist() == want
+    lengths = Counter(len(x["time_start"]) for x in rows)
+    assert len(lengths) > 1  # the quirk really occurs in this file
+    assert t["src_ip"].to_pylist()[:5] == [x["src_ip"] for x in rows[:5]]
+
+
+# --- shared data: CIC-IDS2017 (improved) ------------------------------------------------------
+
+CIC_CLASSES = {"Botnet", "DDoS", "DoS GoldenEye", "DoS Hulk", "DoS Slowhttptest", "DoS Slowloris", "FTP-Patator",
+               "Heartbleed", "Infiltration - Portscan", "Infiltration", "Portscan", "SSH-Patator",
+               "Web Attack - Brute Force", "Web Attack - SQL Injection", "Web Attack - XSS"}
+
+
+def test_cicids2017_all_files(shared_data):
+    files = sorted((shared_data / "flows" / "cicids2017").glob("*.csv"))
+    t, r = read_all(files)
+    assert set(r.formats) == {"cic"}
+    expected = sum(len(data_lines(f)) for f in files)
+    assert r.stats.rows_ok + r.stats.rows_malformed == expected
+    assert t.num_rows == expected == 43_419 and r.stats.malformed == {}
+    classes = Counter(t["attack"].to_pylist())
+    assert set(classes) - {None} == CIC_CLASSES and len(CIC_CLASSES) == 15
+    assert classes[None] == 5000 and Counter(t["label"].to_pylist()) == {0: 5000, 1: expected - 5000}
+    for f in files:  # per-class counts equal the file's own label column
+        (lab, _), k = csv_column_counts(f, "Label", "Attempted Category").most_common(1)[0]
+        assert classes[None if lab == "BENIGN" else lab] >= k
+    # Flow Duration is microseconds; timestamps within the sample's capture days (UTC)
+    ts = t["ts"].cast(pa.int64()).to_numpy() / 1e6
+    assert ts.min() >= 1499040000 and ts.max() <= 1499472000  # 2017-07-03 .. 2017-07-08
+    assert pc.min(t["duration"]).as_py() >= 0
+
+
+# --- shared data: Fraud Detection Handbook ---------------------------------------------------
+
+@pytest.mark.slow
+def test_fdh_transactions_full(shared_data):
+    import pyarrow.parquet as pq
+    f = shared_data / "fraud" / "fdh-transactions-2018-04-to-07.parquet"
+    src = pq.read_table(f, columns=["TX_FRAUD", "TX_FRAUD_SCENARIO", "TX_DATETIME"])
+    r = open_inputs([str(f)])
+    assert r.kind == "transactions" and r.formats == ["fdh"]
+    n = 0
+    c: Counter = Counter()
+    last = None
+    mono = True
+    for b in r:
+        n += b.num_rows
+        c.update(zip(b.column("label").to_pylist(), b.column("attack").to_pylist()))
+        ts = b.column("ts").cast(pa.int64()).to_numpy()
+        mono &= bool(np.all(np.diff(ts) >= 0)) and (last is None or ts[0] >= last)
+        last = ts[-1]
+    assert n == src.num_rows == r.stats.rows_ok and r.stats.malformed == {}
+    want = Counter((int(a), f"scenario-{s}" if a else None)
+                   for a, s in zip(src["TX_FRAUD"].to_pylist(), src["TX_FRAUD_SCENARIO"].to_pylist()))
+    assert c == want and {a for _, a in c if a} == {"scenario-1", "scenario-2", "scenario-3"}
+    src_ts = src["TX_DATETIME"].cast(pa.int64()).to_numpy()
+    assert mono == bool(np.all(np.diff(src_ts) >= 0))  # monotone exactly when the file is
+    assert mono
