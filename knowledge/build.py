@@ -33,7 +33,8 @@ def run_extractors(g: nx.MultiDiGraph, extractor: str, llm_url: str | None = Non
                    llm_only: set[str] | None = None, cache_dir: str | None = None) -> tuple[list[Link], dict]:
     """Run one backend (or ``vote``: every backend available) and return (propagated links, report)."""
     items = items_from_graph(g)
-    report: dict = {"items": len(items)}
+    report: dict = {"items": len(items),
+                    "network_techniques": sorted(it.source_id for it in items if it.network)}
     names = ["lexicon", "embedding", "llm"] if extractor == "vote" else [extractor]
     results: dict[str, list[Link]] = {}
     failed: dict[str, set[str]] = {}

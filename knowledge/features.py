@@ -3,10 +3,13 @@
 For a window table (FLOW_SCHEMA, edge i = row i) the featurizer computes
 
 * ``a[e, p]``  predicate activations in [0, 1] (:mod:`knowledge.predicates`);
-* ``s[e, t] = 1 - prod_p (1 - w[p, t]) ** a[e, p]``  technique scores: a noisy-OR over the predicates
-  linked to technique t with link confidence ``w`` (context predicates count ``context_factor`` of
-  their confidence). One fully active predicate with confidence 0.8 gives 0.8; partial activations
-  raise the exponent smoothly. Computed as one matrix product ``1 - exp(a @ log(1 - w))``;
+* ``b[e, t] = 1 - prod_p (1 - w[p, t]) ** a[e, p]`` over behaviour predicates: a noisy-OR over the
+  predicates linked to technique t with link confidence ``w``. One fully active predicate with
+  confidence 0.8 gives 0.8; partial activations raise the exponent smoothly. Computed as one matrix
+  product ``1 - exp(a @ log(1 - w))``. ``c[e, t]`` is the same noisy-OR over *context* predicates
+  (single-flow facts such as the port or direction, common in benign traffic); the technique score is
+  ``s = 1 - (1 - b) * (1 - context_factor * c)``, so context alone never exceeds ``context_factor``
+  (0.3, below the top-technique floor) and only sharpens behaviour evidence;
 * ``tac[e, c] = max_{t in tactic c} s[e, t]``  tactic scores.
 
 Node rows use the node's predicate activations (max over incident edges) through the same maps.
@@ -24,7 +27,7 @@ import pyarrow as pa
 from knowledge.predicates import PREDICATES, compute_predicates, node_activations
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default"
-TOP_MIN_SCORE = 0.3  # below this, a flow has no top technique (None)
+TOP_MIN_SCORE = 0.35  # context-only evidence stays <= 0.3; below this, a flow has no top technique (None)
 
 
 @dataclass
@@ -67,16 +70,20 @@ class KnowledgeFeaturizer:
         self.tech_ids = [t["id"] for t in self.techniques]
         self.tactics = spec["tactics"]
         ctx = set(spec.get("context_predicates", []))
-        cf = float(spec.get("context_factor", 1.0))
+        self.context_factor = float(spec.get("context_factor", 1.0))
         P, T = len(self.predicates), len(self.tech_ids)
         w = np.zeros((P, T), dtype=np.float64)
         pidx = {p: i for i, p in enumerate(self.predicates)}
         for j, tid in enumerate(self.tech_ids):
             for p, c in spec["weights"].get(tid, {}).items():
                 if p in pidx:
-                    w[pidx[p], j] = c * (cf if p in ctx else 1.0)
-        self.weight = w
-        self.log_keep = np.log1p(-np.clip(w, 0.0, 0.99)).astype(np.float32)  # [P, T], <= 0
+                    w[pidx[p], j] = c
+        is_ctx = np.array([p in ctx for p in self.predicates], dtype=bool)
+        # Effective weight of each link (what explain() reports): context links scaled by the factor.
+        self.weight = w * np.where(is_ctx, self.context_factor, 1.0)[:, None]
+        log_keep = np.log1p(-np.clip(w, 0.0, 0.99))
+        self.log_keep_beh = np.where(is_ctx[:, None], 0.0, log_keep).astype(np.float32)  # [P, T], <= 0
+        self.log_keep_ctx = np.where(is_ctx[:, None], log_keep, 0.0).astype(np.float32)
         tac_ids = [t["id"] for t in self.tactics]
         self.tactic_members = [np.array([j for j, t in enumerate(self.techniques) if tid in t["tactics"]], dtype=np.int64)
                                for tid in tac_ids]
@@ -104,7 +111,12 @@ class KnowledgeFeaturizer:
     # ------------------------------------------------------------------ features
     def _propagate(self, act: np.ndarray) -> np.ndarray:
         """[R, P] activations -> [R, K] block (activations | technique scores | tactic scores)."""
-        tech = -np.expm1(act @ self.log_keep) if self.tech_ids else np.zeros((act.shape[0], 0), np.float32)
+        if self.tech_ids:
+            beh = -np.expm1(act @ self.log_keep_beh)
+            ctx = -np.expm1(act @ self.log_keep_ctx)
+            tech = 1.0 - (1.0 - beh) * (1.0 - self.context_factor * ctx)
+        else:
+            tech = np.zeros((act.shape[0], 0), np.float32)
         tac = np.zeros((act.shape[0], len(self.tactics)), dtype=np.float32)
         for c, members in enumerate(self.tactic_members):
             if len(members):

@@ -87,7 +87,9 @@ def items_from_graph(g: nx.MultiDiGraph, kinds: Iterable[str] = ("technique", "s
         text, det = technique_sections(g, n)
         if d.get("type") == "capec" and d.get("extended"):
             text += "\n" + d["extended"]
-        clean = [re.sub(r"\(Citation:[^)]*\)", "", re.sub(r"<[^>]+>", " ", t)) for t in (text, det)]
+        # Drop citations, xhtml tags and markdown link targets (URLs are not the technique's words).
+        clean = [re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", re.sub(r"\(Citation:[^)]*\)", "", re.sub(r"<[^>]+>", " ", t)))
+                 for t in (text, det)]
         out.append(TextItem(n, d.get("source_id", ""), d.get("name", ""), clean[0], clean[1],
                             tuple(d.get("tactics", ())), d.get("type") != "capec" and is_network_relevant(g, n)))
     return out

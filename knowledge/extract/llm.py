@@ -112,9 +112,13 @@ class LLMExtractor:
         self._lock = threading.Lock()
 
     # -------------------------------------------------------------- cache
+    def user_message(self, item: TextItem) -> str:
+        text = (item.text + "\n" + item.detection)[:MAX_TEXT]
+        return f"Technique {item.source_id}: {item.name}\n\n{text}"
+
     def cache_key(self, item: TextItem) -> str:
-        text = item.text + "\n" + item.detection
-        h = hashlib.sha256(text.encode()).hexdigest()
+        """sha256 of (sha256 of the text sent, model, prompt version)."""
+        h = hashlib.sha256(self.user_message(item).encode()).hexdigest()
         return hashlib.sha256(f"{h}|{self.model}|{PROMPT_VERSION}".encode()).hexdigest()
 
     def _cache_path(self, key: str) -> Path:
@@ -122,11 +126,10 @@ class LLMExtractor:
 
     # -------------------------------------------------------------- HTTP
     def request_body(self, item: TextItem) -> dict:
-        text = (item.text + "\n" + item.detection)[:MAX_TEXT]
         return {
             "model": self.model,
             "messages": [{"role": "system", "content": self.system},
-                         {"role": "user", "content": f"Technique {item.source_id}: {item.name}\n\n{text}"}],
+                         {"role": "user", "content": self.user_message(item)}],
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "response_format": {"type": "json_schema",

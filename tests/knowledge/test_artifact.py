@@ -1,0 +1,59 @@
+"""Versioned artifact: the same inputs give the same content hash and bytes; a change changes it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from knowledge.artifact import read_graph, read_links, write_artifact
+from knowledge.extract import items_from_graph
+from knowledge.extract.lexicon import LexiconExtractor
+from knowledge.extract.vote import propagate
+from knowledge.features import KnowledgeFeaturizer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small(kgraph):
+    g, _ = kgraph
+    keep = {"T1046", "T1595", "T1595.001", "T1498", "T1498.001", "T1110", "T1071"}
+    items = items_from_graph(g, only=keep)
+    links = propagate(g, LexiconExtractor().extract(items))
+    nodes = {f"attack:{t}" for t in keep}
+    nodes |= {v for n in list(nodes) for _, v in g.out_edges(n)} | {u for n in list(nodes) for u, _ in g.in_edges(n)}
+    return g, g.subgraph(nodes).copy(), links
+
+
+def test_artifact_hash_is_reproducible(small, tmp_path):
+    g, sub, links = small
+    m1 = write_artifact(tmp_path / "a", sub, links, extractor="lexicon", inputs={"x": "1"})
+    m2 = write_artifact(tmp_path / "b", sub, list(reversed(links)), extractor="lexicon", inputs={"x": "1"})
+    assert m1["hash"] == m2["hash"]
+    for f in ("features.json", "manifest.json", "graph.json.gz", "links.parquet"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    links[0].confidence = round(links[0].confidence * 0.5, 4)
+    m3 = write_artifact(tmp_path / "c", sub, links, extractor="lexicon", inputs={"x": "1"})
+    assert m3["hash"] != m1["hash"]
+
+
+def test_artifact_round_trip(small, tmp_path):
+    g, sub, links = small
+    write_artifact(tmp_path / "a", sub, links, extractor="lexicon", inputs={})
+    t = read_links(tmp_path / "a")
+    assert t.num_rows == len(links) and {"subject", "predicate", "confidence", "evidence", "backend"} <= set(t.column_names)
+    g2 = read_graph(tmp_path / "a")
+    assert g2.number_of_nodes() == sub.number_of_nodes() and g2.number_of_edges() == sub.number_of_edges()
+    assert g2.nodes["attack:T1046"]["url"].endswith("T1046")
+    kf = KnowledgeFeaturizer.load(tmp_path / "a")
+    assert kf.hash == json.loads((tmp_path / "a" / "manifest.json").read_text())["hash"]
+    assert "T1046" in kf.tech_ids
+
+
+def test_bundled_artifact_is_small_and_consistent():
+    from knowledge.features import DEFAULT_ARTIFACT
+
+    size = sum(p.stat().st_size for p in DEFAULT_ARTIFACT.iterdir())
+    assert size < 2 * 1024 * 1024
+    man = json.loads((DEFAULT_ARTIFACT / "manifest.json").read_text())
+    assert man["extractor"] == "lexicon" and len(man["hash"]) == 64

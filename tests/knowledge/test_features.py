@@ -1,0 +1,99 @@
+"""KnowledgeFeaturizer on hand-made windows with the bundled artifact."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knowledge.features import KnowledgeFeaturizer
+from tests.knowledge.flowkit import T0, attack, background, many, table
+
+
+@pytest.fixture(scope="module")
+def kf():
+    return KnowledgeFeaturizer.default()
+
+
+def _ip_graph(t):
+    ips = sorted(set(t.column("src_ip").to_pylist()) | set(t.column("dst_ip").to_pylist()))
+    idx = {ip: i for i, ip in enumerate(ips)}
+    ei = np.array([[idx[x] for x in t.column("src_ip").to_pylist()], [idx[x] for x in t.column("dst_ip").to_pylist()]])
+    return ei, len(ips), idx
+
+
+def _run(kf, rows):
+    t = table(rows)
+    ei, n, idx = _ip_graph(t)
+    return kf.transform(t, ei, n), idx, np.array([r.get("attack") == "x" for r in rows])
+
+
+def _tech_cols(kb, ids):
+    return [kb.names.index(f"tech:{t}") for t in ids if f"tech:{t}" in kb.names]
+
+
+def test_default_artifact_loads_and_is_small(kf):
+    assert kf.hash and len(kf.hash) == 64 and kf.version
+    assert len(kf.predicates) >= 30 and len(kf.tech_ids) >= 40 and len(kf.tactics) == 14
+    assert kf.width == len(kf.predicates) + len(kf.tech_ids) + 14
+    for t in ("T1046", "T1595", "T1498", "T1499", "T1110", "T1071", "T1571"):
+        assert t in kf.tech_ids, t
+
+
+def test_block_shape_names_and_range(kf):
+    kb, idx, _ = _run(kf, background())
+    assert kb.edge.shape == (6, kf.width) and kb.node.shape == (len(idx), kf.width)
+    assert kb.edge.dtype == np.float32 and kb.names == kf.names and len(set(kb.names)) == len(kb.names)
+    assert np.isfinite(kb.edge).all() and kb.edge.min() >= 0 and kb.edge.max() <= 1
+    # ordinary traffic: no technique reaches the top-technique floor
+    assert kb.top_technique() == [None] * 6
+
+
+SCENARIOS = {
+    "scan": (attack(many(40, lambda i: dict(src_ip="10.0.0.66", dst_ip=f"10.0.2.{i}", dst_port=8000 + i % 3,
+                                             conn_state="S0", src_bytes=0, dst_bytes=0, dst_pkts=0))),
+             {"T1046", "T1595", "T1595.001", "T1595.002", "T1018"}),
+    "flood": (attack(many(2000, lambda i: dict(ts=T0 + i * 0.005, src_ip=f"10.2.{i % 50}.1", conn_state="S0",
+                                                src_bytes=0, dst_bytes=0, dst_pkts=0, src_pkts=1))),
+              {"T1498", "T1498.001", "T1499", "T1499.001", "T1499.002"}),
+    "reflection": (attack(many(1500, lambda i: dict(ts=T0 + i / 150, proto="udp", src_port=123, dst_port=40000 + i % 100,
+                                                     src_bytes=4000, dst_bytes=0, dst_pkts=0))),
+                   {"T1498", "T1498.002"}),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_attack_windows_score_their_techniques(kf, name):
+    rows, expected = SCENARIOS[name]
+    kb, _, target = _run(kf, background() + rows)
+    s = kb.edge[:, kb.tech_slice]
+    exp_cols = [j - kb.n_pred for j in _tech_cols(kb, expected)]
+    # on attack rows, the expected family is among the 5 best techniques and well above benign rows
+    best_expected = s[target][:, exp_cols].max(axis=1)
+    fifth = np.sort(s[target], axis=1)[:, -5]
+    assert (best_expected >= fifth).all()
+    assert best_expected.min() > 0.5 > s[~target][:, exp_cols].max()
+
+
+def test_explain_edge_and_node(kf):
+    rows, _ = SCENARIOS["reflection"]
+    kb, idx, target = _run(kf, background() + rows)
+    e = int(np.flatnonzero(target)[0])
+    ex = kf.explain(kb, edge=e)
+    top = ex["techniques"][0]
+    assert top["id"].startswith("T1498") and top["score"] > 0.5
+    assert {"name", "value", "confidence"} <= set(top["predicates"][0])
+    assert any(p["name"] in ("amplification", "reflection_source_port") for p in top["predicates"])
+    assert top["refs"]["attack"].startswith("https://attack.mitre.org/techniques/T1498")
+    nx_ = kf.explain(kb, node=idx["10.0.0.1"])  # the reflection victim
+    assert nx_["techniques"] and nx_["techniques"][0]["id"].startswith("T149")
+    with pytest.raises(ValueError, match="exactly one"):
+        kf.explain(kb)
+
+
+def test_d3fend_refs_present_for_network_technique(kf):
+    info = kf.technique_info("T1498.001") or kf.technique_info("T1048")
+    assert info and info["d3fend"] and info["d3fend"][0]["url"].startswith("https://d3fend.mitre.org/")
+
+
+def test_empty_window(kf):
+    kb = kf.transform(table(background()).slice(0, 0), np.zeros((2, 0), dtype=np.int64), 0)
+    assert kb.edge.shape == (0, kf.width) and kb.top_technique() == []
