@@ -1,1 +1,16 @@
-"""Transaction (fraud) training and evaluation."""
+"""Transaction (fraud) training and evaluation: ``train``, ``evaluate`` (see :mod:`training.fraud.api`)."""
+from __future__ import annotations
+
+
+def train(inputs: list[str], out_dir: str, **kw) -> dict:
+    """Train a FraudBundle; see :func:`training.fraud.api.train`."""
+    from training.fraud.api import train as _train
+
+    return _train(inputs, out_dir, **kw)
+
+
+def evaluate(inputs: list[str], report_dir: str, **kw) -> dict:
+    """Handbook-protocol evaluation with baselines; see :func:`training.fraud.api.evaluate`."""
+    from training.fraud.api import evaluate as _evaluate
+
+    return _evaluate(inputs, report_dir, **kw)
