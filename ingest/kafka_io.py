@@ -272,8 +272,16 @@ def decode_messages(
         tables.append(records_to_table(json_recs, kind, counting))
     if not tables:
         return Decoded(schema.empty_table(), malformed)
+    tables = [_as_schema(t, schema) for t in tables]
     t = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     return Decoded(t, malformed)
+
+
+def _as_schema(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Same columns, exactly ``schema`` (nullability/metadata differ between producers of tables)."""
+    if t.schema.equals(schema):
+        return t
+    return pa.Table.from_arrays([t.column(f.name).cast(f.type) for f in schema], schema=schema)
 
 
 def _conform_norow(t: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -498,6 +506,7 @@ class KafkaSource:
         self._thread = threading.Thread(target=self._run_guarded, name="kafka-source", daemon=True)
         self._paused = False
         self._last_commit: dict[tuple[str, int], int] = {}
+        self._committed_log: dict[tuple[str, int], int] = {}
         self._on_assign = on_assign
         self.assigned: set[tuple[str, int]] = set()
         self.error: BaseException | None = None
@@ -580,6 +589,7 @@ class KafkaSource:
             self.consumer.commit(todo)
             for tp, om in todo.items():
                 self._last_commit[(tp.topic, tp.partition)] = om.offset
+                self._committed_log[(tp.topic, tp.partition)] = om.offset
             if self.metrics:
                 self.metrics.commits.inc()
             log.debug("committed %s", {f"{k.topic}/{k.partition}": v.offset for k, v in todo.items()})
@@ -588,7 +598,7 @@ class KafkaSource:
 
     def committed_offsets(self) -> dict[tuple[str, int], int]:
         """What this source last committed (for summaries and tests)."""
-        return dict(self._last_commit)
+        return dict(self._committed_log)
 
     def _update_lag(self) -> None:
         if not self.metrics or not self.assigned or self.consumer is None:
@@ -675,12 +685,12 @@ class KafkaSource:
             self._end_of_stream()
 
     def _run(self) -> None:
-        from kafka.errors import KafkaError, NoBrokersAvailable
+        from kafka.errors import KafkaError
 
         while not self._stop_reading.is_set() and self.consumer is None:
             try:
                 self.consumer = self._make_consumer()
-            except NoBrokersAvailable:
+            except KafkaError:
                 log.warning("no Kafka broker at %s yet; retrying", self.cfg["bootstrap"])
                 self._stop_reading.wait(1.0)
         if self.consumer is None:

@@ -76,7 +76,8 @@ DEFAULTS: dict[str, Any] = {
         "window_queue_size": 8,    # closed windows waiting for the scorer
         "dead_letter_path": None,  # JSON lines for malformed file records (Kafka: the topic above)
         "max_records": None,       # stop after this many records (benchmarks)
-        "audit_rows": False,       # store every scored window's input rows in the SQLite store (tests, audits)
+        "audit_rows": False,
+        "merge_max_rows": 200000,  # records held to merge Kafka partitions on event time       # store every scored window's input rows in the SQLite store (tests, audits)
     },
 }
 

@@ -259,6 +259,71 @@ class RowLedger:
 # the daemon
 
 
+class PartitionMerger:
+    """Merge Kafka partitions on event time before windowing (per-partition watermarks).
+
+    Each partition is ordered by event time on its own, but a consumer reads partitions in
+    bursts: all of partition 0's backlog, then partition 1's. Pushed as they come, partition 1
+    would be "late" against partition 0's watermark. So records wait here until every active
+    partition has reached their timestamp (the minimum of the partitions' newest event times,
+    as Flink does), then go to the windower in event-time order. A partition that sent nothing
+    for ``idle_after`` wall seconds stops holding the others back; more than ``max_rows`` waiting
+    releases the oldest anyway (they may then be late, and are counted so).
+    """
+
+    def __init__(self, idle_after: float = 10.0, max_rows: int = 200_000,
+                 clock: Callable[[], float] = time.monotonic,
+                 assigned: Callable[[], set[int]] | None = None) -> None:
+        self.idle_after, self.max_rows, self.clock = idle_after, max_rows, clock
+        self.assigned = assigned or (lambda: set())
+        self._buf: list[pa.Table] = []
+        self._ts: list[np.ndarray] = []
+        self._max_ts: dict[int, int] = {}
+        self._seen: dict[int, float] = {}
+        self.buffered = 0
+
+    def add(self, partition: int, t: pa.Table) -> None:
+        ts = t.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        self._buf.append(t)
+        self._ts.append(ts)
+        self.buffered += t.num_rows
+        self._max_ts[partition] = max(self._max_ts.get(partition, ts.max()), int(ts.max()))
+        self._seen[partition] = self.clock()
+
+    def release(self, everything: bool = False) -> pa.Table | None:
+        if not self._buf:
+            return None
+        now = self.clock()
+        for p in self.assigned():
+            # An assigned partition we have not heard from yet holds the others back for a while.
+            if p not in self._seen:
+                self._seen[p] = now
+                self._max_ts[p] = -(1 << 62)
+        active = [self._max_ts[p] for p in self._max_ts if now - self._seen[p] < self.idle_after]
+        allts = np.concatenate(self._ts)
+        if everything or not active:
+            cut = int(allts.max())
+        else:
+            cut = min(active)
+        if self.buffered > self.max_rows and not everything:
+            cut = max(cut, int(np.sort(allts)[self.buffered - self.max_rows]))
+        table = pa.concat_tables(self._buf) if len(self._buf) > 1 else self._buf[0]
+        take = allts <= cut
+        if not take.any():
+            return None
+        keep = ~take
+        out_idx = np.flatnonzero(take)
+        out_idx = out_idx[np.argsort(allts[out_idx], kind="stable")]
+        out = table.take(pa.array(out_idx))
+        if keep.any():
+            self._buf = [table.filter(pa.array(keep))]
+            self._ts = [allts[keep]]
+        else:
+            self._buf, self._ts = [], []
+        self.buffered = int(keep.sum())
+        return out
+
+
 class _FileDeadLetter:
     """Dead letters of the file source: the readers' DeadLetter plus our metrics."""
 
@@ -421,6 +486,10 @@ class Daemon:
                 q_win.put(w)  # blocks when scoring falls behind: the backpressure chain starts here
                 m.queue_depth.labels("windows").set(q_win.qsize())
 
+        idle = self.cfg["window"].get("idle_timeout")
+        merger = PartitionMerger(idle_after=float(idle) if idle else 10.0,
+                                 max_rows=int(self.cfg["pipeline"].get("merge_max_rows") or 200_000),
+                                 assigned=lambda: {p for _t, p in (self.source.assigned if self.source else ())})
         while True:
             try:
                 item = q_in.get(timeout=0.2)
@@ -432,7 +501,12 @@ class Daemon:
             if item is _IDLE:
                 if self.stop_event.is_set() and self.source is None and not self._file_thread.is_alive():
                     break
-                emit(windower.poll())
+                released = merger.release()  # a partition may have gone idle: release what waits on it
+                if released is not None:
+                    emit(windower.push(released))
+                    handle_side_outputs()
+                if merger.buffered == 0:
+                    emit(windower.poll())
                 continue
             t: pa.Table = item.table
             n = t.num_rows
@@ -445,7 +519,17 @@ class Daemon:
                 continue
             t = t.set_column(t.schema.get_field_index("row"), "row",
                              pa.array(np.arange(start, start + n, dtype=np.int64)))
-            emit(windower.push(t))
+            if item.partition is None:
+                emit(windower.push(t))
+            else:
+                merger.add(item.partition, t)
+                released = merger.release()
+                if released is not None:
+                    emit(windower.push(released))
+            handle_side_outputs()
+        rest = merger.release(everything=True)
+        if rest is not None and (drain_open or not self.stop_event.is_set()):
+            emit(windower.push(rest))
             handle_side_outputs()
         # A finite source that ended by itself (file end, Kafka stop_at_end) scores its open windows;
         # a Kafka source stopped by a signal leaves them uncommitted for the restart to re-read.
@@ -586,6 +670,8 @@ class Daemon:
             while wt.is_alive() or st.is_alive():
                 if self.stop_event.wait(0.2):
                     break
+                if self.source is not None and self.source.error is not None:
+                    self._errors.append(self.source.error)
                 if self._errors:
                     self.stop("error")
             if self.stop_event.is_set():
