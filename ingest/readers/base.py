@@ -24,7 +24,7 @@ from ingest.schema import FLOW_SCHEMA, TS_TYPE, TX_SCHEMA
 log = logging.getLogger("ingest.readers")
 
 #: Tokens that mean "no value" in text inputs (Zeek unset ``-`` and empty ``(empty)``).
-NULL_TOKENS = ("", "-", "(empty)")
+NULL_TOKENS = ("", "-", "(empty)", "\"\"")
 #: Largest accepted event time (2100-01-01) in epoch seconds; beyond it a value is a parse accident.
 TS_MAX_S = 4102444800.0
 

@@ -81,7 +81,7 @@ class CICFlowMeterCSV:
         if "src_ip" not in roles or "dst_ip" not in roles:
             ctx.file_stats.error = "no source/destination IP columns: rows cannot become graph edges"
         for batch, lines in iter_text(spec.open, ctx, names=names, data_start_line=1, delimiter=",",
-                                      quoted=True, batch_rows=ctx.batch_size):
+                                      quoted=False, batch_rows=ctx.batch_size):
             yield normalise_cic(batch, lines, ctx, roles)
 
 

@@ -57,7 +57,7 @@ class LUFlowCSV:
         first = spec.head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace").lstrip("\ufeff")
         names = [h.strip() for h in split_line(first, ",", True)]
         for batch, lines in iter_text(spec.open, ctx, names=names, data_start_line=1, delimiter=",",
-                                      quoted=True, batch_rows=ctx.batch_size):
+                                      quoted=False, batch_rows=ctx.batch_size):
             yield normalise_luflow(batch, lines, ctx)
 
 

@@ -56,7 +56,7 @@ class NetFlowCSV:
     def read(self, spec: InputSpec, ctx: FileContext) -> Iterator[pa.Table]:
         names = _header(spec)
         for batch, lines in iter_text(spec.open, ctx, names=names, data_start_line=1, delimiter=",",
-                                      quoted=True, batch_rows=ctx.batch_size):
+                                      quoted=False, batch_rows=ctx.batch_size):
             yield normalise_netflow(batch, lines, ctx)
 
 

@@ -1,5 +1,8 @@
 """Streaming delimited-text engine: ``pyarrow.csv`` fast path, Python fallback, exact line numbers.
 
+Line numbers are 1-based and count non-empty lines (pyarrow's row numbering): they equal
+physical line numbers unless the file contains empty lines before the row.
+
 All columns are read as strings (conversion happens later, vectorised, with a
 reason per bad value). Rows with the wrong number of columns are dead-lettered
 by the ``invalid_row_handler`` with their physical line number. If pyarrow gives
@@ -155,7 +158,7 @@ def _fast(open_stream: Callable[[], BinaryIO], ctx: FileContext, names: list[str
                                   use_threads=False, block_size=block_size)
     parse_opts = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False,
                                     double_quote=quoted, newlines_in_values=False,
-                                    invalid_row_handler=handler)
+                                    ignore_empty_lines=True, invalid_row_handler=handler)
     conv_opts = pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                      strings_can_be_null=False, quoted_strings_can_be_null=False)
     emitted = 0
@@ -197,13 +200,17 @@ def _python_rest(open_stream: Callable[[], BinaryIO], ctx: FileContext, *, width
         lines.clear()
         return b, ln
 
+    num = 0
     with open_stream() as fh:
-        for num, raw in enumerate(_lines(fh), start=1):
+        for raw in _lines(fh):
+            body = raw[:-1] if raw.endswith(b"\n") else raw
+            if body.endswith(b"\r"):
+                body = body[:-1]
+            if not body:
+                continue  # empty lines are not records and are not numbered (as in pyarrow)
+            num += 1
             if num <= resume_after or num in already:
                 continue
-            body = raw.rstrip(b"\r\n")
-            if not body.strip():
-                continue  # blank lines are not records (pyarrow skips them too)
             try:
                 text = body.decode("utf-8")
             except UnicodeDecodeError:

@@ -40,7 +40,7 @@ def parse_header(head: bytes) -> dict[str, Any]:
     """Zeek ASCII log header -> separator, tokens, fields, types, and the count of header lines."""
     meta: dict[str, Any] = {"separator": "\t", "set_separator": ",", "empty_field": "(empty)",
                             "unset_field": "-", "fields": None, "types": None, "path": None}
-    n = 0
+    n = last = 0
     for raw in head.split(b"\n"):
         line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
         if not line.startswith("#"):
@@ -54,9 +54,13 @@ def parse_header(head: bytes) -> dict[str, Any]:
             meta[key] = value
         elif key == "fields":
             meta["fields"] = value.split(meta["separator"])
+            last = n
         elif key == "types":
             meta["types"] = value.split(meta["separator"])
-    meta["header_lines"] = n
+            last = n
+            break  # data (or '#close' etc., counted as comments by the reader) follows #types
+    # the header ends with #types (or #fields); later '#' lines are metadata records of the log
+    meta["header_lines"] = last if meta["fields"] is not None else n
     return meta
 
 
@@ -185,9 +189,11 @@ class ZeekCSV:
         from ingest.readers.textcsv import split_line
         first = spec.head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace").lstrip("\ufeff")
         names = [h.strip() for h in split_line(first, ",", True)]
-        tokens = ("", "-", "(empty)")
+        tokens = ("", "-", "(empty)", '""')
+        # no CSV quoting: these exports never quote (LUFlow writes "" for empty, a null token), and an
+        # unterminated quote would otherwise swallow the following lines into one bad row
         for batch, lines in iter_text(spec.open, ctx, names=names, data_start_line=1, delimiter=",",
-                                      quoted=True, batch_rows=ctx.batch_size):
+                                      quoted=False, batch_rows=ctx.batch_size):
             yield normalise_zeek(batch, lines, ctx, tokens, ",")
 
 
