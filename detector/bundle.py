@@ -1,0 +1,134 @@
+"""``MODEL_DIR``: everything needed to score, loadable in one call.
+
+Layout::
+
+    MODEL_DIR/
+      config.json        kind, model/pipeline/window config, detector name, calibration (threshold),
+                         knowledge-graph version+hash, training-data fingerprint, training metrics
+      weights.pt         STGNN state_dict (node memory is not saved: scoring starts from an empty state)
+      preprocessor.json  fitted FlowPreprocessor
+      detector.pkl       fitted detector (pickle: only load model directories you trust)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import time
+from pathlib import Path
+
+import torch
+
+from detector.calibration import Calibration
+from detector.models import STGNN, ModelConfig
+from detector.pipeline import FeaturePipeline, PipelineConfig, load_featurizer, preprocessor_class
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+class ModelBundle:
+    """A trained flow model: encoder + detector + calibrated threshold + feature pipeline."""
+
+    kind = "flows"
+
+    def __init__(self, model: STGNN, detector, calibration: Calibration, pipeline: FeaturePipeline,
+                 window: dict | None = None, detector_name: str = "knn", fingerprint: dict | None = None,
+                 metrics: dict | None = None, extra: dict | None = None) -> None:
+        self.model = model.eval()
+        self.detector = detector
+        self.calibration = calibration
+        self.pipeline = pipeline
+        self.window = window or {"size": 60.0, "lateness": 10.0}
+        self.detector_name = detector_name
+        self.fingerprint = fingerprint or {}
+        self.metrics = metrics or {}
+        self.extra = extra or {}
+        self.path: Path | None = None
+
+    @property
+    def threshold(self) -> float:
+        return float(self.calibration.threshold)
+
+    @property
+    def config(self) -> dict:
+        return {
+            "kind": self.kind,
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": self.model.config.to_dict(),
+            "pipeline": vars(self.pipeline.cfg),
+            "window": self.window,
+            "detector": self.detector_name,
+            "calibration": self.calibration.to_dict(),
+            "threshold": self.threshold,
+            "kg": {"version": self.pipeline.kg_version, "hash": self.pipeline.kg_hash},
+            "fingerprint": self.fingerprint,
+            "metrics": self.metrics,
+            **self.extra,
+        }
+
+    def stream_scorer(self):
+        """A scorer with its own temporal state (one per stream / consumer)."""
+        from detector.scoring import StreamScorer
+
+        return StreamScorer(self)
+
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "config.json.tmp"
+        torch.save(self.model.state_dict(), d / "weights.pt")
+        self.pipeline.pre.save(str(d / "preprocessor.json"))
+        with open(d / "detector.pkl", "wb") as f:
+            pickle.dump(self.detector, f)
+        # config.json last and atomically: a directory with config.json is complete.
+        tmp.write_text(json.dumps(self.config, indent=2, default=str))
+        tmp.replace(d / "config.json")
+        self.path = d
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ModelBundle":
+        d = Path(directory)
+        cfg_path = d / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{d} is not a model directory (no config.json)")
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("kind", "flows") != "flows":
+            raise ValueError(f"{d} holds a {cfg.get('kind')!r} model; use detector.bundle.load_bundle()")
+        pcfg = PipelineConfig(**cfg["pipeline"])
+        pre = preprocessor_class(pcfg.impl).load(str(d / "preprocessor.json"))
+        kf = load_featurizer(pcfg.knowledge)
+        if pcfg.knowledge and kf is None:
+            raise ValueError(f"{d} was trained with knowledge features but knowledge.features is not available")
+        want = (cfg.get("kg") or {}).get("hash")
+        if kf is not None and want and getattr(kf, "hash", None) != want:
+            log.warning("knowledge graph hash %s differs from the one the model was trained with (%s)",
+                        getattr(kf, "hash", None), want)
+        model = STGNN(ModelConfig(**cfg["model"]))
+        model.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
+        with open(d / "detector.pkl", "rb") as f:
+            det = pickle.load(f)
+        known = {"kind", "format_version", "created", "model", "pipeline", "window", "detector", "calibration",
+                 "threshold", "kg", "fingerprint", "metrics"}
+        b = cls(model, det, Calibration(**cfg["calibration"]), FeaturePipeline(pre, pcfg, kf),
+                window=cfg.get("window"), detector_name=cfg.get("detector", "knn"),
+                fingerprint=cfg.get("fingerprint"), metrics=cfg.get("metrics"),
+                extra={k: v for k, v in cfg.items() if k not in known})
+        b.path = d
+        return b
+
+
+def load_bundle(directory: str | Path):
+    """Load any model directory: flows -> :class:`ModelBundle`, transactions -> ``FraudBundle``."""
+    d = Path(directory)
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{d} is not a model directory (no config.json)")
+    kind = json.loads(cfg_path.read_text()).get("kind", "flows")
+    if kind == "transactions":
+        from detector.fraud.bundle import FraudBundle
+
+        return FraudBundle.load(d)
+    return ModelBundle.load(d)

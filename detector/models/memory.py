@@ -1,0 +1,86 @@
+"""Per-endpoint temporal state carried across windows, keyed by stable node ids."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class NodeMemory(nn.Module):
+    r"""A GRU cell over the window sequence of every endpoint.
+
+    .. math::
+        s_v^{(t)} = \operatorname{GRU}\big(h_v^{(t)}, s_v^{(t')}\big)
+
+    where :math:`t'` is the last window in which endpoint :math:`v` appeared
+    (zero state for endpoints never seen). State lives in **non-persistent
+    registered buffers** (``state``, ``owner``, ``last_seen``): it follows
+    ``.to(device)`` but is not part of ``state_dict()``, so a saved model always
+    starts from an empty memory and scores are reproducible.
+
+    Capacity and eviction: endpoint id ``gid`` (from ``ingest.graph.NodeIdMap``)
+    lives in slot ``gid % capacity`` and the slot remembers its owner. When a
+    different id takes the slot (NodeIdMap reused the id after an LRU eviction,
+    or two ids collide) the newcomer starts from a zero state -- exactly what an
+    evicted endpoint gets from NodeIdMap, so the two stay consistent.
+
+    Args:
+        dim (int): state size (= input size).
+        capacity (int): number of slots. (default: 65536)
+
+    Shapes:
+        - **input:** h :math:`(N, dim)`, gid :math:`(N,)` long, window time (float)
+        - **output:** :math:`(N, dim)`
+    """
+
+    def __init__(self, dim: int, capacity: int = 65536) -> None:
+        super().__init__()
+        if capacity <= 0:
+            raise ValueError(f"capacity must be > 0, got {capacity}")
+        self.dim = dim
+        self.capacity = capacity
+        self.cell = nn.GRUCell(dim, dim)
+        self.register_buffer("state", torch.zeros(capacity, dim), persistent=False)
+        self.register_buffer("owner", torch.full((capacity,), -1, dtype=torch.long), persistent=False)
+        self.register_buffer("last_seen", torch.full((capacity,), float("nan"), dtype=torch.float64), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.cell.reset_parameters()
+
+    def reset_state(self) -> None:
+        """Forget every endpoint (weights untouched)."""
+        self.state.zero_()
+        self.owner.fill_(-1)
+        self.last_seen.fill_(float("nan"))
+
+    def detach(self) -> None:
+        """Cut the autograd history of the stored state (truncated BPTT)."""
+        self.state = self.state.detach()
+
+    def read(self, gid: Tensor) -> Tensor:
+        """Previous state of each endpoint; zeros for unknown or evicted ones. [N, dim]"""
+        slot = gid.remainder(self.capacity)
+        known = (self.owner[slot] == gid).unsqueeze(-1)
+        return torch.where(known, self.state[slot], torch.zeros((), dtype=self.state.dtype, device=gid.device))
+
+    def forward(self, h: Tensor, gid: Tensor, t: float | None = None, update: bool = True) -> Tensor:
+        if h.size(-1) != self.dim:
+            raise ValueError(f"h has {h.size(-1)} features but the memory was built with dim={self.dim}")
+        if gid.numel() != h.size(0):
+            raise ValueError(f"gid has {gid.numel()} entries for {h.size(0)} nodes")
+        prev = self.read(gid)  # [N, dim]
+        new = self.cell(h, prev)  # [N, dim]
+        if update:
+            self.write(gid, new.detach(), t)
+        return new
+
+    @torch.no_grad()
+    def write(self, gid: Tensor, s: Tensor, t: float | None = None) -> None:
+        slot = gid.remainder(self.capacity)
+        self.state[slot] = s.to(self.state.dtype)
+        self.owner[slot] = gid
+        if t is not None:
+            self.last_seen[slot] = float(t)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(dim={self.dim}, capacity={self.capacity})"

@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from detector.bundle import ModelBundle, load_bundle
+from training.pretrain import TrainConfig, make_windows, train_bundle
+from training.synthetic import synthetic_flows
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # small graphs: one torch thread is much faster on a shared 2-core machine (detector/runtime.py)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    table = synthetic_flows(n_benign=800, n_attack=60, duration=900, seed=3)
+    b = train_bundle([table], TrainConfig(epochs=1, hidden=16, seed=0), out_dir=d, progress=False)
+    return b, d, table
+
+
+def test_directory_contents(trained):
+    b, d, table = trained
+    names = {p.name for p in d.iterdir()}
+    assert {"config.json", "weights.pt", "preprocessor.json", "detector.pkl", "checkpoint.pt"} <= names
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["kind"] == "flows" and cfg["threshold"] == pytest.approx(b.threshold)
+    assert cfg["calibration"]["target_fpr"] == 0.01
+    assert cfg["fingerprint"]["records"] == table.num_rows and len(cfg["fingerprint"]["sha256"]) == 64
+    assert "kg" in cfg and "metrics" in cfg and cfg["detector"] in ("knn", "iforest")
+    assert cfg["metrics"]["train_windows"] > cfg["metrics"]["val_windows"] > 0
+
+
+def test_save_load_identical_scores(trained, tmp_path):
+    b, d, table = trained
+    loaded = ModelBundle.load(d)
+    assert isinstance(load_bundle(d), ModelBundle)
+    windows = make_windows(table, 60.0)
+    s1, s2 = b.stream_scorer(), loaded.stream_scorer()
+    for w in windows:
+        a, c = s1.score_window(w), s2.score_window(w)
+        np.testing.assert_array_equal(a.rows, c.rows)
+        np.testing.assert_allclose(a.scores, c.scores, rtol=0, atol=0)
+        np.testing.assert_array_equal(a.alerts, c.alerts)
+    # saving the loaded bundle again gives the same scores too
+    loaded.save(tmp_path / "again")
+    s3 = ModelBundle.load(tmp_path / "again").stream_scorer()
+    np.testing.assert_array_equal(s3.score_window(windows[0]).scores, b.stream_scorer().score_window(windows[0]).scores)
+
+
+def test_scorers_do_not_share_state(trained):
+    b, _, table = trained
+    w = make_windows(table, 60.0)
+    a = b.stream_scorer()
+    for x in w[:5]:
+        a.score_window(x)
+    fresh = b.stream_scorer().score_window(w[0]).scores
+    again = b.stream_scorer().score_window(w[0]).scores
+    np.testing.assert_array_equal(fresh, again)
+
+
+def test_not_a_model_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        ModelBundle.load(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_bundle(tmp_path)

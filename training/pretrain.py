@@ -1,0 +1,375 @@
+"""Self-supervised pretraining of the STGNN and assembly of a ModelBundle.
+
+Protocol (time-ordered, label-free apart from the optional ``benign_only`` filter):
+
+1. records are sorted by event time and cut into tumbling windows;
+2. the earliest ``1 - val_frac`` of the windows train the encoder and the
+   detectors; the latest ``val_frac`` are held back (never trained on) to pick
+   the default detector and calibrate the alert threshold to ``target_fpr``;
+3. with ``benign_only`` every record labelled malicious (label == 1) is removed
+   first -- the standard "benign-only training" protocol.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from detector.bundle import ModelBundle
+from detector.calibration import calibrate_threshold
+from detector.detectors import make_detector, select_detector
+from detector.models import STGNN, ModelConfig
+from detector.pipeline import FeaturePipeline, PipelineConfig, default_impl, load_featurizer, preprocessor_class
+from training.losses import EdgeDGI, GradNormWeighter, ProjectionHead, info_nce
+from training.views import feature_view, structural_view, temporal_pairs
+
+log = logging.getLogger(__name__)
+VIEWS = ("temporal", "structural", "feature")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the bundle)."""
+
+    window: float = 60.0
+    epochs: int = 3
+    hidden: int = 64
+    layers: int = 2
+    time_dim: int = 8
+    lr: float = 1e-3
+    objective: str = "contrastive"     # contrastive | dgi | none (no pretraining: random encoder)
+    weighting: str = "gradnorm"        # gradnorm | fixed
+    temporal: bool = True
+    use_time: bool = True
+    knowledge: bool = True
+    node_mode: str = "ip"
+    benign_only: bool = False
+    val_frac: float = 0.2
+    target_fpr: float = 0.01
+    detector: str = "auto"             # auto (picked on benign validation) | knn | iforest
+    seed: int = 0
+    max_anchors: int = 256             # anchors per InfoNCE term per window (cost bound)
+    drop_edge: float = 0.2
+    mask_feature: float = 0.2
+    temperature: float = 0.2
+    max_fit_flows: int = 20000         # cap on benign training flows given to the detectors
+    impl: str = field(default_factory=default_impl)
+
+    def __post_init__(self) -> None:
+        if self.window <= 0:
+            raise ValueError(f"window must be > 0 seconds, got {self.window!r}")
+        if self.objective not in ("contrastive", "dgi", "none"):
+            raise ValueError(f"objective must be contrastive, dgi or none, got {self.objective!r}")
+        if self.detector not in ("auto", "knn", "iforest"):
+            raise ValueError(f"detector must be auto, knn or iforest, got {self.detector!r}")
+        if not 0.0 < self.val_frac < 1.0:
+            raise ValueError(f"val_frac must be in (0, 1), got {self.val_frac!r}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs!r}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def as_table(tables) -> pa.Table:
+    """Concatenate tables/record batches into one table."""
+    ts = [pa.Table.from_batches([t]) if isinstance(t, pa.RecordBatch) else t for t in tables]
+    if not ts:
+        raise ValueError("no input records")
+    return pa.concat_tables(ts, promote_options="default") if len(ts) > 1 else ts[0]
+
+
+def ts_seconds(table: pa.Table) -> np.ndarray:
+    return table.column("ts").cast(pa.int64()).to_numpy().astype(np.float64) / 1e6
+
+
+def fingerprint(table: pa.Table) -> dict:
+    """Cheap, order-sensitive fingerprint of the training records (count, time span, content hash)."""
+    h = hashlib.sha256()
+    for c in ("ts", "src_ip", "dst_ip", "dst_port", "src_bytes"):
+        if c in table.column_names:
+            h.update(str(table.column(c).to_pylist()).encode())
+    ts = ts_seconds(table)
+    lab = table.column("label").to_numpy(zero_copy_only=False) if "label" in table.column_names else None
+    return {"records": int(table.num_rows), "sha256": h.hexdigest(),
+            "ts_min": float(ts.min()) if len(ts) else None, "ts_max": float(ts.max()) if len(ts) else None,
+            "labelled_malicious": int(np.nansum(lab == 1)) if lab is not None else None}
+
+
+def make_windows(table: pa.Table, size: float):
+    """Tumbling windows over ``table`` in event-time order (each record in exactly one window)."""
+    from ingest.windows import Tumbling, window_all
+
+    if table.num_rows == 0:
+        return []
+    # Sorted by time, so with zero lateness nothing is late and every record lands in one window.
+    srt = table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("row", "ascending")]))
+    windows, w = window_all(srt.to_batches(max_chunksize=65536), Tumbling(size), lateness=0.0)
+    if w.stats.invalid:
+        log.warning("%d records without a timestamp were left out of training", w.stats.invalid)
+    return windows
+
+
+def split_windows(windows: list, val_frac: float) -> tuple[list, list]:
+    """Earliest windows for training, the latest ``val_frac`` (by flow count) held back."""
+    if len(windows) < 2:
+        raise ValueError(f"need at least 2 windows to hold some back for calibration, got {len(windows)}; "
+                         "use a smaller --window or more data")
+    sizes = np.array([w.table.num_rows for w in windows], dtype=np.float64)
+    cum = np.cumsum(sizes) / sizes.sum()
+    k = int(np.searchsorted(cum, 1.0 - val_frac)) + 1
+    k = min(max(k, 1), len(windows) - 1)
+    return windows[:k], windows[k:]
+
+
+class Pretrainer:
+    """Runs the pretraining epochs over a fixed list of window graphs (in time order)."""
+
+    def __init__(self, model: STGNN, cfg: TrainConfig) -> None:
+        self.model, self.cfg = model, cfg
+        H = cfg.hidden
+        self.heads = torch.nn.ModuleDict({
+            "temporal": ProjectionHead(H), "structural": ProjectionHead(H), "feature": ProjectionHead(3 * H),
+        })
+        self.dgi = EdgeDGI(3 * H)
+        self.weighter = GradNormWeighter(list(VIEWS), mode=cfg.weighting)
+        params = list(model.parameters()) + list(self.heads.parameters()) + list(self.dgi.parameters())
+        self.opt = torch.optim.Adam(params, lr=cfg.lr)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    def _sample(self, n: int) -> torch.Tensor:
+        if n <= self.cfg.max_anchors:
+            return torch.arange(n)
+        return torch.randperm(n, generator=self.gen)[: self.cfg.max_anchors]
+
+    def _forward(self, d, edge_ids=None, edge_attr=None):
+        """Model pass on the full window, or on the subset ``edge_ids`` of its edges (structural view)."""
+        ea = d.edge_attr if edge_attr is None else edge_attr
+        if edge_ids is None:
+            return self.model(d.x, d.edge_index, ea, d.edge_dt_window, d.edge_dt_prev, d.node_gid,
+                              update_state=False)
+        return self.model(d.x, d.edge_index[:, edge_ids], ea[edge_ids], d.edge_dt_window[edge_ids],
+                          d.edge_dt_prev[edge_ids], d.node_gid, update_state=False)
+
+    def step(self, d, prev) -> tuple[dict[str, float], tuple]:
+        cfg, m = self.cfg, self.model
+        z, h, flow = self._forward(d)
+        losses: dict[str, torch.Tensor] = {}
+        if cfg.objective == "dgi":
+            perm = torch.randperm(d.edge_attr.size(0), generator=self.gen)
+            _, _, flow_c = self._forward(d, edge_attr=d.edge_attr[perm])
+            losses["dgi"] = self.dgi(flow, flow_c)
+            total = losses["dgi"]
+        else:
+            if prev is not None:
+                ip, ic = temporal_pairs(prev[0], d.node_gid)
+                if ic.numel() >= 2:
+                    s = self._sample(ic.numel())
+                    # anchor: this window's spatial state; positive: the same endpoint's state in the
+                    # previous window (detached: gradients stay inside the current window)
+                    losses["temporal"] = info_nce(self.heads["temporal"](h[ic[s]]),
+                                                  self.heads["temporal"](prev[1][ip[s]]), cfg.temperature)
+            if d.num_nodes >= 2 and d.edge_index.size(1) >= 1:
+                _, k1 = structural_view(d.edge_index, cfg.drop_edge, self.gen)
+                _, k2 = structural_view(d.edge_index, cfg.drop_edge, self.gen)
+                z1, _, _ = self._forward(d, edge_ids=k1)
+                z2, _, _ = self._forward(d, edge_ids=k2)
+                s = self._sample(int(d.num_nodes))
+                losses["structural"] = info_nce(self.heads["structural"](z1[s]), self.heads["structural"](z2[s]),
+                                                cfg.temperature)
+            if d.edge_index.size(1) >= 2:
+                _, _, f1 = self._forward(d, edge_attr=feature_view(d.edge_attr, cfg.mask_feature, self.gen))
+                _, _, f2 = self._forward(d, edge_attr=feature_view(d.edge_attr, cfg.mask_feature, self.gen))
+                s = self._sample(d.edge_index.size(1))
+                losses["feature"] = info_nce(self.heads["feature"](f1[s]), self.heads["feature"](f2[s]),
+                                             cfg.temperature)
+            if not losses:
+                total = None
+            else:
+                shared = m.encoder.convs[-1].lin_upd.weight
+                total = self.weighter.combine(losses, shared)
+        if total is not None:
+            self.opt.zero_grad(set_to_none=True)
+            total.backward()
+            self.opt.step()
+        if m.memory is not None:
+            m.memory.write(d.node_gid, z.detach(), t=float(d.window_end))
+        return {k: float(v.detach()) for k, v in losses.items()}, (d.node_gid, h.detach())
+
+    def run_epoch(self, graphs: list, progress: bool = True) -> dict[str, float]:
+        self.model.train()
+        self.model.reset_state()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        prev = None
+        it = graphs
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(graphs, desc=f"epoch {self.epoch + 1}", unit="win", leave=False)
+            it = bar
+        for d in it:
+            if d.edge_index.size(1) == 0:
+                continue
+            vals, prev = self.step(d, prev)
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+            if bar is not None and vals:
+                bar.set_postfix({k: f"{sums[k] / counts[k]:.3f}" for k in sums}, refresh=False)
+        if bar is not None:
+            bar.close()
+        self.epoch += 1
+        rec = {k: sums[k] / counts[k] for k in sums}
+        rec["epoch"] = self.epoch
+        if self.cfg.objective == "contrastive":
+            rec["weights"] = self.weighter.weights()
+        self.history.append(rec)
+        return rec
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "heads": self.heads.state_dict(), "dgi": self.dgi.state_dict(),
+                "weighter": self.weighter.state_dict(), "weighter_initial": self.weighter.initial,
+                "opt": self.opt.state_dict(), "epoch": self.epoch, "history": self.history,
+                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.heads.load_state_dict(s["heads"])
+        self.dgi.load_state_dict(s["dgi"])
+        self.weighter.load_state_dict(s["weighter"])
+        self.weighter.initial = dict(s["weighter_initial"])
+        self.opt.load_state_dict(s["opt"])
+        self.epoch, self.history = int(s["epoch"]), list(s["history"])
+        self.gen.set_state(s["gen"])
+        torch.set_rng_state(s["torch_rng"])
+
+
+@torch.no_grad()
+def embed_graphs(model: STGNN, graphs: list, reset: bool = True) -> list[np.ndarray]:
+    """Flow embeddings per graph, running the temporal state through the sequence in order."""
+    model.eval()
+    if reset:
+        model.reset_state()
+    out = []
+    for d in graphs:
+        _, _, flow = model(d.x, d.edge_index, d.edge_attr, d.edge_dt_window, d.edge_dt_prev, d.node_gid,
+                           t=float(d.window_end), update_state=True)
+        out.append(flow.numpy())
+    return out
+
+
+def _stack(arrs: list[np.ndarray], dim: int) -> np.ndarray:
+    arrs = [a for a in arrs if len(a)]
+    return np.concatenate(arrs) if arrs else np.zeros((0, dim), np.float32)
+
+
+def train_bundle(tables, cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
+                 resume: bool = False, extra_meta: dict | None = None) -> ModelBundle:
+    """Train encoder + detectors + threshold on ``tables`` (canonical flow records); save when ``out_dir``."""
+    from detector.runtime import torch_threads
+
+    with torch_threads():
+        return _train_bundle(tables, cfg, out_dir, progress, resume, extra_meta)
+
+
+def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: bool,
+                  extra_meta: dict | None) -> ModelBundle:
+    seed_everything(cfg.seed)
+    t0 = time.perf_counter()
+    table = as_table(tables)
+    n_in = table.num_rows
+    removed = 0
+    if cfg.benign_only and "label" in table.column_names:
+        keep = pc.fill_null(pc.not_equal(table.column("label"), 1), True)
+        removed = n_in - int(pc.sum(keep).as_py() or 0)
+        table = table.filter(keep)
+    if table.num_rows < 10:
+        raise ValueError(f"only {table.num_rows} training records after filtering; need at least 10")
+    windows = make_windows(table, cfg.window)
+    train_w, val_w = split_windows(windows, cfg.val_frac)
+    train_tab = pa.concat_tables([w.table for w in train_w])
+    pre = preprocessor_class(cfg.impl)().fit([train_tab])  # label-free, training windows only
+    kf = load_featurizer(cfg.knowledge)
+    pcfg = PipelineConfig(impl=cfg.impl, node_mode=cfg.node_mode, knowledge=kf is not None)
+    pipeline = FeaturePipeline(pre, pcfg, kf)
+    stream = pipeline.stream()
+    graphs = [stream.build(w)[0] for w in train_w]  # same stream continues into validation (dt_prev)
+    val_graphs = [stream.build(w)[0] for w in val_w]
+    g0 = graphs[0]
+    mcfg = ModelConfig(node_in=int(g0.x.size(1)), edge_in=int(g0.edge_attr.size(1)), hidden=cfg.hidden,
+                       layers=cfg.layers, time_dim=cfg.time_dim, temporal=cfg.temporal, use_time=cfg.use_time)
+    model = STGNN(mcfg)
+    trainer = Pretrainer(model, cfg)
+    ckpt = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    if resume and ckpt is not None and ckpt.is_file():
+        trainer.load_state_dict(torch.load(ckpt, weights_only=False))
+        log.info("resumed from %s at epoch %d", ckpt, trainer.epoch)
+    t_pre = time.perf_counter()
+    epoch_times = []
+    n_epochs = cfg.epochs if cfg.objective != "none" else 0
+    while trainer.epoch < n_epochs:
+        te = time.perf_counter()
+        rec = trainer.run_epoch(graphs, progress=progress)
+        epoch_times.append(time.perf_counter() - te)
+        log.info("epoch %d: %s", trainer.epoch, rec)
+        if progress:
+            print(f"epoch {trainer.epoch}/{n_epochs} " + " ".join(
+                f"{k}={v:.4f}" for k, v in rec.items() if isinstance(v, float)), flush=True)
+        if ckpt is not None:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(trainer.state_dict(), ckpt.with_suffix(".tmp"))
+            ckpt.with_suffix(".tmp").replace(ckpt)
+    pretrain_s = time.perf_counter() - t_pre
+    # Embeddings: training windows, then (state continuing) the held-back windows.
+    model.eval()
+    model.reset_state()
+    tr_emb = embed_graphs(model, graphs, reset=True)
+    va_emb = embed_graphs(model, val_graphs, reset=False)
+    D = model.edge_emb_dim
+    Xtr, Xva = _stack(tr_emb, D), _stack(va_emb, D)
+    if len(Xtr) > cfg.max_fit_flows:
+        idx = np.sort(np.random.default_rng(cfg.seed).choice(len(Xtr), cfg.max_fit_flows, replace=False))
+        Xtr = Xtr[idx]
+    if len(Xva) == 0:
+        raise ValueError("no flows in the held-back calibration windows")
+    names = ["iforest", "knn"] if cfg.detector == "auto" else [cfg.detector]
+    dets, tr_s, va_s = {}, {}, {}
+    for n in names:
+        dets[n] = make_detector(n, contamination=cfg.target_fpr if cfg.target_fpr < 0.5 else 0.01,
+                                random_state=cfg.seed).fit(Xtr)
+        tr_s[n] = dets[n].decision_scores_
+        va_s[n] = dets[n].decision_function(Xva)
+    chosen, drift = select_detector(tr_s, va_s, cfg.target_fpr) if len(names) > 1 else (names[0], {})
+    calib = calibrate_threshold(va_s[chosen], cfg.target_fpr)
+    dets[chosen].threshold_ = calib.threshold
+    metrics = {
+        "records_in": n_in, "removed_malicious": removed, "train_windows": len(train_w), "val_windows": len(val_w),
+        "train_flows": int(sum(w.table.num_rows for w in train_w)), "val_flows": int(len(Xva)),
+        "epochs": trainer.epoch, "history": trainer.history, "pretrain_seconds": round(pretrain_s, 2),
+        "epoch_seconds": [round(x, 2) for x in epoch_times], "total_seconds": round(time.perf_counter() - t0, 2),
+        "detector_selection": {"rule": "min |FPR on later benign val at train 1-target quantile - target|",
+                               "drift": drift, "chosen": chosen},
+    }
+    bundle = ModelBundle(model, dets[chosen], calib, pipeline,
+                         window={"size": cfg.window, "lateness": min(cfg.window, 60.0)},
+                         detector_name=chosen, fingerprint=fingerprint(table), metrics=metrics,
+                         extra={"train_config": asdict(cfg), **(extra_meta or {})})
+    if out_dir is not None:
+        bundle.save(out_dir)
+    return bundle
