@@ -156,7 +156,8 @@ def synthesize(edge_attr: Tensor, src: Tensor, dst: Tensor, kind: str,
 
 
 def contrastive_loss(model: FraudModel, data: HeteroData, hc: Tensor | None, ht: Tensor | None, z: Tensor,
-                     gen: torch.Generator, max_edges: int = 4096, temperature: float = 0.5) -> Tensor:
+                     gen: torch.Generator, max_edges: int = 4096, temperature: float = 0.5,
+                     idx: Tensor | None = None) -> Tensor:
     """InfoNCE: each real transaction against its synthesised versions (one per kind).
 
     logits = [g(z_real), g(z_amount), g(z_terminal), g(z_time)] / T with target 0, where
@@ -167,7 +168,8 @@ def contrastive_loss(model: FraudModel, data: HeteroData, hc: Tensor | None, ht:
     E = st.edge_attr.size(0)
     if E < 2:
         return z.sum() * 0.0
-    idx = torch.randperm(E, generator=gen)[:max_edges]
+    if idx is None:
+        idx = torch.randperm(E, generator=gen)[:max_edges]
     src, dst, ea = st.edge_index[0], st.edge_index[1], st.edge_attr
     logits = [model.real_head(z[idx]).squeeze(-1)]
     for kind in SYNTH_KINDS:
@@ -176,6 +178,34 @@ def contrastive_loss(model: FraudModel, data: HeteroData, hc: Tensor | None, ht:
         logits.append(model.real_head(z2).squeeze(-1))
     L = torch.stack(logits, dim=1) / temperature
     return F.cross_entropy(L, torch.zeros(L.size(0), dtype=torch.long))
+
+
+def edge_batch_subgraph(data: HeteroData, batch: Tensor) -> tuple[HeteroData, Tensor]:
+    """The exact computation graph of a batch of transactions for the 1-hop encoder.
+
+    With simultaneous updates, a transaction's embedding depends on its customer's
+    and its terminal's edges in the window only, so keeping every edge incident to a
+    batch customer or batch terminal gives the same embeddings as the full window.
+    Returns (subgraph, positions of the batch edges in it).
+    """
+    st = data[PAYS]
+    src, dst = st.edge_index
+    keep = torch.isin(src, src[batch]) | torch.isin(dst, dst[batch])
+    eids = keep.nonzero().flatten()
+    cu, cinv = torch.unique(src[eids], return_inverse=True)
+    tu, tinv = torch.unique(dst[eids], return_inverse=True)
+    sub = HeteroData()
+    sub["customer"].x = data["customer"].x[cu]
+    sub["terminal"].x = data["terminal"].x[tu]
+    s = sub[PAYS]
+    s.edge_index = torch.stack([cinv, tinv])
+    s.edge_attr = st.edge_attr[eids]
+    s.edge_ts = st.edge_ts[eids]
+    s.edge_label = st.edge_label[eids]
+    sub.window_end = data.window_end
+    pos = torch.full((src.size(0),), -1, dtype=torch.long)
+    pos[eids] = torch.arange(eids.numel())
+    return sub, pos[batch]
 
 
 def config_dict(cfg: FraudModelConfig) -> dict:

@@ -28,10 +28,10 @@ def _fingerprint(table) -> dict:
             "ts_max": str(ts[-1]) if table.num_rows else None}
 
 
-def train(inputs: list[str], out_dir: str, *, epochs: int = 25, window_s: float = 21600.0, seed: int = 0,
+def train(inputs: list[str], out_dir: str, *, epochs: int = 8, window_s: float = 86400.0, seed: int = 0,
           hidden: int = 32, layers: int = 1, use_graph: bool = True, lam: float = 0.5,
           label_delay_days: int = 7, val_days: int = 3, warmup_days: int | None = None,
-          alert_rate: float = 0.01, lr: float = 5e-3, threads: int = 1, progress: bool = False) -> dict:
+          alert_rate: float = 0.01, lr: float = 2e-3, threads: int = 1, progress: bool = False) -> dict:
     """Train a FraudBundle on transaction inputs and save it to ``out_dir``.
 
     Label latency: training happens "now" = the last timestamp of the inputs; only
@@ -111,10 +111,10 @@ def _baselines(names: tuple[str, ...], seed: int) -> dict:
 
 
 def evaluate(inputs: list[str], report_dir: str, *, folds: int = 3, train_days: int = 14, delay_days: int = 7,
-             test_days: int = 7, val_days: int = 3, window_s: float = 21600.0, epochs: int = 25, hidden: int = 32,
+             test_days: int = 7, val_days: int = 3, window_s: float = 86400.0, epochs: int = 8, hidden: int = 32,
              layers: int = 1, lam: float = 0.5, seed: int = 0, alert_rate: float = 0.01, top_k: int = 100,
              baselines: tuple[str, ...] = ("logistic_regression", "random_forest", "gradient_boosting"),
-             ablations: tuple[str, ...] = ("no_graph", "no_contrastive"), lr: float = 5e-3, threads: int = 1,
+             ablations: tuple[str, ...] = ("no_graph", "no_contrastive"), lr: float = 2e-3, threads: int = 1,
              progress: bool = True) -> dict:
     """Fraud Detection Handbook protocol with rolling folds; writes report.json and report.md.
 

@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from detector.fraud.data import tumbling
-from detector.fraud.model import FraudModel, FraudModelConfig, contrastive_loss, focal_loss
+from detector.fraud.model import FraudModel, FraudModelConfig, contrastive_loss, edge_batch_subgraph, focal_loss
 from ingest.hetero import DAY, HeteroGraphBuilder, TxFeatures, assemble
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ def known_labels(wf: WindowFeat, now: float, label_delay_s: float) -> np.ndarray
 
 
 def fit_model(train: list[WindowFeat], unlabeled: list[WindowFeat], val: list[WindowFeat], *,
-              now: float, label_delay_s: float, cfg: FraudModelConfig, epochs: int = 15, seed: int = 0,
-              lam: float = 0.5, lr: float = 5e-3, patience: int = 6,
+              now: float, label_delay_s: float, cfg: FraudModelConfig, epochs: int = 8, seed: int = 0,
+              lam: float = 0.5, lr: float = 2e-3, patience: int = 3, batch_size: int = 256,
+              unlabeled_batches: int = 8,
               progress: bool = False) -> tuple[FraudModel, dict]:
     """Train on windows; supervised loss only on labels known at ``now`` (training time).
 
@@ -81,15 +82,25 @@ def fit_model(train: list[WindowFeat], unlabeled: list[WindowFeat], val: list[Wi
     for ep in range(epochs):
         model.train()
         tot_sup = tot_con = 0.0
-        for i in rng.permutation(len(items)):
+        steps = []
+        for i, (g, labeled) in enumerate(items):
+            E = g["customer", "pays", "terminal"].num_edges
+            perm = torch.from_numpy(rng.permutation(E))
+            chunks = list(torch.split(perm, batch_size))
+            if not labeled:  # unlabelled windows: a few contrastive-only batches per epoch
+                chunks = chunks[:unlabeled_batches]
+            steps += [(i, c) for c in chunks]
+        for j in rng.permutation(len(steps)):
+            i, batch = steps[j]
             g, labeled = items[i]
-            logits, z, hc, ht = model(g)
-            lab = g["customer", "pays", "terminal"].edge_label
-            loss = lam * contrastive_loss(model, g, hc, ht, z, gen)
+            sub, pos = edge_batch_subgraph(g, batch)
+            logits, z, hc, ht = model(sub)
+            loss = lam * contrastive_loss(model, sub, hc, ht, z, gen, idx=pos) if lam > 0 else logits.sum() * 0.0
             tot_con += float(loss.detach())
+            lab = sub["customer", "pays", "terminal"].edge_label[pos]
             known = lab >= 0
             if labeled and known.any():
-                sup = focal_loss(logits[known], lab[known].float())
+                sup = focal_loss(logits[pos][known], lab[known].float())
                 loss = loss + sup
                 tot_sup += float(sup.detach())
             opt.zero_grad()
