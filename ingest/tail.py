@@ -91,6 +91,7 @@ class _FileState:
         self.pos = 0
         self.header: list[bytes] | None = None
         self.inode: int | None = None
+        self.skip = False
 
 
 class TailSource:
@@ -154,6 +155,8 @@ class TailSource:
                         yield t
                 continue
             st = self._files.setdefault(p, _FileState(p))
+            if st.skip:
+                continue
             try:
                 stat = p.stat()
             except FileNotFoundError:
@@ -188,7 +191,16 @@ class TailSource:
             lines = [ln for ln in lines if not ln.startswith(b"#") and ln.strip()]
             if not lines:
                 continue
-            t = self._parse(st, b"".join(lines))
+            try:
+                t = self._parse(st, b"".join(lines))
+            except ValueError as exc:
+                # A file no reader understands (a stray file in a watched folder) is reported once
+                # and ignored from then on; it must not stop the daemon.
+                log.warning("ignoring %s: %s", p, exc)
+                st.skip = True
+                if self.dead_letter is not None:
+                    self.dead_letter.add(str(p), None, "unreadable_file", str(exc)[:500])
+                continue
             if t is not None and t.num_rows:
                 yield t
 

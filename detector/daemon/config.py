@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
         "path": "models/current",  # a ModelBundle directory, or a `current` pointer (symlink or text file)
         "watch": True,             # hot reload when the directory / pointer changes
         "watch_interval": 2.0,
+        "loader": None,            # "module:function" returning a LoadedModel (custom scorers); None: ModelBundle
     },
     "alerts": {
         "sinks": [{"type": "sqlite", "path": "out/alerts.db"}],

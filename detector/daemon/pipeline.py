@@ -139,6 +139,16 @@ def default_loader(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(bundle.stream_scorer(), version, float(thr) if thr is not None else None, str(d))
 
 
+def plugin_loader(spec: str) -> Callable[[str], LoadedModel]:
+    """``"package.module:function"`` -> that function (``model.loader`` in the config)."""
+    import importlib
+
+    mod, _, fn = spec.partition(":")
+    if not mod or not fn:
+        raise ValueError(f"model.loader={spec!r}: expected 'module:function'")
+    return getattr(importlib.import_module(mod), fn)
+
+
 def scorer_model(scorer: Any, version: str = "injected", threshold: float | None = None) -> LoadedModel:
     """Wrap an already-built stream scorer (dependency injection for tests, embedding, benchmarks)."""
     if threshold is None:
@@ -324,31 +334,17 @@ class PartitionMerger:
         return out
 
 
-class _FileDeadLetter:
-    """Dead letters of the file source: the readers' DeadLetter plus our metrics."""
+def _file_dead_letter(path: str | None, metrics: Metrics):
+    """The readers' DeadLetter (they require that type), also counting into our metrics."""
+    from ingest.deadletter import DeadLetter
 
-    def __init__(self, path: str | None, metrics: Metrics) -> None:
-        from ingest.deadletter import DeadLetter
+    class _Counting(DeadLetter):
+        def add(self, source: str, line: Any, reason: str, raw: Any) -> None:
+            metrics.malformed.labels(reason).inc()
+            metrics.dead_letter.labels(reason).inc()
+            super().add(source, line, reason, raw)
 
-        self._dl = DeadLetter(path)
-        self.metrics = metrics
-
-    def add(self, source: str, line: Any, reason: str, raw: Any) -> None:
-        self.metrics.malformed.labels(reason).inc()
-        self.metrics.dead_letter.labels(reason).inc()
-        self._dl.add(source, line, reason, raw)
-
-    @property
-    def counts(self) -> dict:
-        return self._dl.counts
-
-    def flush(self) -> None:
-        fh = getattr(self._dl, "_fh", None)
-        if fh is not None:
-            fh.flush()
-
-    def close(self) -> None:
-        self._dl.close()
+    return _Counting(path)
 
 
 class Daemon:
@@ -361,7 +357,8 @@ class Daemon:
     ) -> None:
         self.cfg = config
         self.metrics = metrics or Metrics()
-        self.loader = loader or default_loader
+        spec = (config.get("model") or {}).get("loader")
+        self.loader = loader or (plugin_loader(spec) if spec else default_loader)
         self._model = model
         self._extra_sinks = sinks
         self.install_signals = install_signals
@@ -406,7 +403,7 @@ class Daemon:
         from ingest.tail import TailSource
 
         s = self.cfg["source"]
-        self._file_dl = _FileDeadLetter(self.cfg["pipeline"].get("dead_letter_path"), self.metrics)
+        self._file_dl = _file_dead_letter(self.cfg["pipeline"].get("dead_letter_path"), self.metrics)
         reading_stop = threading.Event()
         self._file_stop = reading_stop
         src = TailSource(s["paths"], format=s["format"], follow=bool(s["follow"]),

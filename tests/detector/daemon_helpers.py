@@ -6,6 +6,10 @@ so a port scan scores high. It lets the transport/alerting tests run without a t
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 
@@ -45,6 +49,21 @@ def make_flows(n_benign: int = 400, n_scan: int = 120, duration: float = 40.0, s
     return conform(t, FLOW_SCHEMA)
 
 
+@dataclass
+class Scores:
+    """Same fields as detector.scoring.WindowScores (kept torch-free so daemon subprocesses start fast)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    alerts: np.ndarray
+    top_technique: list
+    node_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    node_key: list = field(default_factory=list)
+    window_start: float = 0.0
+    window_end: float = 0.0
+    threshold: float = float("nan")
+
+
 class FanoutScorer:
     """Score = distinct (dst_ip, dst_port) pairs of the flow's source in this window.
 
@@ -57,8 +76,6 @@ class FanoutScorer:
         self.windows = 0
 
     def score_window(self, window):
-        from detector.scoring import WindowScores
-
         t = window.table
         src = np.asarray(t.column("src_ip").to_pylist(), dtype=object)
         pairs = list(zip(t.column("dst_ip").to_pylist(), t.column("dst_port").to_pylist()))
@@ -68,9 +85,27 @@ class FanoutScorer:
         scores = np.array([float(len(fan[s])) for s in src])
         alerts = scores > self.threshold
         self.windows += 1
-        return WindowScores(
+        return Scores(
             rows=t.column("row").to_numpy().astype(np.int64), scores=scores, alerts=alerts,
             top_technique=[self.technique if a else None for a in alerts],
             node_scores=np.zeros(0), node_key=[], window_start=window.start, window_end=window.end,
             threshold=self.threshold,
         )
+
+
+def write_fanout_model(d: Path, threshold: float = 20.0, technique: str = "T1046", version: str = "v1") -> Path:
+    """A model directory for :func:`load_fanout` (config.json written last, like a real bundle)."""
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / "config.json.tmp"
+    tmp.write_text(json.dumps({"threshold": threshold, "technique": technique, "version": version}))
+    tmp.replace(d / "config.json")
+    return d
+
+
+def load_fanout(path):
+    """``model.loader`` plugin: ``daemon_helpers:load_fanout`` reads a write_fanout_model directory."""
+    from detector.daemon import LoadedModel, resolve_model_dir
+
+    d = resolve_model_dir(path)
+    cfg = json.loads((d / "config.json").read_text())
+    return LoadedModel(FanoutScorer(cfg["threshold"], cfg["technique"]), cfg["version"], cfg["threshold"], str(d))
