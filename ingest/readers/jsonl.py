@@ -96,6 +96,14 @@ def normalise_records(objs: list[dict], kind: str, ctx: FileContext, lines: np.n
     for k, c in unknown.items():
         ctx.unknown_field(k, c)
     arr = {k: pa.array(v, pa.string()) for k, v in cols.items()}
+    raw_of = (lambda i: raws[i]) if raws is not None else (lambda i: json.dumps(objs[i], default=str))
+    return normalise_string_columns(arr, n, kind, ctx, lines, raw_of)
+
+
+def normalise_string_columns(arr: dict[str, pa.Array], n: int, kind: str, ctx: FileContext,
+                             lines: np.ndarray | None, raw_of: Any) -> pa.Table:
+    """Canonical field name -> string array (all fields present, null where absent) -> canonical table."""
+    names = [f.name for f in schema_for(kind) if f.name != "row"]
     check = RowCheck(n)
     out: dict[str, Any] = {}
     ts_raw = arr["ts"]
@@ -137,8 +145,7 @@ def normalise_records(objs: list[dict], kind: str, ctx: FileContext, lines: np.n
     out["source"] = pc.coalesce(src, pa.scalar(ctx.format, pa.string()))
     if check.any_bad:
         for i, reason in check.bad_rows():
-            raw = raws[i] if raws is not None else json.dumps(objs[i], default=str)
-            ctx.reject(None if lines is None else int(lines[i]), reason, raw)
+            ctx.reject(None if lines is None else int(lines[i]), reason, raw_of(i))
     table = assemble(kind, out, n, ctx.format)
     if check.any_bad:
         table = table.filter(pa.array(check.good()))
@@ -184,5 +191,84 @@ class CanonicalJSONL:
         self.kind = kind
 
     def read(self, spec: InputSpec, ctx: FileContext) -> Iterator[pa.Table]:
-        for objs, lines in iter_json_objects(spec, ctx):
-            yield normalise_records(objs, ctx.kind, ctx, lines)
+        for chunk, lines in _line_chunks(spec, ctx.batch_size):
+            table = _fast_chunk(chunk, lines, ctx)
+            if table is None:  # some line is not a plain JSON object of scalars: record by record
+                objs, keep = [], []
+                for raw, num in zip(chunk, lines):
+                    try:
+                        obj = json.loads(raw)
+                    except (ValueError, RecursionError):
+                        ctx.reject(int(num), "bad_json", raw)
+                        continue
+                    if not isinstance(obj, dict):
+                        ctx.reject(int(num), "bad_json", raw)
+                        continue
+                    objs.append(obj)
+                    keep.append(num)
+                table = normalise_records(objs, ctx.kind, ctx, np.asarray(keep, dtype=np.int64))
+            yield table
+
+
+def _line_chunks(spec: InputSpec, size: int) -> Iterator[tuple[list[bytes], np.ndarray]]:
+    """Non-blank lines (bytes) with their 1-based line numbers, ``size`` at a time."""
+    chunk: list[bytes] = []
+    nums: list[int] = []
+    with spec.open() as fh:
+        for num, raw in enumerate(_lines(fh), start=1):
+            body = raw.strip()
+            if not body:
+                continue
+            chunk.append(body)
+            nums.append(num)
+            if len(chunk) >= size:
+                yield chunk, np.asarray(nums, dtype=np.int64)
+                chunk, nums = [], []
+    if chunk:
+        yield chunk, np.asarray(nums, dtype=np.int64)
+
+
+def _fast_chunk(chunk: list[bytes], lines: np.ndarray, ctx: FileContext) -> pa.Table | None:
+    """pyarrow.json on a whole chunk; None when it cannot (bad line, nested or mixed-type field)."""
+    import io
+
+    import pyarrow.json as pajson
+    # pyarrow.json crashes (segfault, pyarrow 26) on a top-level `null` and rejects non-objects:
+    # only chunks whose every line looks like one object go to it
+    if not all(c[:1] == b"{" and c[-1:] == b"}" for c in chunk):
+        return None
+    try:
+        t = pajson.read_json(io.BytesIO(b"\n".join(chunk)),
+                             read_options=pajson.ReadOptions(use_threads=False, block_size=1 << 26))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    if t.num_rows != len(chunk):
+        return None
+    names = [f.name for f in schema_for(ctx.kind) if f.name != "row"]
+    arr: dict[str, pa.Array] = {}
+    for k in t.column_names:
+        col = t.column(k)
+        if k not in names:
+            if k != "row":
+                cnt = len(col) - col.null_count
+                if cnt:
+                    ctx.unknown_field(k, cnt)
+            continue
+        typ = col.type
+        if pa.types.is_nested(typ) or pa.types.is_binary(typ):
+            return None
+        if pa.types.is_boolean(typ):
+            col = pc.cast(col, pa.int8())
+        elif pa.types.is_floating(typ) and k == "ts":
+            # full precision: the string cast of a float keeps every digit
+            pass
+        try:
+            arr[k] = pc.cast(col, pa.string()).combine_chunks()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+    n = t.num_rows
+    for k in names:
+        if k not in arr:
+            arr[k] = pa.nulls(n, pa.string())
+    return normalise_string_columns(arr, n, ctx.kind, ctx, lines,
+                                    lambda i: chunk[i].decode("utf-8", errors="backslashreplace"))

@@ -344,3 +344,14 @@ def test_zeek_json(tmp_path):
     assert r.stats.malformed == {"bad_src_port": 1}
     (d,) = read_dead_letters(dl)
     assert d["line"] == 3 and json.loads(d["raw"])["uid"] == "C3"
+
+
+@pytest.mark.parametrize("body", [b"null\n", b"null", b'{"ts": 1, "src_ip": "a", "dst_ip": "b"}\nnull\n[]\n',
+                                  b'{"ts": 1, "src_ip": "a", "dst_ip": "b"}\n{"ts": {"x": [1]}, "src_ip": "a"}\n'])
+def test_jsonl_inputs_that_crash_or_confuse_pyarrow_json(tmp_path, body):
+    """pyarrow.json segfaults on a top-level null (found by fuzzing): such chunks take the Python path."""
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(body)
+    t, r = read([p], format="jsonl")
+    n_lines = sum(1 for l in body.split(b"\n") if l.strip())
+    assert r.stats.rows_ok + r.stats.rows_malformed == n_lines
