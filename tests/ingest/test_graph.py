@@ -193,3 +193,49 @@ def test_iter_window_graphs_tumbling_covers_all_rows() -> None:
     out = list(iter_window_graphs([t], Tumbling(60), GraphBuilder(), lateness=0))
     assert [g.edge_row.tolist() for _, g in out] == [[0], [1, 2], [3]]
     assert [(w.start, g.window_start) for w, g in out] == [(0.0, 0.0), (60.0, 60.0), (120.0, 120.0)]
+
+
+@pytest.mark.parametrize("windower", [Tumbling(20), Sliding(30, 10)])
+def test_build_many_equals_one_window_at_a_time(windower) -> None:
+    rng = np.random.default_rng(1)
+    n = 3000
+    t = flows(
+        np.sort(rng.uniform(0, 600, n)).tolist(),
+        src_ip=[f"h{i}" for i in rng.integers(0, 60, n)],
+        dst_ip=[f"h{i}" for i in rng.integers(0, 60, n)],
+        src_port=[int(p) for p in rng.integers(1000, 1010, n)],
+        dst_port=[int(p) for p in rng.integers(0, 30, n)],
+        src_bytes=[int(v) for v in rng.integers(0, 1000, n)],
+        label=[int(v) for v in rng.integers(0, 2, n)],
+    )
+    from ingest.windows import window_all
+
+    wins, w = window_all(t.to_batches(max_chunksize=500), windower, lateness=0)
+    assert w.stats.late == 0 and len(wins) > 20
+    pre = FlowPreprocessor().fit(t)
+    one = GraphBuilder("ipport", pre, NodeIdMap(capacity=100))  # small: evictions happen
+    many = GraphBuilder("ipport", pre, NodeIdMap(capacity=100))
+    seq = [one.build(x) for x in wins]
+    bat = many.build_many(wins[:7]) + many.build_many(wins[7:])
+    assert one.id_map.evictions > 0 and one.id_map.evictions == many.id_map.evictions
+    for a, b in zip(seq, bat):
+        assert a.node_key == b.node_key and a.num_nodes == b.num_nodes
+        for name in ("x", "edge_index", "edge_attr", "edge_ts", "edge_dt_window", "edge_dt_prev", "edge_row", "edge_label", "node_gid"):
+            assert torch.equal(a[name], b[name]), name
+    assert any((g.edge_dt_prev > 0).any() for g in seq)
+
+
+def test_fast_data_construction_matches_public_constructor() -> None:
+    from torch_geometric.data import Data
+
+    g = GraphBuilder().build(known_window())
+    ref = Data(**{k: g[k] for k in g.keys()})
+    assert sorted(g.keys()) == sorted(ref.keys())
+    assert g.num_nodes == ref.num_nodes == 3 and g.num_edges == ref.num_edges == 4
+    assert g.validate()
+    moved = g.to("cpu")
+    assert torch.equal(moved.edge_index, ref.edge_index) and moved.node_key == ref.node_key
+    from torch_geometric.data import Batch
+
+    b1, b2 = Batch.from_data_list([g, g]), Batch.from_data_list([ref, ref])
+    assert torch.equal(b1.edge_index, b2.edge_index) and torch.equal(b1.edge_index[:, 4:], g.edge_index + 3)
