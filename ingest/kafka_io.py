@@ -805,6 +805,7 @@ def replay(
     n_rec = n_msg = 0
     pending: dict[int, list[pa.Table]] = {}
     pending_n: dict[int, int] = {}
+    part_cache: dict[str, int] = {}  # murmur2 in pure Python is slow; sources repeat
 
     def flush_part(p: int) -> None:
         nonlocal n_msg
@@ -820,10 +821,17 @@ def replay(
         if t.num_rows == 0:
             continue
         ts = t.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6
-        # Pace per slice of up to 256 rows: sleeping per record would cap the rate, not the data.
-        step = 256 if fmt == "arrow" else 64
-        for i0 in range(0, t.num_rows, step):
-            sl = t.slice(i0, step)
+        # Pace per slice: at most `step` rows and at most 20 ms of scaled event time per slice, so
+        # sleeping never happens per record (that would cap the rate) yet gaps are kept.
+        step = 2048 if fmt == "arrow" else 256
+        if speed is not None:
+            bucket = np.floor((ts - ts[0]) / (0.02 * speed)).astype(np.int64)
+            cuts = np.flatnonzero(np.diff(bucket)) + 1
+        else:
+            cuts = np.zeros(0, dtype=np.int64)
+        bounds = sorted(set(cuts.tolist()) | set(range(0, t.num_rows, step)) | {t.num_rows})
+        for i0, i1 in zip(bounds[:-1], bounds[1:]):
+            sl = t.slice(i0, i1 - i0)
             if speed is not None:
                 ev = float(ts[i0])
                 if t0_event is None:
@@ -841,7 +849,9 @@ def replay(
                     producer.send(topic, val, key=str(key).encode())
                     n_msg += 1
             else:
-                parts = np.array([partition_for(str(k).encode(), n_partitions) for k in src])
+                parts = np.array([part_cache[k] if k in part_cache else
+                                  part_cache.setdefault(k, partition_for(str(k).encode(), n_partitions))
+                                  for k in src])
                 for p in np.unique(parts):
                     sub = sl.filter(pa.array(parts == p))
                     pending.setdefault(int(p), []).append(sub)
