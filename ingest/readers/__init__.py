@@ -227,6 +227,8 @@ class InputReader:
         return [f for _, f, _ in self.plan]
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
+        if self._t0 is not None:
+            raise RuntimeError("this reader was already iterated; call open_inputs() again to re-read")
         self._t0 = time.perf_counter()
         try:
             for spec, fmt, kind in self.plan:

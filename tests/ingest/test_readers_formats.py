@@ -355,3 +355,18 @@ def test_jsonl_inputs_that_crash_or_confuse_pyarrow_json(tmp_path, body):
     t, r = read([p], format="jsonl")
     n_lines = sum(1 for l in body.split(b"\n") if l.strip())
     assert r.stats.rows_ok + r.stats.rows_malformed == n_lines
+
+
+def test_reader_is_single_use(samples):
+    r = open_inputs([samples / "netflow" / "handmade-nf-v3.csv"])
+    assert sum(b.num_rows for b in r) == 110
+    with pytest.raises(RuntimeError, match="already iterated"):
+        list(r)
+
+
+def test_partial_iteration_stops_cleanly(samples):
+    r = open_inputs([samples / "stratosphere" / "008-zeek-mixed.conn.log.labeled"], batch_size=100)
+    it = iter(r)
+    first = next(it)
+    it.close()  # the background parser thread must stop, no exception
+    assert first.num_rows == 100 and r.stats.rows_ok >= 100
