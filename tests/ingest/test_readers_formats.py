@@ -370,3 +370,38 @@ def test_partial_iteration_stops_cleanly(samples):
     first = next(it)
     it.close()  # the background parser thread must stop, no exception
     assert first.num_rows == 100 and r.stats.rows_ok >= 100
+
+
+@pytest.mark.parametrize("ext", ["gz", "bz2"])
+def test_compressed_zeek_log(samples, tmp_path, ext):
+    import bz2
+    import gzip
+    src = (samples / "stratosphere" / "010-zeek-mixed.conn.log.labeled").read_bytes()
+    p = tmp_path / f"conn.log.{ext}"
+    p.write_bytes(gzip.compress(src) if ext == "gz" else bz2.compress(src))
+    assert sniff_format(p) == "zeek"
+    t, r = read([p])
+    plain, _ = read([samples / "stratosphere" / "010-zeek-mixed.conn.log.labeled"])
+    assert t.drop_columns(["source"]).equals(plain.drop_columns(["source"]))
+
+
+def test_dead_letter_raw_is_the_exact_line_for_unquoted_csv(tmp_path):
+    bad = '0,56,56,786,"",1.020244,1,1,1,55960,"",1594168231421839,159416823142178x,114.267365,outlier,5.9E-5'
+    p = tmp_path / "d.csv"
+    p.write_text(LU_HEADER + lu_row("1594168228968772") + bad + "\n")
+    dl = tmp_path / "dl.jsonl"
+    read([p], dead_letter=dl)
+    (rec,) = read_dead_letters(dl)
+    assert rec == {"source": str(p), "line": 3, "reason": "bad_ts", "raw": bad}
+
+
+def test_cic_without_ip_columns_is_dead_lettered_with_a_reason(tmp_path):
+    p = tmp_path / "Friday-02-03-2018_TrafficForML_CICFlowMeter.csv"
+    p.write_text("Dst Port,Protocol,Timestamp,Flow Duration,Tot Fwd Pkts,Tot Bwd Pkts,TotLen Fwd Pkts,"
+                 "TotLen Bwd Pkts,Flow Byts/s,SYN Flag Cnt,RST Flag Cnt,Label\n"
+                 "443,6,02/03/2018 08:47:38,141385,9,7,553,3773,Infinity,0,0,Benign\n"
+                 "49684,6,02/03/2018 08:47:38,281,2,1,38,0,NaN,0,0,Bot\n")
+    assert sniff_format(p) == "cic"
+    t, r = read([p])
+    assert t.num_rows == 0 and r.stats.malformed == {"missing_src_ip": 2}
+    assert "no source/destination IP" in r.stats.per_file[str(p)].error
