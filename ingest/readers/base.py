@@ -346,49 +346,56 @@ def text_to_ts(arr: pa.Array, check: RowCheck, formats: Sequence[str] | None = N
             tz_offset_s = 0.0  # explicit zones win
         except _ArrowErrors:
             out = None
+    zoned: np.ndarray | None = None
     if out is None:
-        vals = []
-        pending = []
-        for i, v in enumerate(arr.to_pylist()):
-            if v is None:
-                vals.append(None)
-                continue
-            try:
-                d = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
-                if d.tzinfo is not None:
-                    d = d.astimezone(timezone.utc).replace(tzinfo=None)
-                vals.append((d - datetime(1970, 1, 1)) // timedelta(microseconds=1))
-            except (ValueError, TypeError, OverflowError):
-                vals.append(None)
-                pending.append(i)
-        out = pa.array(vals, pa.int64())
-        if pending:
+        # vectorised formats first (CSE-CIC-IDS2018 day-first times), Python only for what is left
+        out = pa.nulls(len(arr), pa.int64())
+        for fmt in formats:
             rest = pc.if_else(pc.is_null(out), arr, pa.scalar(None, pa.string()))
-            for fmt in formats:
-                parsed = pc.strptime(rest, format=fmt, unit="us", error_is_null=True).cast(pa.int64())
-                out = pc.coalesce(out, parsed)
-            left = pc.and_kleene(pc.is_null(out), pc.is_valid(arr))
-            if pc.any(left).as_py():
-                # Arrow's strptime has no %f: values with fractional seconds go through Python
-                vals = out.to_pylist()
-                for i in np.flatnonzero(to_np_bool(left, len(arr))):
-                    v = arr[int(i)].as_py().strip()
-                    for fmt in formats:
-                        try:
-                            d = datetime.strptime(v, fmt + ".%f")
-                        except ValueError:
-                            continue
-                        if d.tzinfo is not None:
-                            d = d.astimezone(timezone.utc).replace(tzinfo=None)
-                        vals[int(i)] = (d - datetime(1970, 1, 1)) // timedelta(microseconds=1)
-                        break
-                out = pa.array(vals, pa.int64())
+            out = pc.coalesce(out, pc.strptime(rest, format=fmt, unit="us", error_is_null=True).cast(pa.int64()))
+        left = pc.and_kleene(pc.is_null(out), pc.is_valid(arr))
+        if pc.any(left).as_py():
+            vals = out.to_pylist()
+            zoned = np.zeros(len(arr), dtype=bool)
+            for i in np.flatnonzero(to_np_bool(left, len(arr))):
+                i = int(i)
+                d = _py_datetime(arr[i].as_py().strip(), formats)
+                if d is None:
+                    continue
+                try:
+                    if d.tzinfo is not None:
+                        d = d.astimezone(timezone.utc).replace(tzinfo=None)
+                        zoned[i] = True
+                    vals[i] = (d - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+                except (OverflowError, ValueError):
+                    continue  # e.g. year 1 with a positive offset: unparseable, flagged below
+            out = pa.array(vals, pa.int64())
+    if tz_offset_s and zoned is not None and zoned.any():
+        # explicit zones win over the configured offset
+        shift = np.where(zoned, 0, int(tz_offset_s * 1e6))
+        out = pc.subtract(out, pa.array(shift))
+        tz_offset_s = 0.0
     if tz_offset_s:
         out = pc.subtract(out, int(tz_offset_s * 1e6))
     limit = int(TS_MAX_S * 1e6)
     bad = pc.or_kleene(pc.is_null(out), pc.or_kleene(pc.less(out, 0), pc.greater(out, limit)))
     check.flag(bad, reason)
     return pc.if_else(bad, pa.scalar(0, pa.int64()), out).cast(TS_TYPE)
+
+
+def _py_datetime(v: str, formats: Sequence[str]) -> datetime | None:
+    """ISO 8601 (any zone) or one of ``formats`` with fractional seconds; None if none fits."""
+    try:
+        return datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except (ValueError, TypeError):
+        pass
+    for fmt in formats:
+        for f in (fmt, fmt + ".%f"):  # Arrow's strptime has no %f
+            try:
+                return datetime.strptime(v, f)
+            except ValueError:
+                continue
+    return None
 
 
 def require_text(arr: pa.Array, check: RowCheck, reason: str,
