@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from typing import IO, Any
 
 log = logging.getLogger("ingest.deadletter")
@@ -38,9 +39,14 @@ class DeadLetter:
         self.log_first = log_first
         self.counts: dict[str, int] = {}
         self._fh: IO[str] | None = None
+        self._lock = threading.Lock()  # a daemon may add from a consumer and a parser thread
 
     def add(self, source: str, line: int | None, reason: str, raw: Any) -> None:
         """Record one rejected row from ``source`` at ``line`` rejected for ``reason``."""
+        with self._lock:
+            self._add(source, line, reason, raw)
+
+    def _add(self, source: str, line: int | None, reason: str, raw: Any) -> None:
         n = self.counts.get(reason, 0) + 1
         self.counts[reason] = n
         if isinstance(raw, (bytes, bytearray)):
@@ -73,14 +79,16 @@ class DeadLetter:
 
     def flush(self) -> None:
         """Flush the file (if any) so readers of it see every rejection so far."""
-        if self._fh is not None:
-            self._fh.flush()
+        with self._lock:
+            if self._fh is not None:
+                self._fh.flush()
 
     def close(self) -> None:
         """Close the file; counts stay readable. Adding after close reopens in append mode."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
 
     def __enter__(self) -> "DeadLetter":
         return self
