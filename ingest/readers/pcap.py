@@ -13,7 +13,8 @@ Robustness: truncated, malformed, fragmented and tunnelled captures must never
 crash a read. nfstream skips packets it cannot decode (not counted: it gives no
 count); a capture it refuses (exception) is dead-lettered as ``pcap_error`` and
 one that yields no IP flow at all as ``pcap_no_flows`` (one entry per file, with
-the error text). Flows are emitted in nfstream's expiry order, not sorted by ``ts``.
+the error text). nfstream emits flows when they expire; they are sorted by ``ts`` within
+buffers of ``SORT_BUFFER`` flows (all of a capture with fewer flows).
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ from ingest.readers.base import (
 from ingest.readers.sources import InputSpec
 
 log = logging.getLogger("ingest.readers")
+
+#: nfstream emits a flow when it expires (up to the active timeout after it started); flows are
+#: buffered this many at a time and sorted by start time so event-time windows see them in order.
+SORT_BUFFER = 262144
 
 _FIELDS = ("id", "bidirectional_first_seen_ms", "bidirectional_duration_ms", "src_ip", "src_port", "dst_ip",
            "dst_port", "protocol", "src2dst_packets", "dst2src_packets", "src2dst_bytes", "dst2src_bytes",
@@ -64,7 +69,7 @@ class PcapReader:
             for flow in streamer:
                 for k in _FIELDS:
                     cols[k].append(getattr(flow, k, None))
-                if len(cols["id"]) >= ctx.batch_size:
+                if len(cols["id"]) >= max(ctx.batch_size, SORT_BUFFER):
                     produced += len(cols["id"])
                     yield _to_table(cols, stem, ctx)
                     cols = {k: [] for k in _FIELDS}
@@ -104,4 +109,6 @@ def _to_table(cols: dict[str, list], stem: str, ctx: FileContext) -> pa.Table:
 
     def raw(i: int) -> str:
         return repr({k: cols[k][i] for k in _FIELDS})
-    return finish(ctx, out, check, n, raw, np.asarray(cols["id"], dtype=np.int64))
+    table = finish(ctx, out, check, n, raw, np.asarray(cols["id"], dtype=np.int64))
+    order = pc.sort_indices(table, sort_keys=[("ts", "ascending")])  # stable: ties keep nfstream order
+    return table.take(order)
