@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -92,7 +93,7 @@ def _stack(ws: list[WindowFeat]):
             np.concatenate([w.day for w in ws]), np.concatenate([x.cust for x in f]))
 
 
-def _baselines(names: tuple[str, ...], seed: int) -> dict:
+def _baselines(names: tuple[str, ...], seed: int, rf_jobs: int = 2) -> dict:
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -100,7 +101,7 @@ def _baselines(names: tuple[str, ...], seed: int) -> dict:
 
     make = {
         "logistic_regression": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed)),
-        "random_forest": lambda: RandomForestClassifier(n_estimators=100, max_depth=20, n_jobs=2, random_state=seed),
+        "random_forest": lambda: RandomForestClassifier(n_estimators=100, max_depth=20, n_jobs=rf_jobs, random_state=seed),
         "gradient_boosting": lambda: HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, early_stopping=False,
                                                                     random_state=seed),
     }
@@ -115,7 +116,7 @@ def evaluate(inputs: list[str], report_dir: str, *, folds: int = 3, train_days: 
              layers: int = 1, lam: float = 0.5, seed: int = 0, alert_rate: float = 0.01, top_k: int = 100,
              baselines: tuple[str, ...] = ("logistic_regression", "random_forest", "gradient_boosting"),
              ablations: tuple[str, ...] = ("no_graph", "no_contrastive"), lr: float = 2e-3, threads: int = 1,
-             progress: bool = True) -> dict:
+             only_folds: tuple[int, ...] | None = None, rf_jobs: int = 2, progress: bool = True) -> dict:
     """Fraud Detection Handbook protocol with rolling folds; writes report.json and report.md.
 
     Fold f: train days [s, s+train_days), delay [.., +delay_days), test [.., +test_days);
@@ -147,9 +148,10 @@ def evaluate(inputs: list[str], report_dir: str, *, folds: int = 3, train_days: 
         fold_defs.append((train0, test0))
     if not fold_defs:
         raise ValueError("the data is too short for even one fold of the protocol")
-    models = ["ours"] + [f"ours_{a}" for a in ablations] + list(baselines)
     fold_reports = []
     for fi, (train0, test0) in enumerate(fold_defs):
+        if only_folds is not None and fi not in only_folds:
+            continue
         trd = list(range(train0, train0 + train_days))
         dld = list(range(train0 + train_days, test0))
         ted = list(range(test0, test0 + test_days))
@@ -202,7 +204,7 @@ def evaluate(inputs: list[str], report_dir: str, *, folds: int = 3, train_days: 
                 print(f"  {name:22s} AUC={m['auc_roc']:.4f} AP={m['average_precision']:.4f} "
                       f"CP@{top_k}={m[f'card_precision@{top_k}']:.4f} ({fit_s:.0f}s)", flush=True)
         # --- baselines on the handbook's 15 features, same split
-        for name, make in _baselines(tuple(baselines), seed).items():
+        for name, make in _baselines(tuple(baselines), seed, rf_jobs).items():
             t0 = time.perf_counter()
             clf = make().fit(Xtr, ytr)
             fit_s = time.perf_counter() - t0
@@ -215,21 +217,14 @@ def evaluate(inputs: list[str], report_dir: str, *, folds: int = 3, train_days: 
                 print(f"  {name:22s} AUC={m['auc_roc']:.4f} AP={m['average_precision']:.4f} "
                       f"CP@{top_k}={m[f'card_precision@{top_k}']:.4f} ({fit_s:.0f}s)", flush=True)
         fold_reports.append(info)
-    keys = ["auc_roc", "average_precision", f"card_precision@{top_k}", "precision_at_threshold",
-            "recall_at_threshold", "alert_rate"]
-    summary = {}
-    for name in models:
-        summary[name] = {}
-        for k in keys:
-            vals = [fr["models"][name][k] for fr in fold_reports if name in fr["models"]]
-            summary[name][k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
+    summary = summarize(fold_reports, top_k)
     report = {
         "protocol": {"train_days": train_days, "delay_days": delay_days, "test_days": test_days, "val_days": val_days,
                      "window_s": window_s, "folds": len(fold_reports), "label_delay_days": delay_days,
                      "alert_rate": alert_rate, "top_k": top_k, "epochs": epochs, "hidden": hidden, "layers": layers,
                      "lam": lam, "seed": seed},
         "inputs": [str(p) for p in inputs], "data": _fingerprint(table), "folds": fold_reports, "summary": summary,
-        "seconds": time.perf_counter() - t_start, "host": {"python": platform.python_version(),
+        "seconds": time.perf_counter() - t_start, "host": {"python": platform.python_version(), "machine": platform.node(), "cpus": os.cpu_count(),
                                                              "torch": torch.__version__, "threads": torch.get_num_threads()},
     }
     out = Path(report_dir)
@@ -237,6 +232,38 @@ def evaluate(inputs: list[str], report_dir: str, *, folds: int = 3, train_days: 
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     (out / "report.md").write_text(render_markdown(report))
     return report
+
+
+def summarize(fold_reports: list[dict], top_k: int = 100) -> dict:
+    """Mean and std over folds of each model's metrics."""
+    keys = ["auc_roc", "average_precision", f"card_precision@{top_k}", "precision_at_threshold",
+            "recall_at_threshold", "alert_rate"]
+    names: list[str] = []
+    for fr in fold_reports:
+        names += [n for n in fr["models"] if n not in names]
+    summary = {}
+    for name in names:
+        summary[name] = {}
+        for k in keys:
+            vals = [fr["models"][name][k] for fr in fold_reports if name in fr["models"]]
+            summary[name][k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "folds": len(vals)}
+    return summary
+
+
+def merge_reports(report_jsons: list[str], report_dir: str) -> dict:
+    """Join reports of single folds (run as separate processes) into one report.json/report.md."""
+    reps = [json.loads(Path(p).read_text()) for p in report_jsons]
+    folds = sorted((fr for r in reps for fr in r["folds"]), key=lambda fr: fr["test_days"][0])
+    rep = dict(reps[0])
+    rep["folds"] = folds
+    rep["protocol"] = dict(rep["protocol"], folds=len(folds))
+    rep["summary"] = summarize(folds, rep["protocol"]["top_k"])
+    rep["seconds"] = max(r["seconds"] for r in reps)
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(rep, indent=2, default=float))
+    (out / "report.md").write_text(render_markdown(rep))
+    return rep
 
 
 def render_markdown(report: dict) -> str:
