@@ -170,3 +170,46 @@ def test_fuzz_zeek_csv(rows):
         p.write_bytes(header.encode() + body)
         t, r = _read(p, format="zeek-csv")
         assert r.stats.rows_ok + r.stats.rows_malformed == _data_lines(body)
+
+
+def _fuzz_csv_format(header: str, good: list[str], fmt: str):
+    @SETTINGS
+    @given(rows=st.lists(st.one_of(_mutated_row(good, ","), junk_text), max_size=25))
+    def check(rows):
+        body = "".join(r + "\n" for r in rows).encode("utf-8", errors="surrogateescape")
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "in.csv"
+            p.write_bytes(header.encode() + b"\n" + body)
+            t, r = _read(p, format=fmt)
+            assert r.stats.rows_ok + r.stats.rows_malformed == _data_lines(body)
+            assert t["ts"].null_count == 0 and t["dst_ip"].null_count == 0
+    return check
+
+
+test_fuzz_cic_csv = _fuzz_csv_format(
+    "Flow ID,Src IP,Src Port,Dst IP,Dst Port,Protocol,Timestamp,Flow Duration,Total Fwd Packet,Total Bwd packets,"
+    "Total Length of Fwd Packet,Total Length of Bwd Packet,Flow Bytes/s,SYN Flag Count,RST Flag Count,Label",
+    ["a-b", "192.168.10.5", "51000", "8.8.8.8", "80", "6", "2017-07-05 18:12:15.650811", "1500000", "3", "2",
+     "120", "0", "Infinity", "1", "0", "DDoS"], "cic")
+
+test_fuzz_netflow_csv = _fuzz_csv_format(
+    "FLOW_START_MILLISECONDS,FLOW_END_MILLISECONDS,IPV4_SRC_ADDR,L4_SRC_PORT,IPV4_DST_ADDR,L4_DST_PORT,PROTOCOL,"
+    "L7_PROTO,IN_BYTES,IN_PKTS,OUT_BYTES,OUT_PKTS,TCP_FLAGS,FLOW_DURATION_MILLISECONDS,Label,Attack",
+    ["1424242190000", "1424242190003", "59.166.0.2", "4894", "149.171.126.3", "53", "17", "5.0", "146", "2",
+     "178", "2", "27", "3", "1", "Exploits"], "netflow")
+
+
+@SETTINGS
+@given(lines=st.lists(st.one_of(
+    st.fixed_dictionaries({"ts": st.one_of(st.floats(), junk_text, st.integers()), "uid": junk_text,
+                           "id.orig_h": st.one_of(junk_text, st.none()), "id.orig_p": st.one_of(st.integers(), junk_text),
+                           "id.resp_h": st.just("10.0.0.2"), "id.resp_p": st.integers(-1, 70000),
+                           "proto": st.sampled_from(["tcp", "udp", "icmp", "x"])}).map(json.dumps),
+    junk_text, st.just("null"), st.just("{}")), max_size=25))
+def test_fuzz_zeek_json(lines):
+    body = "\n".join(lines).encode("utf-8", errors="surrogateescape")
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "conn.json"
+        p.write_bytes(body)
+        t, r = _read(p, format="zeek-json")
+        assert r.stats.rows_ok + r.stats.rows_malformed == sum(1 for l in body.split(b"\n") if l.strip())
