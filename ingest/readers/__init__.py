@@ -140,8 +140,10 @@ def sniff_head(head: bytes, name: str = "<input>") -> tuple[str, str]:
         f"(pass --format NAME, or --mapping FILE for any other CSV)")
 
 
-def sniff_format(path: str | os.PathLike) -> str:
-    """Format name of ``path`` from its header/magic bytes; ``ValueError`` naming the known formats."""
+def sniff_format(path: str | os.PathLike | bytes) -> str:
+    """Format name of ``path`` (or of leading ``bytes``) from its header/magic; ``ValueError`` naming known formats."""
+    if isinstance(path, (bytes, bytearray)):
+        return sniff_head(bytes(path))[0]
     specs = expand(path)
     if not specs:
         raise ValueError(f"{path}: empty archive; known formats are {_known()}")

@@ -41,7 +41,7 @@ def expand(path: str | os.PathLike) -> list[InputSpec]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"input not found: {path}")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"input is a directory, give files: {path}")
+        raise ValueError(f"input is a directory, give the files in it: {path}")
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic == b"PK\x03\x04" and zipfile.is_zipfile(path):

@@ -405,3 +405,22 @@ def test_cic_without_ip_columns_is_dead_lettered_with_a_reason(tmp_path):
     t, r = read([p])
     assert t.num_rows == 0 and r.stats.malformed == {"missing_src_ip": 2}
     assert "no source/destination IP" in r.stats.per_file[str(p)].error
+
+
+@pytest.mark.parametrize("head,fmt", [
+    (b"#separator \\x09\n#fields\tts\n", "zeek"),
+    (b"\xd4\xc3\xb2\xa1\x02\x00", "pcap"),
+    (b"\x0a\x0d\x0d\x0a", "pcap"),
+    (b"PAR1", "parquet"),
+    (b"ARROW1\x00\x00", "arrow"),
+    (b'{"ts": 1, "id.orig_h": "a", "id.resp_h": "b"}\n', "zeek-json"),
+    (b'{"ts": 1, "src_ip": "a", "dst_ip": "b"}\n', "jsonl"),
+    (b"ts,uid,id.orig_h,id.orig_p,id.resp_h,id.resp_p\n", "zeek-csv"),
+    (b"\xef\xbb\xbfIPV4_SRC_ADDR,L4_SRC_PORT,IPV4_DST_ADDR,L4_DST_PORT\n", "netflow"),
+    (LU_HEADER.encode(), "luflow"),
+    (b" Source IP, Destination Port, Flow Duration\n", "cic"),
+    (b"TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT\n", "fdh"),
+    (b"ts,src_ip,dst_ip,label\n", "mapped"),
+])
+def test_sniff_heads(head, fmt):
+    assert sniff_format(head) == fmt
