@@ -160,11 +160,17 @@ def _ts(arr: pa.Array, m: Mapping, check: RowCheck) -> pa.Array:
         return epoch_guess_ts(pc.cast(arr, pa.float64()), check)
     formats = [m.ts_format] if m.ts_format else None
     if m.ts_unit == "auto" and not m.ts_format:
-        # epoch numbers in text, or date-time strings
+        # epoch numbers (unit from magnitude) and date-time strings, value by value
+        from ingest.readers.jsonl import epoch_guess_ts
+        n = len(arr)
         f = parse_float(arr, None, "bad_ts", m.null_tokens)
-        if pc.all(pc.fill_null(pc.or_kleene(pc.is_valid(f), pc.is_null(nullify_tokens(arr, m))), True)).as_py():
-            from ingest.readers.jsonl import epoch_guess_ts
-            return epoch_guess_ts(f, check)
+        isnum = pc.is_valid(f)
+        ncheck, tcheck = RowCheck(n), RowCheck(n)
+        num_ts = epoch_guess_ts(pc.fill_null(f, 0.0), ncheck)
+        txt_ts = text_to_ts(pc.if_else(isnum, pa.scalar(None, pa.string()), nullify_tokens(arr, m)), tcheck,
+                            tz_offset_s=m.utc_offset_hours * 3600.0)
+        check.flag(pc.if_else(isnum, pa.array(ncheck.code != 0), pa.array(tcheck.code != 0)), "bad_ts")
+        return pc.if_else(isnum, num_ts, txt_ts)
     return text_to_ts(arr, check, formats=formats, tz_offset_s=m.utc_offset_hours * 3600.0)
 
 
@@ -288,9 +294,10 @@ class MappedCSV:
             header = [h.strip() for h in split_line(first, ",", True)]
             names = set(schema_for(ctx.kind).names) - {"row"}
             m = Mapping(kind=ctx.kind, columns={h: h for h in header if h in names}, ts_unit="auto")
-            for h in header:
-                if h not in names and h != "row":
-                    ctx.unknown_field(h)
+            self.mapping = m
+            unknown = [h for h in header if h not in names and h != "row"]
+        else:
+            unknown = []
         if spec.head[:4] == b"PAR1" or spec.head[:6] == b"ARROW1":
             from ingest.readers.arrowfmt import iter_arrow_batches
             if not spec.plain:
@@ -309,9 +316,9 @@ class MappedCSV:
         first = text_lines[m.skip_lines].rstrip(b"\r").decode("utf-8", errors="replace").lstrip("\ufeff")
         header = [h.strip() for h in split_line(first, m.delimiter, m.quoted)]
         self._check_columns(spec, header)
-        raw_names = split_line(first, m.delimiter, m.quoted)
         # iter_text gets the stripped names so the mapping's column names match
         for batch, lines in iter_text(spec.open, ctx, names=header, data_start_line=m.skip_lines + 1,
                                       delimiter=m.delimiter, quoted=m.quoted, batch_rows=ctx.batch_size):
+            for h in unknown:  # columns a canonical CSV has beyond the schema: ignored, counted per row
+                ctx.unknown_field(h, batch.num_rows)
             yield apply_mapping(batch, m, ctx, lines, m.delimiter)
-        del raw_names

@@ -424,3 +424,14 @@ def test_cic_without_ip_columns_is_dead_lettered_with_a_reason(tmp_path):
 ])
 def test_sniff_heads(head, fmt):
     assert sniff_format(head) == fmt
+
+
+def test_canonical_csv_without_mapping(tmp_path):
+    p = tmp_path / "canon.csv"
+    p.write_text("ts,src_ip,dst_ip,dst_port,label,extra\n1700000000.5,a,b,80,benign,x\n"
+                 "2023-11-14T22:13:21Z,a,c,443,1,y\nnope,a,c,443,1,y\n")
+    t, r = read([p])
+    assert r.formats == ["mapped"]
+    assert us_of(t) == [1700000000_500000, 1700000001_000000]
+    assert t["dst_port"].to_pylist() == [80, 443] and t["label"].to_pylist() == [0, 1]
+    assert r.stats.unknown_fields == {"extra": 3} and r.stats.malformed == {"bad_ts": 1}
