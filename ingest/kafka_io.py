@@ -542,9 +542,10 @@ class KafkaSource:
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
-                # Commit what is durable for partitions we are about to lose, then forget them:
-                # records still in our windows will be re-read by the new owner (at-least-once).
-                src._commit()
+                # Forget partitions we lose: records still in our windows are re-read by the new owner
+                # from the last commit (at-least-once). No commit here: kafka-python 3 runs this
+                # callback on its IO thread, where a blocking commit is refused; the periodic commits
+                # (commit_interval) keep the re-read small.
                 tps = {(tp.topic, tp.partition) for tp in revoked}
                 src.tracker.forget(tps)
                 for tp in tps:

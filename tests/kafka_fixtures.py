@@ -41,7 +41,7 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 def _stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is not None:
+    if proc.poll() is not None and not _group_alive(proc.pid):
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -57,6 +57,14 @@ def _stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 class TansuBroker:
@@ -114,6 +122,15 @@ class NoidaBroker:
 
     def stop(self) -> None:
         if self.proc is not None:
+            # Ctrl-C is its documented way to stop and save; then make sure the child is gone too.
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)  # like Ctrl-C in a terminal: wrapper and broker
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _group_alive(self.proc.pid):
+                time.sleep(0.1)
             _stop_group(self.proc)
             self.proc = None
             self._log.close()

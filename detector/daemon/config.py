@@ -78,7 +78,8 @@ DEFAULTS: dict[str, Any] = {
         "dead_letter_path": None,  # JSON lines for malformed file records (Kafka: the topic above)
         "max_records": None,       # stop after this many records (benchmarks)
         "audit_rows": False,
-        "merge_max_rows": 200000,  # records held to merge Kafka partitions on event time       # store every scored window's input rows in the SQLite store (tests, audits)
+        "merge_max_rows": 200000,  # records held to merge Kafka partitions on event time
+        "partition_idle": 10.0,    # wall seconds a silent partition may hold the others back       # store every scored window's input rows in the SQLite store (tests, audits)
     },
 }
 

@@ -483,8 +483,7 @@ class Daemon:
                 q_win.put(w)  # blocks when scoring falls behind: the backpressure chain starts here
                 m.queue_depth.labels("windows").set(q_win.qsize())
 
-        idle = self.cfg["window"].get("idle_timeout")
-        merger = PartitionMerger(idle_after=float(idle) if idle else 10.0,
+        merger = PartitionMerger(idle_after=float(self.cfg["pipeline"].get("partition_idle") or 10.0),
                                  max_rows=int(self.cfg["pipeline"].get("merge_max_rows") or 200_000),
                                  assigned=lambda: {p for _t, p in (self.source.assigned if self.source else ())})
         while True:

@@ -70,12 +70,17 @@ class FanoutScorer:
     Stateless across windows, so any two runs over the same windows agree exactly.
     """
 
-    def __init__(self, threshold: float = 20.0, technique: str = "T1046") -> None:
+    def __init__(self, threshold: float = 20.0, technique: str = "T1046", delay: float = 0.0) -> None:
         self.threshold = threshold
         self.technique = technique
+        self.delay = delay  # seconds per window: lets crash tests kill a daemon mid-stream
         self.windows = 0
 
     def score_window(self, window):
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
         t = window.table
         src = np.asarray(t.column("src_ip").to_pylist(), dtype=object)
         pairs = list(zip(t.column("dst_ip").to_pylist(), t.column("dst_port").to_pylist()))
@@ -93,11 +98,13 @@ class FanoutScorer:
         )
 
 
-def write_fanout_model(d: Path, threshold: float = 20.0, technique: str = "T1046", version: str = "v1") -> Path:
+def write_fanout_model(d: Path, threshold: float = 20.0, technique: str = "T1046", version: str = "v1",
+                       delay: float = 0.0) -> Path:
     """A model directory for :func:`load_fanout` (config.json written last, like a real bundle)."""
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / "config.json.tmp"
-    tmp.write_text(json.dumps({"threshold": threshold, "technique": technique, "version": version}))
+    tmp.write_text(json.dumps({"threshold": threshold, "technique": technique, "version": version,
+                               "delay": delay}))
     tmp.replace(d / "config.json")
     return d
 
@@ -108,4 +115,17 @@ def load_fanout(path):
 
     d = resolve_model_dir(path)
     cfg = json.loads((d / "config.json").read_text())
-    return LoadedModel(FanoutScorer(cfg["threshold"], cfg["technique"]), cfg["version"], cfg["threshold"], str(d))
+    return LoadedModel(FanoutScorer(cfg["threshold"], cfg["technique"], cfg.get("delay", 0.0)), cfg["version"], cfg["threshold"], str(d))
+
+
+def reference_alerts(table: pa.Table, size: float, lateness: float, scorer=None) -> list[dict]:
+    """Alerts from windowing ``table`` directly and scoring each window (what the daemon must match)."""
+    from detector.alerts import build_alerts
+    from ingest.windows import EventTimeWindower, Tumbling
+
+    scorer = scorer or FanoutScorer()
+    w = EventTimeWindower(Tumbling(size), lateness=lateness)
+    out: list[dict] = []
+    for win in w.push(table) + w.flush():
+        out += build_alerts(win, scorer.score_window(win)).alerts
+    return out
