@@ -8,7 +8,6 @@ are dead-lettered with their record index as ``line``.
 """
 from __future__ import annotations
 
-import json
 from typing import Iterator
 
 import numpy as np

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from ingest.deadletter import DeadLetter
 from ingest.readers.base import (
-    FileContext, ReadStats, RowCheck, assemble, attack_where_malicious, labels_from_text, optional_text,
+    FileContext, ReadStats, RowCheck, assemble, labels_from_text, optional_text,
     parse_float, parse_int, proto_from_text, require_text, schema_for, text_to_ts,
 )
 from ingest.readers.sources import InputSpec

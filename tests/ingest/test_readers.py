@@ -45,7 +45,6 @@ def zeek_column_counts(path: Path, *cols: str) -> Counter:
     return out
 
 
-import json
 import zipfile as _zf
 
 import numpy as np
@@ -54,7 +53,6 @@ import pyarrow.compute as pc
 import pytest
 
 from ingest.readers import open_inputs, sniff_format
-from ingest.schema import FLOW_SCHEMA
 
 
 def read_all(paths, **kw) -> tuple[pa.Table, object]:
