@@ -229,6 +229,12 @@ def parse_int(arr: pa.Array, check: RowCheck | None, reason: str, typ: pa.DataTy
               lo: int | None = None, hi: int | None = None,
               tokens: Sequence[str] = NULL_TOKENS) -> pa.Array:
     """String -> integer; accepts integral floats ("3.0"); out of [lo, hi] or junk flags ``reason``."""
+    if pa.types.is_integer(typ) and typ.bit_width < 64:
+        # values that do not fit the target type are malformed, not a crash in the final cast
+        tmax = 2 ** (typ.bit_width - (1 if pa.types.is_signed_integer(typ) else 0)) - 1
+        hi = tmax if hi is None else min(hi, tmax)
+        if pa.types.is_signed_integer(typ):
+            lo = -tmax - 1 if lo is None else max(lo, -tmax - 1)
     arr = as_array(arr)
     if pa.types.is_integer(arr.type):
         out = pc.cast(arr, pa.int64())
