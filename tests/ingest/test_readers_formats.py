@@ -435,3 +435,13 @@ def test_canonical_csv_without_mapping(tmp_path):
     assert us_of(t) == [1700000000_500000, 1700000001_000000]
     assert t["dst_port"].to_pylist() == [80, 443] and t["label"].to_pylist() == [0, 1]
     assert r.stats.unknown_fields == {"extra": 3} and r.stats.malformed == {"bad_ts": 1}
+
+
+def test_int32_overflow_is_a_malformed_value(tmp_path):
+    """Found by fuzzing: a count beyond int32 used to fail the whole file in the final cast."""
+    p = tmp_path / "c.csv"
+    p.write_text("Flow ID,Src IP,Src Port,Dst IP,Dst Port,Protocol,Timestamp,Flow Duration,SYN Flag Count,Label\n"
+                 "a,1.1.1.1,1,2.2.2.2,80,6,2017-07-05 18:12:15,5,2147483648,DDoS\n"
+                 "b,1.1.1.1,1,2.2.2.2,80,6,2017-07-05 18:12:16,5,3,DDoS\n")
+    t, r = read([p])
+    assert t["uid"].to_pylist() == ["b"] and r.stats.malformed == {"bad_syn_count": 1}
