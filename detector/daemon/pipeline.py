@@ -274,11 +274,11 @@ class PartitionMerger:
 
     Each partition is ordered by event time on its own, but a consumer reads partitions in
     bursts: all of partition 0's backlog, then partition 1's. Pushed as they come, partition 1
-    would be "late" against partition 0's watermark. So records wait here until every active
+    would be "late" against partition 0's watermark. So records wait here until every known
     partition has reached their timestamp (the minimum of the partitions' newest event times,
-    as Flink does), then go to the windower in event-time order. A partition that sent nothing
-    for ``idle_after`` wall seconds stops holding the others back; more than ``max_rows`` waiting
-    releases the oldest anyway (they may then be late, and are counted so).
+    as Flink does), then go to the windower in event-time order. A record waits at most
+    ``idle_after`` wall seconds for slow or silent partitions; more than ``max_rows`` waiting
+    releases the oldest anyway (such records may then be late, and are counted so).
     """
 
     def __init__(self, idle_after: float = 10.0, max_rows: int = 200_000,
@@ -288,48 +288,48 @@ class PartitionMerger:
         self.assigned = assigned or (lambda: set())
         self._buf: list[pa.Table] = []
         self._ts: list[np.ndarray] = []
+        self._arr: list[np.ndarray] = []
         self._max_ts: dict[int, int] = {}
-        self._seen: dict[int, float] = {}
         self.buffered = 0
 
     def add(self, partition: int, t: pa.Table) -> None:
         ts = t.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
         self._buf.append(t)
         self._ts.append(ts)
+        self._arr.append(np.full(len(ts), self.clock()))
         self.buffered += t.num_rows
-        self._max_ts[partition] = max(self._max_ts.get(partition, ts.max()), int(ts.max()))
-        self._seen[partition] = self.clock()
+        self._max_ts[partition] = max(self._max_ts.get(partition, int(ts.max())), int(ts.max()))
 
     def release(self, everything: bool = False) -> pa.Table | None:
         if not self._buf:
             return None
         now = self.clock()
-        for p in self.assigned():
-            # An assigned partition we have not heard from yet holds the others back for a while.
-            if p not in self._seen:
-                self._seen[p] = now
-                self._max_ts[p] = -(1 << 62)
-        active = [self._max_ts[p] for p in self._max_ts if now - self._seen[p] < self.idle_after]
+        parts = set(self._max_ts) | set(self.assigned())
+        # A partition we have not heard from yet holds everything back (up to idle_after).
+        cut = min(self._max_ts.get(p, -(1 << 62)) for p in parts)
         allts = np.concatenate(self._ts)
-        if everything or not active:
-            cut = int(allts.max())
+        allarr = np.concatenate(self._arr)
+        if everything:
+            take = np.ones(len(allts), dtype=bool)
         else:
-            cut = min(active)
-        if self.buffered > self.max_rows and not everything:
-            cut = max(cut, int(np.sort(allts)[self.buffered - self.max_rows]))
-        table = pa.concat_tables(self._buf) if len(self._buf) > 1 else self._buf[0]
-        take = allts <= cut
+            take = (allts <= cut) | (allarr <= now - self.idle_after)
+            if self.buffered - int(take.sum()) > self.max_rows:
+                over = np.sort(allts[~take])[self.buffered - int(take.sum()) - self.max_rows]
+                take |= allts <= over
         if not take.any():
             return None
+        # Whatever is released, everything older than it goes too (keeps the output time-ordered).
+        take |= allts <= allts[take].max()
+        table = pa.concat_tables(self._buf) if len(self._buf) > 1 else self._buf[0]
         keep = ~take
         out_idx = np.flatnonzero(take)
         out_idx = out_idx[np.argsort(allts[out_idx], kind="stable")]
         out = table.take(pa.array(out_idx))
         if keep.any():
             self._buf = [table.filter(pa.array(keep))]
-            self._ts = [allts[keep]]
+            self._ts, self._arr = [allts[keep]], [allarr[keep]]
         else:
-            self._buf, self._ts = [], []
+            self._buf, self._ts, self._arr = [], [], []
         self.buffered = int(keep.sum())
         return out
 
