@@ -250,3 +250,18 @@ def test_fdh_transactions_full(shared_data):
     src_ts = src["TX_DATETIME"].cast(pa.int64()).to_numpy()
     assert mono == bool(np.all(np.diff(src_ts) >= 0))  # monotone exactly when the file is
     assert mono
+
+
+# --- shared data: a real Zeek JSON conn.log (Stratosphere Slips test 9) ----------------------------
+
+def test_zeek_json_conn_log_full(shared_data):
+    import json as _json
+    f = shared_data / "pcaps" / "test9-mixed-zeek-dir__conn.log"
+    t, r = read_all([f])
+    recs = [_json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    assert r.formats == ["zeek-json"] and r.stats.malformed == {}
+    assert t.num_rows == len(recs) == 576
+    assert t["uid"].to_pylist() == [x["uid"] for x in recs]
+    assert np.allclose(t["ts"].cast(pa.int64()).to_numpy() / 1e6, [x["ts"] for x in recs], atol=1e-6)
+    assert t["src_bytes"].to_pylist() == [x.get("orig_bytes") for x in recs]
+    assert t["label"].null_count == t.num_rows  # unlabelled log
