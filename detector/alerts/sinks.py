@@ -1,8 +1,8 @@
 """Alert sinks. Each has ``write(alerts)``, ``flush()`` (returns only once the alerts are durable)
 and ``close()``. The daemon commits Kafka offsets only after every *required* sink flushed.
 
-* :class:`SQLiteAlertStore` — embedded default; ``INSERT OR REPLACE`` on the alert id, so a
-  window re-scored after a crash overwrites its alert instead of duplicating it.
+* :class:`SQLiteAlertStore` — embedded default; an upsert on the alert id, so a window
+  re-scored after a crash updates its alert instead of duplicating it.
 * :class:`JsonLinesSink` — one OCSF JSON object per line, fsync'd on flush.
 * :class:`KafkaAlertSink` — a topic, acks=all, keyed by source endpoint.
 * :class:`AlertmanagerSink` — Alertmanager HTTP API v2 ``POST /api/v2/alerts``; notification,
@@ -112,7 +112,14 @@ class SQLiteAlertStore(AlertSink):
                 u.get("model_version", ""), json.dumps(a, default=str),
             ))
         with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            # Upsert on the alert id, keeping the version that saw the most records: after a crash a
+            # window may be re-scored from a replay that starts inside it (at-least-once).
+            self._db.executemany(
+                """INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT(id) DO UPDATE SET time_ms=excluded.time_ms, severity_id=excluded.severity_id,
+                     score=excluded.score, count=excluded.count, model_version=excluded.model_version,
+                     finding=excluded.finding
+                   WHERE excluded.count >= alerts.count""", rows)
 
     def flush(self) -> None:
         with self._lock:
