@@ -66,6 +66,21 @@ def _text(v: Any) -> str | None:
     return str(v)
 
 
+def _column_as_text(vals: list) -> pa.Array:
+    """One field's values -> string array: Arrow inference + cast when the values are uniform
+    scalars (fast), else value by value (mixed types, nested values, huge integers)."""
+    try:
+        a = pa.array(vals)
+        t = a.type
+        if pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            raise TypeError("nested")
+        if pa.types.is_boolean(t):
+            a = pc.cast(a, pa.int8())
+        return pc.cast(a, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, OverflowError, ValueError):
+        return pa.array([_text(v) for v in vals], pa.string())
+
+
 def epoch_guess_ts(f: pa.Array, check: RowCheck) -> pa.Array:
     """Epoch numbers of unknown unit -> timestamp[us, UTC] (unit from magnitude)."""
     absf = pc.abs(f)
@@ -86,16 +101,14 @@ def normalise_records(objs: list[dict], kind: str, ctx: FileContext, lines: np.n
     known = set(names) | {"row"}
     n = len(objs)
     unknown: dict[str, int] = {}
-    cols: dict[str, list] = {k: [] for k in names}
     for o in objs:
-        for k in o:
-            if k not in known:
+        extra = o.keys() - known
+        if extra:
+            for k in extra:
                 unknown[k] = unknown.get(k, 0) + 1
-        for k in names:
-            cols[k].append(_text(o.get(k)))
     for k, c in unknown.items():
         ctx.unknown_field(k, c)
-    arr = {k: pa.array(v, pa.string()) for k, v in cols.items()}
+    arr = {k: _column_as_text([o.get(k) for o in objs]) for k in names}
     raw_of = (lambda i: raws[i]) if raws is not None else (lambda i: json.dumps(objs[i], default=str))
     return normalise_string_columns(arr, n, kind, ctx, lines, raw_of)
 

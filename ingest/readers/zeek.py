@@ -208,18 +208,13 @@ class ZeekJSON:
                   "duration", "orig_bytes", "resp_bytes", "conn_state", "history", "orig_pkts", "resp_pkts",
                   "orig_ip_bytes", "resp_ip_bytes", "label", "detailedlabel", "detailed-label")
         for objs, lines in iter_json_objects(spec, ctx):
-            cols = {k: [] for k in wanted}
+            from ingest.readers.jsonl import _column_as_text
             for o in objs:
                 if isinstance(o.get("id"), dict):  # nested id record (some exporters)
                     for k, v in o["id"].items():
                         o.setdefault(f"id.{k}", v)
-                for k in wanted:
-                    v = o.get(k)
-                    cols[k].append(None if v is None else (json.dumps(v) if isinstance(v, (list, dict))
-                                                           else ("T" if v is True else "F" if v is False
-                                                                 else str(v))))
-            batch = pa.RecordBatch.from_arrays([pa.array(v, pa.string()) for v in cols.values()],
-                                               names=list(cols))
+            batch = pa.RecordBatch.from_arrays([_column_as_text([o.get(k) for o in objs]) for k in wanted],
+                                               names=list(wanted))
             raws = [json.dumps(o, default=str) for o in objs]
             table = normalise_zeek(batch, lines, _RawCtx(ctx, raws, lines), ("", "-", "(empty)"), "\t")
             yield table
