@@ -53,8 +53,8 @@ DEFAULTS: dict[str, Any] = {
         "client_options": {},      # any other kafka-python option, passed through
     },
     "window": {
-        "size": 60.0,              # tumbling window length, seconds of event time
-        "lateness": 5.0,           # allowed lateness before a window closes
+        "size": None,              # tumbling window length, seconds of event time (None: the model's)
+        "lateness": None,          # allowed lateness before a window closes (None: the model's)
         "idle_timeout": 10.0,      # close windows after this many wall seconds without input (None: never)
     },
     "model": {
@@ -82,6 +82,10 @@ DEFAULTS: dict[str, Any] = {
         "partition_idle": 10.0,    # wall seconds a silent partition may hold the others back       # store every scored window's input rows in the SQLite store (tests, audits)
     },
 }
+
+
+# Keys whose default is None but whose value is a number.
+NUMBER_KEYS = {("window", "size"), ("window", "lateness"), ("window", "idle_timeout"), ("pipeline", "max_records")}
 
 
 def _coerce(value: str, default: Any, where: str) -> Any:
@@ -169,7 +173,10 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
                 key = rest[len(sec) + 1:]
                 if key not in cfg[sec]:
                     raise ValueError(f"{name}: unknown key {key!r} in section {sec!r}")
-                cfg[sec][key] = _coerce(value, DEFAULTS[sec][key], name)
+                default = DEFAULTS[sec][key]
+                if default is None and (sec, key) in NUMBER_KEYS and value.strip().lower() not in ("", "none", "null"):
+                    default = 0.0  # optional numbers: parse as a number, with the variable named on error
+                cfg[sec][key] = _coerce(value, default, name)
                 break
         # Other GRAPHSENTRY_* variables (e.g. GRAPHSENTRY_SHARED_DATA) belong to other tools.
     validate(cfg)
@@ -184,9 +191,9 @@ def validate(cfg: dict) -> None:
         raise ValueError(f"source.kind={cfg['source']['kind']!r}: must be 'flows' or 'transactions'")
     if cfg["kafka"]["format"] not in ("json", "arrow", "auto"):
         raise ValueError(f"kafka.format={cfg['kafka']['format']!r}: must be json, arrow or auto")
-    if float(cfg["window"]["size"]) <= 0:
+    if cfg["window"]["size"] is not None and float(cfg["window"]["size"]) <= 0:
         raise ValueError(f"window.size={cfg['window']['size']!r}: must be > 0 seconds")
-    if float(cfg["window"]["lateness"]) < 0:
+    if cfg["window"]["lateness"] is not None and float(cfg["window"]["lateness"]) < 0:
         raise ValueError(f"window.lateness={cfg['window']['lateness']!r}: must be >= 0")
     if int(cfg["pipeline"]["queue_size"]) < 1:
         raise ValueError(f"pipeline.queue_size={cfg['pipeline']['queue_size']!r}: must be >= 1")

@@ -124,6 +124,7 @@ class LoadedModel:
     threshold: float | None
     path: str
     explain: Callable | None = None
+    window: dict | None = None  # the window size/lateness the model was trained with
 
 
 def default_loader(path: str | os.PathLike) -> LoadedModel:
@@ -136,7 +137,8 @@ def default_loader(path: str | os.PathLike) -> LoadedModel:
     cfg = json.loads(cfg_bytes)
     version = str(cfg.get("version") or f"{d.name}-{hashlib.sha1(cfg_bytes).hexdigest()[:8]}")
     thr = getattr(bundle, "threshold", None)
-    return LoadedModel(bundle.stream_scorer(), version, float(thr) if thr is not None else None, str(d))
+    return LoadedModel(bundle.stream_scorer(), version, float(thr) if thr is not None else None, str(d),
+                       window=getattr(bundle, "window", None))
 
 
 def plugin_loader(spec: str) -> Callable[[str], LoadedModel]:
@@ -515,7 +517,9 @@ class Daemon:
                 continue
             t = t.set_column(t.schema.get_field_index("row"), "row",
                              pa.array(np.arange(start, start + n, dtype=np.int64)))
-            if item.partition is None:
+            single = self.source is not None and len(self.source.assigned) <= 1 and merger.buffered == 0
+            if item.partition is None or single:
+                # One stream (a file, or one partition): arrival order is the order to judge lateness by.
                 emit(windower.push(t))
             else:
                 merger.add(item.partition, t)
@@ -634,6 +638,11 @@ class Daemon:
             if self._model is None:
                 self._model = self.loader(cfg["model"]["path"])
             self.metrics.set_model(self._model.version, self._model.path)
+            mw = getattr(self._model, "window", None) or {}
+            if cfg["window"].get("size") is None:       # not configured: the model's own windows
+                cfg["window"]["size"] = float(mw.get("size", 60.0))
+            if cfg["window"].get("lateness") is None:
+                cfg["window"]["lateness"] = float(mw.get("lateness", 10.0))
             self.summary.model_version = self._model.version
             if cfg["model"].get("watch") and cfg["model"].get("path") and self._model.path:
                 watcher = ModelWatcher(cfg["model"]["path"], self.loader, float(cfg["model"]["watch_interval"]),
