@@ -62,6 +62,7 @@ class TrainConfig:
     mask_feature: float = 0.2
     temperature: float = 0.2
     max_fit_flows: int = 20000         # cap on benign training flows given to the detectors
+    gradnorm_every: int = 4            # GradNorm weight update every k steps (second-order grads are costly)
     impl: str = field(default_factory=default_impl)
 
     def __post_init__(self) -> None:
@@ -149,6 +150,7 @@ class Pretrainer:
         self.opt = torch.optim.Adam(params, lr=cfg.lr)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.epoch = 0
+        self.steps = 0
         self.history: list[dict] = []
 
     def _sample(self, n: int) -> torch.Tensor:
@@ -200,7 +202,9 @@ class Pretrainer:
             if not losses:
                 total = None
             else:
-                shared = m.encoder.convs[-1].lin_upd.weight
+                self.steps += 1
+                upd = self.steps % max(1, cfg.gradnorm_every) == 0
+                shared = m.encoder.convs[-1].lin_upd.weight if upd else None
                 total = self.weighter.combine(losses, shared)
         if total is not None:
             self.opt.zero_grad(set_to_none=True)
@@ -221,7 +225,7 @@ class Pretrainer:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(graphs, desc=f"epoch {self.epoch + 1}", unit="win", leave=False)
+            bar = tqdm(graphs, desc=f"epoch {self.epoch + 1}", unit="win", leave=False, mininterval=2.0)
             it = bar
         for d in it:
             if d.edge_index.size(1) == 0:
@@ -280,18 +284,32 @@ def _stack(arrs: list[np.ndarray], dim: int) -> np.ndarray:
 
 
 def train_bundle(tables, cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
-                 resume: bool = False, extra_meta: dict | None = None) -> ModelBundle:
+                 resume: bool = False, extra_meta: dict | None = None,
+                 prepared: "Prepared | None" = None) -> ModelBundle:
     """Train encoder + detectors + threshold on ``tables`` (canonical flow records); save when ``out_dir``."""
     from detector.runtime import torch_threads
 
     with torch_threads():
-        return _train_bundle(tables, cfg, out_dir, progress, resume, extra_meta)
+        return _train_bundle(tables, cfg, out_dir, progress, resume, extra_meta, prepared)
 
 
-def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: bool,
-                  extra_meta: dict | None) -> ModelBundle:
-    seed_everything(cfg.seed)
-    t0 = time.perf_counter()
+@dataclass
+class Prepared:
+    """Windows, fitted preprocessing and window graphs of one training set (shareable between runs
+    that use the same window size, graph settings and knowledge flag)."""
+
+    table: pa.Table
+    records_in: int
+    removed: int
+    train_w: list
+    val_w: list
+    pipeline: FeaturePipeline
+    graphs: list
+    val_graphs: list
+
+
+def prepare(tables, cfg: TrainConfig) -> Prepared:
+    """Filter (``benign_only``), window, split in time, fit the preprocessor, build the graphs."""
     table = as_table(tables)
     n_in = table.num_rows
     removed = 0
@@ -311,6 +329,17 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
     stream = pipeline.stream()
     graphs = [stream.build(w)[0] for w in train_w]  # same stream continues into validation (dt_prev)
     val_graphs = [stream.build(w)[0] for w in val_w]
+    return Prepared(table, n_in, removed, train_w, val_w, pipeline, graphs, val_graphs)
+
+
+def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: bool,
+                  extra_meta: dict | None, prepared: Prepared | None = None) -> ModelBundle:
+    t0 = time.perf_counter()
+    prep = prepared if prepared is not None else prepare(tables, cfg)
+    seed_everything(cfg.seed)
+    table, n_in, removed = prep.table, prep.records_in, prep.removed
+    train_w, val_w, pipeline = prep.train_w, prep.val_w, prep.pipeline
+    graphs, val_graphs = prep.graphs, prep.val_graphs
     g0 = graphs[0]
     mcfg = ModelConfig(node_in=int(g0.x.size(1)), edge_in=int(g0.edge_attr.size(1)), hidden=cfg.hidden,
                        layers=cfg.layers, time_dim=cfg.time_dim, temporal=cfg.temporal, use_time=cfg.use_time)

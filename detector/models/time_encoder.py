@@ -9,10 +9,13 @@ from torch import Tensor, nn
 
 class TimeEncoder(nn.Module):
     r"""Encode a time difference :math:`\Delta t` (seconds) as
-    :math:`\cos(\omega \Delta t + \phi)` with learnable frequencies.
+    :math:`\cos(\omega \log(1 + \Delta t) + \phi)` with learnable frequencies.
 
-    Frequencies start geometrically spaced from 1/s down to ``1/max_period`` s so
-    that both sub-second rhythms and hour-scale gaps are visible at init.
+    TGN encodes raw :math:`\Delta t`; with gaps from microseconds to days that
+    makes the high-frequency features pseudo-random noise per flow before
+    training. On a log time axis the encoding is smooth: frequencies start
+    geometrically spaced between 1 and ``1 / log(1 + max_period)`` so the slowest
+    one spans the whole range up to ``max_period`` seconds.
     Negative inputs mean "unknown" (e.g. no previous flow): they are encoded as
     0 and flagged in one extra output column.
 
@@ -36,7 +39,7 @@ class TimeEncoder(nn.Module):
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            freqs = torch.logspace(0.0, -math.log10(self.max_period), self.dim)
+            freqs = torch.logspace(0.0, -math.log10(math.log1p(self.max_period)), self.dim)
             self.lin.weight.copy_(freqs.view(-1, 1))
             self.lin.bias.zero_()
 
@@ -47,7 +50,7 @@ class TimeEncoder(nn.Module):
     def forward(self, dt: Tensor) -> Tensor:
         dt = dt.to(torch.float32).view(-1, 1)
         unknown = (dt < 0).to(torch.float32)  # [E, 1]
-        enc = torch.cos(self.lin(dt.clamp_min(0.0)))  # [E, dim]
+        enc = torch.cos(self.lin(torch.log1p(dt.clamp_min(0.0))))  # [E, dim]
         return torch.cat([enc * (1.0 - unknown), unknown], dim=-1)
 
     def __repr__(self) -> str:
