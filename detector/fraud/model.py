@@ -22,7 +22,7 @@ SYNTH_KINDS = ("amount", "terminal", "time")
 class FraudModelConfig:
     """Hyper-parameters (stored in config.json)."""
 
-    hidden: int = 32
+    hidden: int = 64
     layers: int = 1
     heads: int = 2
     use_graph: bool = True
@@ -103,12 +103,16 @@ class FraudModel(nn.Module):
 
 # ------------------------------------------------------------------ losses
 def focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.75, gamma: float = 2.0) -> Tensor:
-    r"""Binary focal loss (Lin et al.): :math:`-\alpha_t (1-p_t)^\gamma \log p_t`, mean over edges."""
+    r"""Binary focal loss (Lin et al.): :math:`-\alpha_t (1-p_t)^\gamma \log p_t`.
+
+    Summed and divided by the number of positives (at least 1), as in RetinaNet: with
+    ~0.8% frauds a plain mean is ~1e-3 and would be drowned by the contrastive loss.
+    """
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p = torch.sigmoid(logits)
     p_t = p * target + (1 - p) * (1 - target)
     a_t = alpha * target + (1 - alpha) * (1 - target)
-    return (a_t * (1 - p_t).pow(gamma) * ce).mean()
+    return (a_t * (1 - p_t).pow(gamma) * ce).sum() / target.sum().clamp_min(1.0)
 
 
 def synthesize(edge_attr: Tensor, src: Tensor, dst: Tensor, kind: str,

@@ -30,7 +30,7 @@ def _fingerprint(table) -> dict:
 
 
 def train(inputs: list[str], out_dir: str, *, epochs: int = 8, window_s: float = 86400.0, seed: int = 0,
-          hidden: int = 32, layers: int = 1, use_graph: bool = True, lam: float = 0.5,
+          hidden: int = 64, layers: int = 1, use_graph: bool = True, lam: float = 0.2,
           label_delay_days: int = 7, val_days: int = 3, warmup_days: int | None = None,
           alert_rate: float = 0.01, lr: float = 2e-3, threads: int = 1, progress: bool = False) -> dict:
     """Train a FraudBundle on transaction inputs and save it to ``out_dir``.
@@ -112,11 +112,12 @@ def _baselines(names: tuple[str, ...], seed: int, rf_jobs: int = 2) -> dict:
 
 
 def evaluate(inputs: list[str], report_dir: str, *, folds: int = 3, train_days: int = 14, delay_days: int = 7,
-             test_days: int = 7, val_days: int = 3, window_s: float = 86400.0, epochs: int = 8, hidden: int = 32,
-             layers: int = 1, lam: float = 0.5, seed: int = 0, alert_rate: float = 0.01, top_k: int = 100,
+             test_days: int = 7, val_days: int = 3, window_s: float = 86400.0, epochs: int = 8, hidden: int = 64,
+             layers: int = 1, lam: float = 0.2, seed: int = 0, alert_rate: float = 0.01, top_k: int = 100,
              baselines: tuple[str, ...] = ("logistic_regression", "random_forest", "gradient_boosting"),
              ablations: tuple[str, ...] = ("no_graph", "no_contrastive"), lr: float = 2e-3, threads: int = 1,
-             only_folds: tuple[int, ...] | None = None, rf_jobs: int = 2, progress: bool = True) -> dict:
+             only_folds: tuple[int, ...] | None = None, rf_jobs: int = 2, include_ours: bool = True,
+             progress: bool = True) -> dict:
     """Fraud Detection Handbook protocol with rolling folds; writes report.json and report.md.
 
     Fold f: train days [s, s+train_days), delay [.., +delay_days), test [.., +test_days);
@@ -182,7 +183,7 @@ def evaluate(inputs: list[str], report_dir: str, *, folds: int = 3, train_days: 
         fit_days = trd[:-val_days] if val_days else trd
         fit_w = pick(fit_days)
         val_w = pick(trd[len(fit_days):])
-        variants = {"ours": dict(use_graph=True, lam=lam)}
+        variants = {"ours": dict(use_graph=True, lam=lam)} if include_ours else {}
         if "no_graph" in ablations:
             variants["ours_no_graph"] = dict(use_graph=False, lam=lam)
         if "no_contrastive" in ablations:
@@ -253,7 +254,17 @@ def summarize(fold_reports: list[dict], top_k: int = 100) -> dict:
 def merge_reports(report_jsons: list[str], report_dir: str) -> dict:
     """Join reports of single folds (run as separate processes) into one report.json/report.md."""
     reps = [json.loads(Path(p).read_text()) for p in report_jsons]
-    folds = sorted((fr for r in reps for fr in r["folds"]), key=lambda fr: fr["test_days"][0])
+    by_test: dict[int, dict] = {}
+    for r in reps:  # the same fold may come from several processes (one per model group)
+        for fr in r["folds"]:
+            cur = by_test.setdefault(fr["test_days"][0], dict(fr, models={}))
+            cur["models"].update(fr["models"])
+    order = ["ours", "ours_no_graph", "ours_no_contrastive", "logistic_regression", "random_forest", "gradient_boosting"]
+    folds = []
+    for k in sorted(by_test):
+        fr = by_test[k]
+        fr["models"] = dict(sorted(fr["models"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
+        folds.append(fr)
     rep = dict(reps[0])
     rep["folds"] = folds
     rep["protocol"] = dict(rep["protocol"], folds=len(folds))

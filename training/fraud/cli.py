@@ -66,9 +66,9 @@ def register_fraud(subparsers: "argparse._SubParsersAction") -> None:
     t.add_argument("--epochs", type=int, default=8, help="max epochs (early stopping on validation AP; default 8)")
     t.add_argument("--window", type=_duration, default=86400.0, help="window length, e.g. 1d, 6h (default 1d)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    t.add_argument("--hidden", type=int, default=32, help="hidden size (default 32)")
+    t.add_argument("--hidden", type=int, default=64, help="hidden size (default 64)")
     t.add_argument("--no-graph", action="store_true", help="ablation: no message passing, transaction features only")
-    t.add_argument("--lam", type=float, default=0.5, help="weight of the contrastive loss (default 0.5; 0 = off)")
+    t.add_argument("--lam", type=float, default=0.2, help="weight of the contrastive loss (default 0.2; 0 = off)")
     t.add_argument("--label-delay-days", type=int, default=7, help="days until a fraud label is known (default 7)")
     t.add_argument("--val-days", type=int, default=3, help="last labelled days kept for validation (default 3)")
     t.add_argument("--alert-rate", type=float, default=0.01,
@@ -95,7 +95,7 @@ def register_fraud(subparsers: "argparse._SubParsersAction") -> None:
     e.add_argument("--test-days", type=int, default=7, help="test days per fold (default 7)")
     e.add_argument("--window", type=_duration, default=86400.0, help="window length (default 1d)")
     e.add_argument("--epochs", type=int, default=8, help="max epochs for the neural models (default 8)")
-    e.add_argument("--hidden", type=int, default=32, help="hidden size (default 32)")
+    e.add_argument("--hidden", type=int, default=64, help="hidden size (default 64)")
     e.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     e.add_argument("--alert-rate", type=float, default=0.01, help="target alert rate for thresholds (default 0.01)")
     e.add_argument("--ablations", default="no_graph,no_contrastive",

@@ -56,7 +56,7 @@ def known_labels(wf: WindowFeat, now: float, label_delay_s: float) -> np.ndarray
 
 def fit_model(train: list[WindowFeat], unlabeled: list[WindowFeat], val: list[WindowFeat], *,
               now: float, label_delay_s: float, cfg: FraudModelConfig, epochs: int = 8, seed: int = 0,
-              lam: float = 0.5, lr: float = 2e-3, patience: int = 3, batch_size: int = 256,
+              lam: float = 0.2, lr: float = 2e-3, patience: int = 3, batch_size: int = 256,
               unlabeled_batches: int = 8,
               progress: bool = False) -> tuple[FraudModel, dict]:
     """Train on windows; supervised loss only on labels known at ``now`` (training time).
