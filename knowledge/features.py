@@ -10,6 +10,10 @@ For a window table (FLOW_SCHEMA, edge i = row i) the featurizer computes
   (single-flow facts such as the port or direction, common in benign traffic); the technique score is
   ``s = 1 - (1 - b) * (1 - context_factor * c)``, so context alone never exceeds ``context_factor``
   (0.3, below the top-technique floor) and only sharpens behaviour evidence;
+* signature gate: a technique is defined mostly by its strongest links (its *signature*: links with
+  confidence >= ``SIGNATURE_SHARE`` x its strongest link). The score is multiplied by
+  ``GATE_FLOOR + (1 - GATE_FLOOR) * max(a over the signature)``, so many weak, generic links cannot
+  outscore a technique whose defining behaviour is actually present (noisy-OR alone saturates);
 * ``tac[e, c] = max_{t in tactic c} s[e, t]``  tactic scores.
 
 Node rows use the node's predicate activations (max over incident edges) through the same maps.
@@ -26,7 +30,16 @@ import pyarrow as pa
 
 from knowledge.predicates import PREDICATES, compute_predicates, node_activations
 
+try:  # BLAS threads fight each other on a busy box (a 150x52 @ 52x600 product took 24 ms with them, 0.6 ms without)
+    from threadpoolctl import ThreadpoolController
+
+    _BLAS = ThreadpoolController()
+except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+    _BLAS = None
+
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default"
+SIGNATURE_SHARE = 0.8
+GATE_FLOOR = 0.5
 TOP_MIN_SCORE = 0.35  # context-only evidence stays <= 0.3; below this, a flow has no top technique (None)
 
 
@@ -82,11 +95,26 @@ class KnowledgeFeaturizer:
         # Effective weight of each link (what explain() reports): context links scaled by the factor.
         self.weight = w * np.where(is_ctx, self.context_factor, 1.0)[:, None]
         log_keep = np.log1p(-np.clip(w, 0.0, 0.99))
-        self.log_keep_beh = np.where(is_ctx[:, None], 0.0, log_keep).astype(np.float32)  # [P, T], <= 0
-        self.log_keep_ctx = np.where(is_ctx[:, None], log_keep, 0.0).astype(np.float32)
+        # [P, 2T], <= 0: behaviour links in the first T columns, context links in the last T (one matmul).
+        self.log_keep = np.ascontiguousarray(np.concatenate(
+            [np.where(is_ctx[:, None], 0.0, log_keep), np.where(is_ctx[:, None], log_keep, 0.0)], axis=1),
+            dtype=np.float32)
+        top = w.max(axis=0, keepdims=True) if P else np.zeros((1, T))
+        self.signature = ((w >= SIGNATURE_SHARE * top) & (w > 0)).astype(np.float32)  # [P, T] 0/1
+        # Gather indices (padded with P = an all-zero column) so the signature max and the tactic max
+        # are one fancy-index + max each instead of Python loops.
+        k_sig = max(1, int(self.signature.sum(axis=0).max(initial=0)))
+        self._sig_idx = np.full((T, k_sig), P, dtype=np.int64)
+        for j in range(T):
+            ps = np.flatnonzero(self.signature[:, j])
+            self._sig_idx[j, : len(ps)] = ps
         tac_ids = [t["id"] for t in self.tactics]
         self.tactic_members = [np.array([j for j, t in enumerate(self.techniques) if tid in t["tactics"]], dtype=np.int64)
                                for tid in tac_ids]
+        k_tac = max([1] + [len(m) for m in self.tactic_members])
+        self._tac_idx = np.full((len(tac_ids), k_tac), T, dtype=np.int64)  # T = an all-zero column
+        for c, m in enumerate(self.tactic_members):
+            self._tac_idx[c, : len(m)] = m
         self.names = ([f"pred:{p}" for p in self.predicates] + [f"tech:{t}" for t in self.tech_ids]
                       + [f"tactic:{t}" for t in tac_ids])
         self._tech_by_id = {t["id"]: t for t in self.techniques}
@@ -112,15 +140,22 @@ class KnowledgeFeaturizer:
     def _propagate(self, act: np.ndarray) -> np.ndarray:
         """[R, P] activations -> [R, K] block (activations | technique scores | tactic scores)."""
         if self.tech_ids:
-            beh = -np.expm1(act @ self.log_keep_beh)
-            ctx = -np.expm1(act @ self.log_keep_ctx)
-            tech = 1.0 - (1.0 - beh) * (1.0 - self.context_factor * ctx)
+            T = len(self.tech_ids)
+            if _BLAS is not None:
+                with _BLAS.limit(limits=1, user_api="blas"):
+                    keep = np.exp(act @ self.log_keep)  # prod (1-w)^a, behaviour | context
+            else:
+                keep = np.exp(act @ self.log_keep)
+            # 1 - (1 - beh) * (1 - cf * ctx) with beh = 1 - keep_b, ctx = 1 - keep_c
+            tech = 1.0 - keep[:, :T] * (1.0 - self.context_factor * (1.0 - keep[:, T:]))
+            # max activation over each technique's signature predicates (gather [R, T, k] then max)
+            act_pad = np.concatenate([act, np.zeros((act.shape[0], 1), act.dtype)], axis=1)
+            sig = act_pad[:, self._sig_idx].max(axis=2)
+            tech = (tech * (GATE_FLOOR + (1.0 - GATE_FLOOR) * sig)).astype(np.float32)
         else:
             tech = np.zeros((act.shape[0], 0), np.float32)
-        tac = np.zeros((act.shape[0], len(self.tactics)), dtype=np.float32)
-        for c, members in enumerate(self.tactic_members):
-            if len(members):
-                tac[:, c] = tech[:, members].max(axis=1)
+        tech_pad = np.concatenate([tech, np.zeros((tech.shape[0], 1), np.float32)], axis=1)
+        tac = tech_pad[:, self._tac_idx].max(axis=2) if len(self.tactics) else np.zeros((act.shape[0], 0), np.float32)
         return np.concatenate([act, tech.astype(np.float32), tac], axis=1)
 
     def transform(self, table: pa.Table | pa.RecordBatch, edge_index: np.ndarray | None = None,

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -66,24 +68,42 @@ MULTICAST_RE = r"^(22[4-9]\.|23[0-9]\.|255\.255\.255\.255$|[fF][fF][0-9a-fA-F]{2
 
 def ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """0 below ``lo``, 1 above ``hi``, linear in between (a soft threshold)."""
-    return np.clip((np.asarray(x, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    y = (np.asarray(x, dtype=np.float64) - lo) * (1.0 / (hi - lo))
+    return np.minimum(np.maximum(y, 0.0, out=y), 1.0, out=y)  # ufuncs directly: np.clip's wrapper is slower
 
 
 def _num(table: pa.Table, name: str, fill: float = 0.0) -> np.ndarray:
     if name not in table.column_names:
         return np.full(table.num_rows, fill, dtype=np.float64)
     col = table.column(name)
-    if col.null_count:
-        col = pc.fill_null(col, fill)
-    return col.to_numpy().astype(np.float64, copy=False)
+    # One conversion: ints with nulls come out as float64 with NaN, which we then fill.
+    out = np.asarray(col.to_numpy(), dtype=np.float64)
+    if col.null_count and not np.isnan(fill):
+        out = np.where(np.isnan(out), fill, out)
+    return out
 
 
-def _codes(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Integer codes of a column's distinct values (nulls get their own code)."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+def _dict(table: pa.Table, name: str) -> tuple[np.ndarray, list]:
+    """(codes per row, distinct values) of a string column; a missing column is all None.
+
+    Per-value work (lower-casing, regexes, set membership) then runs on the few distinct values and is
+    mapped back to rows with one index operation, instead of a compute call over every row.
+    """
+    if name not in table.column_names:
+        return np.zeros(table.num_rows, dtype=np.int64), [None]
+    arr = table.column(name)
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.string())
     enc = pc.dictionary_encode(arr, null_encoding="encode")
-    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
+
+
+def _lookup(codes: np.ndarray, values: list, pred: Callable[[object], bool]) -> np.ndarray:
+    """Row mask from a predicate evaluated once per distinct value."""
+    if not values:
+        return np.zeros(len(codes), dtype=bool)
+    return np.array([bool(pred(v)) for v in values], dtype=bool)[codes]
 
 
 def _group(*codes: np.ndarray) -> tuple[np.ndarray, int]:
@@ -105,8 +125,19 @@ def _distinct(group: np.ndarray, n_groups: int, values: np.ndarray, mask: np.nda
     return np.bincount(pairs // (int(values.max()) + 1), minlength=n_groups).astype(np.float64)
 
 
+_PORT_TABLES: dict[bytes, np.ndarray] = {}
+
+
 def _isin(a: np.ndarray, values: np.ndarray) -> np.ndarray:
-    return np.isin(a, values)
+    """Port membership through a 65537-entry lookup table (index port + 1; -1 = unknown port)."""
+    key = np.asarray(values, dtype=np.int64).tobytes()
+    lut = _PORT_TABLES.get(key)
+    if lut is None:
+        lut = np.zeros(65537, dtype=bool)
+        v = np.asarray(values, dtype=np.int64)
+        lut[v[(v >= -1) & (v <= 65535)] + 1] = True
+        _PORT_TABLES[key] = lut
+    return lut[np.clip(a, -1, 65535) + 1]
 
 
 class WindowContext:
@@ -118,7 +149,7 @@ class WindowContext:
         self.table = table
         ts = table.column("ts")
         ts = ts.cast(pa.int64()) if pa.types.is_timestamp(ts.type) else ts
-        self.ts = np.asarray(pc.fill_null(ts, 0).to_numpy(), dtype=np.float64) / 1e6
+        self.ts = np.nan_to_num(np.asarray(ts.to_numpy(), dtype=np.float64)) / 1e6
         self.duration = _num(table, "duration")
         self.src_bytes = _num(table, "src_bytes")
         self.dst_bytes = _num(table, "dst_bytes")
@@ -133,26 +164,30 @@ class WindowContext:
         self.entropy = _num(table, "entropy", np.nan)
         self.dst_port = _num(table, "dst_port", -1).astype(np.int64)
         self.src_port = _num(table, "src_port", -1).astype(np.int64)
-        proto = table.column("proto") if "proto" in table.column_names else pa.nulls(n, pa.string())
-        proto = pc.fill_null(pc.utf8_lower(proto.cast(pa.string())), "")
-        self.tcp = pc.equal(proto, "tcp").to_numpy(zero_copy_only=False)
-        self.udp = pc.equal(proto, "udp").to_numpy(zero_copy_only=False)
-        self.icmp = pc.starts_with(proto, "icmp").to_numpy(zero_copy_only=False)
-        state = table.column("conn_state") if "conn_state" in table.column_names else pa.nulls(n, pa.string())
-        self.has_state = pc.is_valid(state).to_numpy(zero_copy_only=False)
-        self.failed_state = pc.is_in(state, value_set=pa.array(list(FAILED_STATES))).to_numpy(zero_copy_only=False)
-        self.rej_state = pc.is_in(state, value_set=pa.array(["REJ", "RSTOS0", "RSTRH"])).to_numpy(zero_copy_only=False)
-        svc = table.column("service") if "service" in table.column_names else pa.nulls(n, pa.string())
-        self.service = pc.fill_null(pc.utf8_lower(svc.cast(pa.string())), "")
-        src, dst = table.column("src_ip").cast(pa.string()), table.column("dst_ip").cast(pa.string())
-        self.src_private = pc.fill_null(pc.match_substring_regex(src, PRIVATE_RE), False).to_numpy(zero_copy_only=False)
-        self.dst_private = pc.fill_null(pc.match_substring_regex(dst, PRIVATE_RE), False).to_numpy(zero_copy_only=False)
-        self.dst_multicast = pc.fill_null(pc.match_substring_regex(dst, MULTICAST_RE), False).to_numpy(zero_copy_only=False)
-        self.src = _codes(src)
-        self.dst = _codes(dst)
+        pcode, pvals = _dict(table, "proto")
+        pl = [(v or "").lower() for v in pvals]
+        self.tcp = _lookup(pcode, pl, lambda v: v == "tcp")
+        self.udp = _lookup(pcode, pl, lambda v: v == "udp")
+        self.icmp = _lookup(pcode, pl, lambda v: v.startswith("icmp"))
+        scode, svals = _dict(table, "conn_state")
+        failed, rej, s0 = set(FAILED_STATES.tolist()), {"REJ", "RSTOS0", "RSTRH"}, {"S0", "SH", "RSTOS0"}
+        self.has_state = _lookup(scode, svals, lambda v: v is not None)
+        self.failed_state = _lookup(scode, svals, lambda v: v in failed)
+        self.rej_state = _lookup(scode, svals, lambda v: v in rej)
+        self.s0_state = _lookup(scode, svals, lambda v: v in s0)
+        self.svc_code, svc_vals = _dict(table, "service")
+        self.svc_values = [(v or "").lower() for v in svc_vals]
+        src_codes, src_vals = _dict(table, "src_ip")
+        dst_codes, dst_vals = _dict(table, "dst_ip")
+        priv, mcast = re.compile(PRIVATE_RE), re.compile(MULTICAST_RE)
+        self.src_private = _lookup(src_codes, src_vals, lambda v: v is not None and priv.match(v))
+        self.dst_private = _lookup(dst_codes, dst_vals, lambda v: v is not None and priv.match(v))
+        self.dst_multicast = _lookup(dst_codes, dst_vals, lambda v: v is not None and mcast.match(v))
+        self.src = src_codes
+        self.dst = dst_codes
         self.port = self.dst_port + 1  # >= 0, usable as a code
-        self.n_src = int(self.src.max(initial=-1)) + 1
-        self.n_dst = int(self.dst.max(initial=-1)) + 1
+        self.n_src = len(src_vals)
+        self.n_dst = len(dst_vals)
         self._groups: dict[str, tuple[np.ndarray, int]] = {}
         # Window span (s): used to turn counts into rates; at least 1 s so a burst is not divided by ~0.
         end = self.ts + np.maximum(self.duration, 0)
@@ -199,6 +234,10 @@ class WindowContext:
         """Per-row: number of distinct ``values`` in this row's group (over rows in ``mask``)."""
         g, k = self.group(name)
         return _distinct(g, k, values, mask)[g]
+
+    def service_is(self, *names: str) -> np.ndarray:
+        """Rows whose (lower-cased) service label is one of ``names``."""
+        return _lookup(self.svc_code, self.svc_values, lambda v: v in names)
 
     def failed(self) -> np.ndarray:
         """Connection attempt that got no answer or was refused.
@@ -269,10 +308,8 @@ def failed_connection_ratio(c: WindowContext) -> np.ndarray:
 def syn_only(c: WindowContext) -> np.ndarray:
     """TCP flow that never completed the handshake: Zeek state S0/SH/RSTOS0 or history ``S``, or
     SYN seen with no responder packets and no payload."""
-    st = c.table.column("conn_state") if "conn_state" in c.table.column_names else pa.nulls(c.n, pa.string())
-    s0 = pc.fill_null(pc.is_in(st, value_set=pa.array(["S0", "SH", "RSTOS0"])), False).to_numpy(zero_copy_only=False)
     syn_no_reply = (np.nan_to_num(c.syn) > 0) & (c.dst_pkts <= 0) & (c.bytes <= 0)
-    return (c.tcp & np.where(c.has_state, s0, syn_no_reply)).astype(np.float64)
+    return (c.tcp & np.where(c.has_state, c.s0_state, syn_no_reply)).astype(np.float64)
 
 
 def rejected_connection(c: WindowContext) -> np.ndarray:
@@ -287,8 +324,10 @@ def zero_payload(c: WindowContext) -> np.ndarray:
 
 
 def small_packets(c: WindowContext) -> np.ndarray:
-    """Flow whose mean IP packet size is small: full below 64 bytes/packet, none above 128."""
-    size = np.divide(c.ip_bytes, c.pkts, out=np.full(c.n, 1500.0), where=c.pkts > 0)
+    """Flow whose mean IP packet size is small: full below 64 bytes/packet, none above 128. A flow with
+    no packet and no byte counted (a bare attempt) counts as small."""
+    empty = np.where((c.pkts <= 0) & (c.ip_bytes <= 0), 0.0, 1500.0)
+    size = np.divide(c.ip_bytes, c.pkts, out=empty, where=c.pkts > 0)
     return 1.0 - ramp(size, 64, 128)
 
 
@@ -441,13 +480,12 @@ def inbound_remote_service(c: WindowContext) -> np.ndarray:
 def nonstandard_port(c: WindowContext) -> np.ndarray:
     """Application protocol seen on a port that is not its standard one (e.g. HTTP on 4444, SSH on 2222).
     Needs a ``service`` label (Zeek, nDPI); 0 when unknown."""
-    out = np.zeros(c.n)
-    svc_codes = c.service.combine_chunks() if isinstance(c.service, pa.ChunkedArray) else c.service
-    for svc, ports in SERVICE_PORTS.items():  # loop over ~17 services, each step vectorised
-        m = pc.equal(svc_codes, svc).to_numpy(zero_copy_only=False)
-        if m.any():
-            out = np.maximum(out, m & ~_isin(c.dst_port, np.array(ports)))
-    return out
+    out = np.zeros(c.n, dtype=bool)
+    for k, svc in enumerate(c.svc_values):  # loop over the window's few distinct service labels
+        ports = SERVICE_PORTS.get(svc)
+        if ports:
+            out |= (c.svc_code == k) & ~_isin(c.dst_port, np.array(ports))
+    return out.astype(np.float64)
 
 
 def uncommon_port(c: WindowContext) -> np.ndarray:
@@ -458,7 +496,7 @@ def uncommon_port(c: WindowContext) -> np.ndarray:
 
 def high_entropy_payload(c: WindowContext) -> np.ndarray:
     """Payload entropy >= 7.0 bits/byte (full at 7.6): encrypted or compressed content. 0 when unknown."""
-    return np.nan_to_num(ramp(c.entropy, 7.0, 7.6)) * (c.bytes > 0)
+    return ramp(np.nan_to_num(c.entropy, nan=0.0), 7.0, 7.6) * (c.bytes > 0)
 
 
 def low_entropy_payload(c: WindowContext) -> np.ndarray:
@@ -485,7 +523,7 @@ def icmp_flood(c: WindowContext) -> np.ndarray:
 
 def dns_query_volume(c: WindowContext) -> np.ndarray:
     """One source sends >= 50 (full at 300) DNS flows in the window."""
-    dns = _isin(c.dst_port, DNS_PORTS) | pc.equal(c.service, "dns").to_numpy(zero_copy_only=False)
+    dns = _isin(c.dst_port, DNS_PORTS) | c.service_is("dns")
     return dns * ramp(c.count("src", dns), 49, 300)
 
 
@@ -509,7 +547,7 @@ def cleartext_protocol(c: WindowContext) -> np.ndarray:
 
 def web_traffic(c: WindowContext) -> np.ndarray:
     """Flow to a web port (80, 443, 8000, 8080, 8443...) or labelled http/ssl."""
-    svc = pc.is_in(c.service, value_set=pa.array(["http", "ssl"])).to_numpy(zero_copy_only=False)
+    svc = c.service_is("http", "ssl")
     return (_isin(c.dst_port, WEB_PORTS) | svc).astype(np.float64)
 
 
@@ -520,7 +558,7 @@ def proxy_port(c: WindowContext) -> np.ndarray:
 
 def irc_port(c: WindowContext) -> np.ndarray:
     """Flow to IRC (194, 6660-6669, 6697), a classic botnet command channel."""
-    return (_isin(c.dst_port, IRC_PORTS) | pc.equal(c.service, "irc").to_numpy(zero_copy_only=False)).astype(np.float64)
+    return (_isin(c.dst_port, IRC_PORTS) | c.service_is("irc")).astype(np.float64)
 
 
 def file_transfer_protocol(c: WindowContext) -> np.ndarray:
@@ -632,7 +670,8 @@ def compute_predicates(table: pa.Table | pa.RecordBatch, names: tuple[str, ...] 
     ctx = WindowContext(table)
     with np.errstate(invalid="ignore", divide="ignore"):
         for j, name in enumerate(names):
-            out[:, j] = np.nan_to_num(np.asarray(PREDICATES[name].fn(ctx), dtype=np.float64))
+            out[:, j] = PREDICATES[name].fn(ctx)
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     np.clip(out, 0.0, 1.0, out=out)
     return out
 

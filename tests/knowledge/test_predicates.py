@@ -155,3 +155,10 @@ def test_empty_and_missing_columns():
     a = compute_predicates(bare)
     assert a.shape == (t.num_rows, len(PREDICATE_NAMES)) and np.isfinite(a).all()
     assert compute_predicates(t.slice(0, 0)).shape == (0, len(PREDICATE_NAMES))
+
+
+def test_nulls_in_numeric_columns():
+    rows = [dict(r, syn_count=None, rst_count=None, duration=None, src_bytes=None, dst_pkts=None, dst_port=None)
+            for r in BG()]
+    a = compute_predicates(table(rows + BG()))
+    assert np.isfinite(a).all() and a.shape[0] == 2 * len(BG())
