@@ -249,7 +249,7 @@ class Pretrainer:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "heads": self.heads.state_dict(), "dgi": self.dgi.state_dict(),
                 "weighter": self.weighter.state_dict(), "weighter_initial": self.weighter.initial,
-                "opt": self.opt.state_dict(), "epoch": self.epoch, "history": self.history,
+                "opt": self.opt.state_dict(), "epoch": self.epoch, "steps": self.steps, "history": self.history,
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, s: dict) -> None:
@@ -260,6 +260,7 @@ class Pretrainer:
         self.weighter.initial = dict(s["weighter_initial"])
         self.opt.load_state_dict(s["opt"])
         self.epoch, self.history = int(s["epoch"]), list(s["history"])
+        self.steps = int(s.get("steps", 0))
         self.gen.set_state(s["gen"])
         torch.set_rng_state(s["torch_rng"])
 

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from training.pretrain import TrainConfig, make_windows, split_windows, train_bundle
+from training.synthetic import synthetic_flows
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return synthetic_flows(n_benign=500, n_attack=40, duration=600, seed=2)
+
+
+def _cfg(**kw):
+    return TrainConfig(**{**dict(epochs=1, hidden=16, knowledge=False, seed=0), **kw})
+
+
+def test_seeded_runs_are_identical(table):
+    a = train_bundle([table], _cfg(), progress=False)
+    b = train_bundle([table], _cfg(), progress=False)
+    for (k, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(va, vb), k
+    assert a.threshold == b.threshold
+
+
+def test_resume_continues_from_checkpoint(table, tmp_path):
+    one = train_bundle([table], _cfg(epochs=1), out_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").is_file()
+    two = train_bundle([table], _cfg(epochs=2), out_dir=tmp_path, progress=False, resume=True)
+    assert two.metrics["epochs"] == 2 and len(two.metrics["epoch_seconds"]) == 1  # only epoch 2 ran
+    assert two.metrics["history"][0] == one.metrics["history"][0]
+    straight = train_bundle([table], _cfg(epochs=2), progress=False)
+    for (k, va), (_, vb) in zip(two.model.state_dict().items(), straight.model.state_dict().items()):
+        assert torch.allclose(va, vb, atol=1e-6), k  # resuming == training straight through
+
+
+def test_benign_only_removes_malicious_and_split_is_time_ordered(table):
+    b = train_bundle([table], _cfg(benign_only=True, epochs=0), progress=False)
+    assert b.metrics["removed_malicious"] == 40
+    w = make_windows(table, 60.0)
+    tr, va = split_windows(w, 0.2)
+    assert max(x.end for x in tr) <= min(x.start for x in va)
+    assert sum(x.table.num_rows for x in tr + va) == table.num_rows
+
+
+@pytest.mark.parametrize("kw", [dict(objective="dgi"), dict(weighting="fixed"), dict(temporal=False, use_time=False)])
+def test_variants_train(table, kw):
+    b = train_bundle([table], _cfg(**kw), progress=False)
+    assert np.isfinite(b.threshold)
+    assert b.metrics["history"][0]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="mae")
+    with pytest.raises(ValueError, match="window"):
+        TrainConfig(window=0)
+    with pytest.raises(ValueError, match="at least 2 windows"):
+        split_windows(make_windows(synthetic_flows(n_benign=20, n_attack=0, duration=10), 60.0), 0.2)
