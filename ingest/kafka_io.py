@@ -511,6 +511,8 @@ class KafkaSource:
         self.assigned: set[tuple[str, int]] = set()
         self.error: BaseException | None = None
         self.reconnects = 0
+        self.pauses = 0  # times the partitions were paused for backpressure
+        self.max_depth = 0
         self.consumer = None
 
     # lifecycle ---------------------------------------------------------------------------
@@ -645,6 +647,7 @@ class KafkaSource:
 
     def _backpressure(self) -> None:
         depth = self.out.qsize()
+        self.max_depth = max(self.max_depth, depth)
         if self.metrics:
             self.metrics.queue_depth.labels("records").set(depth)
         if self.consumer is None:
@@ -653,6 +656,7 @@ class KafkaSource:
         if not self._paused and depth >= self.high_water and parts:
             self.consumer.pause(*parts)
             self._paused = True
+            self.pauses += 1
             if self.metrics:
                 self.metrics.paused.set(1)
             log.debug("paused %d partitions (queue %d)", len(parts), depth)

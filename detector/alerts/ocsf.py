@@ -57,6 +57,7 @@ class WindowAlerts:
     alerts: list[dict]
     flagged: int
     suppressed: int
+    first_pos: list[int] = None  # table position of each alert's first flagged record (latency)
 
 
 def _col(table: pa.Table, name: str) -> list:
@@ -77,7 +78,7 @@ def build_alerts(
     now = time.time() if now is None else now
     alerts_mask = np.asarray(ws.alerts, dtype=bool)
     if not alerts_mask.any():
-        return WindowAlerts([], 0, 0)
+        return WindowAlerts([], 0, 0, [])
     ws_rows = np.asarray(ws.rows, dtype=np.int64)
     tab_rows = np.asarray(table.column("row").to_numpy(zero_copy_only=False), dtype=np.int64)
     # ws.rows are table `row` values; map them to table positions (windows are in `row` order).
@@ -96,8 +97,10 @@ def build_alerts(
         p = int(pos[k])
         groups.setdefault((str(src[p]), techs[k] or NO_TECHNIQUE), []).append(int(k))
     out = []
+    first_pos: list[int] = []
     for (s, tech), ks in groups.items():
         ps = [int(pos[k]) for k in ks]
+        first_pos.append(min(ps))
         sc = scores[ks]
         best = ks[int(np.nanargmax(sc))] if np.isfinite(sc).any() else ks[0]
         bp = int(pos[best])
@@ -155,7 +158,7 @@ def build_alerts(
                 "model_version": model_version,
             },
         })
-    return WindowAlerts(out, int(alerts_mask.sum()), int(alerts_mask.sum()) - len(out))
+    return WindowAlerts(out, int(alerts_mask.sum()), int(alerts_mask.sum()) - len(out), first_pos)
 
 
 def alert_key(a: dict) -> tuple[float, str, str]:

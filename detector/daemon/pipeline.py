@@ -64,6 +64,8 @@ class DaemonSummary:
     metrics_url: str | None = None
     duration_s: float = 0.0
     stopped_by: str = ""
+    event_to_alert_p50_s: float | None = None
+    event_to_alert_p99_s: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -373,6 +375,9 @@ class Daemon:
         self._ready = threading.Event()
         self._errors: list[BaseException] = []
         self._flagged = 0
+        from collections import deque
+
+        self.e2a_samples: deque = deque(maxlen=100_000)  # raw event-to-alert latencies (summary, benchmarks)
 
     # -- control -------------------------------------------------------------------------
     def stop(self, reason: str = "stop()") -> None:
@@ -578,11 +583,11 @@ class Daemon:
             self._write_durably(sinks, wa.alerts, info)
             now = time.time()
             # Event-to-alert: from the arrival of the alert's earliest flagged record to durable write.
-            for a in wa.alerts:
-                refs = a["unmapped"]["rows"]
-                pos = np.flatnonzero(np.isin(ref, refs[:1])) if refs else []
-                if len(pos) and np.isfinite(arrival[pos[0]]):
-                    m.event_to_alert.observe(max(0.0, now - float(arrival[pos[0]])))
+            for a, fp in zip(wa.alerts, wa.first_pos):
+                if np.isfinite(arrival[fp]):
+                    lat = max(0.0, now - float(arrival[fp]))
+                    m.event_to_alert.observe(lat)
+                    self.e2a_samples.append(lat)
                 sev = a["severity"].lower()
                 tech = a["unmapped"]["technique"]
                 m.alerts.labels(tech, sev).inc()
@@ -728,6 +733,10 @@ class Daemon:
         s.model_version = self._model.version if self._model else ""
         s.duration_s = time.monotonic() - t_start
         s.stopped_by = self.stopped_by or "end of input"
+        if self.e2a_samples:
+            arr = np.asarray(self.e2a_samples)
+            s.event_to_alert_p50_s = float(np.percentile(arr, 50))
+            s.event_to_alert_p99_s = float(np.percentile(arr, 99))
         if self._errors:
             raise RuntimeError(f"daemon failed: {self._errors[0]!r}") from self._errors[0]
         return s

@@ -194,3 +194,4 @@ def test_broker_restart_loses_nothing(noida_broker, tmp_path):
     assert sorted(set(scored_rows(tmp_path / "g-restart.db"))) == list(range(t.num_rows))
     got = read_alert_store(tmp_path / "g-restart.db")
     assert sorted(map(alert_key, got)) == sorted(map(alert_key, reference_alerts(t, SIZE, LATE)))
+

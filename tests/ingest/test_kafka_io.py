@@ -131,3 +131,41 @@ def test_replay_speed_keeps_scaled_gaps(kafka_bootstrap):
     assert took >= span / 4.0 * 0.8  # a 4 s capture at 4x takes about a second, not milliseconds
     msgs = list(iter_topic(kafka_bootstrap, topic, idle_s=1.0))
     assert len(msgs) == t.num_rows and json.loads(msgs[0].value)["uid"] == t.column("uid")[0].as_py()
+
+
+@pytest.mark.kafka
+def test_source_pauses_when_the_queue_is_full_and_resumes_when_drained(kafka_bootstrap):
+    import queue
+    import time
+
+    from ingest.kafka_io import KafkaSource
+
+    t = make_flows(n_benign=3000, n_scan=300, duration=100.0)
+    topic = new_topic(kafka_bootstrap, 1)
+    p = make_producer({"bootstrap": kafka_bootstrap})
+    replay([t], p, topic, 1, fmt="arrow", arrow_batch=100)
+    p.close()
+    q: queue.Queue = queue.Queue(maxsize=3)
+    tracker = OffsetTracker()
+    src = KafkaSource({"bootstrap": kafka_bootstrap, "topic": topic, "group_id": "g-bp", "max_poll_records": 1},
+                      q, tracker).start()
+    try:
+        deadline = time.monotonic() + 30
+        while src.pauses == 0:                  # nobody drains the queue: the source must pause
+            assert time.monotonic() < deadline, "source never paused"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert q.qsize() <= 3 and src.max_depth <= 3   # paused, not buffering more
+        n = 0
+        deadline = time.monotonic() + 60
+        while n < t.num_rows:                   # drain: it resumes and delivers everything
+            assert time.monotonic() < deadline, f"only {n} records delivered"
+            try:
+                item = q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            n += item.table.num_rows
+        assert n == t.num_rows
+    finally:
+        src.stop()
+        src.join(15)
