@@ -1,0 +1,178 @@
+"""Ingest throughput on the LUFlow days in ../shared/data (~800k flows).
+
+Prints, for the same files in the same run:
+
+* ``csv``    -- bare ``pyarrow.csv`` read of the zipped CSVs (the floor: no normalisation);
+* ``parse``  -- ``ingest.readers.open_inputs`` (parse + normalise to FLOW_SCHEMA);
+* ``graphs`` -- file -> event-time windows -> PyG graph tensors (readers + windower +
+  FlowPreprocessor + GraphBuilder), for a few window settings;
+
+with records/s (wall and per CPU-second, since the machine may be shared), the ratio
+against the bare CSV read, and peak RSS. Each stage runs in its own child process so
+that its peak RSS is its own. Skips (exit 0) with a message when the shared data is absent.
+
+    .venv/bin/python benchmarks/ingest_bench.py [--files N] [--json OUT.json]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GRAPHSENTRY_SHARED_DATA", REPO.parent / "shared" / "data"))
+LUFLOW = SHARED / "flows" / "luflow"
+# LUFlow day files are not in time order (flows lag up to ~22 h behind the newest one in
+# the same file), so the watermark must allow a day of lateness or most flows are late.
+LATENESS = 86400.0
+GRAPH_CONFIGS = {
+    "graphs-60s": dict(window=60.0, slide=None, node="ip"),
+    "graphs-60s-slide30s": dict(window=60.0, slide=30.0, node="ip"),
+    "graphs-10m": dict(window=600.0, slide=None, node="ip"),
+    "graphs-10m-ipport": dict(window=600.0, slide=None, node="ipport"),
+}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def stage_csv(files: list[str]) -> dict:
+    import zipfile
+
+    import pyarrow.csv as pcsv
+
+    n = 0
+    for f in files:
+        with zipfile.ZipFile(f) as z:
+            for name in z.namelist():
+                with z.open(name) as fh:  # decompress + parse, nothing else
+                    n += pcsv.read_csv(fh).num_rows
+    return {"records": n}
+
+
+def stage_parse(files: list[str]) -> dict:
+    from ingest.readers import open_inputs
+
+    reader = open_inputs(files, format="auto")
+    n = 0
+    for b in reader:
+        n += b.num_rows
+    return {"records": n, "malformed": reader.stats.rows_malformed}
+
+
+def stage_graphs(files: list[str], window: float, slide: float | None, node: str) -> dict:
+    from ingest.features import FlowPreprocessor
+    from ingest.graph import GraphBuilder, NodeIdMap
+    from ingest.readers import open_inputs
+    from ingest.windows import EventTimeWindower, Sliding, Tumbling
+
+    # Fit the preprocessor on the first day only (training data), outside the timed part.
+    pre = FlowPreprocessor().fit(open_inputs(files[:1], format="auto"))
+    t0, c0 = time.perf_counter(), time.process_time()
+    reader = open_inputs(files, format="auto")
+    win = EventTimeWindower(Sliding(window, slide) if slide else Tumbling(window), lateness=LATENESS)
+    builder = GraphBuilder(node, preprocessor=pre, id_map=NodeIdMap(1_000_000))
+    windows = edges = nodes = 0
+
+    def consume(closed: list) -> None:
+        nonlocal windows, edges, nodes
+        for g in builder.build_many(closed):
+            windows += 1
+            edges += g.num_edges
+            nodes += g.num_nodes
+
+    for b in reader:
+        consume(win.push(b))
+        win.drain_late()
+    consume(win.flush())
+    return {
+        "records": reader.stats.rows_ok,
+        "windows": windows,
+        "graph_edges": edges,
+        "graph_nodes": nodes,
+        "late": win.stats.late,
+        "edge_features": pre.num_features,
+        "_t": (t0, c0),
+    }
+
+
+def child(stage: str, files: list[str]) -> None:
+    # Imports outside the timed part (torch alone takes seconds).
+    import pyarrow.csv  # noqa: F401
+
+    import ingest.readers  # noqa: F401
+
+    if stage.startswith("graphs"):
+        import ingest.graph  # noqa: F401
+    t0, c0 = time.perf_counter(), time.process_time()
+    if stage == "csv":
+        out = stage_csv(files)
+    elif stage == "parse":
+        out = stage_parse(files)
+    else:
+        out = stage_graphs(files, **GRAPH_CONFIGS[stage])
+        t0, c0 = out.pop("_t")
+    out["wall_s"] = time.perf_counter() - t0
+    out["cpu_s"] = time.process_time() - c0
+    out["peak_rss_mb"] = _peak_rss_mb()
+    print(json.dumps(out))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=0, help="use only the first N day files (default all)")
+    ap.add_argument("--stages", default="csv,parse," + ",".join(GRAPH_CONFIGS), help="comma-separated stages")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    files = sorted(glob.glob(str(LUFLOW / "*.zip")))
+    if args.files:
+        files = files[: args.files]
+    if args.child:
+        child(args.child, files)
+        return 0
+    if not files:
+        print(f"ingest_bench: skipped: no LUFlow days at {LUFLOW} (set GRAPHSENTRY_SHARED_DATA)")
+        return 0
+    print(f"ingest_bench: {len(files)} LUFlow day files, {sum(os.path.getsize(f) for f in files) / 1e6:.1f} MB zipped; "
+          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
+    for f in files:  # warm the page cache so the first stage is not penalised
+        Path(f).read_bytes()
+    results: dict[str, dict] = {}
+    for stage in args.stages.split(","):
+        cmd = [sys.executable, __file__, "--child", stage] + (["--files", str(args.files)] if args.files else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if proc.returncode != 0:
+            print(f"{stage}: FAILED\n{proc.stderr[-2000:]}")
+            return 1
+        results[stage] = json.loads(proc.stdout.strip().splitlines()[-1])
+    base = results.get("csv")
+    print(f"{'stage':<22}{'records':>10}{'wall s':>9}{'rec/s':>11}{'rec/cpu-s':>11}{'x csv':>8}{'peak RSS MB':>13}  notes")
+    for stage, r in results.items():
+        rate = r["records"] / r["wall_s"]
+        cpu_rate = r["records"] / r["cpu_s"] if r["cpu_s"] > 0 else float("nan")
+        ratio = (base["wall_s"] / r["wall_s"]) if base else float("nan")
+        r.update(records_per_s=round(rate), records_per_cpu_s=round(cpu_rate), speed_vs_csv=round(ratio, 3))
+        notes = ""
+        if "windows" in r:
+            notes = f"{r['windows']} windows, {r['graph_edges']} edges, {r['late']} late"
+        elif "malformed" in r:
+            notes = f"{r['malformed']} malformed"
+        print(f"{stage:<22}{r['records']:>10}{r['wall_s']:>9.2f}{rate:>11,.0f}{cpu_rate:>11,.0f}{ratio:>8.2f}"
+              f"{r['peak_rss_mb']:>13.0f}  {notes}")
+    print("x csv = bare pyarrow.csv wall time / stage wall time (1.0 = as fast as the bare read).")
+    print("Goals (2 cores): parse >= 300k rec/s, graphs >= 150k rec/s, peak RSS < 2048 MB.")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
