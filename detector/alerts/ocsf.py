@@ -60,6 +60,16 @@ class WindowAlerts:
     first_pos: list[int] = None  # table position of each alert's first flagged record (latency)
 
 
+class _Sparse:
+    """Values of a few table positions, indexed by table position."""
+
+    def __init__(self, positions: np.ndarray, values: list) -> None:
+        self._at = dict(zip(positions.tolist(), values))
+
+    def __getitem__(self, p: int):
+        return self._at[p]
+
+
 def _col(table: pa.Table, name: str) -> list:
     return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
 
@@ -86,10 +96,13 @@ def build_alerts(
     pos = np.clip(pos, 0, max(len(tab_rows) - 1, 0))
     scores = np.asarray(ws.scores, dtype=np.float64)
     techs = list(ws.top_technique) if getattr(ws, "top_technique", None) is not None else [None] * len(ws_rows)
-    src, dst = _col(table, "src_ip"), _col(table, "dst_ip")
-    sport, dport = _col(table, "src_port"), _col(table, "dst_port")
-    proto, uid = _col(table, "proto"), _col(table, "uid")
-    ts = table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6
+    # Only flagged records are looked at: convert just those rows to Python (windows can be large).
+    sel = np.unique(pos[alerts_mask])
+    sub = table.take(pa.array(sel))
+    src, dst = _Sparse(sel, _col(sub, "src_ip")), _Sparse(sel, _col(sub, "dst_ip"))
+    sport, dport = _Sparse(sel, _col(sub, "src_port")), _Sparse(sel, _col(sub, "dst_port"))
+    proto, uid = _Sparse(sel, _col(sub, "proto")), _Sparse(sel, _col(sub, "uid"))
+    ts = _Sparse(sel, (sub.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6).tolist())
     refs = ref_rows if ref_rows is not None else tab_rows
 
     groups: dict[tuple[str, str], list[int]] = {}
@@ -122,8 +135,8 @@ def build_alerts(
             if ex:
                 evidence["data"]["knowledge"] = ex
         attacks = [] if tech == NO_TECHNIQUE else [{"technique": {"uid": tech}, "version": "18.1"}]
-        first_seen = float(np.min(ts[ps]))
-        last_seen = float(np.max(ts[ps]))
+        first_seen = float(min(ts[p] for p in ps))
+        last_seen = float(max(ts[p] for p in ps))
         out.append({
             "class_uid": CLASS_UID, "class_name": "Detection Finding",
             "category_uid": CATEGORY_UID, "category_name": "Findings",
