@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             for w, g in zip(closed, builder.build_many(closed)):
                 lab = g.edge_label
                 bad = int((lab == 1).sum()) if bool((lab >= 0).any()) else None
-                sizes.append((w, g.num_nodes, g.num_edges, bad))
+                sizes.append((w, len(g.node_key), g.edge_index.size(1), bad))  # PyG's num_edges is slow
         else:
             sizes = [(w, *_tx_summary(w.table)) for w in closed]
         for w, n, e, bad in sizes:
