@@ -121,6 +121,22 @@ def fit_model(train: list[WindowFeat], unlabeled: list[WindowFeat], val: list[Wi
     return model, {"history": hist, "best_val_ap": best_ap, "train_seconds": time.perf_counter() - t0}
 
 
+def fit_select_refit(fit: list[WindowFeat], val: list[WindowFeat], unlabeled: list[WindowFeat], *, refit: bool = True,
+                     **kw) -> tuple[FraudModel, dict]:
+    """Pick the epoch count by validation AP, then (``refit``) retrain on fit + validation windows
+    for that many epochs, so the final model sees the whole labelled period like the baselines do."""
+    model, info = fit_model(fit, unlabeled, val, **kw)
+    if not refit or not val:
+        return model, info
+    aps = [h["val_ap"] for h in info["history"]]
+    best_epochs = int(np.nanargmax(aps)) + 1 if np.isfinite(aps).any() else len(aps)
+    kw = dict(kw, epochs=best_epochs)
+    model2, info2 = fit_model(fit + val, unlabeled, [], **kw)
+    info = dict(info, refit_epochs=best_epochs, refit_history=info2["history"],
+                train_seconds=info["train_seconds"] + info2["train_seconds"])
+    return model2, info
+
+
 @torch.no_grad()
 def predict(model: FraudModel, graphs) -> np.ndarray:
     model.eval()
