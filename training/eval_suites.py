@@ -123,12 +123,31 @@ def cicids2017(out: Path, cfg: TrainConfig, variants) -> list[dict]:
     return [rep]
 
 
+def summary(root: Path) -> str:
+    """One markdown table (AUROC / AUPRC / macro-F1 / recall / FPR per variant) over every report under ``root``."""
+    rows = []
+    for f in sorted(root.rglob("report.json")):
+        r = json.loads(f.read_text())
+        if not isinstance(r, dict) or "results" not in r or "protocol" not in r:
+            continue  # another area's report
+        for v, m in r["results"].items():
+            rows.append((str(f.parent.relative_to(root)), v, m))
+    if not rows:
+        return "(no reports)\n"
+    fmt = lambda x, nd=3: "n/a" if x is None else f"{x:.{nd}f}"  # noqa: E731
+    out = ["| split | variant | detector | AUROC | AUPRC | macro-F1 | recall | FPR |", "|---|---|---|---|---|---|---|---|"]
+    for split, v, m in rows:
+        out.append(f"| {split} | {v} | {m.get('detector')} | {fmt(m['auroc'])} | {fmt(m['auprc'])} | "
+                   f"{fmt(m['macro_f1'])} | {fmt(m['recall'])} | {fmt(m['fpr'], 4)} |")
+    return "\n".join(out) + "\n"
+
+
 SUITES = {"stratosphere": stratosphere, "iot23": iot23, "luflow": luflow, "cicids2017": cicids2017}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suite", choices=sorted(SUITES))
+    ap.add_argument("suite", choices=sorted(SUITES) + ["summary"])
     ap.add_argument("--out", default="reports")
     ap.add_argument("--window", type=float, default=300.0)
     ap.add_argument("--epochs", type=int, default=1)
@@ -136,6 +155,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--node-mode", default="ip")
     a = ap.parse_args(argv)
+    if a.suite == "summary":
+        print(summary(Path(a.out)), end="")
+        return 0
     cfg = TrainConfig(window=a.window, epochs=a.epochs, benign_only=True, seed=a.seed, node_mode=a.node_mode)
     SUITES[a.suite](Path(a.out), cfg, tuple(a.variants.split(",")))
     return 0
