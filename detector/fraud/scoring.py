@@ -24,8 +24,23 @@ SCORE_SCHEMA = pa.schema([
 ])
 
 
+def _windows(table: pa.Table, window_s: float, lateness: float):
+    """(windows, late/invalid tables): the project's EventTimeWindower when present, else a tumbling split."""
+    try:
+        from ingest.windows import EventTimeWindower, Tumbling
+    except ImportError:
+        return list(tumbling(table, window_s)), []
+    w = EventTimeWindower(Tumbling(window_s), lateness=lateness)
+    out = []
+    for b in table.to_batches(max_chunksize=65536):
+        out += w.push(b)
+    out += w.flush()
+    bad = [pa.Table.from_batches([b]) for b in list(w.late) + list(getattr(w, "invalid", []))]
+    return out, bad
+
+
 def score(model_dir: str, inputs: list[str], out_parquet: str, *, window_s: float | None = None,
-          use_labels: bool = True) -> dict:
+          use_labels: bool = True, lateness: float = 60.0) -> dict:
     """Score transaction inputs with a FraudBundle; write ``row, tx_id, ts, score, alert, reason``.
 
     Windows are tumbling, ``window_s`` from the model config unless given. Labels in
@@ -42,15 +57,17 @@ def score(model_dir: str, inputs: list[str], out_parquet: str, *, window_s: floa
     alerts = np.zeros(n, dtype=bool)
     seen = np.zeros(n, dtype=bool)
     row0 = int(table.column("row")[0].as_py()) if n else 0
-    windows = 0
-    for w in tumbling(table, ws):
+    windows, late = _windows(table, ws, lateness)
+    why = np.full(n, None, dtype=object)
+    for t in late:  # beyond the allowed lateness: kept in the output with a reason, never dropped
+        why[t.column("row").to_numpy() - row0] = "late record (beyond allowed lateness)"
+    for w in windows:
         out = scorer.score_window(w)
         pos = out.rows - row0
         scores[pos] = out.scores
         alerts[pos] = out.alerts
         seen[pos] = True
-        windows += 1
-    reason = pa.array([None if s else "not scored" for s in seen], pa.string())
+    reason = pa.array([None if s else (why[i] or "not scored") for i, s in enumerate(seen)], pa.string())
     res = pa.table({
         "row": table.column("row"), "tx_id": table.column("tx_id"), "ts": table.column("ts"),
         "score": pa.array(scores, pa.float64(), mask=~seen), "alert": pa.array(alerts, pa.bool_(), mask=~seen),
@@ -59,5 +76,6 @@ def score(model_dir: str, inputs: list[str], out_parquet: str, *, window_s: floa
     Path(out_parquet).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(res, out_parquet)
     dt = time.perf_counter() - t0
-    return {"rows": n, "scored": int(seen.sum()), "alerts": int(alerts.sum()), "windows": windows,
+    return {"rows": n, "scored": int(seen.sum()), "alerts": int(alerts.sum()), "windows": len(windows),
+            "late": int(sum(t.num_rows for t in late)),
             "seconds": dt, "tx_per_s": n / dt if dt > 0 else float("inf"), "out": str(out_parquet)}

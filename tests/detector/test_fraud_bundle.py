@@ -80,3 +80,24 @@ def test_wrong_kind_is_rejected(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"kind": "flows"}))
     with pytest.raises(ValueError, match="transactions"):
         FraudBundle.load(tmp_path)
+
+
+def test_score_file_keeps_every_record_and_flags_late_ones(table, tmp_path):
+    """One output row per input record in input order; a record beyond the lateness gets a reason."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from detector.fraud import score
+
+    _bundle(table).save(tmp_path / "m")
+    part = table.slice(0, 2000)
+    late = part.slice(5, 1)                                   # an early record re-sent at the end
+    inp = pa.concat_tables([part, late]).drop_columns(["row"])
+    pq.write_table(inp, tmp_path / "in.parquet")
+    res = score(str(tmp_path / "m"), [str(tmp_path / "in.parquet")], str(tmp_path / "out.parquet"))
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.num_rows == 2001 and out["row"].to_pylist() == list(range(2001))
+    assert out["tx_id"].to_pylist() == inp["tx_id"].to_pylist()
+    assert res["late"] == 1 and res["scored"] == 2000
+    assert out["score"][2000].as_py() is None and "late" in out["reason"][2000].as_py()
+    assert out["score"].null_count == 1 and out["reason"].null_count == 2000
