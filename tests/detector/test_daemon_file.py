@@ -171,3 +171,15 @@ def test_row_ledger_maps_and_releases():
     assert ref.tolist() == [8, 100] and arr.tolist() == [6.0, 5.0]
     led.done(np.array([a, a + 1, a + 2, b]))
     assert led.pending() == 1
+
+
+def test_file_config_is_the_make_run_setup(tmp_path):
+    from detector.daemon import file_config
+
+    cfg = file_config([str(SAMPLE)], "models/current", str(tmp_path / "out"), metrics_port=0)
+    assert cfg["source"] == {**cfg["source"], "type": "file", "follow": False, "paths": [str(SAMPLE)]}
+    assert [s["type"] for s in cfg["alerts"]["sinks"]] == ["sqlite", "jsonl"]
+    assert cfg["metrics"]["host"] == "127.0.0.1" and cfg["window"]["size"] is None
+    s = run_daemon(cfg, scorer=FanoutScorer(threshold=3), install_signals=False)
+    assert s.records_in == 1500 and (tmp_path / "out" / "alerts.db").exists()
+    assert s.alerts == len(read_alert_store(tmp_path / "out" / "alerts.db"))
