@@ -104,11 +104,11 @@ def test_evaluate_protocol_is_time_ordered(sim_paths, tmp_path):
 
     rep = evaluate([str(sim_paths / "all.parquet")], str(tmp_path / "rep"), folds=1, train_days=7, delay_days=7,
                    test_days=7, val_days=2, epochs=1, ablations=(), baselines=("logistic_regression",),
-                   progress=False)
+                   extras=("rf_edge21",), progress=False)
     fold = rep["folds"][0]
     tr, dl, te = fold["train_days"], fold["delay_days"], fold["test_days"]
     assert tr[1] < dl[0] and dl[1] < te[0] and dl[1] - dl[0] + 1 == 7
-    assert set(fold["models"]) == {"ours", "logistic_regression"}
+    assert set(fold["models"]) == {"ours", "logistic_regression", "rf_edge21"}
     for m in fold["models"].values():
         assert 0.0 <= m["average_precision"] <= 1.0 and "card_precision@100" in m
     assert (tmp_path / "rep" / "report.md").read_text().startswith("# Fraud detection evaluation")

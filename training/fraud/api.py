@@ -96,6 +96,13 @@ def _stack(ws: list[WindowFeat]):
             np.concatenate([w.day for w in ws]), np.concatenate([x.cust for x in f]))
 
 
+@torch.no_grad()
+def _embed(model, w: WindowFeat) -> np.ndarray:
+    """Learned transaction embeddings z [E, hidden] of one window (eval mode)."""
+    model.eval()
+    return model(w.graph())[1].numpy()
+
+
 def _baselines(names: tuple[str, ...], seed: int, rf_jobs: int = 2) -> dict:
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -120,6 +127,7 @@ def evaluate(inputs: list[str], report_dir: str, *, folds: int = 3, train_days: 
              baselines: tuple[str, ...] = ("logistic_regression", "random_forest", "gradient_boosting"),
              ablations: tuple[str, ...] = ("no_graph", "no_contrastive"), lr: float = 2e-3, threads: int = 1,
              only_folds: tuple[int, ...] | None = None, rf_jobs: int = 2, include_ours: bool = True, refit: bool = True,
+             extras: tuple[str, ...] = (),
              progress: bool = True) -> dict:
     """Fraud Detection Handbook protocol with rolling folds; writes report.json and report.md.
 
@@ -221,6 +229,29 @@ def evaluate(inputs: list[str], report_dir: str, *, folds: int = 3, train_days: 
             if progress:
                 print(f"  {name:22s} AUC={m['auc_roc']:.4f} AP={m['average_precision']:.4f} "
                       f"CP@{top_k}={m[f'card_precision@{top_k}']:.4f} ({fit_s:.0f}s)", flush=True)
+        # --- extras: is it our features or the learned graph representation? (same split, same RF)
+        for extra in extras:
+            if extra not in ("rf_edge21", "ours_rf_head"):
+                raise ValueError(f"unknown extra {extra!r}; known: rf_edge21, ours_rf_head")
+            t0 = time.perf_counter()
+            feats = {k: [w.feats.edge for w in ws] for k, ws in (("tr", tr_w), ("dl", dl_w), ("te", te_w))}
+            if extra == "ours_rf_head":
+                cfg = FraudModelConfig(hidden=hidden, layers=layers, use_graph=True)
+                model, _ = fit_select_refit(fit_w, val_w, dl_w, refit=refit, now=now, label_delay_s=delay_s, cfg=cfg,
+                                            epochs=epochs, seed=seed, lam=lam, lr=lr)
+                for k, ws in (("tr", tr_w), ("dl", dl_w), ("te", te_w)):
+                    feats[k] = [np.concatenate([w.feats.edge, _embed(model, w)], axis=1) for w in ws]
+            A = {k: np.concatenate(v) for k, v in feats.items()}
+            clf = _baselines(("random_forest",), seed, rf_jobs)["random_forest"]().fit(A["tr"], ytr)
+            fit_s = time.perf_counter() - t0
+            thr = calibrate_threshold(clf.predict_proba(A["dl"])[:, 1], alert_rate)
+            s = clf.predict_proba(A["te"])[:, 1]
+            m = fraud_metrics(dte[keep], cte[keep], yte[keep], s[keep], thr, top_k)
+            m["fit_seconds"] = fit_s
+            info["models"][extra] = m
+            if progress:
+                print(f"  {extra:22s} AUC={m['auc_roc']:.4f} AP={m['average_precision']:.4f} "
+                      f"CP@{top_k}={m[f'card_precision@{top_k}']:.4f} ({fit_s:.0f}s)", flush=True)
         fold_reports.append(info)
     summary = summarize(fold_reports, top_k)
     report = {
@@ -263,7 +294,8 @@ def merge_reports(report_jsons: list[str], report_dir: str) -> dict:
         for fr in r["folds"]:
             cur = by_test.setdefault(fr["test_days"][0], dict(fr, models={}))
             cur["models"].update(fr["models"])
-    order = ["ours", "ours_no_graph", "ours_no_contrastive", "logistic_regression", "random_forest", "gradient_boosting"]
+    order = ["ours", "ours_no_graph", "ours_no_contrastive", "logistic_regression", "random_forest", "gradient_boosting",
+             "rf_edge21", "ours_rf_head"]
     folds = []
     for k in sorted(by_test):
         fr = by_test[k]

@@ -48,7 +48,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                    test_days=args.test_days, window_s=args.window, epochs=args.epochs, hidden=args.hidden,
                    seed=args.seed, alert_rate=args.alert_rate, progress=not args.quiet,
                    ablations=tuple(a for a in args.ablations.split(",") if a),
-                   baselines=tuple(b for b in args.baselines.split(",") if b))
+                   baselines=tuple(b for b in args.baselines.split(",") if b),
+                   extras=tuple(x for x in args.extras.split(",") if x))
     print((__import__("pathlib").Path(args.report) / "report.md").read_text())
     return 0 if rep["summary"] else 1
 
@@ -102,6 +103,9 @@ def register_fraud(subparsers: "argparse._SubParsersAction") -> None:
                    help="comma list of ours_* ablations: no_graph, no_contrastive (default both)")
     e.add_argument("--baselines", default="logistic_regression,random_forest,gradient_boosting",
                    help="comma list (default logistic_regression,random_forest,gradient_boosting)")
+    e.add_argument("--extras", default="",
+                   help="comma list: rf_edge21 (random forest on our 21 transaction features), ours_rf_head "
+                        "(random forest on those + our learned embeddings); default none")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_evaluate)
 
