@@ -16,7 +16,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def table():
-    return synthetic_flows(n_benign=500, n_attack=40, duration=600, seed=2)
+    return synthetic_flows(n_benign=300, n_attack=40, duration=480, seed=2)
 
 
 def _cfg(**kw):
