@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import torch
 from torch_geometric.data import Data
 
-from ingest.features import INPUT_COLUMNS, FlowPreprocessor
+from ingest.features import INPUT_COLUMNS, FlowPreprocessor, _np
 from ingest.windows import EventTimeWindower, Window, Windower
 
 log = logging.getLogger(__name__)
@@ -171,14 +171,19 @@ def _col(table: pa.Table, name: str) -> pa.Array:
 
 
 def _num(table: pa.Table, name: str) -> np.ndarray:
+    """Numeric column as float64; null, NaN, inf and negatives as 0 (NumPy, not Arrow kernels: see features._np)."""
     if name not in table.column_names:
         return np.zeros(table.num_rows)
-    v = pc.fill_null(pc.cast(_col(table, name), pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    v = np.asarray(_np(_col(table, name)), dtype=np.float64)
     return np.where(np.isfinite(v) & (v > 0), v, 0.0)
 
 
 def _endpoint_keys(table: pa.Table, side: str, mode: str) -> pa.Array:
-    ip = pc.fill_null(pc.cast(_col(table, f"{side}_ip"), pa.string()), "-")
+    ip = _col(table, f"{side}_ip")
+    if ip.type != pa.string():
+        ip = pc.cast(ip, pa.string())
+    if ip.null_count:
+        ip = pc.fill_null(ip, "-")
     if mode in ("ip", "as"):
         return ip
     port = _col(table, f"{side}_port") if f"{side}_port" in table.column_names else pa.nulls(len(ip), pa.int32())
@@ -341,13 +346,19 @@ class GraphBuilder:
             gids[a:b], slots[a:b] = self.id_map.lookup(keys)
 
         x = self._node_features(t, src, dst, U)
-        ts = pc.cast(_col(t, "ts"), pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        rows = _col(t, "row").to_numpy(zero_copy_only=False).astype(np.int64)
+        ts_col = _col(t, "ts")
+        if ts_col.null_count:
+            raise ValueError("window has records with a null ts; EventTimeWindower keeps those in its `invalid` output")
+        if ts_col.type != pa.timestamp("us", tz="UTC") and ts_col.type != pa.timestamp("us"):
+            ts_col = pc.cast(ts_col, pa.timestamp("us", tz="UTC"))
+        ts = np.asarray(_np(ts_col.view(pa.int64())), dtype=np.int64)
+        rows = np.array(_np(_col(t, "row")), dtype=np.int64)
         dt_prev = self._dt_prev(windows[-1], src, ts, rows, gids, slots)
         starts = np.array([int(round(w.start * _US)) for w in windows], dtype=np.int64)
         dt_window = ((ts - starts[wid]) / _US).astype(np.float32)
         if "label" in t.column_names:
-            label = np.array(pc.fill_null(pc.cast(_col(t, "label"), pa.int64()), -1), dtype=np.int64)
+            lab = np.asarray(_np(_col(t, "label")))
+            label = np.where(np.isnan(lab), -1, lab).astype(np.int64) if lab.dtype.kind == "f" else lab.astype(np.int64)
         else:
             label = np.full(E, -1, dtype=np.int64)
         if self.preprocessor is not None:
@@ -403,9 +414,9 @@ class GraphBuilder:
         x[:, 2] = _distinct_per(src, dst, max(U, 1), U)
         x[:, 3] = _distinct_per(dst, src, max(U, 1), U)
         if "dst_port" in t.column_names:
-            port = _col(t, "dst_port")
-            has = pc.is_valid(port).to_numpy(zero_copy_only=False)
-            pv = pc.fill_null(port, 0).to_numpy(zero_copy_only=False).astype(np.int64) & 0xFFFF
+            pf = np.asarray(_np(_col(t, "dst_port")), dtype=np.float64)  # nulls -> NaN
+            has = np.isfinite(pf)
+            pv = np.where(has, pf, 0).astype(np.int64) & 0xFFFF
             x[:, 4] = _distinct_per(src[has], pv[has], 65536, U)
             x[:, 5] = _distinct_per(dst[has], pv[has], 65536, U)
         else:
