@@ -104,3 +104,42 @@ def test_help_is_complete(capsys) -> None:
                 "--late-out", "--preprocessor", "--id-capacity", "--json", "--summary-only", "--no-progress",
                 "examples:", "Exit status"):
         assert opt in text, opt
+
+
+def test_bench_skips_without_shared_data(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "ingest_bench.py"
+    env = dict(os.environ, GRAPHSENTRY_SHARED_DATA=str(tmp_path / "absent"))
+    proc = subprocess.run([sys.executable, str(bench)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0 and "skipped" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_real_luflow_day_every_record_in_one_graph_or_late(shared_data) -> None:
+    import numpy as np
+
+    from ingest.graph import GraphBuilder, iter_window_graphs
+    from ingest.readers import open_inputs
+    from ingest.windows import EventTimeWindower, Tumbling
+
+    day = sorted((shared_data / "flows" / "luflow").glob("*.zip"))[0]
+    reader = open_inputs([str(day)])
+    # LUFlow files are not in time order: with 1 h lateness some records are late, most are not.
+    w = EventTimeWindower(Tumbling(300), lateness=3600)
+    seen = []
+    for win, g in iter_window_graphs(reader, w.windower, GraphBuilder("as"), windowing=w):
+        rows = g.edge_row.numpy()
+        ts = g.edge_ts.numpy()
+        assert np.all((ts >= win.start) & (ts < win.end)) and np.all(np.diff(rows) > 0)
+        assert g.edge_index.max() < g.num_nodes
+        seen.append(rows)
+    late = np.concatenate([b.column("row").to_numpy() for b in w.late]) if w.late else np.array([], np.int64)
+    placed = np.concatenate(seen)
+    assert 0 < late.size < placed.size
+    # every record is in exactly one window or in the late output
+    assert np.array_equal(np.sort(np.concatenate([placed, late])), np.arange(reader.stats.rows_ok))
