@@ -12,6 +12,7 @@ pyarrow, so archived windows can be replayed without a text reader.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
@@ -75,8 +76,19 @@ def read_files(
         else:
             from ingest.readers import open_inputs  # the readers own every text format
 
-            reader = open_inputs([str(p)], format=format, dead_letter=dead_letter, batch_size=batch_size)
-            for b in reader:
+            try:
+                reader = open_inputs([str(p)], format=format, dead_letter=dead_letter, batch_size=batch_size)
+                it = iter(reader)
+                first = next(it, None)
+            except ValueError as exc:
+                # A file no reader understands (a README beside the logs) is reported and skipped.
+                log.warning("skipping %s: %s", p, exc)
+                if dead_letter is not None:
+                    dead_letter.add(str(p), None, "unreadable_file", str(exc)[:500])
+                continue
+            if first is None:
+                continue
+            for b in itertools.chain([first], it):
                 t = pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
                 t = t.set_column(t.schema.get_field_index("row"), "row",
                                  pa.array(range(row, row + t.num_rows), pa.int64()))

@@ -183,3 +183,16 @@ def test_file_config_is_the_make_run_setup(tmp_path):
     s = run_daemon(cfg, scorer=FanoutScorer(threshold=3), install_signals=False)
     assert s.records_in == 1500 and (tmp_path / "out" / "alerts.db").exists()
     assert s.alerts == len(read_alert_store(tmp_path / "out" / "alerts.db"))
+
+
+def test_directory_with_non_flow_files_skips_and_counts_them(tmp_path):
+    from ingest.readers import open_inputs
+
+    d = tmp_path / "logs"
+    d.mkdir()
+    (d / "conn.log").write_text(SAMPLE.read_text())
+    (d / "README.md").write_text("# not flows\n\nsome words\n")
+    s = run_daemon(_cfg(tmp_path, [d], window={"size": 600.0, "lateness": 60.0}),
+                   scorer=FanoutScorer(threshold=5), install_signals=False)
+    assert s.records_in == sum(b.num_rows for b in open_inputs([str(SAMPLE)]))
+    assert s.malformed.get("unreadable_file") == 1
