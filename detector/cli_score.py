@@ -34,6 +34,15 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=run)
 
 
+def _model_kind(model_dir: str) -> str:
+    import json
+
+    cfg = Path(model_dir) / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model directory (no config.json)")
+    return json.loads(cfg.read_text()).get("kind", "flows")
+
+
 def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -45,6 +54,13 @@ def run(args: argparse.Namespace) -> int:
     for path in args.inputs:
         if not Path(path).exists():
             raise FileNotFoundError(f"input not found: {path}")
+    if _model_kind(args.model) == "transactions":
+        # transaction models have their own scorer (detector.fraud, owned by the fraud area)
+        from detector.fraud.scoring import score as fraud_score
+
+        summary = fraud_score(args.model, args.inputs, args.out)
+        print(f"{args.out}: {summary}", file=sys.stderr)
+        return 0
     bundle = load_bundle(args.model)
     t0 = time.perf_counter()
     reader = open_inputs(args.inputs, format=args.format, mapping=args.mapping, dead_letter=args.dead_letter)
