@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
         "topic": "graphsentry-flows",
         "group_id": "graphsentry",
         "format": "auto",          # json | arrow | auto (per message)
+        "backend": "kafka-python", # kafka-python | confluent (librdkafka, optional package)
         "dead_letter_topic": "graphsentry-dead-letter",
         "auto_offset_reset": "earliest",
         "max_poll_records": 500,
@@ -189,6 +190,8 @@ def validate(cfg: dict) -> None:
         raise ValueError(f"source.type={cfg['source']['type']!r}: must be 'file' or 'kafka'")
     if cfg["source"]["kind"] not in ("flows", "transactions"):
         raise ValueError(f"source.kind={cfg['source']['kind']!r}: must be 'flows' or 'transactions'")
+    if cfg["kafka"]["backend"] not in ("kafka-python", "confluent"):
+        raise ValueError(f"kafka.backend={cfg['kafka']['backend']!r}: must be 'kafka-python' or 'confluent'")
     if cfg["kafka"]["format"] not in ("json", "arrow", "auto"):
         raise ValueError(f"kafka.format={cfg['kafka']['format']!r}: must be json, arrow or auto")
     if cfg["window"]["size"] is not None and float(cfg["window"]["size"]) <= 0:

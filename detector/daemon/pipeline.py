@@ -447,7 +447,7 @@ class Daemon:
         return t
 
     def _kafka_source(self, q_in: "queue.Queue"):
-        from ingest.kafka_io import KafkaDeadLetter, KafkaSource, OffsetTracker, ensure_topics, make_producer
+        from ingest.kafka_io import KafkaDeadLetter, OffsetTracker, ensure_topics, make_producer, source_class
 
         k = self.cfg["kafka"]
         self.tracker = OffsetTracker()
@@ -460,7 +460,7 @@ class Daemon:
             dl = KafkaDeadLetter(make_producer(k), k["dead_letter_topic"],
                                  on_add=lambda r: self.metrics.dead_letter.labels(r).inc())
         self._kafka_dl = dl
-        src = KafkaSource(k, q_in, self.tracker, self.metrics, dl, kind=self.cfg["source"]["kind"],
+        src = source_class(k.get("backend"))(k, q_in, self.tracker, self.metrics, dl, kind=self.cfg["source"]["kind"],
                           fmt=k["format"], stop_at_end=bool(k.get("stop_at_end")),
                           commit_interval=float(k.get("commit_interval", 1.0)),
                           on_assign=self._ready.set)

@@ -87,7 +87,10 @@ def publish(bootstrap, topic, parts, table, fmt="json"):
         p.close()
 
 
-def test_alert_topic_matches_reference_and_malformed_goes_to_dead_letter(kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
+def test_alert_topic_matches_reference_and_malformed_goes_to_dead_letter(kafka_bootstrap, tmp_path, backend):
+    if backend == "confluent":
+        pytest.importorskip("confluent_kafka", reason="optional backend: pip install confluent-kafka")
     t = make_flows()
     topic, atopic = new_topic(kafka_bootstrap, 2), new_topic(kafka_bootstrap, 1, "alerts")
     publish(kafka_bootstrap, topic, 2, t.slice(0, 300), "json")
@@ -96,7 +99,7 @@ def test_alert_topic_matches_reference_and_malformed_goes_to_dead_letter(kafka_b
     p.send(topic, b'{"ts": "not a time", "src_ip": "1.1.1.1", "dst_ip": "2.2.2.2"}', partition=0)
     p.send(topic, b"\x00garbage", partition=1)
     p.close()
-    cfg = kcfg(tmp_path, kafka_bootstrap, topic, "g-e2e", kafka={"stop_at_end": True},
+    cfg = kcfg(tmp_path, kafka_bootstrap, topic, f"g-e2e-{backend}", kafka={"stop_at_end": True, "backend": backend},
                alerts={"sinks": [{"type": "kafka", "topic": atopic}]})
     d = Daemon(cfg, model=scorer_model(FanoutScorer()), install_signals=False)
     s = d.run()
