@@ -42,6 +42,8 @@ class FraudBundle:
     config: dict[str, Any]
     builder_state: dict[str, Any] | None = None
 
+    kind = "transactions"  # what this bundle scores (flow ModelBundle: "flows")
+
     @property
     def threshold(self) -> float:
         return float(self.config["threshold"])
