@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (ingest_cli, knowledge_cli, detector_cli, training_commands):
         module.register(sub)
     from training import demo
+    from training.fraud.cli import register_fraud
 
+    register_fraud(sub)
     demo.register(sub)
     return parser
 
