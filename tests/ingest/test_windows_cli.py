@@ -128,11 +128,21 @@ def test_real_luflow_day_every_record_in_one_graph_or_late(shared_data) -> None:
     from ingest.windows import EventTimeWindower, Tumbling
 
     day = sorted((shared_data / "flows" / "luflow").glob("*.zip"))[0]
-    reader = open_inputs([str(day)])
+    reader = open_inputs([str(day)], batch_size=8192)
+    n_read = 0
+
+    def first_batches():  # the first ~40k records of the day keep this test short
+        nonlocal n_read
+        for b in reader:
+            n_read += b.num_rows
+            yield b
+            if n_read >= 40_000:
+                break
+
     # LUFlow files are not in time order: with 1 h lateness some records are late, most are not.
     w = EventTimeWindower(Tumbling(300), lateness=3600)
     seen = []
-    for win, g in iter_window_graphs(reader, w.windower, GraphBuilder("as"), windowing=w):
+    for win, g in iter_window_graphs(first_batches(), w.windower, GraphBuilder("as"), windowing=w):
         rows = g.edge_row.numpy()
         ts = g.edge_ts.numpy()
         assert np.all((ts >= win.start) & (ts < win.end)) and np.all(np.diff(rows) > 0)
@@ -142,4 +152,4 @@ def test_real_luflow_day_every_record_in_one_graph_or_late(shared_data) -> None:
     placed = np.concatenate(seen)
     assert 0 < late.size < placed.size
     # every record is in exactly one window or in the late output
-    assert np.array_equal(np.sort(np.concatenate([placed, late])), np.arange(reader.stats.rows_ok))
+    assert np.array_equal(np.sort(np.concatenate([placed, late])), np.arange(n_read))
