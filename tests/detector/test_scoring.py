@@ -57,7 +57,8 @@ def test_score_table_contract_one_row_per_input_in_order(bundle):
     assert out.column("uid").to_pylist() == shuffled.column("uid").to_pylist()
     assert out.column("score").null_count == 0 and out.column("reason").null_count == out.num_rows
     y = shuffled.column("label").to_numpy()
-    assert roc_auc_score(y, out.column("score").to_numpy()) >= 0.8
+    # sanity floor (scores carry signal, not inverted); detector quality floors live in test_detectors.py
+    assert roc_auc_score(y, out.column("score").to_numpy()) >= 0.7
 
 
 def test_stream_order_reports_late_records(bundle):
