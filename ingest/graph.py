@@ -338,13 +338,14 @@ class GraphBuilder:
         src, dst = node_of[pos_s], node_of[pos_d]  # global node index per edge
 
         # Stable ids, window by window so LRU recency matches one-window-at-a-time use.
-        dict_list = enc.dictionary.to_pylist()
+        all_keys = enc.dictionary.take(pa.array(node_code)).to_pylist()  # one conversion, sliced per window
         gids = np.empty(U, dtype=np.int64)
         slots = np.empty(U, dtype=np.int64)
         keys_per_window: list[list[str]] = []
+        bounds = node_off.tolist()
         for w in range(W):
-            a, b = int(node_off[w]), int(node_off[w + 1])
-            keys = [dict_list[c] for c in node_code[a:b].tolist()]
+            a, b = bounds[w], bounds[w + 1]
+            keys = all_keys[a:b]
             keys_per_window.append(keys)
             gids[a:b], slots[a:b] = self.id_map.lookup(keys)
 
