@@ -139,15 +139,19 @@ class KnowledgeFeaturizer:
         return len(self.names)
 
     # ------------------------------------------------------------------ features
+    def _log_keep_of(self, act: np.ndarray) -> np.ndarray:
+        """``act @ log_keep`` [R, 2T] with BLAS limited to one thread (measured on LUFlow windows: 0.44 ms
+        vs 7.9 ms with the default thread pool, 0.8 ms einsum, 3.0 ms gather + segment sum)."""
+        if _BLAS is not None:
+            with _BLAS.limit(limits=1, user_api="blas"):
+                return act @ self.log_keep
+        return act @ self.log_keep
+
     def _propagate(self, act: np.ndarray) -> np.ndarray:
         """[R, P] activations -> [R, K] block (activations | technique scores | tactic scores)."""
         if self.tech_ids:
             T = len(self.tech_ids)
-            if _BLAS is not None:
-                with _BLAS.limit(limits=1, user_api="blas"):
-                    keep = np.exp(act @ self.log_keep)  # prod (1-w)^a, behaviour | context
-            else:
-                keep = np.exp(act @ self.log_keep)
+            keep = np.exp(self._log_keep_of(act))  # prod (1-w)^a, behaviour | context
             # 1 - (1 - beh) * (1 - cf * ctx) with beh = 1 - keep_b, ctx = 1 - keep_c
             tech = 1.0 - keep[:, :T] * (1.0 - self.context_factor * (1.0 - keep[:, T:]))
             # max activation over each technique's signature predicates (gather [R, T, k] then max)

@@ -97,3 +97,10 @@ def test_d3fend_refs_present_for_network_technique(kf):
 def test_empty_window(kf):
     kb = kf.transform(table(background()).slice(0, 0), np.zeros((2, 0), dtype=np.int64), 0)
     assert kb.edge.shape == (0, kf.width) and kb.top_technique() == []
+
+
+@pytest.mark.parametrize("rows", [0, 1, 40, 20000])
+def test_sparse_and_dense_propagation_agree(kf, rows):
+    rng = np.random.default_rng(0)
+    a = ((rng.random((rows, len(kf.predicates))) > 0.85) * rng.random((rows, len(kf.predicates)))).astype(np.float32)
+    np.testing.assert_allclose(kf._log_keep_of(a), a @ kf.log_keep, rtol=1e-5, atol=1e-5)
