@@ -657,16 +657,17 @@ class KafkaSource:
         """What this source last committed (for summaries and tests)."""
         return dict(self._committed_log)
 
-    def _update_lag(self) -> None:
+    def _update_lag(self) -> bool:
+        """Set the lag gauges; False when there was nothing to measure yet."""
         if not self.metrics or not self.assigned or self.consumer is None:
-            return
+            return False
         from kafka.structs import TopicPartition
 
         tps = [TopicPartition(*tp) for tp in self.assigned]
         try:
             ends = self.consumer.end_offsets(tps)
         except Exception:  # noqa: BLE001
-            return
+            return False
         for tp in tps:
             try:
                 pos = self.consumer.position(tp, timeout_ms=1000)
@@ -675,6 +676,7 @@ class KafkaSource:
             if pos is None:
                 continue
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, ends.get(tp, pos) - pos))
+        return True
 
     def _at_end(self) -> bool:
         """True when every assigned partition has been read to its end offset (``stop_at_end``)."""
@@ -795,8 +797,8 @@ class KafkaSource:
                 self._commit()
                 next_commit = mono + self.commit_interval
             if mono >= next_lag and not self._stop_reading.is_set():
-                self._update_lag()
-                next_lag = mono + 5.0
+                # every 5 s once partitions are assigned; until then retry soon
+                next_lag = mono + (5.0 if self._update_lag() else 0.5)
         # Final commit of everything durable, in this thread (the consumer is not thread-safe).
         self._commit()
         try:
@@ -1010,15 +1012,15 @@ class ConfluentSource(KafkaSource):
             out[(tp.topic, tp.partition)] = (tp.offset, hi)
         return out
 
-    def _update_lag(self) -> None:
+    def _update_lag(self) -> bool:
         if not self.metrics or not self.assigned or self.consumer is None:
-            return
+            return False
         try:
             for (t, p), (pos, hi) in self._positions().items():
-                if pos >= 0:
-                    self.metrics.consumer_lag.labels(t, str(p)).set(max(0, hi - pos))
+                self.metrics.consumer_lag.labels(t, str(p)).set(max(0, hi - max(pos, 0)))
         except Exception:  # noqa: BLE001
-            pass
+            return False
+        return True
 
     def _at_end(self) -> bool:
         if not self.assigned or self.consumer is None:
@@ -1099,8 +1101,8 @@ class ConfluentSource(KafkaSource):
                 self._commit()
                 next_commit = mono + self.commit_interval
             if mono >= next_lag and not self._stop_reading.is_set():
-                self._update_lag()
-                next_lag = mono + 5.0
+                # every 5 s once partitions are assigned; until then retry soon
+                next_lag = mono + (5.0 if self._update_lag() else 0.5)
         self._commit()
         try:
             self.consumer.close()

@@ -655,9 +655,14 @@ class Daemon:
             sinks = self._make_sinks()
             self.summary.sinks = [_describe(s) for s in sinks]
             if cfg["metrics"].get("enabled"):
-                server = MetricsServer(self.metrics, cfg["metrics"]["host"], int(cfg["metrics"]["port"]),
-                                       ready=lambda: self.ready,
-                                       health=lambda: {"model_version": self._model.version}).start()
+                try:
+                    server = MetricsServer(self.metrics, cfg["metrics"]["host"], int(cfg["metrics"]["port"]),
+                                           ready=lambda: self.ready,
+                                           health=lambda: {"model_version": self._model.version}).start()
+                except OSError as exc:
+                    raise ValueError(f"cannot serve metrics on {cfg['metrics']['host']}:{cfg['metrics']['port']} "
+                                     f"({exc.strerror}); set metrics.port (0 = any free port) or "
+                                     "metrics.enabled: false") from exc
                 self.summary.metrics_url = f"http://{server.host}:{server.port}/metrics"
             self.metrics.up.set(1)
             q_in: queue.Queue = queue.Queue(maxsize=int(cfg["pipeline"]["queue_size"]))

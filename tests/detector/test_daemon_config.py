@@ -66,3 +66,22 @@ def test_print_config_redacts(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "s3cret-value" not in out and "'***'" in out
     assert yaml.safe_load(out)["kafka"]["topic"] == "from-env"
+
+
+def test_metrics_port_in_use_is_a_clear_error(tmp_path):
+    import socket
+
+    from daemon_helpers import FanoutScorer
+    from detector.daemon import run_daemon
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    try:
+        cfg = load_config(overrides={"source": {"paths": [str(tmp_path)]}, "metrics": {"port": s.getsockname()[1]},
+                                     "alerts": {"sinks": [{"type": "sqlite", "path": str(tmp_path / "a.db")}]}},
+                          env={})
+        with pytest.raises(ValueError, match="cannot serve metrics on 127.0.0.1"):
+            run_daemon(cfg, scorer=FanoutScorer(), install_signals=False)
+    finally:
+        s.close()

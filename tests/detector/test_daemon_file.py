@@ -196,3 +196,36 @@ def test_directory_with_non_flow_files_skips_and_counts_them(tmp_path):
                    scorer=FanoutScorer(threshold=5), install_signals=False)
     assert s.records_in == sum(b.num_rows for b in open_inputs([str(SAMPLE)]))
     assert s.malformed.get("unreadable_file") == 1
+
+
+def test_broken_new_model_is_counted_and_the_old_one_keeps_scoring(tmp_path):
+    from daemon_helpers import load_fanout
+
+    lines = SAMPLE.read_text().splitlines(keepends=True)
+    header = [ln for ln in lines if ln.startswith("#") and not ln.startswith("#close")]
+    body = [ln for ln in lines if not ln.startswith("#")]
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "conn.log"
+    log.write_text("".join(header) + "".join(body[:200]))
+    write_fanout_model(tmp_path / "m1", threshold=3, version="v1")
+    (tmp_path / "broken").mkdir()                      # no config.json: not a model
+    pointer = tmp_path / "current"
+    pointer.write_text("m1\n")
+    cfg = _cfg(tmp_path, [tmp_path / "logs"], source={"follow": True, "poll_interval": 0.1},
+               window={"size": 600.0, "lateness": 0.0, "idle_timeout": 0.5},
+               model={"path": str(pointer), "watch": True, "watch_interval": 0.1})
+    d = Daemon(cfg, loader=load_fanout, install_signals=False)
+    th = threading.Thread(target=d.run)
+    th.start()
+    try:
+        _wait(lambda: d.summary.records_scored + d.summary.late >= 200, 30)
+        pointer.write_text("broken\n")
+        _wait(lambda: d.metrics.value("graphsentry_model_reloads_total", {"result": "failed"}) == 1, 30)
+        with open(log, "a") as f:
+            f.write("".join(body[200:400]))
+        _wait(lambda: d.summary.records_scored + d.summary.late >= 400, 30)
+    finally:
+        d.stop("test")
+        th.join(30)
+    assert d.summary.model_version == "v1" and d.summary.model_reloads == 0
+    assert 'version="v1"' in d.metrics.render().decode()

@@ -113,6 +113,9 @@ def test_alert_topic_matches_reference_and_malformed_goes_to_dead_letter(kafka_b
     assert d.metrics.value("graphsentry_malformed_total", {"reason": "bad_ts"}) == 1
     assert d.metrics.value("graphsentry_malformed_total", {"reason": "unknown_format"}) == 1
     assert d.metrics.value("graphsentry_dead_letter_total", {"reason": "bad_ts"}) == 1
+    lag = d.metrics.render().decode()
+    assert f'graphsentry_consumer_lag{{partition="0",topic="{topic}"}}' in lag
+    assert f'graphsentry_consumer_lag{{partition="1",topic="{topic}"}}' in lag
     # offsets of everything, bad messages included, were committed: 300 json + arrow msgs + 2 bad
     assert sum(s.committed.values()) > 300
 
