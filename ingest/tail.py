@@ -29,6 +29,9 @@ from ingest.schema import FLOW_SCHEMA, TX_SCHEMA, conform, is_transactions
 log = logging.getLogger(__name__)
 
 ARROW_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc")
+# Binary captures cannot be read line by line: a tailed directory reads each one whole, once its
+# size has stopped changing for one poll interval (a rotated `tcpdump -G` file is complete).
+WHOLE_FILE_SUFFIXES = (".pcap", ".pcapng", ".cap")
 
 
 def _expand(paths: list[str | os.PathLike]) -> list[Path]:
@@ -104,6 +107,7 @@ class _FileState:
         self.header: list[bytes] | None = None
         self.inode: int | None = None
         self.skip = False
+        self.last_size = -1
 
 
 class TailSource:
@@ -169,6 +173,9 @@ class TailSource:
             st = self._files.setdefault(p, _FileState(p))
             if st.skip:
                 continue
+            if p.suffix.lower() in WHOLE_FILE_SUFFIXES:
+                yield from self._whole_file(st)
+                continue
             try:
                 stat = p.stat()
             except FileNotFoundError:
@@ -214,6 +221,33 @@ class TailSource:
                     self.dead_letter.add(str(p), None, "unreadable_file", str(exc)[:500])
                 continue
             if t is not None and t.num_rows:
+                yield t
+
+    def _whole_file(self, st: _FileState) -> Iterator[pa.Table]:
+        from ingest.readers import open_inputs
+
+        try:
+            size = st.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size == 0 or size != st.last_size:
+            st.last_size = size  # still being written (or new): look again next poll
+            return
+        st.skip = True  # read once
+        try:
+            reader = open_inputs([str(st.path)], format=self.format, dead_letter=self.dead_letter,
+                                 batch_size=self.batch_size)
+            tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in reader]
+        except ValueError as exc:
+            log.warning("ignoring %s: %s", st.path, exc)
+            if self.dead_letter is not None:
+                self.dead_letter.add(str(st.path), None, "unreadable_file", str(exc)[:500])
+            return
+        for t in tables:
+            if t.num_rows:
+                t = t.set_column(t.schema.get_field_index("row"), "row",
+                                 pa.array(range(self._row, self._row + t.num_rows), pa.int64()))
+                self._row += t.num_rows
                 yield t
 
     def __iter__(self) -> Iterator[pa.Table]:

@@ -229,3 +229,30 @@ def test_broken_new_model_is_counted_and_the_old_one_keeps_scoring(tmp_path):
         th.join(30)
     assert d.summary.model_version == "v1" and d.summary.model_reloads == 0
     assert 'version="v1"' in d.metrics.render().decode()
+
+
+@pytest.mark.shared_data
+def test_tailed_directory_reads_new_pcaps_whole(tmp_path, shared_data):
+    import shutil
+
+    from ingest.readers import open_inputs
+
+    pcap = shared_data / "pcaps" / "test8-malicious.pcap"
+    if not pcap.exists():
+        pytest.skip("test8-malicious.pcap not in the shared data")
+    n = sum(b.num_rows for b in open_inputs([str(pcap)]))
+    assert n > 0
+    (tmp_path / "caps").mkdir()
+    cfg = _cfg(tmp_path, [tmp_path / "caps"], source={"follow": True, "poll_interval": 0.1},
+               window={"size": 3600.0, "lateness": 3600.0, "idle_timeout": 0.5})
+    d = Daemon(cfg, model=scorer_model(FanoutScorer(threshold=5)), install_signals=False)
+    th = threading.Thread(target=d.run)
+    th.start()
+    try:
+        time.sleep(0.5)
+        shutil.copy(pcap, tmp_path / "caps" / "rot-0001.pcap")    # a rotated capture appears
+        _wait(lambda: d.summary.records_scored + d.summary.late >= n, 60)
+    finally:
+        d.stop("test")
+        th.join(30)
+    assert d.summary.records_in == n
