@@ -32,8 +32,9 @@ ARTIFACT_VERSION = "1"
 # A link weaker than this does not enter the feature weights (it stays in links.parquet).
 MIN_FEATURE_LINK = 0.4
 # A technique gets a feature column when one of its links to a behaviour (non-context) predicate
-# reaches this confidence; keeps the block narrow (~190 techniques) and meaningful.
-MIN_TECHNIQUE_LINK = 0.5
+# reaches this confidence; keeps the block narrow (~190 techniques: the per-window cost grows with
+# the width) and limited to techniques the text supports clearly.
+MIN_TECHNIQUE_LINK = 0.6
 # Context predicates (protocol/direction facts true of much benign traffic) count 0.3x in technique scores.
 CONTEXT_FACTOR = 0.3
 LINK_SCHEMA = pa.schema([

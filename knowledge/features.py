@@ -148,21 +148,35 @@ class KnowledgeFeaturizer:
         return act @ self.log_keep
 
     def _propagate(self, act: np.ndarray) -> np.ndarray:
-        """[R, P] activations -> [R, K] block (activations | technique scores | tactic scores)."""
-        if self.tech_ids:
-            T = len(self.tech_ids)
-            keep = np.exp(self._log_keep_of(act))  # prod (1-w)^a, behaviour | context
-            # 1 - (1 - beh) * (1 - cf * ctx) with beh = 1 - keep_b, ctx = 1 - keep_c
-            tech = 1.0 - keep[:, :T] * (1.0 - self.context_factor * (1.0 - keep[:, T:]))
-            # max activation over each technique's signature predicates (gather [R, T, k] then max)
-            act_pad = np.concatenate([act, np.zeros((act.shape[0], 1), act.dtype)], axis=1)
+        """[R, P] activations -> [R, K] block (activations | technique scores | tactic scores), written in
+        place into one preallocated array (this runs on every window: temporaries cost more than math)."""
+        R, P, T = act.shape[0], len(self.predicates), len(self.tech_ids)
+        out = np.empty((R, P + T + len(self.tactics)), dtype=np.float32)
+        out[:, :P] = act
+        tech = out[:, P:P + T]
+        if T:
+            keep = self._log_keep_of(act)              # [R, 2T] = log prod (1-w)^a, behaviour | context
+            np.exp(keep, out=keep)
+            kb, kc = keep[:, :T], keep[:, T:]
+            # s = 1 - keep_b * (1 - cf * (1 - keep_c))  =  1 - keep_b * ((1 - cf) + cf * keep_c)
+            np.multiply(kc, self.context_factor, out=kc)
+            np.add(kc, 1.0 - self.context_factor, out=kc)
+            np.multiply(kb, kc, out=tech)
+            np.subtract(1.0, tech, out=tech)
+            # signature gate: max activation over each technique's signature predicates
+            act_pad = np.empty((R, P + 1), dtype=np.float32)
+            act_pad[:, :P] = act
+            act_pad[:, P] = 0.0
             sig = act_pad[:, self._sig_idx].max(axis=2)
-            tech = (tech * (GATE_FLOOR + (1.0 - GATE_FLOOR) * sig)).astype(np.float32)
-        else:
-            tech = np.zeros((act.shape[0], 0), np.float32)
-        tech_pad = np.concatenate([tech, np.zeros((tech.shape[0], 1), np.float32)], axis=1)
-        tac = tech_pad[:, self._tac_idx].max(axis=2) if len(self.tactics) else np.zeros((act.shape[0], 0), np.float32)
-        return np.concatenate([act, tech.astype(np.float32), tac], axis=1)
+            np.multiply(sig, 1.0 - GATE_FLOOR, out=sig)
+            np.add(sig, GATE_FLOOR, out=sig)
+            np.multiply(tech, sig, out=tech)
+        if len(self.tactics):
+            tech_pad = np.empty((R, T + 1), dtype=np.float32)
+            tech_pad[:, :T] = tech
+            tech_pad[:, T] = 0.0
+            out[:, P + T:] = tech_pad[:, self._tac_idx].max(axis=2)
+        return out
 
     def transform(self, table: pa.Table | pa.RecordBatch, edge_index: np.ndarray | None = None,
                   num_nodes: int | None = None) -> KnowledgeBlock:

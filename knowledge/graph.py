@@ -264,15 +264,17 @@ def add_d3fend(g: nx.MultiDiGraph, path: Path, stats: Counter) -> None:
                    url=f"https://d3fend.mitre.org/technique/d3f:{s.lstrip(':')}/", description=attr(s, ":definition"))
         stats["d3fend"] += 1
     def_arts = {s: artifacts(s, ":d3fend-id") for s in defensive}
-    for s, aid in offensive.items():
+    # Sorted iteration everywhere: set order changes with PYTHONHASHSEED, and the first artifact that
+    # creates an edge names its ``via`` — the artifact must not depend on the process.
+    for s, aid in sorted(offensive.items()):
         tnode = f"attack:{aid}"
         if tnode not in g:
             stats["d3fend_unknown_attack_id"] += 1
             continue
-        for art in artifacts(s, ":attack-id"):
+        for art in sorted(artifacts(s, ":attack-id")):
             if art not in art_anc:
                 art_anc[art] = ancestors(art) | {art}
-            for ds, darts in def_arts.items():
+            for ds, darts in sorted(def_arts.items()):
                 hit = darts & art_anc[art]
                 if hit:
                     dnode = f"d3fend:{defensive[ds]}"

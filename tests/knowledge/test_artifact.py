@@ -57,3 +57,23 @@ def test_bundled_artifact_is_small_and_consistent():
     assert size < 2 * 1024 * 1024
     man = json.loads((DEFAULT_ARTIFACT / "manifest.json").read_text())
     assert man["extractor"] == "lexicon" and len(man["hash"]) == 64
+
+
+def test_graph_does_not_depend_on_hash_seed(kdata):
+    """Two processes with different PYTHONHASHSEED build the same D3FEND countermeasure edges."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib,sys; from collections import Counter; from pathlib import Path; import networkx as nx;"
+            "from knowledge.graph import add_attack, add_d3fend; g=nx.MultiDiGraph(); st=Counter(); d=Path(sys.argv[1]);"
+            "add_attack(g, d/'enterprise-attack.json', st); add_d3fend(g, d/'d3fend-protege.ttl', st);"
+            "e=sorted((u,v,str(x.get('via')),str(x.get('exact'))) for u,v,k,x in g.edges(keys=True,data=True) if k=='counters');"
+            "print(hashlib.sha256(repr(e).encode()).hexdigest())")
+    outs = set()
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run([sys.executable, "-c", code, str(kdata)], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs.add(r.stdout.strip())
+    assert len(outs) == 1
