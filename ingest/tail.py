@@ -63,6 +63,25 @@ def _read_arrow_file(p: Path, batch_size: int) -> Iterator[pa.Table]:
         yield t.slice(i, batch_size)
 
 
+def _is_canonical(p: Path) -> bool:
+    """True for Parquet/Arrow files already in a canonical schema (read them directly, fast);
+    anything else (e.g. the Fraud Detection Handbook's Parquet) goes through the readers."""
+    try:
+        if p.suffix == ".parquet":
+            names = set(pq.read_schema(p).names)
+        else:
+            with pa.memory_map(str(p)) as src:
+                try:
+                    names = set(pa.ipc.open_file(src).schema.names)
+                except pa.ArrowInvalid:
+                    names = set(pa.ipc.open_stream(src).schema.names)
+    except (pa.ArrowInvalid, OSError):
+        return False
+    required = {f.name for f in FLOW_SCHEMA if not f.nullable} - {"row"}
+    required_tx = {f.name for f in TX_SCHEMA if not f.nullable} - {"row"}
+    return required <= names or required_tx <= names
+
+
 def read_files(
     paths: list[str | os.PathLike], format: str = "auto", dead_letter: Any = None, batch_size: int = 65536,
 ) -> Iterator[pa.Table]:
@@ -71,7 +90,7 @@ def read_files(
     text = [p for p in files if p.suffix not in ARROW_SUFFIXES]
     row = 0
     for p in files:
-        if p.suffix in ARROW_SUFFIXES:
+        if p.suffix in ARROW_SUFFIXES and _is_canonical(p):
             for t in _read_arrow_file(p, batch_size):
                 t = t.set_column(0, "row", pa.array(range(row, row + t.num_rows), pa.int64()))
                 row += t.num_rows

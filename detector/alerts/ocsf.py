@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ingest.schema import is_transactions
+
 OCSF_VERSION = "1.3.0"
 CLASS_UID = 2004          # Detection Finding
 CATEGORY_UID = 2          # Findings
@@ -99,9 +101,13 @@ def build_alerts(
     # Only flagged records are looked at: convert just those rows to Python (windows can be large).
     sel = np.unique(pos[alerts_mask])
     sub = table.take(pa.array(sel))
-    src, dst = _Sparse(sel, _col(sub, "src_ip")), _Sparse(sel, _col(sub, "dst_ip"))
+    # Transactions: the customer (card) plays the source endpoint, the terminal the destination.
+    is_tx = is_transactions(table.schema)
+    src_col, dst_col, uid_col = ("customer_id", "terminal_id", "tx_id") if is_tx else ("src_ip", "dst_ip", "uid")
+    src, dst = _Sparse(sel, _col(sub, src_col)), _Sparse(sel, _col(sub, dst_col))
     sport, dport = _Sparse(sel, _col(sub, "src_port")), _Sparse(sel, _col(sub, "dst_port"))
-    proto, uid = _Sparse(sel, _col(sub, "proto")), _Sparse(sel, _col(sub, "uid"))
+    proto, uid = _Sparse(sel, _col(sub, "proto")), _Sparse(sel, _col(sub, uid_col))
+    amount = _Sparse(sel, _col(sub, "amount"))
     ts = _Sparse(sel, (sub.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6).tolist())
     refs = ref_rows if ref_rows is not None else tab_rows
 
@@ -121,12 +127,18 @@ def build_alerts(
         sev = severity_id(max_score, threshold, len(ks))
         aid = alert_id(float(window.start), s, tech)
         dsts = Counter(f"{dst[p]}:{dport[p]}" if dport[p] is not None else str(dst[p]) for p in ps)
-        evidence: dict[str, Any] = {
-            "src_endpoint": {"ip": s, "port": sport[bp]},
-            "dst_endpoint": {"ip": dst[bp], "port": dport[bp]},
-            "connection_info": {"protocol_name": proto[bp]},
-            "data": {"row": int(refs[bp]), "uid": uid[bp], "score": float(scores[best])},
-        }
+        if is_tx:
+            evidence: dict[str, Any] = {
+                "src_endpoint": _endpoint(s, None, is_tx), "dst_endpoint": _endpoint(dst[bp], None, is_tx),
+                "data": {"row": int(refs[bp]), "tx_id": uid[bp], "amount": amount[bp], "score": float(scores[best])},
+            }
+        else:
+            evidence = {
+                "src_endpoint": {"ip": s, "port": sport[bp]},
+                "dst_endpoint": {"ip": dst[bp], "port": dport[bp]},
+                "connection_info": {"protocol_name": proto[bp]},
+                "data": {"row": int(refs[bp]), "uid": uid[bp], "score": float(scores[best])},
+            }
         if explain is not None:
             try:
                 ex = explain(bp)
@@ -152,14 +164,15 @@ def build_alerts(
             },
             "finding_info": {
                 "uid": aid,
-                "title": f"Anomalous traffic from {s}" + ("" if tech == NO_TECHNIQUE else f" ({tech})"),
+                "title": (f"Suspected card fraud: customer {s}" if is_tx else f"Anomalous traffic from {s}")
+                + ("" if tech == NO_TECHNIQUE else f" ({tech})"),
                 "first_seen_time": int(first_seen * 1000), "last_seen_time": int(last_seen * 1000),
                 "analytic": {"name": "graphsentry-stgnn", "type": "Learning (ML/DL)", "type_id": 4,
                              "version": model_version},
                 "attacks": attacks,
             },
-            "src_endpoint": {"ip": s},
-            "dst_endpoint": {"ip": dst[bp], "port": dport[bp]},
+            "src_endpoint": _endpoint(s, None, is_tx),
+            "dst_endpoint": _endpoint(dst[bp], dport[bp], is_tx),
             "evidences": [evidence],
             "unmapped": {
                 "score": max_score, "mean_score": float(np.nanmean(sc)) if np.isfinite(sc).any() else None,
@@ -174,7 +187,18 @@ def build_alerts(
     return WindowAlerts(out, int(alerts_mask.sum()), int(alerts_mask.sum()) - len(out), first_pos)
 
 
+def _endpoint(ident: Any, port: Any, is_tx: bool) -> dict:
+    """OCSF endpoint: an IP (flows) or a customer/terminal id in ``uid`` (transactions)."""
+    return {"uid": ident} if is_tx else {"ip": ident, "port": port}
+
+
+def source_id(a: dict) -> str:
+    """The alert's source: the IP for flows, the customer id for transactions."""
+    ep = a["src_endpoint"]
+    return str(ep["ip"] if "ip" in ep else ep.get("uid"))
+
+
 def alert_key(a: dict) -> tuple[float, str, str]:
     """(window start, src, technique) — what identifies an alert across runs."""
     u = a["unmapped"]
-    return (round(u["window"]["start"], 6), a["src_endpoint"]["ip"], u["technique"])
+    return (round(u["window"]["start"], 6), source_id(a), u["technique"])

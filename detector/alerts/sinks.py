@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from detector.alerts.ocsf import source_id
+
 log = logging.getLogger(__name__)
 
 
@@ -108,7 +110,7 @@ class SQLiteAlertStore(AlertSink):
             u = a["unmapped"]
             rows.append((
                 a["finding_info"]["uid"], a["time"], u["window"]["start"], u["window"]["end"],
-                a["src_endpoint"]["ip"], u["technique"], a["severity_id"], u["score"], u["count"],
+                source_id(a), u["technique"], a["severity_id"], u["score"], u["count"],
                 u.get("model_version", ""), json.dumps(a, default=str),
             ))
         with self._lock:
@@ -159,7 +161,7 @@ class KafkaAlertSink(AlertSink):
         for a in alerts:
             self._futures.append(self.producer.send(
                 self.topic, json.dumps(a, separators=(",", ":"), default=str).encode(),
-                key=str(a["src_endpoint"]["ip"]).encode(),
+                key=source_id(a).encode(),
             ))
 
     def flush(self) -> None:
@@ -195,7 +197,7 @@ class AlertmanagerSink(AlertSink):
             self._pending.append({
                 "labels": {
                     "alertname": "GraphsentryDetection", "severity": a["severity"].lower(),
-                    "technique": u["technique"], "src_ip": str(a["src_endpoint"]["ip"]),
+                    "technique": u["technique"], "src_ip": source_id(a),
                     "service": "graphsentry",
                 },
                 "annotations": {
