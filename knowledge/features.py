@@ -22,7 +22,7 @@ Column names: ``pred:<name>``, ``tech:<T-id>``, ``tactic:<TA-id>``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,16 +43,30 @@ GATE_FLOOR = 0.5
 TOP_MIN_SCORE = 0.35  # context-only evidence stays <= 0.3; below this, a flow has no top technique (None)
 
 
-@dataclass
 class KnowledgeBlock:
-    """Fixed-width named knowledge features of one window."""
+    """Fixed-width named knowledge features of one window.
 
-    edge: np.ndarray              # float32 [E, K]
-    node: np.ndarray              # float32 [N, K]
-    names: list[str]
-    n_pred: int
-    n_tech: int
-    technique_ids: list[str] = field(repr=False)
+    ``edge`` float32 [E, K]; ``node`` float32 [N, K], computed on first access (a consumer that only
+    uses edge features does not pay for it) and cached.
+    """
+
+    def __init__(self, edge: np.ndarray, node: np.ndarray | Callable[[], np.ndarray], names: list[str],
+                 n_pred: int, n_tech: int, technique_ids: list[str]):
+        self.edge = edge
+        self._node = node
+        self.names = names
+        self.n_pred = n_pred
+        self.n_tech = n_tech
+        self.technique_ids = technique_ids
+
+    @property
+    def node(self) -> np.ndarray:
+        if callable(self._node):
+            self._node = self._node()
+        return self._node
+
+    def __repr__(self) -> str:
+        return f"KnowledgeBlock(edges={self.edge.shape[0]}, width={self.edge.shape[1]})"
 
     @property
     def tech_slice(self) -> slice:
@@ -184,7 +198,8 @@ class KnowledgeFeaturizer:
         act = compute_predicates(table, tuple(self.predicates))
         edge = self._propagate(act)
         if edge_index is not None and num_nodes:
-            node = self._propagate(node_activations(act, np.asarray(edge_index), int(num_nodes)))
+            ei, n = np.asarray(edge_index), int(num_nodes)
+            node: np.ndarray | Callable[[], np.ndarray] = lambda: self._propagate(node_activations(act, ei, n))
         else:
             node = np.zeros((int(num_nodes or 0), self.width), dtype=np.float32)
         return KnowledgeBlock(edge, node, self.names, len(self.predicates), len(self.tech_ids), self.tech_ids)

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import re
 
 import numpy as np
 import pyarrow as pa
@@ -81,6 +80,20 @@ def _num(table: pa.Table, name: str, fill: float = 0.0) -> np.ndarray:
     if col.null_count and not np.isnan(fill):
         out = np.where(np.isnan(out), fill, out)
     return out
+
+
+def _dict_regex(table: pa.Table, name: str, *patterns: str) -> tuple[np.ndarray, int, list[np.ndarray]]:
+    """(codes, number of distinct values, one row mask per regex) for a high-cardinality string column
+    (IP addresses): the regexes run vectorised over the distinct values, then map back by code."""
+    arr = table.column(name)
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.string())
+    enc = pc.dictionary_encode(arr, null_encoding="encode")
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    masks = [pc.fill_null(pc.match_substring_regex(enc.dictionary, p), False).to_numpy(zero_copy_only=False)[codes]
+             if len(enc.dictionary) else np.zeros(len(codes), dtype=bool) for p in patterns]
+    return codes, len(enc.dictionary), masks
 
 
 def _dict(table: pa.Table, name: str) -> tuple[np.ndarray, list]:
@@ -177,17 +190,10 @@ class WindowContext:
         self.s0_state = _lookup(scode, svals, lambda v: v in s0)
         self.svc_code, svc_vals = _dict(table, "service")
         self.svc_values = [(v or "").lower() for v in svc_vals]
-        src_codes, src_vals = _dict(table, "src_ip")
-        dst_codes, dst_vals = _dict(table, "dst_ip")
-        priv, mcast = re.compile(PRIVATE_RE), re.compile(MULTICAST_RE)
-        self.src_private = _lookup(src_codes, src_vals, lambda v: v is not None and priv.match(v))
-        self.dst_private = _lookup(dst_codes, dst_vals, lambda v: v is not None and priv.match(v))
-        self.dst_multicast = _lookup(dst_codes, dst_vals, lambda v: v is not None and mcast.match(v))
-        self.src = src_codes
-        self.dst = dst_codes
+        self.src, self.n_src, (self.src_private,) = _dict_regex(table, "src_ip", PRIVATE_RE)
+        self.dst, self.n_dst, (self.dst_private, self.dst_multicast) = _dict_regex(table, "dst_ip", PRIVATE_RE,
+                                                                                    MULTICAST_RE)
         self.port = self.dst_port + 1  # >= 0, usable as a code
-        self.n_src = len(src_vals)
-        self.n_dst = len(dst_vals)
         self._groups: dict[str, tuple[np.ndarray, int]] = {}
         # Window span (s): used to turn counts into rates; at least 1 s so a burst is not divided by ~0.
         end = self.ts + np.maximum(self.duration, 0)
