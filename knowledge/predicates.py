@@ -67,7 +67,7 @@ MULTICAST_RE = r"^(22[4-9]\.|23[0-9]\.|255\.255\.255\.255$|[fF][fF][0-9a-fA-F]{2
 
 def ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """0 below ``lo``, 1 above ``hi``, linear in between (a soft threshold)."""
-    y = (np.asarray(x, dtype=np.float64) - lo) * (1.0 / (hi - lo))
+    y = (x - lo) * (1.0 / (hi - lo)) if isinstance(x, np.ndarray) else (np.asarray(x, np.float64) - lo) * (1.0 / (hi - lo))
     return np.minimum(np.maximum(y, 0.0, out=y), 1.0, out=y)  # ufuncs directly: np.clip's wrapper is slower
 
 
@@ -141,8 +141,8 @@ def _distinct(group: np.ndarray, n_groups: int, values: np.ndarray, mask: np.nda
 _PORT_TABLES: dict[bytes, np.ndarray] = {}
 
 
-def _isin(a: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Port membership through a 65537-entry lookup table (index port + 1; -1 = unknown port)."""
+def _port_lut(values: np.ndarray) -> np.ndarray:
+    """65537-entry membership table for a port set (index port + 1; -1 = unknown port), cached."""
     key = np.asarray(values, dtype=np.int64).tobytes()
     lut = _PORT_TABLES.get(key)
     if lut is None:
@@ -150,7 +150,12 @@ def _isin(a: np.ndarray, values: np.ndarray) -> np.ndarray:
         v = np.asarray(values, dtype=np.int64)
         lut[v[(v >= -1) & (v <= 65535)] + 1] = True
         _PORT_TABLES[key] = lut
-    return lut[np.clip(a, -1, 65535) + 1]
+    return lut
+
+
+def _isin(a: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Port membership through a lookup table."""
+    return _port_lut(values)[np.clip(a, -1, 65535) + 1]
 
 
 class WindowContext:
@@ -194,6 +199,9 @@ class WindowContext:
         self.dst, self.n_dst, (self.dst_private, self.dst_multicast) = _dict_regex(table, "dst_ip", PRIVATE_RE,
                                                                                     MULTICAST_RE)
         self.port = self.dst_port + 1  # >= 0, usable as a code
+        # Lookup-table indices, clipped once per window (port sets are tested ~20 times per window).
+        self._dport_idx = np.clip(self.dst_port, -1, 65535) + 1
+        self._sport_idx = np.clip(self.src_port, -1, 65535) + 1
         self._groups: dict[str, tuple[np.ndarray, int]] = {}
         # Window span (s): used to turn counts into rates; at least 1 s so a burst is not divided by ~0.
         end = self.ts + np.maximum(self.duration, 0)
@@ -240,6 +248,14 @@ class WindowContext:
         """Per-row: number of distinct ``values`` in this row's group (over rows in ``mask``)."""
         g, k = self.group(name)
         return _distinct(g, k, values, mask)[g]
+
+    def dport_in(self, values: np.ndarray) -> np.ndarray:
+        """Rows whose destination port is in ``values``."""
+        return _port_lut(values)[self._dport_idx]
+
+    def sport_in(self, values: np.ndarray) -> np.ndarray:
+        """Rows whose source port is in ``values``."""
+        return _port_lut(values)[self._sport_idx]
 
     def service_is(self, *names: str) -> np.ndarray:
         """Rows whose (lower-cased) service label is one of ``names``."""
@@ -365,7 +381,7 @@ def amplification(c: WindowContext) -> np.ndarray:
 def reflection_source_port(c: WindowContext) -> np.ndarray:
     """UDP flow from a well-known amplifier service port (DNS, NTP, SSDP, memcached, CharGEN...) to a
     high port with >= 500 bytes: what a reflected flood looks like at the victim."""
-    return (c.udp & _isin(c.src_port, AMPLIFIER_PORTS) & (c.dst_port >= 1024) & (c.src_ip_bytes >= 500)).astype(np.float64)
+    return (c.udp & c.sport_in(AMPLIFIER_PORTS) & (c.dst_port >= 1024) & (c.src_ip_bytes >= 500)).astype(np.float64)
 
 
 def udp_volume(c: WindowContext) -> np.ndarray:
@@ -433,14 +449,14 @@ def brute_force(c: WindowContext) -> np.ndarray:
     """Repeated short sessions to one authentication service: >= 5 (full at 20) flows from one source to
     the same host and auth port (SSH, Telnet, FTP, RDP, SMB, SMTP/IMAP/POP, LDAP, Kerberos, VNC, WinRM,
     databases) with mean duration <= 10 s (none above 30 s)."""
-    auth = _isin(c.dst_port, AUTH_PORTS)
+    auth = c.dport_in(AUTH_PORTS)
     short = 1.0 - ramp(c.mean("flow", c.duration), 10, 30)
     return auth * ramp(c.count("flow"), 4, 20) * short
 
 
 def password_spray(c: WindowContext) -> np.ndarray:
     """One source authenticates to >= 5 (full at 20) distinct hosts on the same auth port."""
-    auth = _isin(c.dst_port, AUTH_PORTS)
+    auth = c.dport_in(AUTH_PORTS)
     return auth * ramp(c.distinct("src_port", c.dst, auth), 4, 20)
 
 
@@ -452,35 +468,35 @@ def repeated_short_sessions(c: WindowContext) -> np.ndarray:
 
 def auth_service(c: WindowContext) -> np.ndarray:
     """Flow to an authentication-bearing service port (SSH, Telnet, FTP, RDP, SMB, mail, LDAP, Kerberos...)."""
-    return _isin(c.dst_port, AUTH_PORTS).astype(np.float64)
+    return c.dport_in(AUTH_PORTS).astype(np.float64)
 
 
 def lateral_admin(c: WindowContext) -> np.ndarray:
     """Internal -> internal flow on a remote-administration protocol (SMB, RDP, WinRM, SSH, RPC, VNC)
     that exchanged payload: the shape of lateral movement."""
-    return (c.src_private & c.dst_private & _isin(c.dst_port, ADMIN_PORTS) & (c.bytes > 0)).astype(np.float64)
+    return (c.src_private & c.dst_private & c.dport_in(ADMIN_PORTS) & (c.bytes > 0)).astype(np.float64)
 
 
 def internal_fan_out_admin(c: WindowContext) -> np.ndarray:
     """One internal source reaches >= 3 (full at 10) internal hosts on admin ports (SMB/RDP/WinRM/SSH)."""
-    m = c.src_private & c.dst_private & _isin(c.dst_port, ADMIN_PORTS)
+    m = c.src_private & c.dst_private & c.dport_in(ADMIN_PORTS)
     return m * ramp(c.distinct("src", c.dst, m), 2, 10)
 
 
 def smb_traffic(c: WindowContext) -> np.ndarray:
     """Flow to SMB/NetBIOS session service (TCP 139/445)."""
-    return (c.tcp & _isin(c.dst_port, SMB_PORTS)).astype(np.float64)
+    return (c.tcp & c.dport_in(SMB_PORTS)).astype(np.float64)
 
 
 def remote_desktop(c: WindowContext) -> np.ndarray:
     """Flow to a remote desktop service (RDP 3389, VNC 5900/5901)."""
-    return _isin(c.dst_port, REMOTE_DESKTOP_PORTS).astype(np.float64)
+    return c.dport_in(REMOTE_DESKTOP_PORTS).astype(np.float64)
 
 
 def inbound_remote_service(c: WindowContext) -> np.ndarray:
     """External -> internal flow to a remote service (SSH, Telnet, RDP, VNC, SMB, WinRM)."""
     ports = np.array([22, 23, 445, 3389, 5900, 5985, 5986], dtype=np.int64)
-    return (~c.src_private & c.dst_private & _isin(c.dst_port, ports)).astype(np.float64)
+    return (~c.src_private & c.dst_private & c.dport_in(ports)).astype(np.float64)
 
 
 def nonstandard_port(c: WindowContext) -> np.ndarray:
@@ -490,13 +506,13 @@ def nonstandard_port(c: WindowContext) -> np.ndarray:
     for k, svc in enumerate(c.svc_values):  # loop over the window's few distinct service labels
         ports = SERVICE_PORTS.get(svc)
         if ports:
-            out |= (c.svc_code == k) & ~_isin(c.dst_port, np.array(ports))
+            out |= (c.svc_code == k) & ~c.dport_in(np.array(ports))
     return out.astype(np.float64)
 
 
 def uncommon_port(c: WindowContext) -> np.ndarray:
     """TCP/UDP flow with payload both ways to a destination port >= 1024 that is not a common service port."""
-    return ((c.tcp | c.udp) & (c.dst_port >= 1024) & ~_isin(c.dst_port, COMMON_PORTS)
+    return ((c.tcp | c.udp) & (c.dst_port >= 1024) & ~c.dport_in(COMMON_PORTS)
             & (c.src_bytes > 0) & (c.dst_bytes > 0)).astype(np.float64)
 
 
@@ -529,52 +545,52 @@ def icmp_flood(c: WindowContext) -> np.ndarray:
 
 def dns_query_volume(c: WindowContext) -> np.ndarray:
     """One source sends >= 50 (full at 300) DNS flows in the window."""
-    dns = _isin(c.dst_port, DNS_PORTS) | c.service_is("dns")
+    dns = c.dport_in(DNS_PORTS) | c.service_is("dns")
     return dns * ramp(c.count("src", dns), 49, 300)
 
 
 def dns_large_query(c: WindowContext) -> np.ndarray:
     """DNS flow whose request packets average >= 120 bytes (full at 250): long query names, the mark of
     data encoded in DNS (tunnelling)."""
-    dns = _isin(c.dst_port, DNS_PORTS)
+    dns = c.dport_in(DNS_PORTS)
     size = np.divide(c.src_ip_bytes, c.src_pkts, out=np.zeros(c.n), where=c.src_pkts > 0)
     return dns * ramp(size, 120, 250)
 
 
 def dns_external_resolver(c: WindowContext) -> np.ndarray:
     """Internal host sends DNS straight to an external server (bypassing the local resolver)."""
-    return (_isin(c.dst_port, np.array([53, 853])) & c.src_private & ~c.dst_private).astype(np.float64)
+    return (c.dport_in(np.array([53, 853])) & c.src_private & ~c.dst_private).astype(np.float64)
 
 
 def cleartext_protocol(c: WindowContext) -> np.ndarray:
     """Flow on a clear-text protocol that can carry credentials (FTP, Telnet, SMTP, HTTP, POP3, IMAP, SNMP, LDAP, rlogin)."""
-    return _isin(c.dst_port, CLEARTEXT_PORTS).astype(np.float64)
+    return c.dport_in(CLEARTEXT_PORTS).astype(np.float64)
 
 
 def web_traffic(c: WindowContext) -> np.ndarray:
     """Flow to a web port (80, 443, 8000, 8080, 8443...) or labelled http/ssl."""
     svc = c.service_is("http", "ssl")
-    return (_isin(c.dst_port, WEB_PORTS) | svc).astype(np.float64)
+    return (c.dport_in(WEB_PORTS) | svc).astype(np.float64)
 
 
 def proxy_port(c: WindowContext) -> np.ndarray:
     """Flow to a proxy / Tor port (SOCKS 1080, Squid 3128, Tor 9001/9030/9050/9150...)."""
-    return _isin(c.dst_port, PROXY_PORTS).astype(np.float64)
+    return c.dport_in(PROXY_PORTS).astype(np.float64)
 
 
 def irc_port(c: WindowContext) -> np.ndarray:
     """Flow to IRC (194, 6660-6669, 6697), a classic botnet command channel."""
-    return (_isin(c.dst_port, IRC_PORTS) | c.service_is("irc")).astype(np.float64)
+    return (c.dport_in(IRC_PORTS) | c.service_is("irc")).astype(np.float64)
 
 
 def file_transfer_protocol(c: WindowContext) -> np.ndarray:
     """Flow on a file-transfer protocol (FTP 20/21, TFTP 69, SFTP 115, FTPS 989/990, NFS 2049)."""
-    return _isin(c.dst_port, FILE_TRANSFER_PORTS).astype(np.float64)
+    return c.dport_in(FILE_TRANSFER_PORTS).astype(np.float64)
 
 
 def database_access(c: WindowContext) -> np.ndarray:
     """Flow to a database service port (MSSQL, Oracle, MySQL, PostgreSQL, Redis, Elasticsearch, MongoDB)."""
-    return _isin(c.dst_port, DB_PORTS).astype(np.float64)
+    return c.dport_in(DB_PORTS).astype(np.float64)
 
 
 def outbound_external(c: WindowContext) -> np.ndarray:
