@@ -180,11 +180,25 @@ def _evaluate_split(train, test, base, variants, name, notes) -> dict:
                      "calibration_flows": int(sum(w.table.num_rows for w in any_prep.val_w)),
                      "test_records": int(test.num_rows), "target_fpr": base.target_fpr,
                      "train_span": _span(train), "test_span": _span(test)},
-        "results": res, "seconds": round(time.perf_counter() - t0, 1),
+        "results": res, "seconds": round(time.perf_counter() - t0, 1), "code_version": _git_head(),
+        "knowledge_version": getattr(any_prep.pipeline, "kg_version", None),
+        "knowledge_hash": getattr(any_prep.pipeline, "kg_hash", None),
     }
     report["_scores"] = scores
     report["_labels"] = labels
     return report
+
+
+def _git_head() -> str | None:
+    """Commit of the code that produced a report (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _span(t: pa.Table) -> list:
@@ -223,6 +237,8 @@ def markdown(report: dict) -> str:
              "each scored once; background/unlabelled excluded from metrics",
              f"- window {report['config']['window']} s, epochs {report['config']['epochs']}, "
              f"hidden {report['config']['hidden']}, seed {report['config']['seed']}; run took {report['seconds']} s",
+             f"- code {report.get('code_version')}, knowledge artifact {report.get('knowledge_version')} "
+             f"({report.get('knowledge_hash')})",
              "",
              "| variant | detector | AUROC | AUPRC | macro-F1 | recall | FPR | precision |",
              "|---|---|---|---|---|---|---|---|"]
