@@ -62,7 +62,8 @@ class ModelBundle:
             "detector": self.detector_name,
             "calibration": self.calibration.to_dict(),
             "threshold": self.threshold,
-            "kg": {"version": self.pipeline.kg_version, "hash": self.pipeline.kg_hash},
+            "kg": {"version": self.pipeline.kg_version, "hash": self.pipeline.kg_hash,
+                   "width": len(getattr(self.pipeline.kf, "names", None) or [])},
             "fingerprint": self.fingerprint,
             "metrics": self.metrics,
             **self.extra,
@@ -106,6 +107,13 @@ class ModelBundle:
         if kf is not None and want and getattr(kf, "hash", None) != want:
             log.warning("knowledge graph hash %s differs from the one the model was trained with (%s)",
                         getattr(kf, "hash", None), want)
+        # A model is tied to the width of the knowledge block it was trained with: a rebuilt artifact
+        # with other columns must fail here, clearly, not on every window later.
+        want_w = (cfg.get("kg") or {}).get("width")
+        have_w = len(getattr(kf, "names", None) or []) if kf is not None else 0
+        if want_w is not None and pcfg.knowledge and want_w != have_w:
+            raise ValueError(f"{d} was trained with {want_w} knowledge feature columns, the installed knowledge "
+                             f"artifact gives {have_w}: retrain the model (graphsentry train) for this artifact")
         model = STGNN(ModelConfig(**cfg["model"]))
         model.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
         with open(d / "detector.pkl", "rb") as f:

@@ -72,3 +72,20 @@ def test_not_a_model_dir(tmp_path):
         ModelBundle.load(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_bundle(tmp_path)
+
+
+
+def test_load_refuses_a_knowledge_block_of_another_width(trained, tmp_path):
+    """A model trained with one knowledge artifact fails at load, clearly, under an artifact of another width."""
+    import shutil
+
+    _, d, _ = trained
+    copy = tmp_path / "m"
+    shutil.copytree(d, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    assert cfg["pipeline"]["knowledge"] and cfg["kg"]["width"] > 0
+    ModelBundle.load(copy)  # the same artifact: loads
+    cfg["kg"]["width"] += 7
+    (copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="knowledge feature columns"):
+        ModelBundle.load(copy)
