@@ -42,7 +42,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--format", default="auto", metavar="NAME",
                    help="input format: auto (default) or one of the names listed below")
     p.add_argument("--mapping", metavar="FILE", default=None,
-                   help="column-mapping config (YAML/JSON) for any other CSV/TSV; see docs/ingest-readers.md")
+                   help="column-mapping config (YAML/JSON) for any other CSV/TSV; see README.md (Input readers)")
     p.add_argument("--dead-letter", metavar="FILE", default=None,
                    help="append malformed records here as JSON lines (default: count and log only)")
     p.add_argument("--out", "-o", metavar="OUT.parquet", required=True, help="output Parquet file")

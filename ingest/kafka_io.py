@@ -14,7 +14,7 @@ continuation marker, a JSON object with ``{``.
 
 Partition keying: :func:`replay` (``graphsentry replay``) keys JSON messages by ``src_ip`` and
 sends Arrow batches grouped by the partition that key hashes to (kafka-python's murmur2
-partitioner), so every flow of one source endpoint lands in one partition. See docs/daemon.md.
+partitioner), so every flow of one source endpoint lands in one partition. See README.md (The detection daemon).
 
 The consumer is not thread-safe (kafka-python); :class:`KafkaSource` therefore owns it in one
 thread, which polls, decodes, pauses/resumes for backpressure and commits the offsets that the

@@ -1,4 +1,4 @@
-"""The shared-data evaluation suites behind reports/ and docs/model.md.
+"""The shared-data evaluation suites behind reports/ and README.md (Model).
 
 Run one with ``python -m training.eval_suites NAME [--out reports]`` (NAME: stratosphere, iot23,
 luflow, cicids2017). Each writes ``reports/<NAME>[/<fold>]/report.{json,md}`` (+ PR/ROC PNGs) using

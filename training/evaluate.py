@@ -1,6 +1,6 @@
 """Evaluation harness: time-ordered train/test, our model vs baselines and ablations, one report.
 
-Protocol (see docs/model.md):
+Protocol (see README.md (Model)):
 
 * training inputs are earlier captures/days than (or other captures than) the test inputs;
   with ``benign_only`` (default) records labelled malicious are removed from training;

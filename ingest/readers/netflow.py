@@ -11,7 +11,7 @@ count, so ``src_bytes``/``dst_bytes`` stay null), ``IN_PKTS``/``OUT_PKTS``,
 v1/v2 files have no flow timestamps. Event-time windows need real time, and
 inventing an order would make every temporal result fiction, so such files are
 refused with a clear ``ValueError`` when they are opened (decision documented in
-docs/ingest-readers.md).
+README.md (Input readers)).
 """
 from __future__ import annotations
 

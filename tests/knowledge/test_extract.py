@@ -58,7 +58,7 @@ def test_lexicon_on_gold_techniques_beats_floor(kgraph):
     items = items_from_graph(g, only=set(gold) | {"CAPEC-125", "CAPEC-300"})
     links = propagate(g, LexiconExtractor().extract(items))
     s = score(links, gold)
-    # quality floor measured on the hand-written gold set (see docs/knowledge.md for the figures)
+    # quality floor measured on the hand-written gold set (see README.md (Attack knowledge graph) for the figures)
     assert s["recall"] >= 0.5 and s["precision"] >= 0.25, s
     by = {(l.subject, l.predicate) for l in links if l.confidence >= 0.5}
     assert ("attack:T1046", "horizontal_scan") in by or ("attack:T1046", "vertical_scan") in by
