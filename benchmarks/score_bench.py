@@ -1,0 +1,92 @@
+"""`graphsentry score` end to end (file -> scores Parquet) and pretraining time per epoch, on LUFlow.
+
+    .venv/bin/python benchmarks/score_bench.py [--days 2] [--train-records 20000] [--window 5m]
+
+1. Pretrains a model (1 epoch, benign-only) on a seeded uniform subsample of the first LUFlow day
+   and reports seconds per epoch, and the same rate extrapolated to one epoch over 800k flows.
+2. Runs the `graphsentry score` command in-process on the first ``--days`` later LUFlow days
+   (2020-12-16 on) and reports records/s, with the bare reader rate on the same files measured
+   in the same run as the reference (ratio = score rate / read rate), and the peak RSS.
+
+Goals (issue 4, 2 cores): >= 100k records/s scoring; one pretraining epoch over ~800k flows < 5 min.
+Skips with a message when ../shared/data is absent. Prints one JSON line at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+LUFLOW = Path(os.environ.get("GRAPHSENTRY_SHARED_DATA",
+                             Path(__file__).resolve().parents[2] / "shared" / "data")) / "flows" / "luflow"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--days", type=int, default=2, help="later LUFlow days to score (default 2; 11 = all)")
+    ap.add_argument("--train-records", type=int, default=20000, help="pretraining subsample (default 20000)")
+    ap.add_argument("--window", default="5m", help="window size (default 5m)")
+    a = ap.parse_args()
+    days = sorted(LUFLOW.glob("*.zip"))
+    if not days:
+        print(f"skipped: no LUFlow days under {LUFLOW}")
+        return 0
+    import pyarrow as pa
+
+    from ingest.readers import open_inputs
+    from ingest.windows import parse_duration
+    from training.cli import main as cli
+    from training.evaluate import subsample
+    from training.pretrain import TrainConfig, train_bundle
+
+    test_days = [str(p) for p in days if p.name >= "2020.12.16"][: a.days]
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "model"
+        table = subsample(pa.Table.from_batches(list(open_inputs([str(days[0])]))), a.train_records, 0)
+        cfg = TrainConfig(window=parse_duration(a.window), epochs=1, benign_only=True, seed=0)
+        t0 = time.perf_counter()
+        bundle = train_bundle([table], cfg, out_dir=model, progress=False)
+        train_s = time.perf_counter() - t0
+        epoch_s = float(bundle.metrics.get("pretrain_seconds", train_s))
+        flows = int(bundle.metrics.get("train_flows", table.num_rows))
+        print(f"pretraining: {flows} training flows, {epoch_s:.1f} s per epoch "
+              f"(whole train call {train_s:.1f} s) -> {epoch_s / max(flows, 1) * 800_000 / 60:.1f} min "
+              f"per epoch over 800k flows (goal < 5 min)", flush=True)
+
+        t0 = time.perf_counter()
+        n_read = sum(b.num_rows for b in open_inputs(test_days))
+        read_s = time.perf_counter() - t0
+        out = Path(tmp) / "scores.parquet"
+        t0 = time.perf_counter()
+        rc = cli(["score", "--model", str(model), *test_days, "--out", str(out)])
+        score_s = time.perf_counter() - t0
+    if rc != 0:
+        print(f"graphsentry score failed with exit code {rc}")
+        return 1
+    res = {
+        "bench": "score", "days": [Path(d).name for d in test_days], "records": n_read,
+        "read_records_per_s": round(n_read / read_s), "score_records_per_s": round(n_read / score_s),
+        "ratio_score_vs_read": round(read_s / score_s, 4), "score_seconds": round(score_s, 1),
+        "pretrain_flows": flows, "pretrain_seconds_per_epoch": round(epoch_s, 1),
+        "pretrain_minutes_per_800k_epoch": round(epoch_s / max(flows, 1) * 800_000 / 60, 1),
+        "peak_rss_mb": round(_peak_rss_mb()), "window": a.window,
+    }
+    print(f"score: {n_read} records in {score_s:.1f} s = {res['score_records_per_s']:,} records/s "
+          f"(reader alone {res['read_records_per_s']:,}/s; ratio {res['ratio_score_vs_read']}); "
+          f"peak RSS {res['peak_rss_mb']} MB (goal >= 100k records/s)")
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
