@@ -52,14 +52,14 @@ class StreamScorer:
         z, _h, flow = self.model.embed(data, update_state=True)
         return data, kb, z, flow
 
-    def score_window(self, window) -> WindowScores:
-        n_rows = window.table.num_rows
+    def _empty(self, window) -> WindowScores:
+        e = np.zeros(0)
         thr = float(self.bundle.threshold)
-        if n_rows == 0:
-            e = np.zeros(0)
-            return WindowScores(np.zeros(0, np.int64), e, np.zeros(0, bool), [], e, [], window.start, window.end, thr)
-        data, kb, _z, flow = self.embed_window(window)
-        scores = np.asarray(self.bundle.detector.decision_function(flow.numpy()), dtype=np.float64)
+        return WindowScores(np.zeros(0, np.int64), e, np.zeros(0, bool), [], e, [], window.start, window.end, thr)
+
+    def _finish(self, window, data, kb, scores: np.ndarray) -> WindowScores:
+        thr = float(self.bundle.threshold)
+        n_rows = window.table.num_rows
         alerts = scores > thr
         n = int(data.num_nodes)
         node_scores = np.full(n, -np.inf)
@@ -79,6 +79,92 @@ class StreamScorer:
             node_scores=node_scores, node_key=list(data.node_key), window_start=float(window.start),
             window_end=float(window.end), threshold=thr,
         )
+
+    def _decide(self, flow: np.ndarray) -> np.ndarray:
+        return np.asarray(self.bundle.detector.decision_function(flow), dtype=np.float64)
+
+    def score_window(self, window) -> WindowScores:
+        if window.table.num_rows == 0:
+            return self._empty(window)
+        data, kb, _z, flow = self.embed_window(window)
+        return self._finish(window, data, kb, self._decide(flow.numpy()))
+
+    # Records per batched group: bounds the memory of the concatenated flow embeddings.
+    BATCH_RECORDS = 65536
+
+    def score_windows(self, windows, return_exceptions: bool = False) -> list:
+        """Score consecutive windows (in window order); same scores as :meth:`score_window` on each in turn.
+
+        What does not depend on the temporal state is batched: the graphs (``GraphBuilder.build_many``)
+        and the detector call (one ``decision_function`` over all flows when the detector scores rows
+        independently and exactly, i.e. the isolation forest). The model, with its GRU memory, still
+        runs window by window in order. With ``return_exceptions=True`` a window that fails gives its
+        exception in its slot instead of raising (the others are still scored).
+        """
+        windows = list(windows)
+        out: list = []
+        i = 0
+        while i < len(windows):
+            j, n = i, 0
+            while j < len(windows) and (j == i or n + windows[j].table.num_rows <= self.BATCH_RECORDS):
+                n += windows[j].table.num_rows
+                j += 1
+            out.extend(self._score_group(windows[i:j]))
+            i = j
+        if not return_exceptions:
+            for r in out:
+                if isinstance(r, BaseException):
+                    raise r
+        return out
+
+    @torch.no_grad()
+    def _score_group(self, windows) -> list:
+        res: list = [None] * len(windows)
+        live = [k for k, w in enumerate(windows) if w.table.num_rows]
+        for k, w in enumerate(windows):
+            if not w.table.num_rows:
+                res[k] = self._empty(w)
+        if not live:
+            return res
+        try:
+            built = self.stream.build_many([windows[k] for k in live])
+        except Exception:  # noqa: BLE001 - fall back to one window at a time (each error stays with its window)
+            built = None
+        if built is None:
+            for k in live:
+                try:
+                    res[k] = self.score_window(windows[k])
+                except Exception as exc:  # noqa: BLE001
+                    res[k] = exc
+            return res
+        flows: list = []
+        ok: list = []
+        for k, (data, kb) in zip(live, built):
+            try:
+                _z, _h, flow = self.model.embed(data, update_state=True)  # strictly in window order
+            except Exception as exc:  # noqa: BLE001
+                res[k] = exc
+                continue
+            ok.append((k, data, kb))
+            flows.append(flow.numpy())
+        if not ok:
+            return res
+        scores = None
+        if len(ok) > 1 and type(self.bundle.detector).__name__ == "IForestDetector":
+            # Per-row tree depths: scores of a row do not depend on which rows share the call.
+            try:
+                allscores = self._decide(np.concatenate(flows))
+                sizes = np.cumsum([f.shape[0] for f in flows])[:-1]
+                scores = np.split(allscores, sizes)
+            except Exception:  # noqa: BLE001 - retry window by window below
+                scores = None
+        for idx, (k, data, kb) in enumerate(ok):
+            try:
+                s = scores[idx] if scores is not None else self._decide(flows[idx])
+                res[k] = self._finish(windows[k], data, kb, s)
+            except Exception as exc:  # noqa: BLE001
+                res[k] = exc
+        return res
 
 
 # --- offline scoring of whole inputs (``graphsentry score`` and the evaluation harness) -------------
@@ -106,21 +192,21 @@ class _Collector:
     def __init__(self, n: int) -> None:
         self.score = np.full(n, np.nan)
         self.alert = np.zeros(n, dtype=bool)
-        self.top: list = [None] * n
-        self.reason: list = ["not_scored"] * n
+        self.top = np.full(n, None, dtype=object)
+        self.reason = np.full(n, "not_scored", dtype=object)
 
     def put(self, pos: np.ndarray, ws: WindowScores) -> None:
         self.score[pos] = ws.scores
         self.alert[pos] = ws.alerts
-        for p, t in zip(pos.tolist(), ws.top_technique):
-            self.top[p] = t
-            self.reason[p] = None
+        top = np.empty(len(ws.top_technique), dtype=object)
+        top[:] = ws.top_technique
+        self.top[pos] = top
+        self.reason[pos] = None
 
     def fail(self, pos: np.ndarray, reason: str) -> None:
-        for p in pos.tolist():
-            self.reason[p] = reason
-            self.score[p] = np.nan
-            self.alert[p] = False
+        self.reason[pos] = reason
+        self.score[pos] = np.nan
+        self.alert[pos] = False
 
 
 def score_table(bundle, table, stream_order: bool = False, lateness: float | None = None):
@@ -170,16 +256,19 @@ def _score_table(bundle, table, stream_order: bool = False, lateness: float | No
 
     def handle(windows) -> None:
         nonlocal errors
-        for win_ in windows:
-            pos = positions(win_.table.column("row").to_numpy().astype(np.int64))
-            try:
-                ws = scorer.score_window(win_)
+        windows = list(windows)
+        if not windows:
+            return
+        # All windows closed by one push are scored together (graphs and detector batched,
+        # temporal state still advanced window by window): same scores as one at a time.
+        for win_, ws in zip(windows, scorer.score_windows(windows, return_exceptions=True)):
+            if not isinstance(ws, BaseException):
                 col.put(positions(np.asarray(ws.rows, dtype=np.int64)), ws)
-            except Exception as exc:  # one bad window must not take the rest down
-                errors += 1
-                if errors <= 3:
-                    log.warning("window [%s, %s) failed to score: %r", win_.start, win_.end, exc)
-                col.fail(pos, f"error:{type(exc).__name__}")
+                continue
+            errors += 1
+            if errors <= 3:  # one bad window must not take the rest down
+                log.warning("window [%s, %s) failed to score: %r", win_.start, win_.end, ws)
+            col.fail(positions(win_.table.column("row").to_numpy().astype(np.int64)), f"error:{type(ws).__name__}")
 
     for batch in src.to_batches(max_chunksize=65536):
         handle(w.push(batch))

@@ -1,0 +1,107 @@
+"""Batched scoring (StreamScorer.score_windows) gives the same scores as one window at a time."""
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from detector.scoring import score_table
+from training.pretrain import TrainConfig, make_windows, train_bundle
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "stratosphere" / "full"
+TRAIN = SAMPLES / "008-zeek-mixed.conn.log.labeled.gz"
+TEST = SAMPLES / "010-zeek-mixed.conn.log.labeled.gz"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _read(path: Path) -> pa.Table:
+    from ingest.readers import open_inputs
+
+    return pa.Table.from_batches(list(open_inputs([str(path)])))
+
+
+@pytest.fixture(scope="module")
+def real():
+    if not (TRAIN.is_file() and TEST.is_file()):
+        pytest.skip("stratosphere samples not present")
+    bundle = train_bundle([_read(TRAIN)], TrainConfig(epochs=1, hidden=16, seed=0, benign_only=True,
+                                                      detector="iforest"), progress=False)
+    return bundle, _read(TEST)
+
+
+def _one_by_one(bundle, windows):
+    sc = bundle.stream_scorer()
+    return sc, [sc.score_window(w) for w in windows]
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert np.array_equal(x.rows, y.rows)
+        assert np.array_equal(x.scores, y.scores)  # bit-identical, not approximately equal
+        assert np.array_equal(x.alerts, y.alerts)
+        assert x.top_technique == y.top_technique
+        assert np.array_equal(x.node_scores, y.node_scores)
+        assert x.node_key == y.node_key
+        assert (x.window_start, x.window_end) == (y.window_start, y.window_end)
+
+
+def test_batched_scores_identical_to_one_window_at_a_time(real):
+    bundle, table = real
+    windows = make_windows(table, float(bundle.window.get("size", 60.0)))
+    assert len(windows) > 100
+    ref_sc, ref = _one_by_one(bundle, windows)
+    sc = bundle.stream_scorer()
+    got = sc.score_windows(windows)
+    _assert_same(ref, got)
+    # the temporal state ends where the one-at-a-time path left it
+    last = windows[-1]
+    assert np.array_equal(ref_sc.score_window(last).scores, sc.score_window(last).scores)
+
+
+def test_batched_in_groups_like_daemon_pushes(real):
+    bundle, table = real
+    windows = make_windows(table, float(bundle.window.get("size", 60.0)))
+    _, ref = _one_by_one(bundle, windows)
+    sc = bundle.stream_scorer()
+    sc.BATCH_RECORDS = 50  # several internal groups as well
+    got = []
+    rng = np.random.default_rng(0)
+    i = 0
+    while i < len(windows):
+        k = int(rng.integers(1, 40))
+        got += sc.score_windows(windows[i:i + k])
+        i += k
+    _assert_same(ref, got)
+
+
+def test_score_table_matches_per_window_path(real):
+    bundle, table = real
+    out = score_table(bundle, table)
+    windows = make_windows(table, float(bundle.window.get("size", 60.0)))
+    _, ref = _one_by_one(bundle, windows)
+    rows = np.concatenate([w.rows for w in ref])
+    scores = np.concatenate([w.scores for w in ref])
+    pos = {r: i for i, r in enumerate(out.column("row").to_pylist())}
+    got = out.column("score").to_numpy(zero_copy_only=False)
+    assert np.array_equal(got[[pos[r] for r in rows.tolist()]], scores)
+    assert out.column("reason").null_count == out.num_rows
+
+
+def test_score_windows_empty_and_errors(real):
+    from ingest.schema import FLOW_SCHEMA
+    from ingest.windows import Window
+
+    bundle, _ = real
+    sc = bundle.stream_scorer()
+    assert sc.score_windows([]) == []
+    res = sc.score_windows([Window(0.0, 60.0, FLOW_SCHEMA.empty_table())])
+    assert len(res) == 1 and len(res[0].scores) == 0
