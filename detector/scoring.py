@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from detector.runtime import torch_threads
+
 
 @dataclass
 class WindowScores:
@@ -86,7 +88,10 @@ class StreamScorer:
     def score_window(self, window) -> WindowScores:
         if window.table.num_rows == 0:
             return self._empty(window)
-        data, kb, _z, flow = self.embed_window(window)
+        # Small graphs: single-threaded torch (detector/runtime.py), as offline scoring; also for
+        # callers such as the daemon that do not set it. Switching costs about a microsecond.
+        with torch_threads():
+            data, kb, _z, flow = self.embed_window(window)
         return self._finish(window, data, kb, self._decide(flow.numpy()))
 
     # Records per batched group: bounds the memory of the concatenated flow embeddings.
@@ -109,7 +114,8 @@ class StreamScorer:
             while j < len(windows) and (j == i or n + windows[j].table.num_rows <= self.BATCH_RECORDS):
                 n += windows[j].table.num_rows
                 j += 1
-            out.extend(self._score_group(windows[i:j]))
+            with torch_threads():
+                out.extend(self._score_group(windows[i:j]))
             i = j
         if not return_exceptions:
             for r in out:
