@@ -94,6 +94,9 @@ class StreamScorer:
             data, kb, _z, flow = self.embed_window(window)
         return self._finish(window, data, kb, self._decide(flow.numpy()))
 
+    # Detectors whose decision_function gives bit-identical per-row results in one call or many.
+    ROWWISE_DETECTORS = ("IForestDetector", "KNNDetector")
+
     # Records per batched group: bounds the memory of the concatenated flow embeddings.
     BATCH_RECORDS = 65536
 
@@ -156,8 +159,9 @@ class StreamScorer:
         if not ok:
             return res
         scores = None
-        if len(ok) > 1 and type(self.bundle.detector).__name__ == "IForestDetector":
-            # Per-row tree depths: scores of a row do not depend on which rows share the call.
+        if len(ok) > 1 and type(self.bundle.detector).__name__ in self.ROWWISE_DETECTORS:
+            # Each row's score depends on that row only (tree depths; distances to the bank), and the
+            # result is the same whatever rows share the call (asserted in tests/detector/test_scoring_batch.py).
             try:
                 allscores = self._decide(np.concatenate(flows))
                 sizes = np.cumsum([f.shape[0] for f in flows])[:-1]

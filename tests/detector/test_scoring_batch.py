@@ -105,3 +105,13 @@ def test_score_windows_empty_and_errors(real):
     assert sc.score_windows([]) == []
     res = sc.score_windows([Window(0.0, 60.0, FLOW_SCHEMA.empty_table())])
     assert len(res) == 1 and len(res[0].scores) == 0
+
+
+def test_batched_knn_scores_identical(real):
+    _, table = real
+    bundle = train_bundle([_read(TRAIN)], TrainConfig(epochs=1, hidden=16, seed=0, benign_only=True,
+                                                      detector="knn"), progress=False)
+    assert type(bundle.detector).__name__ == "KNNDetector"
+    windows = make_windows(table, float(bundle.window.get("size", 60.0)))
+    _, ref = _one_by_one(bundle, windows)
+    _assert_same(ref, bundle.stream_scorer().score_windows(windows))
