@@ -193,6 +193,22 @@ def _regex_cast(arr: pa.Array, pattern: str, typ: pa.DataType) -> pa.Array:
         return pa.array(out, typ)
 
 
+def _try_cast(arr: pa.Array, typ: pa.DataType, tokens: Sequence[str]) -> tuple[pa.Array, pa.Array | None]:
+    """Cast in one kernel call (clean columns: no token scan); else null the unset tokens and retry.
+
+    Returns the (possibly token-nulled) input and the cast result, or None when junk remains.
+    """
+    try:
+        return arr, pc.cast(arr, typ)
+    except _ArrowErrors:
+        pass
+    arr = nullify(arr, tokens)
+    try:
+        return arr, pc.cast(arr, typ)
+    except _ArrowErrors:
+        return arr, None
+
+
 def parse_float(arr: pa.Array, check: RowCheck | None, reason: str,
                 tokens: Sequence[str] = NULL_TOKENS, allow_nonfinite: bool = True) -> pa.Array:
     """String -> float64; unparseable (non-token) values flag ``reason``."""
@@ -200,17 +216,7 @@ def parse_float(arr: pa.Array, check: RowCheck | None, reason: str,
     if pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type):
         out = pc.cast(arr, pa.float64())
     else:
-        try:
-            # fast path: clean columns convert in one kernel call (no token scan)
-            out = pc.cast(arr, pa.float64())
-        except _ArrowErrors:
-            out = None
-        if out is None:
-            arr = nullify(arr, tokens)
-            try:
-                out = pc.cast(arr, pa.float64())
-            except _ArrowErrors:
-                out = None
+        arr, out = _try_cast(arr, pa.float64(), tokens)
         if out is None:
             out = _regex_cast(arr, _FLOAT_RE, pa.float64())
             if check is not None:
@@ -241,16 +247,7 @@ def parse_int(arr: pa.Array, check: RowCheck | None, reason: str, typ: pa.DataTy
     elif pa.types.is_floating(arr.type):
         out = _float_to_int(arr, check, reason)
     else:
-        try:
-            out = pc.cast(arr, pa.int64())  # fast path: no token scan
-        except _ArrowErrors:
-            out = None
-        if out is None:
-            arr = nullify(arr, tokens)
-            try:
-                out = pc.cast(arr, pa.int64())
-            except _ArrowErrors:
-                out = None
+        arr, out = _try_cast(arr, pa.int64(), tokens)
         if out is None:
             out = _regex_cast(arr, _INT_RE, pa.int64())
             rest = pc.and_kleene(pc.is_valid(arr), pc.is_null(out))
