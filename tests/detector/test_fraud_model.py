@@ -13,13 +13,7 @@ from ingest.hetero import EDGE_FEATURES, FEATURE_GROUPS, HeteroGraphBuilder
 from training.fraud.simulate import simulate
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core box two threads are several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ from training.synthetic import synthetic_flows
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small graphs: one torch thread is much faster on a shared 2-core machine (detector/runtime.py)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

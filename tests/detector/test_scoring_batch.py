@@ -14,12 +14,7 @@ TRAIN = SAMPLES / "008-zeek-mixed.conn.log.labeled.gz"
 TEST = SAMPLES / "010-zeek-mixed.conn.log.labeled.gz"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _read(path: Path) -> pa.Table:

@@ -16,12 +16,7 @@ from training.fraud.metrics import card_precision_top_k
 from training.fraud.simulate import simulate
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_card_precision_top_k_by_hand():

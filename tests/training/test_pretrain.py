@@ -6,12 +6,7 @@ from training.pretrain import TrainConfig, make_windows, split_windows, train_bu
 from training.synthetic import synthetic_flows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
