@@ -24,8 +24,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/*_bench.py; do $(BIN)/python $$b || exit 1; done
 
+# Real local LLM (opt-in): uses GRAPHSENTRY_LLM_URL if it answers, else starts scripts/llm_server.sh on a free
+# 127.0.0.1 port and stops it. One-time setup: GRAPHSENTRY_LLM_HOME=DIR scripts/llm_server.sh setup
 test-llm: $(STAMP)
-	GRAPHSENTRY_LLM_TESTS=1 $(BIN)/python -m pytest -q tests/knowledge -k llm_real
+	GRAPHSENTRY_LLM_TESTS=1 GRAPHSENTRY_LLM_SERVER_CMD="$${GRAPHSENTRY_LLM_SERVER_CMD:-scripts/llm_server.sh serve {port}}" \
+		$(BIN)/python -m pytest -q -rs tests/knowledge -k llm_real
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

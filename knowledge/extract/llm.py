@@ -4,9 +4,16 @@ hosted APIs) with a JSON-schema constrained answer.
 * Request: a system prompt with the predicate vocabulary (name: definition) and one user message with
   the technique text; ``response_format = {"type": "json_schema", "json_schema": {...}}`` whose schema
   only allows predicate names from the vocabulary (small models run away without it).
+  Servers spell that constraint two ways: OpenAI, vLLM and llama.cpp's own ``llama-server`` take
+  ``{"type": "json_schema", "json_schema": {"schema": ...}}``; ``llama-cpp-python``'s server (and other
+  "JSON mode" servers) reject it with HTTP 400/422 and want ``{"type": "json_object", "schema": ...}``.
+  With ``response_format="auto"`` (default) the first 400/422 switches to the second form for the rest of
+  the run; ``"json_schema"`` / ``"json_object"`` pin one.
 * Robustness: each call retries with exponential backoff on network errors, HTTP 429/5xx and on
-  answers that do not parse or do not fit the schema; after ``retries`` attempts the item is recorded
-  as ``status="failed"`` and the build goes on. A minimum interval between calls rate-limits us.
+  answers that do not parse, do not fit the schema or were cut at ``max_tokens``; a retry after a bad
+  answer raises the temperature by 0.3 (at temperature 0 the same prompt gives the same bad answer).
+  After ``retries`` attempts the item is recorded as ``status="failed"`` and the build goes on. A
+  minimum interval between calls rate-limits us.
 * Cache: one JSON file per (sha256 of the text, model, prompt version) under ``cache_dir``; a rebuild
   with the same inputs makes no calls. Failures are not cached (a later run tries again).
 """
@@ -27,7 +34,7 @@ from knowledge.predicates import PREDICATES
 
 log = logging.getLogger(__name__)
 
-PROMPT_VERSION = "2"
+PROMPT_VERSION = "3"
 MAX_TEXT = 3000  # characters of technique text sent (keeps a 1.5B model's prompt short)
 SYSTEM = (
     "You map attack technique descriptions to network behaviours visible in flow records "
@@ -45,13 +52,13 @@ def response_schema(names: list[str]) -> dict:
         "type": "object",
         "properties": {
             "behaviours": {
-                "type": "array", "maxItems": 8,
+                "type": "array", "maxItems": 6,
                 "items": {
                     "type": "object",
                     "properties": {
                         "predicate": {"type": "string", "enum": names},
                         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-                        "evidence": {"type": "string", "maxLength": 300},
+                        "evidence": {"type": "string", "maxLength": 160},
                     },
                     "required": ["predicate", "confidence", "evidence"],
                     "additionalProperties": False,
@@ -88,6 +95,14 @@ def parse_answer(content: str, names: set[str]) -> list[dict]:
     return out
 
 
+def _error_text(e: urllib.error.HTTPError) -> str:
+    """First 200 characters of an HTTP error body (servers say there why they refused)."""
+    try:
+        return e.read(2000).decode("utf-8", "replace").strip()[:200]
+    except Exception:  # noqa: BLE001 - the body is only a diagnostic
+        return ""
+
+
 class LLMExtractor:
     """Extractor over an OpenAI-compatible chat-completions endpoint."""
 
@@ -95,7 +110,9 @@ class LLMExtractor:
 
     def __init__(self, url: str, model: str = "local", cache_dir: str | Path | None = None, retries: int = 3,
                  backoff: float = 1.0, min_interval: float = 0.0, timeout: float = 120.0, api_key: str | None = None,
-                 temperature: float = 0.0, max_tokens: int = 400):
+                 temperature: float = 0.0, max_tokens: int = 400, response_format: str = "auto"):
+        if response_format not in ("auto", "json_schema", "json_object"):
+            raise ValueError(f"response_format={response_format!r}: choose auto, json_schema or json_object")
         self.url = url.rstrip("/")
         if not self.url.endswith("/chat/completions"):
             self.url += "/v1/chat/completions" if not self.url.endswith("/v1") else "/chat/completions"
@@ -104,10 +121,13 @@ class LLMExtractor:
         self.retries, self.backoff, self.min_interval, self.timeout = retries, backoff, min_interval, timeout
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
         self.temperature, self.max_tokens = temperature, max_tokens
+        self.response_format = response_format
+        self._format = "json_object" if response_format == "json_object" else "json_schema"
         self.names = sorted(PREDICATES)
         self.schema = response_schema(self.names)
         self.system = SYSTEM + "\n".join(f"- {n}: {PREDICATES[n].description}" for n in self.names)
-        self.stats = {"calls": 0, "cache_hits": 0, "retries": 0, "failed": 0}
+        self.stats = {"calls": 0, "cache_hits": 0, "retries": 0, "failed": 0,
+                      "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0}
         self._last_call = 0.0
         self._lock = threading.Lock()
 
@@ -125,15 +145,18 @@ class LLMExtractor:
         return self.cache_dir / key[:2] / f"{key}.json"
 
     # -------------------------------------------------------------- HTTP
-    def request_body(self, item: TextItem) -> dict:
+    def request_body(self, item: TextItem, temperature: float | None = None) -> dict:
+        if self._format == "json_schema":
+            rf = {"type": "json_schema", "json_schema": {"name": "behaviours", "strict": True, "schema": self.schema}}
+        else:  # llama-cpp-python's spelling of the same constraint
+            rf = {"type": "json_object", "schema": self.schema}
         return {
             "model": self.model,
             "messages": [{"role": "system", "content": self.system},
                          {"role": "user", "content": self.user_message(item)}],
-            "temperature": self.temperature,
+            "temperature": self.temperature if temperature is None else temperature,
             "max_tokens": self.max_tokens,
-            "response_format": {"type": "json_schema",
-                                "json_schema": {"name": "behaviours", "strict": True, "schema": self.schema}},
+            "response_format": rf,
         }
 
     def _post(self, body: dict) -> dict:
@@ -157,18 +180,32 @@ class LLMExtractor:
         if path.exists():
             self.stats["cache_hits"] += 1
             return json.loads(path.read_text())["behaviours"], ""
-        body = self.request_body(item)
         reason = ""
-        for attempt in range(self.retries):
+        temperature = self.temperature
+        attempt = 0
+        while attempt < self.retries:
             if attempt:
                 self.stats["retries"] += 1
                 time.sleep(self.backoff * 2 ** (attempt - 1))
+            attempt += 1
+            body = self.request_body(item, temperature)
+            t0 = time.monotonic()
             try:
                 resp = self._post(body)
-                content = resp["choices"][0]["message"]["content"]
+                choice = resp["choices"][0]
+                content = choice["message"]["content"]
+                if choice.get("finish_reason") == "length":
+                    raise AnswerError(f"cut at max_tokens={self.max_tokens}")
                 behaviours = parse_answer(content, set(self.names))
             except urllib.error.HTTPError as e:
-                reason = f"http {e.code}"
+                detail = _error_text(e)
+                reason = f"http {e.code}: {detail}" if detail else f"http {e.code}"
+                if e.code in (400, 422) and self.response_format == "auto" and self._format == "json_schema":
+                    log.info("llm: server refused response_format json_schema (%s); using json_object + schema",
+                             reason)
+                    self._format = "json_object"
+                    attempt -= 1  # the switch is not one of the item's attempts
+                    continue
                 if e.code < 500 and e.code != 429:
                     break  # a client error will not fix itself
                 continue
@@ -177,15 +214,24 @@ class LLMExtractor:
                 continue
             except (AnswerError, KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
                 reason = f"bad answer: {e}"
+                temperature = min(temperature + 0.3, 1.0)  # the same prompt at the same temperature repeats itself
                 continue
+            seconds = time.monotonic() - t0
+            usage = resp.get("usage") or {}
+            self.stats["seconds"] += seconds
+            for k in ("prompt_tokens", "completion_tokens"):
+                self.stats[k] += int(usage.get(k) or 0)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"id": item.source_id, "model": self.model, "prompt_version": PROMPT_VERSION,
-                                       "behaviours": behaviours}, sort_keys=True))
+                                       "behaviours": behaviours, "seconds": round(seconds, 3),
+                                       "attempts": attempt, "temperature": temperature,
+                                       "usage": {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}},
+                                      sort_keys=True))
             tmp.replace(path)
             return behaviours, ""
         self.stats["failed"] += 1
-        log.warning("llm: %s failed after %d attempts: %s", item.source_id, self.retries, reason)
+        log.warning("llm: %s failed after %d attempts: %s", item.source_id, attempt, reason)
         return None, reason
 
     def extract(self, items: list[TextItem]) -> list[Link]:

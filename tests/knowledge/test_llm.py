@@ -1,14 +1,20 @@
 """The llm backend against a small OpenAI-compatible server on 127.0.0.1 that replays recorded answers.
 
-``test_llm_real_*`` runs only with GRAPHSENTRY_LLM_TESTS=1 (``make test-llm``) against a real local server
-(llama.cpp ``python -m llama_cpp.server``) at GRAPHSENTRY_LLM_URL (default http://127.0.0.1:8765).
+``test_llm_real_*`` runs only with GRAPHSENTRY_LLM_TESTS=1 (``make test-llm``) against a real local server:
+GRAPHSENTRY_LLM_URL when it answers, else one started from GRAPHSENTRY_LLM_SERVER_CMD on a free 127.0.0.1 port
+(``{port}`` in the command) and stopped at the end, e.g. ``scripts/llm_server.sh serve {port}``.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
+import signal
+import socket
+import subprocess
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,6 +38,12 @@ class _Replay(BaseHTTPRequestHandler):
         srv.requests.append((self.path, body))
         tid = re.match(r"Technique (\S+):", body["messages"][1]["content"]).group(1)
         srv.calls[tid] = srv.calls.get(tid, 0) + 1
+        if srv.json_object_only and body["response_format"]["type"] != "json_object":
+            # what llama-cpp-python's server does with an OpenAI json_schema response_format
+            self.send_response(422)
+            self.end_headers()
+            self.wfile.write(b'{"detail": "response_format.type: Input should be \'text\' or \'json_object\'"}')
+            return
         if tid == "T1110" and srv.calls[tid] == 1:
             self.send_response(503)
             self.end_headers()
@@ -50,7 +62,7 @@ class _Replay(BaseHTTPRequestHandler):
 @pytest.fixture()
 def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Replay)
-    srv.requests, srv.calls = [], {}
+    srv.requests, srv.calls, srv.json_object_only = [], {}, False
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     yield srv
@@ -110,6 +122,19 @@ def test_llm_cache_hit_makes_no_calls(server, tmp_path):
     assert again.cache_key(_item("T1046", text="changed")) != again.cache_key(items[0])
 
 
+def test_llm_falls_back_to_json_object_schema(server, tmp_path):
+    server.json_object_only = True
+    ex = _ext(server, tmp_path, retries=2)
+    links = ex.extract([_item("T1046"), _item("T1110")])
+    kinds = [b["response_format"]["type"] for _, b in server.requests]
+    assert kinds[:2] == ["json_schema", "json_object"] and set(kinds[2:]) == {"json_object"}  # switched once
+    assert server.requests[1][1]["response_format"]["schema"] == ex.schema
+    assert {l.predicate for l in links if l.subject == "attack:T1046"} == {"vertical_scan", "horizontal_scan"}
+    assert ex.stats["failed"] == 0
+    with pytest.raises(ValueError, match="response_format"):
+        LLMExtractor("http://127.0.0.1:9", response_format="grammar")
+
+
 def test_llm_unreachable_server_never_crashes(tmp_path):
     ex = LLMExtractor("http://127.0.0.1:9", cache_dir=tmp_path, retries=2, backoff=0.01, timeout=2)
     links = ex.extract([_item("T1046")])
@@ -125,22 +150,82 @@ def test_parse_answer_rejects_bad_shapes():
             parse_answer(bad, names)
 
 
-def _real_url() -> str:
-    return os.environ.get("GRAPHSENTRY_LLM_URL", "http://127.0.0.1:8765")
+REAL_ITEMS = [
+    TextItem("attack:T1498.001", "T1498.001", "Direct Network Flood",
+             "Adversaries may attempt to cause a denial of service by directly sending a high-volume of network "
+             "traffic to a target. UDP, ICMP or TCP floods saturate the bandwidth of the victim.", "", ("impact",), True),
+    TextItem("attack:T1046", "T1046", "Network Service Discovery",
+             "Adversaries may attempt to get a listing of services running on remote hosts, using port, vulnerability "
+             "and/or wordlist scans.", "Detects rapid connections to multiple services or hosts in netflow.",
+             ("discovery",), True),
+    TextItem("attack:T1110.001", "T1110.001", "Password Guessing",
+             "Adversaries may guess passwords by repeatedly logging in to SSH, RDP or FTP services.",
+             "Detects many failed authentication attempts from one source.", ("credential-access",), True),
+]
 
 
-def test_llm_real_server(tmp_path):
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reachable(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url + "/v1/models", timeout=3).read()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def real_url():
+    """A real OpenAI-compatible server: GRAPHSENTRY_LLM_URL if it answers, else one this fixture starts from
+    GRAPHSENTRY_LLM_SERVER_CMD ({port} is replaced by a free port on 127.0.0.1) and stops afterwards."""
     if os.environ.get("GRAPHSENTRY_LLM_TESTS") != "1":
         pytest.skip("real LLM test is opt-in: make test-llm (GRAPHSENTRY_LLM_TESTS=1)")
+    url = os.environ.get("GRAPHSENTRY_LLM_URL", "")
+    if url and _reachable(url):
+        yield url.rstrip("/")
+        return
+    cmd = os.environ.get("GRAPHSENTRY_LLM_SERVER_CMD", "")
+    if not cmd:
+        pytest.skip(f"no server at GRAPHSENTRY_LLM_URL={url!r} and no GRAPHSENTRY_LLM_SERVER_CMD; e.g. "
+                    "GRAPHSENTRY_LLM_SERVER_CMD='scripts/llm_server.sh serve {port}' (see README)")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(Path(os.environ.get("GRAPHSENTRY_LLM_SERVER_LOG", os.devnull)), "ab")
+    proc = subprocess.Popen(shlex.split(cmd.replace("{port}", str(port))), stdout=log, stderr=log,
+                            start_new_session=True)
     try:
-        urllib.request.urlopen(_real_url() + "/v1/models", timeout=3).read()
-    except OSError as e:
-        pytest.skip(f"no OpenAI-compatible server at {_real_url()} ({e}); start e.g. "
-                    "python -m llama_cpp.server --model qwen.gguf --host 127.0.0.1 --port 8765")
-    ex = LLMExtractor(_real_url(), model=os.environ.get("GRAPHSENTRY_LLM_MODEL", "local"), cache_dir=tmp_path, retries=2)
-    item = TextItem("attack:T1498.001", "T1498.001", "Direct Network Flood",
-                    "Adversaries may attempt to cause a denial of service by directly sending a high-volume of network "
-                    "traffic to a target. UDP, ICMP or TCP floods saturate the bandwidth of the victim.", "", ("impact",), True)
-    links = ex.extract([item])
-    assert links and all(l.predicate in PREDICATES for l in links if l.status == "ok")
-    assert ex.stats["calls"] >= 1
+        deadline = time.monotonic() + float(os.environ.get("GRAPHSENTRY_LLM_START_S", "180"))
+        while not _reachable(url):
+            assert proc.poll() is None, f"server command exited with {proc.returncode}: {cmd}"
+            assert time.monotonic() < deadline, f"server did not answer on {url} in time"
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+
+
+def test_llm_real_server(real_url, tmp_path):
+    """Schema-valid answers from a real model, and a rebuild from the cache makes no call."""
+    model = os.environ.get("GRAPHSENTRY_LLM_MODEL", "local")
+    ex = LLMExtractor(real_url, model=model, cache_dir=tmp_path, retries=3, timeout=300)
+    links = ex.extract(REAL_ITEMS)
+    assert ex.stats["failed"] == 0, [l.extra for l in links if l.status == "failed"]
+    assert ex.stats["calls"] >= len(REAL_ITEMS)
+    for l in links:
+        assert l.status == "ok" and l.predicate in PREDICATES and 0 <= l.confidence <= 1
+        assert l.backend == "llm" and len(l.evidence) <= 160
+    for p in sorted(tmp_path.rglob("*.json")):  # every cached answer passes the schema check again
+        parse_answer(json.dumps({"behaviours": json.loads(p.read_text())["behaviours"]}), set(PREDICATES))
+    again = LLMExtractor(real_url, model=model, cache_dir=tmp_path)
+    assert [l.row() for l in again.extract(REAL_ITEMS)] == [l.row() for l in links]
+    assert again.stats["calls"] == 0 and again.stats["cache_hits"] == len(REAL_ITEMS)
