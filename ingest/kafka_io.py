@@ -631,25 +631,20 @@ class KafkaSource:
         return c
 
     def _commit(self) -> None:
-        from kafka.structs import OffsetAndMetadata, TopicPartition
-
-        offs = self.tracker.committable()
-        todo = {}
-        for tp, off in offs.items():
-            if tp in self.assigned and self._last_commit.get(tp) != off:
-                todo[TopicPartition(*tp)] = OffsetAndMetadata(off, "", -1)
+        """Commit every durable offset of an assigned partition that moved since the last commit."""
+        todo = {tp: off for tp, off in self.tracker.committable().items()
+                if tp in self.assigned and self._last_commit.get(tp) != off}
         if not todo or self.consumer is None:
             return
         try:
             if self.dead_letter is not None and hasattr(self.dead_letter, "flush"):
                 self.dead_letter.flush()  # bad messages must be in the DLQ before their offsets are committed
-            self.consumer.commit(todo)
-            for tp, om in todo.items():
-                self._last_commit[(tp.topic, tp.partition)] = om.offset
-                self._committed_log[(tp.topic, tp.partition)] = om.offset
+            self._commit_offsets(todo)
+            self._last_commit.update(todo)
+            self._committed_log.update(todo)
             if self.metrics:
                 self.metrics.commits.inc()
-            log.debug("committed %s", {f"{k.topic}/{k.partition}": v.offset for k, v in todo.items()})
+            log.debug("committed %s", {f"{t}/{p}": o for (t, p), o in todo.items()})
         except Exception as exc:  # noqa: BLE001 - a failed commit only means a later re-read
             log.warning("offset commit failed (%s); will retry", exc)
 
@@ -661,35 +656,24 @@ class KafkaSource:
         """Set the lag gauges; False when there was nothing to measure yet."""
         if not self.metrics or not self.assigned or self.consumer is None:
             return False
-        from kafka.structs import TopicPartition
-
-        tps = [TopicPartition(*tp) for tp in self.assigned]
         try:
-            ends = self.consumer.end_offsets(tps)
+            positions = self._positions()
         except Exception:  # noqa: BLE001
             return False
-        for tp in tps:
-            try:
-                pos = self.consumer.position(tp, timeout_ms=1000)
-            except Exception:  # noqa: BLE001
-                continue
-            if pos is None:
-                continue
-            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, ends.get(tp, pos) - pos))
+        for (t, p), (pos, end) in positions.items():
+            self.metrics.consumer_lag.labels(t, str(p)).set(max(0, end - max(pos, 0)))
         return True
 
     def _at_end(self) -> bool:
         """True when every assigned partition has been read to its end offset (``stop_at_end``)."""
         if not self.assigned or self.consumer is None:
             return False
-        from kafka.structs import TopicPartition
-
-        tps = [TopicPartition(*tp) for tp in self.assigned]
         try:
-            ends = self.consumer.end_offsets(tps)
-            return all(self.consumer.position(tp) >= ends[tp] for tp in tps)
+            positions = self._positions()
         except Exception:  # noqa: BLE001
             return False
+        # position < 0 (nothing consumed yet): at the end only if the partition is empty
+        return len(positions) == len(self.assigned) and all(max(p, 0) >= end for p, end in positions.values())
 
     def _put(self, item: SourceBatch) -> None:
         # The queue is bounded; pausing keeps it from filling, but block briefly rather than drop.
@@ -708,18 +692,15 @@ class KafkaSource:
             self.metrics.queue_depth.labels("records").set(depth)
         if self.consumer is None:
             return
-        parts = self.consumer.assignment()
-        if not self._paused and depth >= self.high_water and parts:
-            self.consumer.pause(*parts)
-            self._paused = True
-            self.pauses += 1
-            if self.metrics:
-                self.metrics.paused.set(1)
-            log.debug("paused %d partitions (queue %d)", len(parts), depth)
+        if not self._paused and depth >= self.high_water:
+            if self._pause_all():
+                self._paused = True
+                self.pauses += 1
+                if self.metrics:
+                    self.metrics.paused.set(1)
+                log.debug("paused partitions (queue %d)", depth)
         elif self._paused and depth <= self.low_water:
-            paused = self.consumer.paused()
-            if paused:
-                self.consumer.resume(*paused)
+            self._resume_all()
             self._paused = False
             if self.metrics:
                 self.metrics.paused.set(0)
@@ -746,13 +727,13 @@ class KafkaSource:
             self._end_of_stream()
 
     def _run(self) -> None:
-        from kafka.errors import KafkaError
-
+        """The one poll loop of both backends: connect, poll -> decode -> queue, commit, lag, drain."""
+        retryable = self._connect_errors()
         while not self._stop_reading.is_set() and self.consumer is None:
             try:
                 self.consumer = self._make_consumer()
-            except KafkaError:
-                log.warning("no Kafka broker at %s yet; retrying", self.cfg["bootstrap"])
+            except retryable as exc:
+                log.warning("no Kafka consumer for %s yet (%s); retrying", self.cfg["bootstrap"], exc)
                 self._stop_reading.wait(1.0)
         if self.consumer is None:
             return
@@ -762,33 +743,32 @@ class KafkaSource:
         while not self._stop.is_set():
             if self._stop_reading.is_set():
                 self._end_of_stream()
-                self._stop.wait(0.1)
+                self._drain_tick()
             else:
                 self._backpressure()
                 try:
-                    polled = self.consumer.poll(timeout_ms=200, max_records=self.max_poll_records)
-                except KafkaError as exc:
-                    # Broker gone or a rebalance error: kafka-python reconnects by itself on the next poll.
+                    chunks = self._poll_chunks()
+                except retryable as exc:
+                    # Broker gone or a rebalance error: the client reconnects by itself on the next poll.
                     self.reconnects += 1
                     log.warning("poll failed (%s); retrying", exc)
                     self._stop.wait(0.5)
                     continue
                 now = time.time()
-                for tp, msgs in polled.items():
-                    if not msgs or (tp.topic, tp.partition) not in self.assigned:
+                for c in chunks:
+                    if (c.topic, c.partition) not in self.assigned:
                         continue
-                    dec = decode_messages((m.value for m in msgs), self.fmt, self.kind, self.dead_letter,
-                                          source=f"kafka:{tp.topic}/{tp.partition}")
+                    dec = decode_messages(c.values, self.fmt, self.kind, self.dead_letter,
+                                          source=f"kafka:{c.topic}/{c.partition}")
                     if self.metrics:
                         self.metrics.records.labels("kafka").inc(dec.table.num_rows)
                         for reason, n in dec.malformed.items():
                             self.metrics.malformed.labels(reason).inc(n)
-                    ts_ms = [m.timestamp for m in msgs if m.timestamp and m.timestamp > 0]
                     # Event-to-alert starts when the producer sent the newest message of this chunk.
-                    arrival = (max(ts_ms) / 1000.0) if ts_ms else now
-                    self._put(SourceBatch(dec.table, "kafka", min(arrival, now), tp.topic, tp.partition,
-                                          msgs[0].offset, msgs[-1].offset))
-                idle_polls = 0 if polled else idle_polls + 1
+                    arrival = (c.max_ts_ms / 1000.0) if c.max_ts_ms > 0 else now
+                    self._put(SourceBatch(dec.table, "kafka", min(arrival, now), c.topic, c.partition,
+                                          c.first_offset, c.last_offset))
+                idle_polls = 0 if chunks else idle_polls + 1
                 if self.stop_at_end and idle_polls >= 3 and self._at_end():
                     log.info("all assigned partitions read to the end (stop_at_end)")
                     self._stop_reading.set()
@@ -802,9 +782,71 @@ class KafkaSource:
         # Final commit of everything durable, in this thread (the consumer is not thread-safe).
         self._commit()
         try:
-            self.consumer.close(autocommit=False)
+            self._close()
         except Exception:  # noqa: BLE001
             pass
+
+    # backend adapter (kafka-python here; ConfluentSource overrides these) -------------------
+    def _connect_errors(self) -> tuple[type[BaseException], ...]:
+        from kafka.errors import KafkaError
+
+        return (KafkaError,)
+
+    def _poll_chunks(self) -> list["_Polled"]:
+        polled = self.consumer.poll(timeout_ms=200, max_records=self.max_poll_records)
+        return [_Polled(tp.topic, tp.partition, [m.value for m in msgs], msgs[0].offset, msgs[-1].offset,
+                        max((m.timestamp or 0 for m in msgs), default=0))
+                for tp, msgs in polled.items() if msgs]
+
+    def _commit_offsets(self, todo: dict[tuple[str, int], int]) -> None:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        self.consumer.commit({TopicPartition(*tp): OffsetAndMetadata(off, "", -1) for tp, off in todo.items()})
+
+    def _positions(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """(position, end offset) of every assigned partition."""
+        from kafka.structs import TopicPartition
+
+        tps = [TopicPartition(*tp) for tp in self.assigned]
+        ends = self.consumer.end_offsets(tps)
+        out = {}
+        for tp in tps:
+            try:
+                pos = self.consumer.position(tp, timeout_ms=1000)
+            except Exception:  # noqa: BLE001 - one slow partition does not hide the others
+                continue
+            if pos is not None:
+                out[(tp.topic, tp.partition)] = (pos, ends.get(tp, pos))
+        return out
+
+    def _pause_all(self) -> bool:
+        parts = self.consumer.assignment()
+        if parts:
+            self.consumer.pause(*parts)
+        return bool(parts)
+
+    def _resume_all(self) -> None:
+        paused = self.consumer.paused()
+        if paused:
+            self.consumer.resume(*paused)
+
+    def _drain_tick(self) -> None:
+        self._stop.wait(0.1)
+
+    def _close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+@dataclass
+class _Polled:
+    """One partition's messages from one poll, backend-neutral."""
+
+    topic: str
+    partition: int
+    values: list
+    first_offset: int
+    last_offset: int
+    max_ts_ms: int  # newest producer timestamp, 0 when none
 
 
 def iter_topic(
@@ -982,132 +1024,53 @@ class ConfluentSource(KafkaSource):
         c.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke)
         return c
 
-    def _commit(self) -> None:
+    def _connect_errors(self) -> tuple[type[BaseException], ...]:
+        from confluent_kafka import KafkaException
+
+        # librdkafka reports a bad configuration as ValueError/KafkaException at construction time
+        return (KafkaException, ValueError)
+
+    def _poll_chunks(self) -> list[_Polled]:
+        by_tp: dict[tuple[str, int], list] = {}
+        for m in self.consumer.consume(num_messages=self.max_poll_records, timeout=0.2):
+            if m.error():
+                log.warning("consume error: %s", m.error())
+                continue
+            by_tp.setdefault((m.topic(), m.partition()), []).append(m)
+        return [_Polled(t, p, [m.value() for m in ms], ms[0].offset(), ms[-1].offset(),
+                        max(m.timestamp()[1] for m in ms))
+                for (t, p), ms in by_tp.items()]
+
+    def _commit_offsets(self, todo: dict[tuple[str, int], int]) -> None:
         from confluent_kafka import TopicPartition
 
-        offs = self.tracker.committable()
-        todo = [(tp, off) for tp, off in offs.items() if tp in self.assigned and self._last_commit.get(tp) != off]
-        if not todo or self.consumer is None:
-            return
-        try:
-            if self.dead_letter is not None and hasattr(self.dead_letter, "flush"):
-                self.dead_letter.flush()
-            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in todo], asynchronous=False)
-            for tp, off in todo:
-                self._last_commit[tp] = off
-                self._committed_log[tp] = off
-            if self.metrics:
-                self.metrics.commits.inc()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("offset commit failed (%s); will retry", exc)
+        self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in todo.items()], asynchronous=False)
 
-    def _positions(self):
+    def _positions(self) -> dict[tuple[str, int], tuple[int, int]]:
         from confluent_kafka import TopicPartition
 
-        tps = [TopicPartition(t, p) for t, p in self.assigned]
-        pos = self.consumer.position(tps)
         out = {}
-        for tp in pos:
+        for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.assigned]):
             _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=2)
             out[(tp.topic, tp.partition)] = (tp.offset, hi)
         return out
 
-    def _update_lag(self) -> bool:
-        if not self.metrics or not self.assigned or self.consumer is None:
-            return False
-        try:
-            for (t, p), (pos, hi) in self._positions().items():
-                self.metrics.consumer_lag.labels(t, str(p)).set(max(0, hi - max(pos, 0)))
-        except Exception:  # noqa: BLE001
-            return False
-        return True
-
-    def _at_end(self) -> bool:
-        if not self.assigned or self.consumer is None:
-            return False
-        try:
-            pos = self._positions()
-        except Exception:  # noqa: BLE001
-            return False
-        # position -1001 (invalid) = nothing consumed yet: at the end only if the partition is empty
-        return all((p if p >= 0 else 0) >= hi for p, hi in pos.values())
-
-    def _backpressure(self) -> None:
-        depth = self.out.qsize()
-        self.max_depth = max(self.max_depth, depth)
-        if self.metrics:
-            self.metrics.queue_depth.labels("records").set(depth)
-        if self.consumer is None:
-            return
+    def _pause_all(self) -> bool:
         parts = self.consumer.assignment()
-        if not self._paused and depth >= self.high_water and parts:
+        if parts:
             self.consumer.pause(parts)
-            self._paused = True
-            self.pauses += 1
-            if self.metrics:
-                self.metrics.paused.set(1)
-        elif self._paused and depth <= self.low_water:
-            if parts:
-                self.consumer.resume(parts)
-            self._paused = False
-            if self.metrics:
-                self.metrics.paused.set(0)
+        return bool(parts)
 
-    def _run(self) -> None:
-        while not self._stop_reading.is_set() and self.consumer is None:
-            try:
-                self.consumer = self._make_consumer()
-            except Exception as exc:  # noqa: BLE001
-                log.warning("cannot create consumer (%s); retrying", exc)
-                self._stop_reading.wait(1.0)
-        if self.consumer is None:
-            return
-        next_commit = time.monotonic() + self.commit_interval
-        next_lag = time.monotonic()
-        idle_polls = 0
-        while not self._stop.is_set():
-            if self._stop_reading.is_set():
-                self._end_of_stream()
-                self.consumer.poll(0.1)  # keeps librdkafka serving callbacks while draining
-            else:
-                self._backpressure()
-                msgs = self.consumer.consume(num_messages=self.max_poll_records, timeout=0.2)
-                now = time.time()
-                by_tp: dict[tuple[str, int], list] = {}
-                for m in msgs:
-                    if m.error():
-                        log.warning("consume error: %s", m.error())
-                        continue
-                    by_tp.setdefault((m.topic(), m.partition()), []).append(m)
-                for (topic, part), ms in by_tp.items():
-                    if (topic, part) not in self.assigned:
-                        continue
-                    dec = decode_messages([m.value() for m in ms], self.fmt, self.kind, self.dead_letter,
-                                          source=f"kafka:{topic}/{part}")
-                    if self.metrics:
-                        self.metrics.records.labels("kafka").inc(dec.table.num_rows)
-                        for reason, n in dec.malformed.items():
-                            self.metrics.malformed.labels(reason).inc(n)
-                    ts_ms = [m.timestamp()[1] for m in ms if m.timestamp()[1] > 0]
-                    arrival = (max(ts_ms) / 1000.0) if ts_ms else now
-                    self._put(SourceBatch(dec.table, "kafka", min(arrival, now), topic, part,
-                                          ms[0].offset(), ms[-1].offset()))
-                idle_polls = 0 if msgs else idle_polls + 1
-                if self.stop_at_end and idle_polls >= 3 and self._at_end():
-                    log.info("all assigned partitions read to the end (stop_at_end)")
-                    self._stop_reading.set()
-            mono = time.monotonic()
-            if mono >= next_commit:
-                self._commit()
-                next_commit = mono + self.commit_interval
-            if mono >= next_lag and not self._stop_reading.is_set():
-                # every 5 s once partitions are assigned; until then retry soon
-                next_lag = mono + (5.0 if self._update_lag() else 0.5)
-        self._commit()
-        try:
-            self.consumer.close()
-        except Exception:  # noqa: BLE001
-            pass
+    def _resume_all(self) -> None:
+        parts = self.consumer.assignment()
+        if parts:
+            self.consumer.resume(parts)
+
+    def _drain_tick(self) -> None:
+        self.consumer.poll(0.1)  # keeps librdkafka serving callbacks while draining
+
+    def _close(self) -> None:
+        self.consumer.close()
 
 
 def source_class(backend: str | None):
