@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = ["Predicate", "PREDICATES", "PREDICATE_NAMES", "WindowContext", "compute_predicates",
-           "node_activations", "VOCAB_VERSION"]
+           "compute_predicates_many", "concat_windows", "node_activations", "VOCAB_VERSION"]
 
 # Tag "context": a fact about a single flow (its port, direction, handshake outcome) that is common in
 # benign traffic too; such predicates count less in technique scores than behaviours over groups of flows.
@@ -71,14 +71,29 @@ def ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.minimum(np.maximum(y, 0.0, out=y), 1.0, out=y)  # ufuncs directly: np.clip's wrapper is slower
 
 
-def _num(table: pa.Table, name: str, fill: float = 0.0) -> np.ndarray:
+def _num(table: pa.Table, name: str, fill: float = 0.0, seg: np.ndarray | None = None,
+         n_seg: int = 1) -> np.ndarray:
+    """Column as float64; a missing column is all ``fill``.
+
+    Nulls become ``fill``. In a window without nulls a float NaN stays NaN, in a window with nulls it
+    becomes ``fill`` too (the historical one-window rule); with ``seg`` (window index per row of
+    several concatenated windows) that rule is applied window by window, so each window gets exactly
+    what it would get alone.
+    """
     if name not in table.column_names:
         return np.full(table.num_rows, fill, dtype=np.float64)
     col = table.column(name)
     # One conversion: ints with nulls come out as float64 with NaN, which we then fill.
     out = np.asarray(col.to_numpy(), dtype=np.float64)
     if col.null_count and not np.isnan(fill):
-        out = np.where(np.isnan(out), fill, out)
+        nan = np.isnan(out)
+        if seg is not None and pa.types.is_floating(col.type):
+            # float NaN that is not a null is only filled in windows that hold a null
+            nulls = col.is_null()
+            nulls = (nulls.combine_chunks() if isinstance(nulls, pa.ChunkedArray) else nulls).to_numpy(
+                zero_copy_only=False)
+            nan &= (np.bincount(seg[nulls], minlength=n_seg) > 0)[seg]
+        out = np.where(nan, fill, out)
     return out
 
 
@@ -120,10 +135,17 @@ def _lookup(codes: np.ndarray, values: list, pred: Callable[[object], bool]) -> 
 
 
 def _group(*codes: np.ndarray) -> tuple[np.ndarray, int]:
-    """Group id per row for the combination of integer code arrays."""
+    """Group id per row for the combination of non-negative integer code arrays."""
     key = np.zeros(len(codes[0]), dtype=np.int64)
+    kmax = 0
     for c in codes:
-        key = key * (int(c.max(initial=0)) + 1) + c
+        cmax = int(c.max(initial=0))
+        if kmax and kmax * (cmax + 1) + cmax >= 2 ** 62:  # the mixed key would overflow: densify first
+            _, key = np.unique(key, return_inverse=True)
+            key = key.astype(np.int64).ravel()
+            kmax = int(key.max(initial=0))
+        key = key * (cmax + 1) + c
+        kmax = kmax * (cmax + 1) + cmax
     _, inv = np.unique(key, return_inverse=True)
     return inv.astype(np.int64).ravel(), int(inv.max(initial=-1)) + 1
 
@@ -159,20 +181,35 @@ def _isin(a: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 class WindowContext:
-    """Columns and group keys of one window, computed once and shared by every predicate."""
+    """Columns and group keys of one window, computed once and shared by every predicate.
 
-    def __init__(self, table: pa.Table):
+    ``sizes`` (rows per window) says that ``table`` is several windows concatenated in order: every
+    group key then includes the window, and the rate span is per window, so each window's rows get
+    exactly the values they would get from a context of that window alone (one call instead of one
+    per window: a window holds tens of flows, and the fixed cost per numpy call dominated).
+    """
+
+    def __init__(self, table: pa.Table, sizes: np.ndarray | None = None):
         n = table.num_rows
         self.n = n
         self.table = table
+        if sizes is not None and len(sizes) > 1:
+            sizes = np.asarray(sizes, dtype=np.int64)
+            if int(sizes.sum()) != n or (sizes < 0).any():
+                raise ValueError(f"window sizes sum to {int(sizes.sum())}, the table has {n} rows")
+            self.n_seg = len(sizes)
+            self.seg: np.ndarray | None = np.repeat(np.arange(self.n_seg, dtype=np.int64), sizes)
+        else:
+            self.n_seg, self.seg = 1, None
+        seg, ns = self.seg, self.n_seg
         ts = table.column("ts")
         ts = ts.cast(pa.int64()) if pa.types.is_timestamp(ts.type) else ts
         self.ts = np.nan_to_num(np.asarray(ts.to_numpy(), dtype=np.float64)) / 1e6
-        self.duration = _num(table, "duration")
-        self.src_bytes = _num(table, "src_bytes")
-        self.dst_bytes = _num(table, "dst_bytes")
-        self.src_pkts = _num(table, "src_pkts")
-        self.dst_pkts = _num(table, "dst_pkts")
+        self.duration = _num(table, "duration", 0.0, seg, ns)
+        self.src_bytes = _num(table, "src_bytes", 0.0, seg, ns)
+        self.dst_bytes = _num(table, "dst_bytes", 0.0, seg, ns)
+        self.src_pkts = _num(table, "src_pkts", 0.0, seg, ns)
+        self.dst_pkts = _num(table, "dst_pkts", 0.0, seg, ns)
         # IP-level bytes fall back to payload bytes when the source lacks them.
         sib, dib = _num(table, "src_ip_bytes", np.nan), _num(table, "dst_ip_bytes", np.nan)
         self.src_ip_bytes = np.where(np.isnan(sib), self.src_bytes, sib)
@@ -180,8 +217,8 @@ class WindowContext:
         self.syn = _num(table, "syn_count", np.nan)
         self.rst = _num(table, "rst_count", np.nan)
         self.entropy = _num(table, "entropy", np.nan)
-        self.dst_port = _num(table, "dst_port", -1).astype(np.int64)
-        self.src_port = _num(table, "src_port", -1).astype(np.int64)
+        self.dst_port = _num(table, "dst_port", -1, seg, ns).astype(np.int64)
+        self.src_port = _num(table, "src_port", -1, seg, ns).astype(np.int64)
         pcode, pvals = _dict(table, "proto")
         pl = [(v or "").lower() for v in pvals]
         self.tcp = _lookup(pcode, pl, lambda v: v == "tcp")
@@ -205,7 +242,13 @@ class WindowContext:
         self._groups: dict[str, tuple[np.ndarray, int]] = {}
         # Window span (s): used to turn counts into rates; at least 1 s so a burst is not divided by ~0.
         end = self.ts + np.maximum(self.duration, 0)
-        self.span = max(1.0, float(end.max() - self.ts.min())) if n else 1.0
+        self.span: float | np.ndarray = max(1.0, float(end.max() - self.ts.min())) if n else 1.0
+        if seg is not None and n:
+            # per window (a per-row array): max(end) - min(ts) of the row's own window
+            starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
+            span = np.maximum.reduceat(end, starts) - np.minimum.reduceat(self.ts, starts)
+            span = np.where(span > 1.0, span, 1.0)  # = max(1.0, x) above, NaN included
+            self.span = span[np.cumsum(np.r_[False, seg[1:] != seg[:-1]])]
         self.pkts = self.src_pkts + self.dst_pkts
         self.bytes = self.src_bytes + self.dst_bytes
         self.ip_bytes = self.src_ip_bytes + self.dst_ip_bytes
@@ -213,18 +256,20 @@ class WindowContext:
     def group(self, name: str) -> tuple[np.ndarray, int]:
         """Cached group ids for a named key: src, dst, pair, src_port, dst_port (dst + port), flow (src+dst+port)."""
         if name not in self._groups:
+            # With several windows, "src"/"dst" groups are (window, address); every other key is built
+            # on one of them, so it is per window too.
             if name == "src":
-                g = (self.src, self.n_src)
+                g = (self.src, self.n_src) if self.seg is None else _group(self.seg, self.src)
             elif name == "dst":
-                g = (self.dst, self.n_dst)
+                g = (self.dst, self.n_dst) if self.seg is None else _group(self.seg, self.dst)
             elif name == "pair":
-                g = _group(self.src, self.dst)
+                g = _group(self.group("src")[0], self.dst)
             elif name == "src_port":
-                g = _group(self.src, self.port)
+                g = _group(self.group("src")[0], self.port)
             elif name == "dst_port":
-                g = _group(self.dst, self.port)
+                g = _group(self.group("dst")[0], self.port)
             elif name == "flow":
-                g = _group(self.src, self.dst, self.port)
+                g = _group(self.group("src")[0], self.dst, self.port)
             else:
                 raise ValueError(f"unknown group key {name!r}")
             self._groups[name] = g
@@ -612,7 +657,7 @@ def many_destinations_same_payload(c: WindowContext) -> np.ndarray:
     """One source sends the same request size (bytes) to >= 10 (full at 50) destinations: automated
     propagation or scanning with a fixed probe."""
     size = c.src_bytes.astype(np.int64)
-    g, k = _group(c.src, np.maximum(size, 0))
+    g, k = _group(c.group("src")[0], np.maximum(size, 0))
     return ramp(_distinct(g, k, c.dst)[g], 9, 50) * (c.src_bytes > 0)
 
 
@@ -685,11 +730,15 @@ def compute_predicates(table: pa.Table | pa.RecordBatch, names: tuple[str, ...] 
     """Edge activations ``float32 [E, len(names)]`` (all predicates by default), in ``names`` order."""
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
+    return _activations(table, None, names)
+
+
+def _activations(table: pa.Table, sizes: np.ndarray | None, names: tuple[str, ...] | None) -> np.ndarray:
     names = PREDICATE_NAMES if names is None else tuple(names)
     out = np.zeros((table.num_rows, len(names)), dtype=np.float32)
     if table.num_rows == 0:
         return out
-    ctx = WindowContext(table)
+    ctx = WindowContext(table, sizes)
     with np.errstate(invalid="ignore", divide="ignore"):
         for j, name in enumerate(names):
             out[:, j] = PREDICATES[name].fn(ctx)
@@ -698,11 +747,45 @@ def compute_predicates(table: pa.Table | pa.RecordBatch, names: tuple[str, ...] 
     return out
 
 
+def concat_windows(tables) -> tuple[pa.Table, np.ndarray]:
+    """(one table of the windows' rows in order, rows per window); columns missing from some windows
+    are null there (``_num``/``_dict`` treat a null like a missing column, so nothing changes)."""
+    tables = [pa.Table.from_batches([t]) if isinstance(t, pa.RecordBatch) else t for t in tables]
+    sizes = np.fromiter((t.num_rows for t in tables), dtype=np.int64, count=len(tables))
+    live = [t for t in tables if t.num_rows]
+    if not live:
+        return (tables[0] if tables else pa.table({})), sizes
+    try:
+        table = pa.concat_tables(live)
+    except pa.ArrowInvalid:  # different column sets or types: let Arrow promote (raises if it cannot)
+        table = pa.concat_tables(live, promote_options="permissive")
+    return table, sizes
+
+
+def compute_predicates_many(tables, names: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Activations of several windows in one call: ``(float32 [sum E, len(names)], rows per window)``.
+
+    Rows are the windows' rows in order; window ``i`` is rows ``off[i]:off[i+1]`` with
+    ``off = [0, *cumsum(sizes)]``, and equals ``compute_predicates(tables[i], names)`` bit for bit
+    (groups, distinct counts and rates never cross windows; ``tests/knowledge/test_predicates.py``).
+    """
+    table, sizes = concat_windows(tables)
+    return _activations(table, sizes[sizes > 0], names), sizes
+
+
 def node_activations(edge_act: np.ndarray, edge_index: np.ndarray, num_nodes: int) -> np.ndarray:
-    """Per-node activation ``[N, K]``: max over the node's incident edges (as source or destination)."""
+    """Per-node activation ``[N, K]``: max over the node's incident edges (as source or destination), 0
+    for a node without edges. One sort and one ``maximum.reduceat`` (``np.maximum.at`` costs ~1 us per
+    element); the max is exact, so the order does not change the result."""
     node = np.zeros((num_nodes, edge_act.shape[1]), dtype=edge_act.dtype)
-    if edge_act.shape[0]:
-        ei = np.asarray(edge_index, dtype=np.int64)
-        np.maximum.at(node, ei[0], edge_act)
-        np.maximum.at(node, ei[1], edge_act)
+    E = edge_act.shape[0]
+    if E and num_nodes:
+        ei = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
+        ends = np.concatenate([ei[0], ei[1]])
+        order = np.argsort(ends, kind="stable")
+        ends = ends[order]
+        starts = np.flatnonzero(np.r_[True, ends[1:] != ends[:-1]])
+        rows = np.where(order < E, order, order - E)
+        red = np.maximum.reduceat(edge_act[rows], starts, axis=0)
+        node[ends[starts]] = np.maximum(node[ends[starts]], red)  # starting from 0, like the running max
     return node

@@ -104,3 +104,53 @@ def test_sparse_and_dense_propagation_agree(kf, rows):
     rng = np.random.default_rng(0)
     a = ((rng.random((rows, len(kf.predicates))) > 0.85) * rng.random((rows, len(kf.predicates)))).astype(np.float32)
     np.testing.assert_allclose(kf._log_keep_of(a), a @ kf.log_keep, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- several windows in one call
+
+def test_transform_many_equals_transform_per_window(kf):
+    from tests.knowledge.test_predicates import _windows_mix
+
+    ws = _windows_mix()
+    graphs = [_ip_graph(w) if w.num_rows else (np.zeros((2, 0), np.int64), 0, {}) for w in ws]
+    # some windows without a graph (edge block only, node block of zeros)
+    eis = [g[0] for g in graphs]
+    nns = [g[1] for g in graphs]
+    eis[5], nns[5] = None, None
+    many_kb = kf.transform_many(ws, eis, nns)
+    assert len(many_kb) == len(ws)
+    for i, w in enumerate(ws):
+        one = kf.transform(w, eis[i], nns[i])
+        got = many_kb[i]
+        assert np.array_equal(got.edge, one.edge), f"edge block of window {i} differs"
+        assert np.array_equal(got.node, one.node), f"node block of window {i} differs"
+        assert got.top_technique() == one.top_technique()
+        assert got.edge.shape == (w.num_rows, kf.width) and got.names == kf.names
+
+
+def test_transform_many_matches_a_real_capture(kf, samples):
+    """Zeek windows (conn_state, service, nulls in syn_count) from a real sample, 60 s windows."""
+    from ingest.readers import open_inputs
+    from ingest.windows import Tumbling, window_all
+
+    path = samples / "stratosphere" / "008-zeek-mixed.conn.log.labeled"
+    windows, _ = window_all(open_inputs([str(path)]), Tumbling(60.0), lateness=1e9)
+    tables = [w.table for w in windows]
+    assert len(tables) > 20
+    graphs = [_ip_graph(t) for t in tables]
+    got = kf.transform_many(tables, [g[0] for g in graphs], [g[1] for g in graphs])
+    for t, g, kb in zip(tables, graphs, got):
+        one = kf.transform(t, g[0], g[1])
+        assert np.array_equal(kb.edge, one.edge) and np.array_equal(kb.node, one.node)
+
+
+def test_transform_many_bad_graph_input(kf):
+    t = table(background())
+    ei, n, _ = _ip_graph(t)
+    assert kf.transform_many([]) == []
+    with pytest.raises(ValueError, match="tables but"):
+        kf.transform_many([t, t], [ei], [n])
+    kbs = kf.transform_many([t, t], [ei, ei + 100], [n, n])  # ids outside the second window's nodes
+    assert np.array_equal(kbs[0].edge, kbs[1].edge)
+    with pytest.raises(IndexError):
+        kbs[1].node

@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from knowledge.predicates import PREDICATE_NAMES, PREDICATES, compute_predicates, node_activations
+import pyarrow as pa
+
+from knowledge.predicates import (PREDICATE_NAMES, PREDICATES, _group, compute_predicates, compute_predicates_many,
+                                  node_activations)
 from tests.knowledge.flowkit import T0, attack, background, flow, many, table
 
 BG = background
@@ -162,3 +165,72 @@ def test_nulls_in_numeric_columns():
             for r in BG()]
     a = compute_predicates(table(rows + BG()))
     assert np.isfinite(a).all() and a.shape[0] == 2 * len(BG())
+
+
+# ---------------------------------------------------------------- several windows in one call
+
+def _windows_mix() -> list:
+    """Windows that reuse the same addresses (groups must not cross windows), differ in columns, nulls,
+    NaN and span, plus empty windows and a RecordBatch."""
+    ws = []
+    for cases in CASES.values():
+        for fire, quiet in cases:
+            ws += [table(fire), table(quiet)]
+    t = table(BG())
+    ws.insert(3, t.slice(0, 0))
+    ws.insert(10, t.select(["row", "ts", "src_ip", "dst_ip"]))            # bare columns
+    nul = [dict(r, syn_count=None, duration=None, src_bytes=None, dst_port=None, conn_state=None) for r in BG()]
+    ws.insert(20, table(nul + BG()))                                       # nulls
+    nan = table(CASES["brute_force"][0][0])                                # NaN that is not a null
+    dur = nan.column("duration").to_numpy().copy()
+    dur[-1] = np.nan  # alone, this window's brute_force is NaN -> 0; filled with 0 it would fire
+    ws.insert(21, nan.set_column(nan.schema.get_field_index("duration"), "duration", pa.array(dur)))
+    ws.insert(30, table(BG()).to_batches()[0])
+    ws.append(t.slice(0, 0))
+    return ws
+
+
+def test_many_windows_equal_one_at_a_time():
+    ws = _windows_mix()
+    act, sizes = compute_predicates_many(ws)
+    assert sizes.tolist() == [w.num_rows for w in ws] and act.shape == (sum(sizes), len(PREDICATE_NAMES))
+    off = np.r_[0, np.cumsum(sizes)]
+    for i, w in enumerate(ws):
+        one = compute_predicates(w)
+        assert np.array_equal(act[off[i]:off[i + 1]], one), f"window {i} differs"
+    # the rows of a scan still fire only in their own window (the next window reuses the addresses)
+    j = PREDICATE_NAMES.index("horizontal_scan")
+    fire, quiet = CASES["horizontal_scan"][0]
+    a2, s2 = compute_predicates_many([table(fire), table(quiet)], ("horizontal_scan",))
+    assert a2[: s2[0]].max() >= 0.9 and a2[s2[0]:].max() <= 0.05 and j >= 0
+
+
+def test_many_windows_rates_use_each_window_span():
+    burst = many(300, lambda i: dict(ts=T0 + i * 0.001, proto="udp", src_ip=f"10.9.{i % 200}.1", dst_port=9999))
+    slow = many(300, lambda i: dict(ts=T0 + i * 10.0, proto="udp", src_ip=f"10.9.{i % 200}.1", dst_port=9999))
+    act, _ = compute_predicates_many([table(burst), table(slow)], ("udp_volume",))
+    assert act[:300].min() >= 0.9 and act[300:].max() == 0.0
+
+
+def test_many_windows_edge_cases():
+    assert compute_predicates_many([])[0].shape == (0, len(PREDICATE_NAMES))
+    t = table(BG())
+    act, sizes = compute_predicates_many([t.slice(0, 0), t.slice(0, 0)])
+    assert act.shape == (0, len(PREDICATE_NAMES)) and sizes.tolist() == [0, 0]
+
+
+def test_group_key_does_not_overflow():
+    big = np.array([0, 2 ** 40, 2 ** 40, 5], dtype=np.int64)
+    g, k = _group(big, big, np.array([0, 1, 1, 0]))
+    assert k == 3 and g[1] == g[2] and len({g[0], g[1], g[3]}) == 3
+
+
+def test_node_activations_is_the_max_over_incident_edges():
+    rng = np.random.default_rng(0)
+    act = rng.random((200, 7)).astype(np.float32) * (rng.random((200, 7)) < 0.3)
+    ei = rng.integers(0, 40, size=(2, 200))
+    ref = np.zeros((45, 7), np.float32)
+    np.maximum.at(ref, ei[0], act)
+    np.maximum.at(ref, ei[1], act)
+    assert np.array_equal(node_activations(act, ei, 45), ref)
+    assert node_activations(act[:0], ei[:, :0], 3).shape == (3, 7)
