@@ -37,6 +37,15 @@ MIN_FEATURE_LINK = 0.4
 MIN_TECHNIQUE_LINK = 0.6
 # Context predicates (protocol/direction facts true of much benign traffic) count 0.3x in technique scores.
 CONTEXT_FACTOR = 0.3
+# Counted as context in technique scores besides the predicates tagged "context" in knowledge/predicates.py.
+# Both are single-flow facts of port and direction (internal -> internal, resp. external -> internal, on
+# an admin / remote-access port, with payload): every legitimate admin or VPN session fires them. ATT&CK
+# defines the techniques that link to them by what a flow cannot show: T1021 Remote Services "use Valid
+# Accounts to log into a service that accepts remote connections", T1133 External Remote Services
+# "leverage external-facing remote services" with valid accounts. So these facts sharpen behaviour
+# evidence (admin fan-out, brute force, transfers) but cannot name a technique on their own; before this,
+# an internal SSH brute force scored T1021 above T1110 because `lateral_admin` fires on each attempt.
+EXTRA_CONTEXT = ("lateral_admin", "inbound_remote_service")
 LINK_SCHEMA = pa.schema([
     ("subject", pa.string()), ("source_id", pa.string()), ("predicate", pa.string()),
     ("confidence", pa.float64()), ("evidence", pa.string()), ("backend", pa.string()),
@@ -67,6 +76,11 @@ def link_rows(links: list[Link]) -> list[dict]:
     return rows
 
 
+def context_predicates() -> list[str]:
+    """Predicates that count ``CONTEXT_FACTOR`` x in technique scores, in vocabulary order."""
+    return [p for p in PREDICATE_NAMES if "context" in PREDICATES[p].tags or p in EXTRA_CONTEXT]
+
+
 def feature_spec(g: nx.MultiDiGraph, links: list[Link]) -> dict:
     """The compact featurizer spec: techniques with at least one link >= MIN_FEATURE_LINK."""
     weights: dict[str, dict[str, float]] = {}
@@ -75,7 +89,7 @@ def feature_spec(g: nx.MultiDiGraph, links: list[Link]) -> dict:
             continue
         w = weights.setdefault(l.subject.split(":", 1)[1], {})
         w[l.predicate] = max(w.get(l.predicate, 0.0), round(float(l.confidence), 4))
-    ctx = {p for p in PREDICATE_NAMES if "context" in PREDICATES[p].tags}
+    ctx = set(context_predicates())
     weights = {t: w for t, w in weights.items()
                if any(c >= MIN_TECHNIQUE_LINK and p not in ctx for p, c in w.items())}
     tactics = sorted((d["source_id"], d["name"], d.get("shortname", ""), d["url"])
@@ -103,7 +117,7 @@ def feature_spec(g: nx.MultiDiGraph, links: list[Link]) -> dict:
     return {
         "artifact_version": ARTIFACT_VERSION, "vocab_version": VOCAB_VERSION,
         "predicates": list(PREDICATE_NAMES),
-        "context_predicates": [p for p in PREDICATE_NAMES if "context" in PREDICATES[p].tags],
+        "context_predicates": context_predicates(),
         "context_factor": CONTEXT_FACTOR, "min_feature_link": MIN_FEATURE_LINK,
         "min_technique_link": MIN_TECHNIQUE_LINK,
         "tactics": [{"id": i, "name": n, "shortname": s, "url": u} for i, n, s, u in tactics],

@@ -15,26 +15,39 @@ import re
 from knowledge.extract import Link, TextItem
 from knowledge.predicates import PREDICATES
 
-R = list[tuple[str, float]]
+# A rule is (pattern, weight) or (pattern, weight, veto): a match does not count when its sentence also
+# matches ``veto`` (the wording is about something flows cannot show, e.g. cracking hashes offline);
+# later matches of the same pattern are still tried.
+R = list[tuple]
+
+# "port scan", and the enumerations ATT&CK uses for it ("port, vulnerability, and/or wordlist scans").
+PORT_SCAN = r"\bport(,? [\w/-]+){0,4} scan"
+# "brute force" of captured hashes, tickets or ciphertext happens offline: nothing on the wire.
+OFFLINE = r"off-?line|\bcrack|\bhash|cipher ?text|key space"
+# "hide open ports" (port knocking) is about keeping a port closed, not about probing for open ones.
+HIDDEN_PORTS = r"\bhid(e|es|ing|den)\b|knock"
 
 RULES: dict[str, R] = {
-    "horizontal_scan": [(r"\bscan(s|ning|ned)?\b", 0.4), (r"port scan|network scan|scanning ip|ip (block|range|address)e?s? ?scan|sweep", 0.6),
+    "horizontal_scan": [(r"\bscan(s|ning|ned)?\b", 0.4), (PORT_SCAN + r"|network scan|scanning ip|ip (block|range|address)e?s? ?scan|sweep", 0.6),
                         (r"sequential destination ip|multiple (hosts|systems|ip addresses)", 0.4)],
-    "vertical_scan": [(r"port scan|service (probing|scan)|probe[sd]? .{0,30}ports?|listing of services|open ports", 0.6),
+    "vertical_scan": [(PORT_SCAN + r"|service (probing|scan)|probe[sd]? .{0,30}ports?|listing of services", 0.6),
+                      (r"open ports", 0.6, HIDDEN_PORTS),
                       (r"vulnerability scan", 0.5), (r"\bscan(s|ning)?\b", 0.3)],
-    "port_spread": [(r"port scan|open ports|(many|multiple|range of) ports", 0.5), (r"vulnerability scan", 0.4)],
+    "port_spread": [(PORT_SCAN + r"|(many|multiple|range of) ports", 0.5), (r"open ports", 0.5, HIDDEN_PORTS),
+                    (r"vulnerability scan", 0.4)],
     "fan_out": [(r"(many|multiple|numerous|large number of) (remote )?(hosts|systems|ip addresses|destinations)", 0.5),
                 (r"sweep", 0.4), (r"\bworm|self-propagat|self-replicat", 0.5)],
     "fan_in": [(r"distributed denial|\bddos\b|botnet|many sources|multiple sources|distributed (network|systems)", 0.6)],
     "failed_connection_ratio": [(r"failed (connection|login|logon|authentication|attempt)s?", 0.5),
                                 (r"connection (attempts|failures)|unreachable|refused", 0.4), (r"\bscan(s|ning)?\b", 0.3)],
-    "syn_only": [(r"syn flood|\bsyn\b", 0.8), (r"half-open|three-way handshake|handshake", 0.5), (r"port scan", 0.3)],
-    "rejected_connection": [(r"\brst\b|tcp reset|refused|closed ports?", 0.5), (r"port scan", 0.3)],
-    "zero_payload": [(r"syn flood", 0.4), (r"port scan|probe", 0.3)],
+    "syn_only": [(r"syn flood|\bsyn\b", 0.8), (r"half-open|three-way handshake|handshake", 0.5), (PORT_SCAN, 0.3)],
+    "rejected_connection": [(r"\brst\b|tcp reset|refused|closed ports?", 0.5), (PORT_SCAN, 0.3)],
+    "zero_payload": [(r"syn flood", 0.4), (PORT_SCAN + r"|probe", 0.3)],
     "small_packets": [(r"(syn|icmp|udp|packet) flood", 0.6), (r"\bflood", 0.3)],
     "flood": [(r"\bflood(s|ing|ed)?\b", 0.7), (r"denial of service|\bdos\b", 0.4),
               (r"volume of (network )?traffic|exhaust(ing|s)? (the )?(network )?bandwidth|saturat", 0.5)],
-    "request_burst": [(r"(large|high|massive) (number|volume|rate|amount) of (requests|connections)|flood of requests|repeated requests|many requests|request flood", 0.6),
+    "request_burst": [(r"(large|high|massive) (number|volume|rate|amount) of ([\w/-]+ ){0,2}(requests|connections)|flood of requests|repeated requests|many requests|request flood", 0.6),
+                      (r"(high[- ]frequency|repetitive|excessive)[\w ,/-]{0,30} (requests|connections)", 0.5),
                       (r"exhaust", 0.3)],
     "high_packet_rate": [(r"\bflood", 0.5), (r"high (volume|rate) of (packets|traffic)|bandwidth", 0.5)],
     "amplification": [(r"amplif", 0.8), (r"reflect", 0.6), (r"spoofed source", 0.4)],
@@ -53,10 +66,10 @@ RULES: dict[str, R] = {
     "external_upload_volume": [(r"exfiltrat\w* .{0,40}(web service|cloud|external)|to (an )?external (location|server)|cloud storage", 0.6)],
     # "brute force" is often mentioned in passing (offline cracking of captured hashes); online guessing
     # against a service is what flows show, so the explicit phrases weigh more than the bare mention.
-    "brute_force": [(r"brute[- ]?forc", 0.6), (r"password guess|guess(es|ing)? (the )?passwords?|repeated (login|logon|authentication) attempts|credential stuffing|many (login|logon|authentication) attempts", 0.7),
+    "brute_force": [(r"brute[- ]?forc", 0.6, OFFLINE), (r"password guess|guess(es|ing)? (the )?passwords?|repeated (login|logon|authentication) attempts|credential stuffing|many (login|logon|authentication) attempts", 0.7),
                     (r"failed (login|logon|authentication)", 0.5)],
     "password_spray": [(r"spray", 0.8), (r"(many|multiple|different) (user )?accounts", 0.4)],
-    "repeated_short_sessions": [(r"brute[- ]?forc|repeated (attempts|connections|login)|many (login|authentication) attempts", 0.5),
+    "repeated_short_sessions": [(r"brute[- ]?forc|repeated (attempts|connections|login)|many (login|authentication) attempts", 0.5, OFFLINE),
                                 (r"\bflood", 0.2)],
     "auth_service": [(r"\b(ssh|telnet|ftp|rdp|smb|ldap|kerberos|vnc|winrm|imap|pop3|smtp|mssql|mysql)\b", 0.5),
                      (r"authenticat|\blog ?in\b|logon|credential", 0.3)],
@@ -115,6 +128,17 @@ def _sentence(text: str, pos: int) -> str:
     return " ".join(text[start:m.start() + 1 if m else len(text)].split())
 
 
+def _first_match(rx: re.Pattern, veto: re.Pattern | None, text: str) -> str | None:
+    """The sentence of the first match of ``rx`` in ``text`` whose sentence ``veto`` does not match."""
+    if not text:
+        return None
+    for m in rx.finditer(text):
+        sent = _sentence(text, m.start())
+        if veto is None or not veto.search(sent):
+            return sent
+    return None
+
+
 class LexiconExtractor:
     """Rule-based extractor; deterministic and dependency-free."""
 
@@ -123,7 +147,8 @@ class LexiconExtractor:
     def __init__(self, min_confidence: float = 0.3, non_network_discount: float = 0.8):
         self.min_confidence = min_confidence
         self.discount = non_network_discount
-        self._rules = {p: [(re.compile(rx, re.I), w) for rx, w in rs] for p, rs in RULES.items() if p in PREDICATES}
+        self._rules = {p: [(re.compile(r[0], re.I), r[1], re.compile(r[2], re.I) if len(r) > 2 else None) for r in rs]
+                       for p, rs in RULES.items() if p in PREDICATES}
 
     def score(self, item: TextItem) -> dict[str, tuple[float, str]]:
         """Predicate -> (confidence, evidence sentence) for one text."""
@@ -131,15 +156,16 @@ class LexiconExtractor:
         out: dict[str, tuple[float, str]] = {}
         for pred, rules in self._rules.items():
             keep, best_w, evidence = 1.0, 0.0, ""
-            for rx, w in rules:
-                # A rule counts once, at the strongest section it matches in.
+            for rx, w, veto in rules:
+                # A rule counts once, at the first section (in order name, description, detection) where
+                # it matches outside a vetoed sentence.
                 for text, factor in sections:
-                    m = rx.search(text) if text else None
-                    if m:
+                    sent = _first_match(rx, veto, text)
+                    if sent is not None:
                         we = min(0.95, w * factor)
                         keep *= 1.0 - we
                         if we > best_w:
-                            best_w, evidence = we, _sentence(text, m.start())
+                            best_w, evidence = we, sent
                         break
             for tac in item.tactics:
                 w = TACTIC_PRIORS.get(tac, {}).get(pred, 0.0)

@@ -44,14 +44,20 @@ def combine(results: dict[str, list[Link]], weights: dict[str, float] | None = N
 def propagate(g: nx.MultiDiGraph, links: list[Link], capec_discount: float = 0.8,
               child_discount: float = 0.8) -> list[Link]:
     """Graph reasoning: CAPEC pattern links flow to the ATT&CK techniques they map to, and sub-technique
-    links flow to their parent technique, each discounted; a direct link always wins over an inherited one."""
-    direct = {(l.subject, l.predicate): l for l in links}
+    links flow to their parent technique, each discounted. An inherited link is added only where it is
+    stronger than the subject's own (direct) link, if any; the direct link is kept beside it, and
+    consumers take the maximum (a passing mention in a technique's text must not hide what the more
+    detailed CAPEC pattern or sub-technique says)."""
+    direct: dict[tuple[str, str], float] = {}
+    for l in links:
+        key = (l.subject, l.predicate)
+        direct[key] = max(direct.get(key, 0.0), l.confidence)
     inherited: dict[tuple[str, str], Link] = {}
 
     def offer(subj: str, l: Link, factor: float, via: str) -> None:
         key = (subj, l.predicate)
         conf = round(l.confidence * factor, 4)
-        if key in direct or (key in inherited and inherited[key].confidence >= conf):
+        if direct.get(key, 0.0) >= conf or (key in inherited and inherited[key].confidence >= conf):
             return
         inherited[key] = Link(subj, l.predicate, conf, f"via {via}: {l.evidence}"[:300], "graph", l.protocols,
                               l.ports, low_confidence=True, extra={"via": via, "from_backend": l.backend})
