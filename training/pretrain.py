@@ -5,18 +5,26 @@ Protocol (time-ordered, label-free apart from the optional ``benign_only`` filte
 1. records are sorted by event time and cut into tumbling windows;
 2. the earliest ``1 - val_frac`` of the windows train the encoder and the
    detectors; the latest ``val_frac`` are held back (never trained on) to pick
-   the default detector and calibrate the alert threshold to ``target_fpr``;
+   the detector input and calibrate the alert threshold to ``target_fpr``;
 3. with ``benign_only`` every record labelled malicious (label == 1) is removed
-   first -- the standard "benign-only training" protocol.
+   from the *training* windows -- the standard "benign-only training" protocol;
+4. with ``val_context`` (default) the held-back windows keep every record of their period
+   (attacks included) so that the graph context at calibration is the one the scorer will see;
+   the threshold is the conformal quantile of the non-malicious flows' scores there;
+5. selection rule (:func:`select_flow_detector`): when the held-back period holds at least
+   ``min_val_attacks`` labelled attacks, the (flow parts, detector) pair with the highest
+   AUPRC on the held-back flows is chosen; otherwise the benign-only threshold-transfer rule
+   picks the detector on the issue's embedding ``src,dst,edge``. Test data never enters.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +35,18 @@ import torch
 from detector.bundle import ModelBundle
 from detector.calibration import calibrate_threshold
 from detector.detectors import make_detector, select_detector
-from detector.models import STGNN, ModelConfig
+from detector.models import STGNN, ModelConfig, parse_flow_parts
 from detector.pipeline import FeaturePipeline, PipelineConfig, default_impl, load_featurizer, preprocessor_class
 from training.losses import EdgeDGI, GradNormWeighter, ProjectionHead, info_nce
 from training.views import feature_view, structural_view, temporal_pairs
 
 log = logging.getLogger(__name__)
 VIEWS = ("temporal", "structural", "feature")
+PRETRAIN_PARTS = ("src", "dst", "edge")   # the flow embedding the pretraining objectives see
+# Detector inputs tried by the validation rule (flow_parts="auto"), in tie-break order.
+FLOW_CANDIDATES = ("src,dst,edge", "dst,edge", "dst,edge,raw", "src,dst,edge,raw")
+# Pretraining objectives tried with objective="auto" (only when labelled attacks are held back), in tie-break order.
+OBJECTIVE_CANDIDATES = (("contrastive", "gradnorm"), ("contrastive", "fixed"), ("dgi", "gradnorm"))
 
 
 @dataclass
@@ -46,7 +59,8 @@ class TrainConfig:
     layers: int = 2
     time_dim: int = 8
     lr: float = 1e-3
-    objective: str = "contrastive"     # contrastive | dgi | none (no pretraining: random encoder)
+    objective: str = "contrastive"     # contrastive | dgi | none (random encoder) | auto (OBJECTIVE_CANDIDATES,
+                                       # picked on the held-back labelled attacks like the detector input)
     weighting: str = "gradnorm"        # gradnorm | fixed
     temporal: bool = True
     use_time: bool = True
@@ -55,7 +69,12 @@ class TrainConfig:
     benign_only: bool = False
     val_frac: float = 0.2
     target_fpr: float = 0.01
-    detector: str = "auto"             # auto (picked on benign validation) | knn | iforest
+    detector: str = "auto"             # auto (picked on validation) | knn | iforest
+    flow_parts: str = "auto"           # auto (picked on validation from FLOW_CANDIDATES) | e.g. "dst,edge,raw"
+    validation: str = "labels"         # labels: attacks of the held-back training period pick the input/detector
+                                       # (benign rule when fewer than min_val_attacks) | benign: benign rule only
+    min_val_attacks: int = 10
+    val_context: bool = True           # held-back windows keep their attacks in the graph (calibration context)
     seed: int = 0
     max_anchors: int = 256             # anchors per InfoNCE term per window (cost bound)
     drop_edge: float = 0.2
@@ -68,10 +87,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.window <= 0:
             raise ValueError(f"window must be > 0 seconds, got {self.window!r}")
-        if self.objective not in ("contrastive", "dgi", "none"):
-            raise ValueError(f"objective must be contrastive, dgi or none, got {self.objective!r}")
+        if self.objective not in ("contrastive", "dgi", "none", "auto"):
+            raise ValueError(f"objective must be contrastive, dgi, none or auto, got {self.objective!r}")
+        if self.weighting not in ("gradnorm", "fixed"):
+            raise ValueError(f"weighting must be gradnorm or fixed, got {self.weighting!r}")
         if self.detector not in ("auto", "knn", "iforest"):
             raise ValueError(f"detector must be auto, knn or iforest, got {self.detector!r}")
+        if self.flow_parts != "auto":
+            parse_flow_parts(self.flow_parts)
+        if self.validation not in ("labels", "benign"):
+            raise ValueError(f"validation must be labels or benign, got {self.validation!r}")
+        if self.min_val_attacks < 1:
+            raise ValueError(f"min_val_attacks must be >= 1, got {self.min_val_attacks!r}")
         if not 0.0 < self.val_frac < 1.0:
             raise ValueError(f"val_frac must be in (0, 1), got {self.val_frac!r}")
         if self.epochs < 0:
@@ -159,13 +186,16 @@ class Pretrainer:
         return torch.randperm(n, generator=self.gen)[: self.cfg.max_anchors]
 
     def _forward(self, d, edge_ids=None, edge_attr=None):
-        """Model pass on the full window, or on the subset ``edge_ids`` of its edges (structural view)."""
+        """Model pass on the full window, or on the subset ``edge_ids`` of its edges (structural view).
+
+        Returns ``(z, h, flow)`` with ``flow = [z_u || z_v || e_uv]`` whatever the detector input is.
+        """
         ea = d.edge_attr if edge_attr is None else edge_attr
-        if edge_ids is None:
-            return self.model(d.x, d.edge_index, ea, d.edge_dt_window, d.edge_dt_prev, d.node_gid,
-                              update_state=False)
-        return self.model(d.x, d.edge_index[:, edge_ids], ea[edge_ids], d.edge_dt_window[edge_ids],
-                          d.edge_dt_prev[edge_ids], d.node_gid, update_state=False)
+        ei, dtw, dtp = d.edge_index, d.edge_dt_window, d.edge_dt_prev
+        if edge_ids is not None:
+            ei, ea, dtw, dtp = ei[:, edge_ids], ea[edge_ids], dtw[edge_ids], dtp[edge_ids]
+        z, h, e = self.model.encode(d.x, ei, ea, dtw, dtp, d.node_gid, update_state=False)
+        return z, h, STGNN.compose(z, e, ei, ea, PRETRAIN_PARTS)
 
     def step(self, d, prev) -> tuple[dict[str, float], tuple]:
         cfg, m = self.cfg, self.model
@@ -279,9 +309,80 @@ def embed_graphs(model: STGNN, graphs: list, reset: bool = True) -> list[np.ndar
     return out
 
 
+@torch.no_grad()
+def embed_blocks(model: STGNN, graphs: list, reset: bool = True) -> dict[str, np.ndarray]:
+    """Every flow block (``src``, ``dst``, ``edge``, ``raw``) over ``graphs``, stacked, temporal state in order."""
+    model.eval()
+    if reset:
+        model.reset_state()
+    out: dict[str, list] = {p: [] for p in ("src", "dst", "edge", "raw")}
+    for d in graphs:
+        z, _, e = model.encode(d.x, d.edge_index, d.edge_attr, d.edge_dt_window, d.edge_dt_prev, d.node_gid,
+                               t=float(d.window_end), update_state=True)
+        for p in out:
+            out[p].append(STGNN.compose(z, e, d.edge_index, d.edge_attr, (p,)).numpy())
+    return {p: _stack(v, model.part_dim(p)) for p, v in out.items()}
+
+
 def _stack(arrs: list[np.ndarray], dim: int) -> np.ndarray:
     arrs = [a for a in arrs if len(a)]
     return np.concatenate(arrs) if arrs else np.zeros((0, dim), np.float32)
+
+
+def _auprc(y: np.ndarray, s: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, s))
+
+
+def select_flow_detector(tr_blocks: dict, va_blocks: dict, y_val: np.ndarray, cfg: TrainConfig) -> dict:
+    """Choose the detector input (flow parts) and detector on the held-back training period.
+
+    * ``validation="labels"`` and at least ``min_val_attacks`` flows labelled malicious (label 1) in the
+      held-back windows: every candidate (``FLOW_CANDIDATES`` x detectors, or the configured ones) is
+      fitted on the benign training flows and the one with the highest AUPRC of malicious vs benign
+      (label 0) held-back flows wins; ties go to the earlier candidate.
+    * otherwise the benign-only rule of :func:`detector.detectors.select_detector` picks the detector on
+      ``src,dst,edge`` (or the configured parts): the one whose training quantile transfers best to the
+      later benign flows.
+
+    Returns ``{"rule", "chosen": {flow_parts, detector}, "candidates", "drift", "fitted": (det, val scores)}``.
+    """
+    names = ["iforest", "knn"] if cfg.detector == "auto" else [cfg.detector]
+    n_att = int((y_val == 1).sum())
+    by_labels = cfg.validation == "labels" and n_att >= cfg.min_val_attacks and int((y_val == 0).sum()) >= 2
+    if cfg.flow_parts != "auto":
+        cands = [cfg.flow_parts]
+    else:
+        cands = list(FLOW_CANDIDATES) if by_labels else [FLOW_CANDIDATES[0]]
+    contamination = cfg.target_fpr if cfg.target_fpr < 0.5 else 0.01
+    ev = (y_val == 0) | (y_val == 1)
+    results, fitted, tr_s, va_s = {}, {}, {}, {}
+    for parts in cands:
+        pt = parse_flow_parts(parts)
+        Xtr = np.concatenate([tr_blocks[p] for p in pt], axis=1)
+        Xva = np.concatenate([va_blocks[p] for p in pt], axis=1)
+        for n in names:
+            det = make_detector(n, contamination=contamination, random_state=cfg.seed).fit(Xtr)
+            key = f"{parts}|{n}"
+            s = det.decision_function(Xva)
+            fitted[key] = (det, s)
+            tr_s[key], va_s[key] = det.decision_scores_, s[y_val != 1]
+            results[key] = {"val_auprc": _auprc(y_val[ev] == 1, s[ev]) if by_labels else None}
+    _, drift = select_detector(tr_s, va_s, cfg.target_fpr)
+    for k in results:
+        results[k]["drift"] = drift[k]
+    keys = list(results)
+    if by_labels:
+        rule = (f"max AUPRC on the held-back training period's labelled flows ({n_att} malicious, "
+                f"{int((y_val == 0).sum())} benign)")
+        best = max(keys, key=lambda k: (results[k]["val_auprc"], -keys.index(k)))
+    else:
+        rule = "min |FPR on later benign val at train 1-target quantile - target| (no labelled attacks held back)"
+        best = min(keys, key=lambda k: (drift[k], k.split("|")[1]))
+    parts, det_name = best.split("|")
+    return {"rule": rule, "chosen": {"flow_parts": parts, "detector": det_name}, "candidates": results,
+            "drift": drift, "fitted": fitted[best]}
 
 
 def train_bundle(tables, cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
@@ -306,12 +407,22 @@ class Prepared:
     val_w: list
     pipeline: FeaturePipeline
     graphs: list
-    val_graphs: list
+    val_graphs: list                   # held-back windows, benign-only records (as trained)
+    val_labels: np.ndarray | None = None  # [flows of val_graphs] label per flow (-1 unknown)
+    ctx_graphs: list | None = None     # held-back windows with every record (attacks included); None: same
+    ctx_labels: np.ndarray | None = None
+
+    def validation(self, context: bool) -> tuple[list, np.ndarray | None]:
+        """Held-back graphs and their per-flow labels, with the attacks in context or benign-only."""
+        if context and self.ctx_graphs is not None:
+            return self.ctx_graphs, self.ctx_labels
+        return self.val_graphs, self.val_labels
 
 
 def prepare(tables, cfg: TrainConfig) -> Prepared:
     """Filter (``benign_only``), window, split in time, fit the preprocessor, build the graphs."""
     table = as_table(tables)
+    full = table
     n_in = table.num_rows
     removed = 0
     if cfg.benign_only and "label" in table.column_names:
@@ -329,24 +440,34 @@ def prepare(tables, cfg: TrainConfig) -> Prepared:
     pipeline = FeaturePipeline(pre, pcfg, kf)
     stream = pipeline.stream()
     graphs = [stream.build(w)[0] for w in train_w]  # same stream continues into validation (dt_prev)
+    ctx_graphs = ctx_labels = None
+    if removed:
+        # the held-back period as it will be scored: every record, attacks included, in the graph
+        # (a copy of the stream state continues from the training windows; featurizer/preprocessor shared)
+        ctx_stream = copy.deepcopy(stream, memo={id(pipeline.kf): pipeline.kf, id(pre): pre})
+        ctx_w = make_windows(full.filter(pa.array(ts_seconds(full) >= val_w[0].start)), cfg.window)
+        ctx_graphs = [ctx_stream.build(w)[0] for w in ctx_w]
+        ctx_labels = _labels(ctx_graphs)
     val_graphs = [stream.build(w)[0] for w in val_w]
-    return Prepared(table, n_in, removed, train_w, val_w, pipeline, graphs, val_graphs)
+    return Prepared(table, n_in, removed, train_w, val_w, pipeline, graphs, val_graphs, _labels(val_graphs),
+                    ctx_graphs, ctx_labels)
 
 
-def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: bool,
-                  extra_meta: dict | None, prepared: Prepared | None = None) -> ModelBundle:
-    t0 = time.perf_counter()
-    prep = prepared if prepared is not None else prepare(tables, cfg)
+def _labels(graphs: list) -> np.ndarray:
+    out = [g.edge_label.numpy() if getattr(g, "edge_label", None) is not None
+           else np.full(g.edge_index.size(1), -1) for g in graphs]
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
+def _pretrain_and_select(cfg: TrainConfig, prep: Prepared, graphs: list, val_graphs: list, val_labels,
+                         ckpt: Path | None, progress: bool, resume: bool) -> dict:
+    """Pretrain one encoder with ``cfg.objective`` and pick its detector input/detector on the held-back period."""
     seed_everything(cfg.seed)
-    table, n_in, removed = prep.table, prep.records_in, prep.removed
-    train_w, val_w, pipeline = prep.train_w, prep.val_w, prep.pipeline
-    graphs, val_graphs = prep.graphs, prep.val_graphs
     g0 = graphs[0]
     mcfg = ModelConfig(node_in=int(g0.x.size(1)), edge_in=int(g0.edge_attr.size(1)), hidden=cfg.hidden,
                        layers=cfg.layers, time_dim=cfg.time_dim, temporal=cfg.temporal, use_time=cfg.use_time)
     model = STGNN(mcfg)
     trainer = Pretrainer(model, cfg)
-    ckpt = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
     if resume and ckpt is not None and ckpt.is_file():
         trainer.load_state_dict(torch.load(ckpt, weights_only=False))
         log.info("resumed from %s at epoch %d", ckpt, trainer.epoch)
@@ -367,36 +488,71 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
             ckpt.with_suffix(".tmp").replace(ckpt)
     pretrain_s = time.perf_counter() - t_pre
     # Embeddings: training windows, then (state continuing) the held-back windows.
-    model.eval()
-    model.reset_state()
-    tr_emb = embed_graphs(model, graphs, reset=True)
-    va_emb = embed_graphs(model, val_graphs, reset=False)
-    D = model.edge_emb_dim
-    Xtr, Xva = _stack(tr_emb, D), _stack(va_emb, D)
-    if len(Xtr) > cfg.max_fit_flows:
-        idx = np.sort(np.random.default_rng(cfg.seed).choice(len(Xtr), cfg.max_fit_flows, replace=False))
-        Xtr = Xtr[idx]
-    if len(Xva) == 0:
+    tr_blocks = embed_blocks(model, graphs, reset=True)
+    va_blocks = embed_blocks(model, val_graphs, reset=False)
+    n_tr = len(tr_blocks["edge"])
+    if n_tr > cfg.max_fit_flows:
+        idx = np.sort(np.random.default_rng(cfg.seed).choice(n_tr, cfg.max_fit_flows, replace=False))
+        tr_blocks = {k: v[idx] for k, v in tr_blocks.items()}
+    if len(va_blocks["edge"]) == 0:
         raise ValueError("no flows in the held-back calibration windows")
-    names = ["iforest", "knn"] if cfg.detector == "auto" else [cfg.detector]
-    dets, tr_s, va_s = {}, {}, {}
-    for n in names:
-        dets[n] = make_detector(n, contamination=cfg.target_fpr if cfg.target_fpr < 0.5 else 0.01,
-                                random_state=cfg.seed).fit(Xtr)
-        tr_s[n] = dets[n].decision_scores_
-        va_s[n] = dets[n].decision_function(Xva)
-    chosen, drift = select_detector(tr_s, va_s, cfg.target_fpr) if len(names) > 1 else (names[0], {})
-    calib = calibrate_threshold(va_s[chosen], cfg.target_fpr)
-    dets[chosen].threshold_ = calib.threshold
+    y_val = val_labels if val_labels is not None else np.full(len(va_blocks["edge"]), -1)
+    sel = select_flow_detector(tr_blocks, va_blocks, y_val, cfg)
+    model.config.flow_parts = sel["chosen"]["flow_parts"]  # the model now emits the chosen detector input
+    best = sel["candidates"][f"{sel['chosen']['flow_parts']}|{sel['chosen']['detector']}"]["val_auprc"]
+    return {"model": model, "trainer": trainer, "sel": sel, "y_val": y_val, "pretrain_s": pretrain_s,
+            "epoch_times": epoch_times, "n_val": int(len(va_blocks["edge"])), "best_auprc": best,
+            "objective": cfg.objective, "weighting": cfg.weighting}
+
+
+def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: bool,
+                  extra_meta: dict | None, prepared: Prepared | None = None) -> ModelBundle:
+    t0 = time.perf_counter()
+    prep = prepared if prepared is not None else prepare(tables, cfg)
+    seed_everything(cfg.seed)
+    table, n_in, removed = prep.table, prep.records_in, prep.removed
+    train_w, val_w, pipeline = prep.train_w, prep.val_w, prep.pipeline
+    graphs = prep.graphs
+    val_graphs, val_labels = prep.validation(cfg.val_context)
+    ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    y_val = val_labels
+    objectives = [(cfg.objective, cfg.weighting)]
+    if cfg.objective == "auto":
+        n_att = int((val_labels == 1).sum()) if val_labels is not None else 0
+        labelled = cfg.validation == "labels" and n_att >= cfg.min_val_attacks
+        objectives = list(OBJECTIVE_CANDIDATES) if labelled else [OBJECTIVE_CANDIDATES[0]]
+    runs = []
+    for obj, weighting in objectives:
+        ocfg = replace(cfg, objective=obj, weighting=weighting)
+        ck = ckpt_path if len(objectives) == 1 else None  # several objectives: no per-epoch checkpoints
+        run = _pretrain_and_select(ocfg, prep, graphs, val_graphs, val_labels, ck, progress, resume)
+        runs.append(run)
+        log.info("objective %s/%s: best held-back AUPRC %s", obj, weighting, run["best_auprc"])
+    # several objectives (only with labelled held-back attacks): highest held-back AUPRC, ties to the first
+    best = max(range(len(runs)), key=lambda i: (runs[i]["best_auprc"] or 0.0, -i))
+    run = runs[best]
+    model, trainer, sel, y_val = run["model"], run["trainer"], run["sel"], run["y_val"]
+    if ckpt_path is not None and len(objectives) > 1:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(trainer.state_dict(), ckpt_path)
+    pretrain_s, epoch_times, n_va = run["pretrain_s"], run["epoch_times"], run["n_val"]
+    parts, chosen = sel["chosen"]["flow_parts"], sel["chosen"]["detector"]
+    det, va_s = sel["fitted"]
+    calib = calibrate_threshold(va_s[y_val != 1], cfg.target_fpr)  # non-malicious held-back flows only
+    det.threshold_ = calib.threshold
+    drift = sel["drift"]
     metrics = {
         "records_in": n_in, "removed_malicious": removed, "train_windows": len(train_w), "val_windows": len(val_w),
-        "train_flows": int(sum(w.table.num_rows for w in train_w)), "val_flows": int(len(Xva)),
+        "train_flows": int(sum(w.table.num_rows for w in train_w)), "val_flows": n_va,
+        "objective": {"chosen": f"{run['objective']}/{run['weighting']}",
+                      "candidates": {f"{r['objective']}/{r['weighting']}": r["best_auprc"] for r in runs}},
         "epochs": trainer.epoch, "history": trainer.history, "pretrain_seconds": round(pretrain_s, 2),
         "epoch_seconds": [round(x, 2) for x in epoch_times], "total_seconds": round(time.perf_counter() - t0, 2),
-        "detector_selection": {"rule": "min |FPR on later benign val at train 1-target quantile - target|",
-                               "drift": drift, "chosen": chosen},
+        "val_attacks": int((y_val == 1).sum()),
+        "detector_selection": {"rule": sel["rule"], "drift": drift, "chosen": chosen, "flow_parts": parts,
+                               "candidates": sel["candidates"]},
     }
-    bundle = ModelBundle(model, dets[chosen], calib, pipeline,
+    bundle = ModelBundle(model, det, calib, pipeline,
                          window={"size": cfg.window, "lateness": min(cfg.window, 60.0)},
                          detector_name=chosen, fingerprint=fingerprint(table), metrics=metrics,
                          extra={"train_config": asdict(cfg), **(extra_meta or {})})

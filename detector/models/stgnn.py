@@ -22,15 +22,37 @@ class ModelConfig:
     temporal: bool = True          # GRU memory across windows (ablation: False)
     use_time: bool = True          # learned time encodings on edges
     memory_capacity: int = 65536
+    # Blocks of the flow embedding handed to the detector, in this order (comma-separated):
+    # src = z_u, dst = z_v, edge = e_uv (projected edge input), raw = the model's edge input features
+    # (flow features || knowledge block). The default is the issue's [z_u || z_v || e_uv].
+    flow_parts: str = "src,dst,edge"
 
     def __post_init__(self) -> None:
         if self.hidden <= 0 or self.layers <= 0:
             raise ValueError(f"hidden and layers must be > 0, got hidden={self.hidden}, layers={self.layers}")
         if self.node_in < 0 or self.edge_in < 0:
             raise ValueError(f"node_in/edge_in must be >= 0, got {self.node_in}/{self.edge_in}")
+        self.parts  # validates flow_parts
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """``flow_parts`` as a tuple (validated: known names, no repeats, at least one)."""
+        return parse_flow_parts(self.flow_parts)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+FLOW_PARTS = ("src", "dst", "edge", "raw")
+
+
+def parse_flow_parts(spec: str) -> tuple[str, ...]:
+    """``"dst,edge,raw"`` -> ``("dst", "edge", "raw")``; ``ValueError`` on unknown or repeated names."""
+    parts = tuple(p.strip() for p in str(spec).split(",") if p.strip())
+    bad = [p for p in parts if p not in FLOW_PARTS]
+    if not parts or bad or len(set(parts)) != len(parts):
+        raise ValueError(f"flow_parts must be distinct names from {FLOW_PARTS}, comma-separated, got {spec!r}")
+    return parts
 
 
 class STGNN(nn.Module):
@@ -42,8 +64,10 @@ class STGNN(nn.Module):
         \text{flow}_{uv} &= [\, z_u \Vert z_v \Vert e_{uv} \,]
 
     ``forward`` returns node embeddings ``z`` :math:`(N, H)`, the spatial node
-    states ``h`` :math:`(N, H)` and flow embeddings :math:`(E, 3H)`. With
-    ``temporal=False`` the GRU is skipped (``z = h``).
+    states ``h`` :math:`(N, H)` and flow embeddings :math:`(E, D)`. With
+    ``temporal=False`` the GRU is skipped (``z = h``). The flow embedding is the
+    concatenation of ``config.flow_parts`` (default ``src,dst,edge``, :math:`D = 3H`);
+    ``raw`` adds the edge input features themselves (a hybrid detector input).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -53,9 +77,12 @@ class STGNN(nn.Module):
                                         config.time_dim, config.use_time)
         self.memory = NodeMemory(config.hidden, config.memory_capacity) if config.temporal else None
 
+    def part_dim(self, part: str) -> int:
+        return self.config.edge_in if part == "raw" else self.config.hidden
+
     @property
     def edge_emb_dim(self) -> int:
-        return 3 * self.config.hidden
+        return sum(self.part_dim(p) for p in self.config.parts)
 
     def reset_state(self) -> None:
         if self.memory is not None:
@@ -65,9 +92,10 @@ class STGNN(nn.Module):
         if self.memory is not None:
             self.memory.detach()
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, dt_window: Tensor, dt_prev: Tensor,
-                node_gid: Tensor | None = None, t: float | None = None,
-                update_state: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    def encode(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, dt_window: Tensor, dt_prev: Tensor,
+               node_gid: Tensor | None = None, t: float | None = None,
+               update_state: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """Node embeddings ``z`` (N,H), spatial states ``h`` (N,H), edge states ``e`` (E,H)."""
         h, e = self.encoder(x, edge_index, edge_attr, dt_window, dt_prev)  # [N,H], [E,H]
         if self.memory is not None:
             if node_gid is None:
@@ -75,9 +103,20 @@ class STGNN(nn.Module):
             z = self.memory(h, node_gid, t=t, update=update_state)
         else:
             z = h
+        return z, h, e
+
+    @staticmethod
+    def compose(z: Tensor, e: Tensor, edge_index: Tensor, edge_attr: Tensor, parts) -> Tensor:
+        """Concatenate the named flow blocks (``src``, ``dst``, ``edge``, ``raw``) in the given order."""
         src, dst = edge_index
-        flow = torch.cat([z[src], z[dst], e], dim=-1)  # [E, 3H]
-        return z, h, flow
+        blocks = {"src": lambda: z[src], "dst": lambda: z[dst], "edge": lambda: e, "raw": lambda: edge_attr.float()}
+        return torch.cat([blocks[p]() for p in parts], dim=-1)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, dt_window: Tensor, dt_prev: Tensor,
+                node_gid: Tensor | None = None, t: float | None = None,
+                update_state: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        z, h, e = self.encode(x, edge_index, edge_attr, dt_window, dt_prev, node_gid, t, update_state)
+        return z, h, self.compose(z, e, edge_index, edge_attr, self.config.parts)  # [E, edge_emb_dim]
 
     def embed(self, data, kb_edge: Tensor | None = None, kb_node: Tensor | None = None,
               update_state: bool = True) -> tuple[Tensor, Tensor, Tensor]:

@@ -83,3 +83,14 @@ def test_load_refuses_a_knowledge_block_of_another_width(trained, tmp_path):
     (copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="knowledge feature columns"):
         ModelBundle.load(copy)
+
+
+def test_hybrid_flow_parts_round_trip(tmp_path):
+    """A bundle whose detector input is not the default ([z_v || e_uv || raw]) loads with identical scores."""
+    table = synthetic_flows(n_benign=400, n_attack=40, duration=600, seed=4)
+    b = train_bundle([table], TrainConfig(epochs=1, hidden=16, seed=0, knowledge=False, flow_parts="dst,edge,raw"),
+                     out_dir=tmp_path, progress=False)
+    loaded = ModelBundle.load(tmp_path)
+    assert loaded.model.config.flow_parts == "dst,edge,raw" and loaded.model.edge_emb_dim == 32 + b.model.config.edge_in
+    w = make_windows(table, 60.0)[3]
+    np.testing.assert_array_equal(b.stream_scorer().score_window(w).scores, loaded.stream_scorer().score_window(w).scores)

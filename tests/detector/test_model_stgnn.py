@@ -78,3 +78,20 @@ def test_config_validation():
         m(x, ei, ea[:, :5], dtw, dtp, gid)
     with pytest.raises(ValueError, match="node_gid"):
         m(x, ei, ea, dtw, dtp, None)
+
+
+def test_flow_parts_compose_the_named_blocks_in_order():
+    torch.manual_seed(0)
+    x, ei, ea, dtw, dtp, gid = _inputs()
+    full = STGNN(ModelConfig(node_in=3, edge_in=6, hidden=16))
+    hybrid = STGNN(ModelConfig(node_in=3, edge_in=6, hidden=16, flow_parts="dst,edge,raw"))
+    hybrid.load_state_dict(full.state_dict())
+    _, _, f = full(x, ei, ea, dtw, dtp, gid)
+    _, _, g = hybrid(x, ei, ea, dtw, dtp, gid)
+    assert hybrid.edge_emb_dim == 16 + 16 + 6 and g.shape == (30, 38)
+    torch.testing.assert_close(g[:, :32], f[:, 16:])      # [z_v || e_uv] are the same blocks
+    torch.testing.assert_close(g[:, 32:], ea)              # raw = the model's edge input features
+    with pytest.raises(ValueError, match="flow_parts"):
+        ModelConfig(node_in=3, edge_in=6, flow_parts="dst,dst")
+    with pytest.raises(ValueError, match="flow_parts"):
+        ModelConfig(node_in=3, edge_in=6, flow_parts="src,payload")

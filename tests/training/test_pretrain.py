@@ -1,4 +1,5 @@
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -58,5 +59,44 @@ def test_config_validation():
         TrainConfig(objective="mae")
     with pytest.raises(ValueError, match="window"):
         TrainConfig(window=0)
+    with pytest.raises(ValueError, match="flow_parts"):
+        TrainConfig(flow_parts="src,src")
+    with pytest.raises(ValueError, match="validation"):
+        TrainConfig(validation="test")
     with pytest.raises(ValueError, match="at least 2 windows"):
         split_windows(make_windows(synthetic_flows(n_benign=20, n_attack=0, duration=10), 60.0), 0.2)
+
+
+def test_validation_rule_uses_held_back_attacks_and_calibrates_on_benign(table):
+    """benign_only training; the held-back period keeps its attacks: they choose the detector input, and the
+    threshold is the quantile of the non-malicious held-back flows only."""
+    from training.pretrain import FLOW_CANDIDATES, ts_seconds
+
+    b = train_bundle([table], _cfg(benign_only=True), progress=False)
+    m = b.metrics
+    sel = m["detector_selection"]
+    tr, va = split_windows(make_windows(table.filter(pa.array(table.column("label").to_numpy() == 0)), 60.0), 0.2)
+    n_att = int(((ts_seconds(table) >= va[0].start) & (table.column("label").to_numpy() == 1)).sum())
+    assert m["val_attacks"] == n_att > 0
+    assert sel["rule"].startswith("max AUPRC")
+    assert len(sel["candidates"]) == 2 * len(FLOW_CANDIDATES)
+    best = max(c["val_auprc"] for c in sel["candidates"].values())
+    assert sel["candidates"][f"{sel['flow_parts']}|{sel['chosen']}"]["val_auprc"] == best
+    assert b.model.config.flow_parts == sel["flow_parts"]
+    assert b.calibration.n_calibration == m["val_flows"] - n_att
+
+
+def test_benign_rule_when_asked_or_without_held_back_attacks(table):
+    b = train_bundle([table], _cfg(benign_only=True, validation="benign"), progress=False)
+    assert b.metrics["detector_selection"]["rule"].startswith("min |FPR")
+    assert b.model.config.flow_parts == "src,dst,edge"
+    ben = table.filter(pa.array(table.column("label").to_numpy() == 0))
+    c = train_bundle([ben], _cfg(benign_only=True), progress=False)  # nothing labelled malicious anywhere
+    assert c.metrics["val_attacks"] == 0 and c.metrics["detector_selection"]["rule"].startswith("min |FPR")
+
+
+def test_objective_auto_picks_on_held_back_auprc(table):
+    b = train_bundle([table], _cfg(benign_only=True, objective="auto"), progress=False)
+    obj = b.metrics["objective"]
+    assert set(obj["candidates"]) == {"contrastive/gradnorm", "contrastive/fixed", "dgi/gradnorm"}
+    assert obj["candidates"][obj["chosen"]] == max(obj["candidates"].values())
