@@ -77,3 +77,38 @@ def test_graph_does_not_depend_on_hash_seed(kdata):
         assert r.returncode == 0, r.stderr
         outs.add(r.stdout.strip())
     assert len(outs) == 1
+
+
+def test_port_and_direction_facts_are_context_in_the_bundled_artifact():
+    from knowledge.artifact import EXTRA_CONTEXT
+    from knowledge.features import DEFAULT_ARTIFACT
+
+    spec = json.loads((DEFAULT_ARTIFACT / "features.json").read_text())
+    assert set(EXTRA_CONTEXT) <= set(spec["context_predicates"])
+    ctx = set(spec["context_predicates"])
+    for tid, w in spec["weights"].items():  # every column has a behaviour link >= the floor
+        assert any(c >= spec["min_technique_link"] and p not in ctx for p, c in w.items()), tid
+
+
+def _windows():
+    from tests.knowledge.flowkit import T0, many, table
+
+    # SSH-Patator-like: one private address guesses passwords on another's SSH (short sessions with payload)
+    ssh = many(30, lambda i: dict(ts=T0 + 2 * i, src_ip="172.16.0.1", src_port=50000 + i, dst_ip="192.168.10.50",
+                                  dst_port=22, duration=2.0, src_bytes=1200, dst_bytes=1500, src_pkts=12, dst_pkts=11))
+    # vertical scan: SYNs to 25 ports of one host, refused
+    scan = many(25, lambda i: dict(ts=T0 + 0.1 * i, src_ip="172.16.0.1", dst_ip="192.168.10.50", dst_port=1 + i,
+                                   conn_state="REJ", history="Sr", src_bytes=0, dst_bytes=0, src_pkts=1, dst_pkts=1,
+                                   rst_count=1, duration=0.001))
+    return {"ssh_brute_force": table(ssh), "vertical_scan": table(scan)}
+
+
+@pytest.mark.parametrize("case, family, not_family", [
+    ("ssh_brute_force", ("T1110",), ("T1021",)),
+    ("vertical_scan", ("T1046", "T1595"), ("T1205",)),
+])
+def test_bundled_artifact_names_the_technique_the_text_describes(case, family, not_family):
+    kf = KnowledgeFeaturizer.default()
+    top = kf.transform(_windows()[case]).top_technique()
+    assert all(t is not None and t.startswith(family) for t in top), top
+    assert not any(t.startswith(not_family) for t in top if t)

@@ -64,3 +64,71 @@ def test_lexicon_on_gold_techniques_beats_floor(kgraph):
     assert ("attack:T1046", "horizontal_scan") in by or ("attack:T1046", "vertical_scan") in by
     assert ("attack:T1498.002", "amplification") in by
     assert ("attack:T1110", "brute_force") in by
+
+
+def _item(text: str, name: str = "TX") -> TextItem:
+    return TextItem("attack:TX", "TX", name, text, "", (), True)
+
+
+@pytest.mark.parametrize("text, pred, fires", [
+    ("Adversaries may use traffic signaling to hide open ports used for command and control.", "vertical_scan", False),
+    ("Adversaries may scan the network to find open ports on remote hosts.", "vertical_scan", True),
+    ("Common methods include port, vulnerability, and/or wordlist scans using tools.", "port_spread", True),
+    ("The adversary can crack the hashes offline through Brute Force.", "brute_force", False),
+    ("The adversary can crack the hashes offline through Brute Force.", "repeated_short_sessions", False),
+    ("Adversaries may brute force the login of an exposed SSH service.", "brute_force", True),
+    ("An adversary sends a large number of HTTP requests to a web server.", "request_burst", True),
+])
+def test_lexicon_reads_the_wording_in_its_sentence(text, pred, fires):
+    out = LexiconExtractor().score(_item(text))
+    assert (out.get(pred, (0.0,))[0] >= 0.5) is fires, out
+
+
+def test_lexicon_veto_only_voids_its_own_sentence():
+    text = "Hashes may be cracked offline through brute force. Adversaries may also brute force the SSH login."
+    conf, ev = LexiconExtractor().score(_item(text))["brute_force"]
+    assert conf >= 0.5 and ev.startswith("Adversaries may also brute force")
+
+
+def test_propagate_keeps_an_inherited_link_stronger_than_the_direct_one():
+    import networkx as nx
+
+    g = nx.MultiDiGraph()
+    g.add_node("capec:CAPEC-1", source_id="CAPEC-1")
+    g.add_node("attack:T1", source_id="T1")
+    g.add_edge("capec:CAPEC-1", "attack:T1", key="maps_to")
+    links = [Link("capec:CAPEC-1", "rejected_connection", 0.7, "closed port", "lexicon"),
+             Link("capec:CAPEC-1", "syn_only", 0.5, "SYN", "lexicon"),
+             Link("attack:T1", "rejected_connection", 0.3, "passing mention", "lexicon"),
+             Link("attack:T1", "syn_only", 0.6, "half-open", "lexicon")]
+    got = {(l.subject, l.predicate, l.backend): l.confidence for l in propagate(g, links)}
+    assert got[("attack:T1", "rejected_connection", "graph")] == pytest.approx(0.56)
+    assert got[("attack:T1", "rejected_connection", "lexicon")] == 0.3  # the direct link stays beside it
+    assert ("attack:T1", "syn_only", "graph") not in got                 # 0.4 inherited < 0.6 direct
+
+
+def test_gold_v1_is_frozen_and_differs_only_where_revised():
+    from knowledge.extract.evaluate import GOLD_V1
+
+    v1, v2 = load_gold(GOLD_V1), load_gold()
+    assert set(v1) == set(v2)
+    changed = {t for t in v2 if v1[t] != v2[t]}
+    assert changed == {"T1205"}  # every further revision must be listed here and in knowledge/gold/REVISIONS.md
+    assert "failed_connection_ratio" in v2["T1205"] and "vertical_scan" in v1["T1205"]
+
+
+def test_report_section_is_replaced_not_appended(tmp_path):
+    import json
+
+    from knowledge.extract.evaluate import BEGIN, END, write_report
+
+    r = {"precision": 0.5, "recall": 0.25, "f1": 0.333, "tp": 1, "fp": 1, "fn": 3, "techniques": 2, "threshold": 0.5}
+    res = {"lexicon": {"v2 (current)": {"direct": r, "with_graph": r}}}
+    md = tmp_path / "report.md"
+    md.write_text("# Report\n\nper-class table\n")
+    write_report(md, res, ["note"])
+    write_report(md, res, ["note"])
+    text = md.read_text()
+    assert text.startswith("# Report\n\nper-class table\n") and text.count(BEGIN) == 1 and text.count(END) == 1
+    assert "| lexicon | v2 (current) | 2 | 0.500 | 0.250 | 0.333 | 0.500 | 0.250 |" in text
+    assert json.loads(md.with_suffix(".json").read_text())["extraction"] == res
