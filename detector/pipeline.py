@@ -5,7 +5,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 log = logging.getLogger(__name__)
@@ -79,44 +78,54 @@ class GraphStream:
     def build_many(self, windows) -> list:
         """``[(data, kb), ...]`` for consecutive windows, in order; same result as :meth:`build` on each.
 
-        The graphs are built in one ``GraphBuilder.build_many`` call (per-call overhead paid once);
-        the knowledge block stays per window (its predicates group and rate within one window).
+        The graphs are built in one ``GraphBuilder.build_many`` call and the knowledge blocks in one
+        ``KnowledgeFeaturizer.transform_many`` call (per-window group keys, so each block is the one
+        of its window alone): the per-call overhead is paid once instead of once per window.
         """
         windows = list(windows)
         if not windows:
             return []
         many = getattr(self.builder, "build_many", None)
         graphs = many(windows) if many is not None else [self.builder.build(w) for w in windows]
-        return [self._attach_kb(w, d) for w, d in zip(windows, graphs)]
+        kbs = self._kb_many(windows, graphs) if self.kf is not None and len(windows) > 1 else None
+        if kbs is None:
+            return [self._attach_kb(w, d) for w, d in zip(windows, graphs)]
+        return [self._attach_kb(w, d, kb) for w, d, kb in zip(windows, graphs, kbs)]
 
-    def _attach_kb(self, window, data):
-        kb = None
+    def _kb_many(self, windows, graphs) -> list | None:
+        """Knowledge blocks of all windows in one call (node blocks included), or None when that
+        fails: then each window is featurized alone, so one bad window cannot zero the others."""
+        many = getattr(self.kf, "transform_many", None)
+        if many is None:
+            return None
+        try:
+            kbs = many([w.table for w in windows], [d.edge_index.numpy() for d in graphs],
+                       [int(d.num_nodes) for d in graphs])
+            for kb in kbs:
+                kb.node  # node blocks are computed together on first access: fail here, not later
+            return kbs
+        except Exception as exc:  # noqa: BLE001 - retried window by window
+            log.debug("batched knowledge features failed (%s); one window at a time", exc)
+            return None
+
+    def _attach_kb(self, window, data, kb=None):
         if self.kf is not None:
             try:
-                kb = self._kb(window.table, data)
+                if kb is None:
+                    kb = self.kf.transform(window.table, data.edge_index.numpy(), int(data.num_nodes))
+                edge, node = np.asarray(kb.edge, np.float32), np.asarray(kb.node, np.float32)
             except Exception as exc:  # never lose the window because of the knowledge block
                 self.knowledge_errors += 1
                 if self.knowledge_errors <= 3:
-                    log.warning("knowledge features failed on a window (%s); zeros used", exc)
+                    log.warning("knowledge features failed on a window (%s); zeros used (%d so far)", exc,
+                                self.knowledge_errors)
                 k = len(self.kf.names) if hasattr(self.kf, "names") else 0
                 data.edge_attr = torch.cat([data.edge_attr, torch.zeros(data.edge_attr.size(0), k)], 1)
                 data.x = torch.cat([data.x, torch.zeros(data.x.size(0), k)], 1)
                 return data, None
-            data.edge_attr = torch.cat([data.edge_attr.float(), torch.from_numpy(np.asarray(kb.edge, np.float32))], 1)
-            data.x = torch.cat([data.x.float(), torch.from_numpy(np.asarray(kb.node, np.float32))], 1)
+            data.edge_attr = torch.cat([data.edge_attr.float(), torch.from_numpy(edge)], 1)
+            data.x = torch.cat([data.x.float(), torch.from_numpy(node)], 1)
         return data, kb
-
-
-    def _kb(self, table, data):
-        ei, n = data.edge_index.numpy(), int(data.num_nodes)
-        try:
-            return self.kf.transform(table, ei, n)
-        except (TypeError, ValueError, pa.ArrowInvalid):
-            # Nullable integer columns (e.g. Zeek has no syn_count) have tripped the featurizer's
-            # NaN fill; the same values as float64 are accepted. Retry once that way.
-            cols = [c.cast(pa.float64()) if pa.types.is_integer(c.type) and c.null_count else c
-                    for c in table.columns]
-            return self.kf.transform(pa.table(cols, names=table.column_names), ei, n)
 
 
 class FeaturePipeline:

@@ -110,3 +110,31 @@ def test_batched_knn_scores_identical(real):
     windows = make_windows(table, float(bundle.window.get("size", 60.0)))
     _, ref = _one_by_one(bundle, windows)
     _assert_same(ref, bundle.stream_scorer().score_windows(windows))
+
+
+def test_zeek_windows_get_knowledge_blocks_without_fallback(real):
+    """Zeek has no syn_count/rst_count (all-null int columns): the featurizer takes them as they are
+    (no retry, no zero block), batched and one window at a time alike."""
+    bundle, table = real
+    assert table.column("syn_count").null_count == table.num_rows
+    windows = make_windows(table, float(bundle.window.get("size", 60.0)))[:40]
+    batched = bundle.pipeline.stream()
+    alone = bundle.pipeline.stream()
+    got = batched.build_many(windows)
+    for w, (d, kb) in zip(windows, got):
+        d1, kb1 = alone.build(w)
+        assert kb is not None and kb1 is not None
+        assert torch.equal(d.edge_attr, d1.edge_attr) and torch.equal(d.x, d1.x)
+    assert batched.knowledge_errors == 0 and alone.knowledge_errors == 0
+
+
+def test_knowledge_failure_gives_counted_zero_block(real):
+    """A window the featurizer cannot take (no src_ip) gets a zero block, counted; the others keep theirs."""
+    bundle, table = real
+    windows = make_windows(table, float(bundle.window.get("size", 60.0)))[:3]
+    stream = bundle.pipeline.stream()
+    bad = windows[1]
+    data = stream.builder.build(bad)
+    data, kb = stream._attach_kb(type(bad)(bad.start, bad.end, bad.table.drop_columns(["src_ip"])), data)
+    assert kb is None and stream.knowledge_errors == 1
+    assert data.edge_attr.size(1) == bundle.model.config.edge_in and not data.edge_attr[:, -5:].any()
