@@ -13,16 +13,26 @@ from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import NearestNeighbors
 
 
+def _at_least(name: str, value, minimum: int):
+    """``value`` when it is an integer >= ``minimum``; otherwise a ValueError quoting it and the rule."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 class _Base:
-    """Shared plumbing: scaling, fitted-state checks, thresholding."""
+    """Shared plumbing: parameter checks, scaling, fitted-state checks, thresholding."""
 
     name = "base"
 
-    def __init__(self, contamination: float = 0.01, random_state: int = 0) -> None:
+    def __init__(self, contamination: float = 0.01, random_state: int = 0, **int_params: tuple[int, int]) -> None:
+        """``int_params``: ``name=(value, minimum)`` integer hyper-parameters, validated and stored as attributes."""
         if not 0.0 < contamination < 0.5:
             raise ValueError(f"contamination must be in (0, 0.5), got {contamination!r}")
         self.contamination = contamination
         self.random_state = random_state
+        for name, (value, minimum) in int_params.items():
+            setattr(self, name, _at_least(name, value, minimum))
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "threshold_"):
@@ -67,13 +77,7 @@ class KNNDetector(_Base):
     name = "knn"
 
     def __init__(self, k: int = 5, max_bank: int = 20000, contamination: float = 0.01, random_state: int = 0) -> None:
-        super().__init__(contamination, random_state)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k!r}")
-        if max_bank < 2:
-            raise ValueError(f"max_bank must be >= 2, got {max_bank!r}")
-        self.k = k
-        self.max_bank = max_bank
+        super().__init__(contamination, random_state, k=(k, 1), max_bank=(max_bank, 2))
 
     def fit(self, X: np.ndarray) -> "KNNDetector":
         Z = self._scale_fit(X)
@@ -106,10 +110,9 @@ class IForestDetector(_Base):
 
     def __init__(self, n_estimators: int = 100, max_samples: int | str = 256, contamination: float = 0.01,
                  random_state: int = 0) -> None:
-        super().__init__(contamination, random_state)
-        if n_estimators < 1:
-            raise ValueError(f"n_estimators must be >= 1, got {n_estimators!r}")
-        self.n_estimators = n_estimators
+        super().__init__(contamination, random_state, n_estimators=(n_estimators, 1))
+        if not (max_samples == "auto" or isinstance(max_samples, (int, np.integer)) and max_samples >= 2):
+            raise ValueError(f"max_samples must be 'auto' or an integer >= 2, got {max_samples!r}")
         self.max_samples = max_samples
 
     def fit(self, X: np.ndarray) -> "IForestDetector":

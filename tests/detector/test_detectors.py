@@ -50,6 +50,19 @@ def test_unfitted_and_bad_params():
         det.decision_function(np.zeros((2, 3)))
 
 
+@pytest.mark.parametrize("cls,kw,match", [
+    (KNNDetector, dict(k=0), "k must be an integer >= 1, got 0"),
+    (KNNDetector, dict(k=2.5), "k must be an integer"),
+    (KNNDetector, dict(max_bank=1), "max_bank must be an integer >= 2"),
+    (IForestDetector, dict(n_estimators=0), "n_estimators must be an integer >= 1"),
+    (IForestDetector, dict(max_samples=1), "max_samples must be 'auto'"),
+    (IForestDetector, dict(contamination=0.0), "contamination"),
+])
+def test_constructor_validation_quotes_the_value_and_rule(cls, kw, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kw)
+
+
 def test_select_detector_prefers_stable_threshold():
     rng = np.random.default_rng(0)
     tr = {"a": rng.normal(size=2000), "b": rng.normal(size=2000)}
