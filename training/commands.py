@@ -24,12 +24,20 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--kind", choices=["auto", "flows", "transactions"], default="auto",
                    help="flows (spatio-temporal GNN) or transactions (fraud model on heterogeneous graphs); "
                         "default: sniffed from the input")
-    p.add_argument("--objective", choices=["contrastive", "dgi", "none"], default="contrastive",
-                   help="pretraining objective (default: contrastive; dgi = Anomal-E; none = random encoder)")
+    p.add_argument("--objective", choices=["auto", "contrastive", "dgi", "none"], default="auto",
+                   help="pretraining objective (default: auto = contrastive/GradNorm, contrastive/fixed or DGI, "
+                        "picked on the training inputs' labelled attacks when there are some, else contrastive; "
+                        "dgi = Anomal-E; none = random encoder)")
     p.add_argument("--weighting", choices=["gradnorm", "fixed"], default="gradnorm",
                    help="weights of the three contrastive views (default: gradnorm)")
     p.add_argument("--detector", choices=["auto", "knn", "iforest"], default="auto",
-                   help="detector on embeddings (default: auto = picked on benign validation windows)")
+                   help="detector on embeddings (default: auto = picked on the held-back validation flows)")
+    p.add_argument("--flow-parts", default="auto",
+                   help="detector input, comma-separated from src,dst,edge,raw (default: auto = picked on the "
+                        "training inputs' labelled attacks; src,dst,edge without them)")
+    p.add_argument("--validation", choices=["labels", "benign"], default="labels",
+                   help="labels: the training inputs' labelled attacks pick objective/input/detector (default); "
+                        "benign: benign-only threshold-transfer rule")
     p.add_argument("--target-fpr", type=float, default=0.01, help="alert false-positive rate target (default 0.01)")
     p.add_argument("--no-temporal", action="store_true", help="ablation: no GRU memory and no time encoding")
     p.add_argument("--no-knowledge", action="store_true", help="ablation: no knowledge-graph features")
@@ -115,6 +123,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     cfg = TrainConfig(window=_window_s(args, kind), epochs=args.epochs, objective=args.objective,
                       weighting=args.weighting, detector=args.detector, target_fpr=args.target_fpr,
+                      flow_parts=args.flow_parts, validation=args.validation,
                       temporal=not args.no_temporal, use_time=not args.no_temporal,
                       knowledge=not args.no_knowledge, node_mode=args.node_mode, hidden=args.hidden,
                       benign_only=args.benign_only, seed=args.seed)

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # The previous model (before the validation rule): issue embedding [z_u || z_v || e_uv], benign-only
 # detector rule, calibration on the benign-only held-back windows. Kept as a variant ("what the
 # validation protocol brings").
-V0 = dict(flow_parts="src,dst,edge", validation="benign", val_context=False)
+V0 = dict(objective="contrastive", flow_parts="src,dst,edge", validation="benign", val_context=False)
 
 VARIANTS: dict[str, dict] = {
     "ours": {},
@@ -46,10 +46,11 @@ VARIANTS: dict[str, dict] = {
     "no_temporal": dict(temporal=False, use_time=False),
     "no_knowledge": dict(knowledge=False),
     "no_pretrain": dict(objective="none"),
-    "fixed_weights": dict(weighting="fixed"),
+    "contrastive_only": dict(objective="contrastive"),
+    "fixed_weights": dict(objective="contrastive", weighting="fixed"),
     "dgi_ours": dict(objective="dgi"),
     # baseline as published: nothing of our selection or calibration context
-    "anomal_e": dict(objective="dgi", temporal=False, use_time=False, knowledge=False, detector="iforest", **V0),
+    "anomal_e": dict(V0, objective="dgi", temporal=False, use_time=False, knowledge=False, detector="iforest"),
 }
 BASELINES = ("iforest_raw",)
 DEFAULT_VARIANTS = ("ours", "ours_v0", "no_temporal", "no_knowledge", "no_pretrain", "anomal_e", "iforest_raw")
@@ -167,6 +168,7 @@ def _evaluate_split(train, test, base, variants, name, notes) -> dict:
             s, thr = tests[key].score(b), b.threshold
             info = {"detector": b.detector_name, "flow_parts": b.model.config.flow_parts,
                     "val_attacks": b.metrics.get("val_attacks"), "val_flows": b.metrics["val_flows"],
+                    "objective": b.metrics.get("objective"),
                     "pretrain_seconds": b.metrics["pretrain_seconds"], "epochs": b.metrics["epochs"],
                     "detector_selection": b.metrics["detector_selection"], "history": b.metrics["history"],
                     "knowledge": prep.pipeline.cfg.knowledge}

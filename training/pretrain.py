@@ -18,7 +18,6 @@ Protocol (time-ordered, label-free apart from the optional ``benign_only`` filte
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import math
@@ -59,8 +58,9 @@ class TrainConfig:
     layers: int = 2
     time_dim: int = 8
     lr: float = 1e-3
-    objective: str = "contrastive"     # contrastive | dgi | none (random encoder) | auto (OBJECTIVE_CANDIDATES,
-                                       # picked on the held-back labelled attacks like the detector input)
+    objective: str = "auto"            # auto (OBJECTIVE_CANDIDATES, picked on the training inputs' labelled attacks
+                                       # like the detector input; contrastive/GradNorm without them) | contrastive
+                                       # | dgi | none (random encoder)
     weighting: str = "gradnorm"        # gradnorm | fixed
     temporal: bool = True
     use_time: bool = True
@@ -409,14 +409,23 @@ class Prepared:
     graphs: list
     val_graphs: list                   # held-back windows, benign-only records (as trained)
     val_labels: np.ndarray | None = None  # [flows of val_graphs] label per flow (-1 unknown)
-    ctx_graphs: list | None = None     # held-back windows with every record (attacks included); None: same
+    # The whole training period again with every record (attacks included), from a fresh stream; None when
+    # nothing was removed (then val_graphs already are the held-back period as scored).
+    ctx_graphs: list | None = None
     ctx_labels: np.ndarray | None = None
+    ctx_heldback: np.ndarray | None = None  # [flows of ctx_graphs] True inside the held-back period
 
-    def validation(self, context: bool) -> tuple[list, np.ndarray | None]:
-        """Held-back graphs and their per-flow labels, with the attacks in context or benign-only."""
+    def validation(self, context: bool) -> tuple[list, np.ndarray, np.ndarray, bool]:
+        """``(graphs, labels, held_back, continue_state)`` for validation and calibration.
+
+        ``context``: the training period with its attacks in the graph (fresh temporal state);
+        otherwise the benign-only held-back windows (state continuing from the training windows).
+        """
         if context and self.ctx_graphs is not None:
-            return self.ctx_graphs, self.ctx_labels
-        return self.val_graphs, self.val_labels
+            return self.ctx_graphs, self.ctx_labels, self.ctx_heldback, False
+        lab = self.val_labels if self.val_labels is not None else np.full(
+            sum(g.edge_index.size(1) for g in self.val_graphs), -1)
+        return self.val_graphs, lab, np.ones(len(lab), bool), True
 
 
 def prepare(tables, cfg: TrainConfig) -> Prepared:
@@ -440,17 +449,17 @@ def prepare(tables, cfg: TrainConfig) -> Prepared:
     pipeline = FeaturePipeline(pre, pcfg, kf)
     stream = pipeline.stream()
     graphs = [stream.build(w)[0] for w in train_w]  # same stream continues into validation (dt_prev)
-    ctx_graphs = ctx_labels = None
-    if removed:
-        # the held-back period as it will be scored: every record, attacks included, in the graph
-        # (a copy of the stream state continues from the training windows; featurizer/preprocessor shared)
-        ctx_stream = copy.deepcopy(stream, memo={id(pipeline.kf): pipeline.kf, id(pre): pre})
-        ctx_w = make_windows(full.filter(pa.array(ts_seconds(full) >= val_w[0].start)), cfg.window)
-        ctx_graphs = [ctx_stream.build(w)[0] for w in ctx_w]
+    ctx_graphs = ctx_labels = ctx_heldback = None
+    if removed and cfg.val_context:
+        # the training period as it would be scored: every record, attacks included, in the graph
+        ctx_stream = pipeline.stream()
+        ctx_graphs = [ctx_stream.build(w)[0] for w in make_windows(full, cfg.window)]
         ctx_labels = _labels(ctx_graphs)
+        ctx_heldback = np.concatenate([np.full(g.edge_index.size(1), float(g.window_start) >= val_w[0].start)
+                                       for g in ctx_graphs])
     val_graphs = [stream.build(w)[0] for w in val_w]
     return Prepared(table, n_in, removed, train_w, val_w, pipeline, graphs, val_graphs, _labels(val_graphs),
-                    ctx_graphs, ctx_labels)
+                    ctx_graphs, ctx_labels, ctx_heldback)
 
 
 def _labels(graphs: list) -> np.ndarray:
@@ -459,8 +468,8 @@ def _labels(graphs: list) -> np.ndarray:
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
 
 
-def _pretrain_and_select(cfg: TrainConfig, prep: Prepared, graphs: list, val_graphs: list, val_labels,
-                         ckpt: Path | None, progress: bool, resume: bool) -> dict:
+def _pretrain_and_select(cfg: TrainConfig, graphs: list, val: tuple, ckpt: Path | None, progress: bool,
+                         resume: bool) -> dict:
     """Pretrain one encoder with ``cfg.objective`` and pick its detector input/detector on the held-back period."""
     seed_everything(cfg.seed)
     g0 = graphs[0]
@@ -488,20 +497,25 @@ def _pretrain_and_select(cfg: TrainConfig, prep: Prepared, graphs: list, val_gra
             ckpt.with_suffix(".tmp").replace(ckpt)
     pretrain_s = time.perf_counter() - t_pre
     # Embeddings: training windows, then (state continuing) the held-back windows.
+    val_graphs, labels, held_back, cont = val
     tr_blocks = embed_blocks(model, graphs, reset=True)
-    va_blocks = embed_blocks(model, val_graphs, reset=False)
+    va_blocks = embed_blocks(model, val_graphs, reset=not cont)
+    # validation flows: every non-malicious flow of the held-back period (these also calibrate) and
+    # every flow labelled malicious of the training inputs (benign-only training never saw them)
+    keep = held_back | (labels == 1)
+    va_blocks = {k: v[keep] for k, v in va_blocks.items()}
+    y_val = labels[keep]
     n_tr = len(tr_blocks["edge"])
     if n_tr > cfg.max_fit_flows:
         idx = np.sort(np.random.default_rng(cfg.seed).choice(n_tr, cfg.max_fit_flows, replace=False))
         tr_blocks = {k: v[idx] for k, v in tr_blocks.items()}
-    if len(va_blocks["edge"]) == 0:
+    if not (y_val != 1).any():
         raise ValueError("no flows in the held-back calibration windows")
-    y_val = val_labels if val_labels is not None else np.full(len(va_blocks["edge"]), -1)
     sel = select_flow_detector(tr_blocks, va_blocks, y_val, cfg)
     model.config.flow_parts = sel["chosen"]["flow_parts"]  # the model now emits the chosen detector input
     best = sel["candidates"][f"{sel['chosen']['flow_parts']}|{sel['chosen']['detector']}"]["val_auprc"]
     return {"model": model, "trainer": trainer, "sel": sel, "y_val": y_val, "pretrain_s": pretrain_s,
-            "epoch_times": epoch_times, "n_val": int(len(va_blocks["edge"])), "best_auprc": best,
+            "epoch_times": epoch_times, "n_val": int((y_val != 1).sum()), "best_auprc": best,
             "objective": cfg.objective, "weighting": cfg.weighting}
 
 
@@ -513,9 +527,9 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
     table, n_in, removed = prep.table, prep.records_in, prep.removed
     train_w, val_w, pipeline = prep.train_w, prep.val_w, prep.pipeline
     graphs = prep.graphs
-    val_graphs, val_labels = prep.validation(cfg.val_context)
+    val = prep.validation(cfg.val_context)
+    val_labels = val[1]
     ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
-    y_val = val_labels
     objectives = [(cfg.objective, cfg.weighting)]
     if cfg.objective == "auto":
         n_att = int((val_labels == 1).sum()) if val_labels is not None else 0
@@ -525,7 +539,7 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
     for obj, weighting in objectives:
         ocfg = replace(cfg, objective=obj, weighting=weighting)
         ck = ckpt_path if len(objectives) == 1 else None  # several objectives: no per-epoch checkpoints
-        run = _pretrain_and_select(ocfg, prep, graphs, val_graphs, val_labels, ck, progress, resume)
+        run = _pretrain_and_select(ocfg, graphs, val, ck, progress, resume)
         runs.append(run)
         log.info("objective %s/%s: best held-back AUPRC %s", obj, weighting, run["best_auprc"])
     # several objectives (only with labelled held-back attacks): highest held-back AUPRC, ties to the first

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
     table = synthetic_flows(n_benign=800, n_attack=60, duration=900, seed=3)
-    b = train_bundle([table], TrainConfig(epochs=1, hidden=16, seed=0), out_dir=d, progress=False)
+    b = train_bundle([table], TrainConfig(epochs=1, hidden=16, seed=0, objective="contrastive"), out_dir=d, progress=False)
     return b, d, table
 
 
@@ -88,7 +88,8 @@ def test_load_refuses_a_knowledge_block_of_another_width(trained, tmp_path):
 def test_hybrid_flow_parts_round_trip(tmp_path):
     """A bundle whose detector input is not the default ([z_v || e_uv || raw]) loads with identical scores."""
     table = synthetic_flows(n_benign=400, n_attack=40, duration=600, seed=4)
-    b = train_bundle([table], TrainConfig(epochs=1, hidden=16, seed=0, knowledge=False, flow_parts="dst,edge,raw"),
+    b = train_bundle([table], TrainConfig(epochs=1, hidden=16, seed=0, knowledge=False, flow_parts="dst,edge,raw",
+                                                 objective="contrastive"),
                      out_dir=tmp_path, progress=False)
     loaded = ModelBundle.load(tmp_path)
     assert loaded.model.config.flow_parts == "dst,edge,raw" and loaded.model.edge_emb_dim == 32 + b.model.config.edge_in
