@@ -57,7 +57,7 @@ def links_from_artifact(path: str | Path) -> tuple[str, list[Link]]:
     return f"{man.get('extractor', '?')} artifact {man.get('hash', '')[:12]}", links
 
 
-def report_section(results: dict[str, dict], notes: list[str]) -> list[str]:
+def report_section(results: dict[str, dict], notes: list[str], command: str = "") -> list[str]:
     """Markdown lines: the revision notes and precision/recall per row and gold version."""
     lines = [BEGIN, "## Extraction: revisions and gold-set scores", ""]
     if REVISIONS.exists():
@@ -65,7 +65,7 @@ def report_section(results: dict[str, dict], notes: list[str]) -> list[str]:
     lines += ["Precision / recall of links with confidence >= 0.5 on the gold techniques; 'direct' = the "
               "backend's own links, 'with graph' = plus CAPEC -> technique and sub-technique -> parent "
               "propagation (what the artifact holds). v1 = the gold set before the session-2 revision. "
-              "Command: `.venv/bin/python -m knowledge.extract.evaluate --report reports/knowledge_report.md`"
+              f"Command: `{command or '.venv/bin/python -m knowledge.extract.evaluate --report reports/knowledge_report.md'}`"
               + ("; " + "; ".join(notes) if notes else "") + ".", "",
               "| links | gold | techniques | precision | recall | F1 | precision (with graph) | recall (with graph) |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -77,13 +77,13 @@ def report_section(results: dict[str, dict], notes: list[str]) -> list[str]:
     return lines + ["", END]
 
 
-def write_report(md: str | Path, results: dict, notes: list[str]) -> None:
+def write_report(md: str | Path, results: dict, notes: list[str], command: str = "") -> None:
     """Replace (or append) the marked extraction section of ``md`` and its JSON twin's "extraction" key."""
     import json
 
     md = Path(md)
     text = md.read_text() if md.exists() else ""
-    section = "\n".join(report_section(results, notes))
+    section = "\n".join(report_section(results, notes, command))
     if BEGIN in text and END in text:
         text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
     else:
@@ -149,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         out[label] = both(ls, direct=False)
     print(json.dumps(out, indent=1))
     if args.report:
-        write_report(args.report, out, notes)
+        import shlex
+        import sys
+
+        cmd = " ".join(["python -m knowledge.extract.evaluate"] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)])
+        write_report(args.report, out, notes, cmd)
     return 0
 
 
