@@ -112,3 +112,14 @@ def test_bundled_artifact_names_the_technique_the_text_describes(case, family, n
     top = kf.transform(_windows()[case]).top_technique()
     assert all(t is not None and t.startswith(family) for t in top), top
     assert not any(t.startswith(not_family) for t in top if t)
+
+
+def test_extraction_report_has_no_run_dependent_values(small):
+    """The extraction report goes into manifest.json, whose bytes must not change between builds."""
+    from knowledge.build import run_extractors
+
+    _, sub, _ = small
+    (l1, r1), (l2, r2) = run_extractors(sub, "lexicon"), run_extractors(sub, "lexicon")
+    assert json.dumps(r1, sort_keys=True) == json.dumps(r2, sort_keys=True)
+    assert [l.row() for l in l1] == [l.row() for l in l2]
+    assert "seconds" not in json.dumps(r1)
