@@ -74,6 +74,7 @@ class TrainConfig:
     validation: str = "labels"         # labels: attacks of the held-back training period pick the input/detector
                                        # (benign rule when fewer than min_val_attacks) | benign: benign rule only
     min_val_attacks: int = 10
+    max_val_attacks: int = 5000        # cap on the training inputs' attack flows scored for validation (seeded)
     val_context: bool = True           # held-back windows keep their attacks in the graph (calibration context)
     seed: int = 0
     max_anchors: int = 256             # anchors per InfoNCE term per window (cost bound)
@@ -503,6 +504,12 @@ def _pretrain_and_select(cfg: TrainConfig, graphs: list, val: tuple, ckpt: Path 
     # validation flows: every non-malicious flow of the held-back period (these also calibrate) and
     # every flow labelled malicious of the training inputs (benign-only training never saw them)
     keep = held_back | (labels == 1)
+    att = np.flatnonzero(keep & (labels == 1) & ~held_back)
+    n_hb_att = int((keep & (labels == 1) & held_back).sum())
+    if n_hb_att + len(att) > cfg.max_val_attacks:  # bound the detector queries: seeded subsample of the
+        drop = np.random.default_rng(cfg.seed).choice(  # training-period attacks (held-back ones all kept)
+            len(att), len(att) - max(0, cfg.max_val_attacks - n_hb_att), replace=False)
+        keep[att[drop]] = False
     va_blocks = {k: v[keep] for k, v in va_blocks.items()}
     y_val = labels[keep]
     n_tr = len(tr_blocks["edge"])

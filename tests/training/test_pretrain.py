@@ -87,6 +87,11 @@ def test_validation_rule_uses_training_attacks_and_calibrates_on_held_back_benig
     assert b.calibration.n_calibration == m["val_flows"]
 
 
+def test_validation_attacks_are_capped(table):
+    b = train_bundle([table], _cfg(benign_only=True, max_val_attacks=15), progress=False)
+    assert b.metrics["val_attacks"] == 15 and b.metrics["detector_selection"]["rule"].startswith("max AUPRC")
+
+
 def test_benign_rule_when_asked_or_without_held_back_attacks(table):
     b = train_bundle([table], _cfg(benign_only=True, validation="benign"), progress=False)
     assert b.metrics["detector_selection"]["rule"].startswith("min |FPR")
