@@ -156,8 +156,13 @@ def _distinct(group: np.ndarray, n_groups: int, values: np.ndarray, mask: np.nda
         group, values = group[mask], values[mask]
     if len(group) == 0:
         return np.zeros(n_groups, dtype=np.float64)
-    pairs = np.unique(group * (int(values.max()) + 1) + values)
-    return np.bincount(pairs // (int(values.max()) + 1), minlength=n_groups).astype(np.float64)
+    base = int(values.max()) + 1
+    # sort + "differs from the previous" instead of np.unique: numpy 2's hash-based unique was 3x slower here
+    pairs = np.sort(group * base + values)
+    first = np.empty(len(pairs), dtype=bool)
+    first[0] = True
+    np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
+    return np.bincount(pairs[first] // base, minlength=n_groups).astype(np.float64)
 
 
 _PORT_TABLES: dict[bytes, np.ndarray] = {}
@@ -735,16 +740,18 @@ def compute_predicates(table: pa.Table | pa.RecordBatch, names: tuple[str, ...] 
 
 def _activations(table: pa.Table, sizes: np.ndarray | None, names: tuple[str, ...] | None) -> np.ndarray:
     names = PREDICATE_NAMES if names is None else tuple(names)
-    out = np.zeros((table.num_rows, len(names)), dtype=np.float32)
     if table.num_rows == 0:
-        return out
+        return np.zeros((0, len(names)), dtype=np.float32)
     ctx = WindowContext(table, sizes)
+    # One predicate per row of a [K, E] array (contiguous writes), transposed once at the end.
+    out = np.empty((len(names), table.num_rows), dtype=np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         for j, name in enumerate(names):
-            out[:, j] = PREDICATES[name].fn(ctx)
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
+            out[j] = PREDICATES[name].fn(ctx)
+    # NaN -> 0, -inf -> 0, +inf -> 1, then into [0, 1]: fmax/fmin skip NaN (nan_to_num + clip, in two passes)
+    np.fmax(out, 0.0, out=out)
+    np.fmin(out, 1.0, out=out)
+    return np.ascontiguousarray(out.T)
 
 
 def concat_windows(tables) -> tuple[pa.Table, np.ndarray]:
@@ -775,17 +782,44 @@ def compute_predicates_many(tables, names: tuple[str, ...] | None = None) -> tup
 
 def node_activations(edge_act: np.ndarray, edge_index: np.ndarray, num_nodes: int) -> np.ndarray:
     """Per-node activation ``[N, K]``: max over the node's incident edges (as source or destination), 0
-    for a node without edges. One sort and one ``maximum.reduceat`` (``np.maximum.at`` costs ~1 us per
-    element); the max is exact, so the order does not change the result."""
-    node = np.zeros((num_nodes, edge_act.shape[1]), dtype=edge_act.dtype)
+    for a node without edges. The max is exact, so neither order nor batching changes the result.
+
+    Uses torch's ``scatter_reduce`` (amax) when torch is importable: on 65,536 LUFlow edges 32 ms vs
+    255 ms for NumPy's ``maximum.at``/``maximum.reduceat`` (both loop per element or per segment).
+    """
+    K = edge_act.shape[1]
     E = edge_act.shape[0]
+    ei = np.asarray(edge_index, dtype=np.int64).reshape(2, -1) if E else np.zeros((2, 0), np.int64)
+    if E and num_nodes and _torch() is not None:
+        torch = _torch()
+        if ei.min() < 0 or ei.max() >= num_nodes:
+            raise IndexError(f"edge_index holds a node id outside [0, {num_nodes})")
+        node_t = torch.zeros((num_nodes, K), dtype=torch.float32)
+        src = torch.from_numpy(np.concatenate([edge_act, edge_act]).astype(np.float32, copy=False))
+        idx = torch.from_numpy(np.concatenate([ei[0], ei[1]])).view(-1, 1).expand(-1, K)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # intra-op threads cost 10x on a busy 2-core box (as detector/runtime.py)
+        try:
+            node_t.scatter_reduce_(0, idx, src, reduce="amax", include_self=True)
+        finally:
+            torch.set_num_threads(threads)
+        return node_t.numpy().astype(edge_act.dtype, copy=False)
+    node = np.zeros((num_nodes, K), dtype=edge_act.dtype)
     if E and num_nodes:
-        ei = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
-        ends = np.concatenate([ei[0], ei[1]])
-        order = np.argsort(ends, kind="stable")
-        ends = ends[order]
-        starts = np.flatnonzero(np.r_[True, ends[1:] != ends[:-1]])
-        rows = np.where(order < E, order, order - E)
-        red = np.maximum.reduceat(edge_act[rows], starts, axis=0)
-        node[ends[starts]] = np.maximum(node[ends[starts]], red)  # starting from 0, like the running max
+        np.maximum.at(node, ei[0], edge_act)
+        np.maximum.at(node, ei[1], edge_act)
     return node
+
+
+_TORCH: list = []
+
+
+def _torch():
+    """torch if importable (it is wherever graphs are built), else None; imported once, on first use."""
+    if not _TORCH:
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - knowledge features without the model stack
+            torch = None
+        _TORCH.append(torch)
+    return _TORCH[0]
