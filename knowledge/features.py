@@ -41,21 +41,56 @@ GATE_FLOOR = 0.5
 TOP_MIN_SCORE = 0.35  # context-only evidence stays <= 0.3; below this, a flow has no top technique (None)
 
 
+class _Rows:
+    """Distinct block rows shared by the windows of one ``transform_many`` call, and each row's best
+    technique (computed once, on first use, for all windows)."""
+
+    def __init__(self, rows: np.ndarray, tech: slice) -> None:
+        self.rows = rows
+        self.tech = tech
+        self._best: tuple[np.ndarray, np.ndarray] | None = None
+
+    def best(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._best is None:
+            s = self.rows[:, self.tech]
+            j = s.argmax(axis=1) if s.shape[1] else np.zeros(len(s), np.int64)
+            self._best = (j, s[np.arange(len(s)), j] if s.shape[1] else np.full(len(s), -np.inf, np.float32))
+        return self._best
+
+
 class KnowledgeBlock:
     """Fixed-width named knowledge features of one window.
 
     ``edge`` float32 [E, K]; ``node`` float32 [N, K], computed on first access (a consumer that only
-    uses edge features does not pay for it) and cached.
+    uses edge features does not pay for it) and cached. A block from ``transform_many`` keeps its
+    edge rows as indices into rows shared by the call (most flows repeat another flow's block) and
+    builds ``edge`` on first access; :meth:`top_technique` works on the shared rows directly.
     """
 
-    def __init__(self, edge: np.ndarray, node: np.ndarray | Callable[[], np.ndarray], names: list[str],
-                 n_pred: int, n_tech: int, technique_ids: list[str]):
-        self.edge = edge
+    def __init__(self, edge: np.ndarray | Callable[[], np.ndarray] | None,
+                 node: np.ndarray | Callable[[], np.ndarray], names: list[str],
+                 n_pred: int, n_tech: int, technique_ids: list[str],
+                 rows: tuple[_Rows, np.ndarray] | None = None):
+        self._edge = edge
+        self._rows = rows
         self._node = node
         self.names = names
         self.n_pred = n_pred
         self.n_tech = n_tech
         self.technique_ids = technique_ids
+
+    @property
+    def edge(self) -> np.ndarray:
+        if self._edge is None and self._rows is not None:
+            shared, idx = self._rows
+            self._edge = shared.rows[idx]
+        elif callable(self._edge):
+            self._edge = self._edge()
+        return self._edge
+
+    @edge.setter
+    def edge(self, value: np.ndarray) -> None:
+        self._edge, self._rows = value, None
 
     @property
     def node(self) -> np.ndarray:
@@ -64,7 +99,8 @@ class KnowledgeBlock:
         return self._node
 
     def __repr__(self) -> str:
-        return f"KnowledgeBlock(edges={self.edge.shape[0]}, width={self.edge.shape[1]})"
+        n = len(self._rows[1]) if self._edge is None and self._rows is not None else self.edge.shape[0]
+        return f"KnowledgeBlock(edges={n}, width={len(self.names)})"
 
     @property
     def tech_slice(self) -> slice:
@@ -72,12 +108,21 @@ class KnowledgeBlock:
 
     def top_technique(self, edge_ids=None, min_score: float = TOP_MIN_SCORE) -> list[str | None]:
         """Highest-scoring technique per edge (None when its score is below ``min_score``)."""
+        ids = self.technique_ids
+        if self._edge is None and self._rows is not None:
+            shared, idx = self._rows
+            if edge_ids is not None:
+                idx = idx[np.asarray(edge_ids, dtype=np.int64)]
+            if self.n_tech == 0:
+                return [None] * len(idx)
+            j_all, best_all = shared.best()
+            j, best = j_all[idx], best_all[idx]
+            return [ids[k] if v >= min_score else None for k, v in zip(j.tolist(), best.tolist())]
         s = self.edge[:, self.tech_slice] if edge_ids is None else self.edge[np.asarray(edge_ids, dtype=np.int64), self.tech_slice]
         if s.shape[1] == 0:
             return [None] * s.shape[0]
         j = s.argmax(axis=1)
         best = s[np.arange(s.shape[0]), j]
-        ids = self.technique_ids
         return [ids[k] if v >= min_score else None for k, v in zip(j.tolist(), best.tolist())]
 
 
@@ -179,22 +224,29 @@ class KnowledgeFeaturizer:
         return acc
 
     def _propagate(self, act: np.ndarray) -> np.ndarray:
-        """[R, P] activations -> [R, K] block (activations | technique scores | tactic scores).
+        """[R, P] activations -> [R, K] block (activations | technique scores | tactic scores)."""
+        rows, idx = self._propagate_compact(act)
+        return rows if idx is None else rows[idx]
+
+    def _propagate_compact(self, act: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(rows, idx)`` with block = ``rows[idx]`` (``idx`` None: ``rows`` is the block itself).
 
         Rows with the same activations get the same block, so each distinct row is computed once
-        (on LUFlow 65,536 flows held ~12,000 distinct rows) and copied out. Every step is row by row
-        (sparse product, element-wise math, exact max), so a row's block never depends on the others.
+        (on LUFlow 65,536 flows held ~12,000 distinct rows). Every step is row by row (sparse
+        product, element-wise math, exact max), so a row's block never depends on the others.
         """
         R = act.shape[0]
         if R > 64:
             # rows hashed to 64 bits, then checked, so a (never seen) collision only costs the dedup
             act = np.ascontiguousarray(act, dtype=np.float32)
-            bits = act.view(np.uint32).astype(np.uint64)
-            key = bits @ self._row_mult(act.shape[1])  # wraps modulo 2**64: a hash, not a sum
+            key = act.view(np.uint32).astype(np.uint64) @ self._row_mult(act.shape[1])  # wraps: a hash
             _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-            if len(first) < 0.8 * R and np.array_equal(act[first][inv.ravel()], act):
-                return self._propagate_rows(act[first])[inv.ravel()]
-        return self._propagate_rows(act)
+            inv = inv.ravel()
+            if len(first) < 0.8 * R:
+                uniq = act[first]
+                if np.array_equal(uniq[inv], act):
+                    return self._propagate_rows(uniq), inv
+        return self._propagate_rows(act), None
 
     def _row_mult(self, P: int) -> np.ndarray:
         if getattr(self, "_mult", None) is None or len(self._mult) != P:
@@ -256,7 +308,10 @@ class KnowledgeFeaturizer:
         tables = list(tables)
         W = len(tables)
         act, sizes = compute_predicates_many(tables, tuple(self.predicates))
-        edge = self._propagate(act)
+        erows, eidx = self._propagate_compact(act)
+        shared = _Rows(erows, slice(len(self.predicates), len(self.predicates) + len(self.tech_ids)))
+        if eidx is None:
+            eidx = np.arange(len(erows))
         off = np.zeros(W + 1, dtype=np.int64)
         np.cumsum(sizes, out=off[1:])
         eis = list(edge_indices) if edge_indices is not None else [None] * W
@@ -266,9 +321,9 @@ class KnowledgeFeaturizer:
         has = [eis[i] is not None and nns[i] > 0 for i in range(W)]
         noff = np.zeros(W + 1, dtype=np.int64)
         np.cumsum([n if h else 0 for n, h in zip(nns, has)], out=noff[1:])
-        state: dict[str, np.ndarray] = {}
+        state: dict[str, tuple] = {}
 
-        def all_nodes() -> np.ndarray:
+        def all_nodes() -> tuple:
             # one node-activation pass over every window (node ids shifted to a global numbering)
             if "node" not in state:
                 parts = [np.asarray(eis[i], dtype=np.int64).reshape(2, -1) + noff[i] for i in range(W) if has[i]]
@@ -281,18 +336,22 @@ class KnowledgeFeaturizer:
                 wid = np.repeat(np.arange(W), [off[i + 1] - off[i] if has[i] else 0 for i in range(W)])
                 if ((ei < noff[wid]) | (ei >= noff[wid + 1])).any():
                     raise IndexError("edge_index holds a node id outside [0, num_nodes)")
-                state["node"] = self._propagate(node_activations(act[rows], ei, int(noff[-1])))
+                state["node"] = self._propagate_compact(node_activations(act[rows], ei, int(noff[-1])))
             return state["node"]
+
+        def node_block(a: int, b: int) -> np.ndarray:
+            nrows, nidx = all_nodes()
+            return nrows[a:b].copy() if nidx is None else nrows[nidx[a:b]]
 
         out = []
         for i in range(W):
             if has[i]:
                 node: np.ndarray | Callable[[], np.ndarray] = (
-                    lambda a=int(noff[i]), b=int(noff[i + 1]): all_nodes()[a:b])
+                    lambda a=int(noff[i]), b=int(noff[i + 1]): node_block(a, b))
             else:
                 node = np.zeros((nns[i], self.width), dtype=np.float32)
-            out.append(KnowledgeBlock(edge[off[i]:off[i + 1]], node, self.names, len(self.predicates),
-                                      len(self.tech_ids), self.tech_ids))
+            out.append(KnowledgeBlock(None, node, self.names, len(self.predicates), len(self.tech_ids),
+                                      self.tech_ids, rows=(shared, eidx[off[i]:off[i + 1]])))
         return out
 
     # ------------------------------------------------------------------ explanations

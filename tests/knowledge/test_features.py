@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from knowledge.features import KnowledgeFeaturizer
+from knowledge.features import KnowledgeBlock, KnowledgeFeaturizer
 from tests.knowledge.flowkit import T0, attack, background, many, table
 
 
@@ -122,6 +122,11 @@ def test_transform_many_equals_transform_per_window(kf):
     for i, w in enumerate(ws):
         one = kf.transform(w, eis[i], nns[i])
         got = many_kb[i]
+        # top technique from the shared rows (before `edge` exists) = from the materialized block
+        ids = np.arange(w.num_rows)[::-1]
+        assert got.top_technique() == KnowledgeBlock(one.edge, one.node, kf.names, one.n_pred, one.n_tech,
+                                                     one.technique_ids).top_technique()
+        assert got.top_technique(ids) == [one.top_technique()[k] for k in ids]
         assert np.array_equal(got.edge, one.edge), f"edge block of window {i} differs"
         assert np.array_equal(got.node, one.node), f"node block of window {i} differs"
         assert got.top_technique() == one.top_technique()
