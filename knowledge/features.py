@@ -239,7 +239,9 @@ class KnowledgeFeaturizer:
         if R > 64:
             # rows hashed to 64 bits, then checked, so a (never seen) collision only costs the dedup
             act = np.ascontiguousarray(act, dtype=np.float32)
-            key = act.view(np.uint32).astype(np.uint64) @ self._row_mult(act.shape[1])  # wraps: a hash
+            # each row's bytes as 64-bit words, times odd random multipliers, summed (wrapping): a hash
+            words = act.view(np.uint64) if act.shape[1] % 2 == 0 else act.view(np.uint32).astype(np.uint64)
+            key = words @ self._row_mult(words.shape[1])
             _, first, inv = np.unique(key, return_index=True, return_inverse=True)
             inv = inv.ravel()
             if len(first) < 0.8 * R:
