@@ -5,10 +5,10 @@ hosted APIs) with a JSON-schema constrained answer.
   the technique text; ``response_format = {"type": "json_schema", "json_schema": {...}}`` whose schema
   only allows predicate names from the vocabulary (small models run away without it).
   Servers spell that constraint two ways: OpenAI, vLLM and llama.cpp's own ``llama-server`` take
-  ``{"type": "json_schema", "json_schema": {"schema": ...}}``; ``llama-cpp-python``'s server (and other
-  "JSON mode" servers) reject it with HTTP 400/422 and want ``{"type": "json_object", "schema": ...}``.
-  With ``response_format="auto"`` (default) the first 400/422 switches to the second form for the rest of
-  the run; ``"json_schema"`` / ``"json_object"`` pin one.
+  ``{"type": "json_schema", "json_schema": {"schema": ...}}``; ``llama-cpp-python``'s server (0.3.x) rejects
+  it (HTTP 500 "Input should be 'text' or 'json_object'") and wants ``{"type": "json_object", "schema": ...}``.
+  With ``response_format="auto"`` (default) the first 400/422, or error naming ``response_format``, switches
+  to the second form for the rest of the run; ``"json_schema"`` / ``"json_object"`` pin one.
 * Robustness: each call retries with exponential backoff on network errors, HTTP 429/5xx and on
   answers that do not parse, do not fit the schema or were cut at ``max_tokens``; a retry after a bad
   answer raises the temperature by 0.3 (at temperature 0 the same prompt gives the same bad answer).
@@ -200,7 +200,8 @@ class LLMExtractor:
             except urllib.error.HTTPError as e:
                 detail = _error_text(e)
                 reason = f"http {e.code}: {detail}" if detail else f"http {e.code}"
-                if e.code in (400, 422) and self.response_format == "auto" and self._format == "json_schema":
+                refused = e.code in (400, 422) or "response_format" in detail  # llama-cpp-python answers 500
+                if refused and self.response_format == "auto" and self._format == "json_schema":
                     log.info("llm: server refused response_format json_schema (%s); using json_object + schema",
                              reason)
                     self._format = "json_object"

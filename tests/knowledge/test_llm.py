@@ -39,10 +39,12 @@ class _Replay(BaseHTTPRequestHandler):
         tid = re.match(r"Technique (\S+):", body["messages"][1]["content"]).group(1)
         srv.calls[tid] = srv.calls.get(tid, 0) + 1
         if srv.json_object_only and body["response_format"]["type"] != "json_object":
-            # what llama-cpp-python's server does with an OpenAI json_schema response_format
-            self.send_response(422)
+            # what llama-cpp-python 0.3.36's server answers to an OpenAI json_schema response_format
+            self.send_response(500)
             self.end_headers()
-            self.wfile.write(b'{"detail": "response_format.type: Input should be \'text\' or \'json_object\'"}')
+            self.wfile.write(b'{"error": {"message": "1 validation error: {\'type\': \'literal_error\', \'loc\': '
+                             b'(\'body\', \'response_format\', \'type\'), \'msg\': \\"Input should be \'text\' '
+                             b'or \'json_object\'\\"}", "type": "internal_server_error"}}')
             return
         if tid == "T1110" and srv.calls[tid] == 1:
             self.send_response(503)
@@ -214,10 +216,11 @@ def real_url():
         log.close()
 
 
+@pytest.mark.timeout(2400)  # a 1.5B model on 2 busy cores: minutes per answer
 def test_llm_real_server(real_url, tmp_path):
     """Schema-valid answers from a real model, and a rebuild from the cache makes no call."""
     model = os.environ.get("GRAPHSENTRY_LLM_MODEL", "local")
-    ex = LLMExtractor(real_url, model=model, cache_dir=tmp_path, retries=3, timeout=300)
+    ex = LLMExtractor(real_url, model=model, cache_dir=tmp_path, retries=3, timeout=900)
     links = ex.extract(REAL_ITEMS)
     assert ex.stats["failed"] == 0, [l.extra for l in links if l.status == "failed"]
     assert ex.stats["calls"] >= len(REAL_ITEMS)
