@@ -35,13 +35,15 @@ from knowledge.predicates import PREDICATES
 log = logging.getLogger(__name__)
 
 PROMPT_VERSION = "3"
-MAX_TEXT = 3000  # characters of technique text sent (keeps a 1.5B model's prompt short)
+MAX_TEXT = 1000  # characters of technique text (name + description) sent
+MAX_DETECTION = 500  # characters of detection guidance sent: a 1.5B model on a busy CPU core reads ~7 tokens/s
 SYSTEM = (
     "You map attack technique descriptions to network behaviours visible in flow records "
     "(source/destination IP and port, protocol, bytes, packets, duration, TCP state). "
     "Choose only behaviours that the text implies would be seen on the network when the technique is used. "
     "If the technique is not visible in network flows, return an empty list. "
-    "For each behaviour give a confidence between 0 and 1 and quote the phrase of the text that supports it.\n"
+    "For each behaviour give a confidence between 0 and 1 and, as evidence, copy a short phrase (at most 15 words) "
+    "from the technique text that supports it, never from this list of behaviours.\n"
     "Behaviours:\n"
 )
 
@@ -58,7 +60,9 @@ def response_schema(names: list[str]) -> dict:
                     "properties": {
                         "predicate": {"type": "string", "enum": names},
                         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-                        "evidence": {"type": "string", "maxLength": 160},
+                        # no maxLength: llama.cpp's grammar for a 160-char bound made generation ~10x slower;
+                        # parse_answer truncates instead
+                        "evidence": {"type": "string"},
                     },
                     "required": ["predicate", "confidence", "evidence"],
                     "additionalProperties": False,
@@ -91,7 +95,7 @@ def parse_answer(content: str, names: set[str]) -> list[dict]:
             raise AnswerError(f"unknown predicate {p!r}")
         if not isinstance(c, (int, float)) or not 0 <= c <= 1:
             raise AnswerError(f"bad confidence {c!r}")
-        out.append({"predicate": p, "confidence": float(c), "evidence": str(ev)[:300]})
+        out.append({"predicate": p, "confidence": float(c), "evidence": str(ev)[:160]})
     return out
 
 
@@ -133,7 +137,9 @@ class LLMExtractor:
 
     # -------------------------------------------------------------- cache
     def user_message(self, item: TextItem) -> str:
-        text = (item.text + "\n" + item.detection)[:MAX_TEXT]
+        text = item.text[:MAX_TEXT]
+        if item.detection:
+            text += "\n" + item.detection[:MAX_DETECTION]
         return f"Technique {item.source_id}: {item.name}\n\n{text}"
 
     def cache_key(self, item: TextItem) -> str:
