@@ -129,6 +129,11 @@ class KnowledgeBlock:
 class KnowledgeFeaturizer:
     """Turns windows into knowledge features using a built artifact (see :mod:`knowledge.artifact`)."""
 
+    # Up to this many rows the signature and tactic maxima are one fancy index each ([R, T, k]
+    # temporaries); above, a loop over distinct sets on transposed rows (the temporaries cost more
+    # than the calls). Both are exact maxima, so the two give the same block.
+    SMALL_ROWS = 2048
+
     def __init__(self, spec: dict, manifest: dict | None = None):
         self.spec = spec
         self.manifest = manifest or {}
@@ -174,6 +179,10 @@ class KnowledgeFeaturizer:
         tac_ids = [t["id"] for t in self.tactics]
         self.tactic_members = [np.array([j for j, t in enumerate(self.techniques) if tid in t["tactics"]], dtype=np.int64)
                                for tid in tac_ids]
+        # members padded with T (an all-zero column, which is also every tactic's 0 floor)
+        self._tac_idx = np.full((len(tac_ids), max([0] + [len(m) for m in self.tactic_members]) + 1), T, np.int64)
+        for c, m in enumerate(self.tactic_members):
+            self._tac_idx[c, : len(m)] = m
         self.names = ([f"pred:{p}" for p in self.predicates] + [f"tech:{t}" for t in self.tech_ids]
                       + [f"tactic:{t}" for t in tac_ids])
         self._tech_by_id = {t["id"]: t for t in self.techniques}
@@ -273,16 +282,29 @@ class KnowledgeFeaturizer:
             np.subtract(1.0, tech, out=tech)
             # signature gate: max activation over each technique's signature predicates. Gathered as
             # whole rows of the transposed activations (a [R, T, k] fancy index cost 4x more).
-            act_t = np.ascontiguousarray(act.T)
-            per_set = np.zeros((len(self._sig_sets), R), dtype=np.float32)  # an empty signature gates at 0
-            for k, members in enumerate(self._sig_sets):
-                if len(members):
-                    np.max(act_t[members], axis=0, out=per_set[k])
-            np.multiply(per_set, 1.0 - GATE_FLOOR, out=per_set)
-            np.add(per_set, GATE_FLOOR, out=per_set)
-            np.multiply(tech, per_set[self._sig_of].T, out=tech)
+            if R <= self.SMALL_ROWS:  # one fancy index: fewer calls, for a window or two of rows
+                act_pad = np.zeros((R, P + 1), dtype=np.float32)  # column P = 0 pads short signatures
+                act_pad[:, :P] = act
+                sig = act_pad[:, self._sig_idx].max(axis=2)
+                np.multiply(sig, 1.0 - GATE_FLOOR, out=sig)
+                np.add(sig, GATE_FLOOR, out=sig)
+                np.multiply(tech, sig, out=tech)
+            else:  # whole rows of the transposed activations, once per distinct signature set
+                act_t = np.ascontiguousarray(act.T)
+                per_set = np.zeros((len(self._sig_sets), R), dtype=np.float32)  # an empty signature gates at 0
+                for k, members in enumerate(self._sig_sets):
+                    if len(members):
+                        np.max(act_t[members], axis=0, out=per_set[k])
+                np.multiply(per_set, 1.0 - GATE_FLOOR, out=per_set)
+                np.add(per_set, GATE_FLOOR, out=per_set)
+                np.multiply(tech, per_set[self._sig_of].T, out=tech)
         if C:
-            # tactic = max(0, its techniques' scores), over whole rows of the transposed scores
+            # tactic = max(0, its techniques' scores)
+            if R <= self.SMALL_ROWS:
+                tech_pad = np.zeros((R, T + 1), dtype=np.float32)  # column T = 0: the 0 floor
+                tech_pad[:, :T] = tech
+                out[:, P + T:] = tech_pad[:, self._tac_idx].max(axis=2)
+                return out
             tech_t = np.ascontiguousarray(tech.T)
             tac = np.zeros((C, R), dtype=np.float32)
             for c, m in enumerate(self.tactic_members):

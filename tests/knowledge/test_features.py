@@ -108,8 +108,11 @@ def test_sparse_and_dense_propagation_agree(kf, rows):
 
 # ---------------------------------------------------------------- several windows in one call
 
-def test_transform_many_equals_transform_per_window(kf):
+@pytest.mark.parametrize("small_rows", [0, 100, 10 ** 9])  # either way of taking the signature/tactic max, or both
+def test_transform_many_equals_transform_per_window(kf, small_rows, monkeypatch):
     from tests.knowledge.test_predicates import _windows_mix
+
+    monkeypatch.setattr(type(kf), "SMALL_ROWS", small_rows)
 
     ws = _windows_mix()
     graphs = [_ip_graph(w) if w.num_rows else (np.zeros((2, 0), np.int64), 0, {}) for w in ws]
@@ -133,8 +136,10 @@ def test_transform_many_equals_transform_per_window(kf):
         assert got.edge.shape == (w.num_rows, kf.width) and got.names == kf.names
 
 
-def test_transform_many_matches_a_real_capture(kf, samples):
+@pytest.mark.parametrize("small_rows", [0, 100, 10 ** 9])
+def test_transform_many_matches_a_real_capture(kf, samples, small_rows, monkeypatch):
     """Zeek windows (conn_state, service, nulls in syn_count) from a real sample, 60 s windows."""
+    monkeypatch.setattr(type(kf), "SMALL_ROWS", small_rows)
     from ingest.readers import open_inputs
     from ingest.windows import Tumbling, window_all
 
