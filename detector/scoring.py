@@ -103,8 +103,9 @@ class StreamScorer:
     def score_windows(self, windows, return_exceptions: bool = False) -> list:
         """Score consecutive windows (in window order); same scores as :meth:`score_window` on each in turn.
 
-        What does not depend on the temporal state is batched: the graphs (``GraphBuilder.build_many``)
-        and the detector call (one ``decision_function`` over all flows when the detector scores rows
+        What does not depend on the temporal state is batched: the graphs (``GraphBuilder.build_many``),
+        the knowledge blocks (``KnowledgeFeaturizer.transform_many``, bit-identical per window) and the
+        detector call (one ``decision_function`` over all flows when the detector scores rows
         independently and exactly, i.e. the isolation forest). The model, with its GRU memory, still
         runs window by window in order. With ``return_exceptions=True`` a window that fails gives its
         exception in its slot instead of raising (the others are still scored).
