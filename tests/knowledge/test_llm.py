@@ -1,7 +1,7 @@
 """The llm backend against a small OpenAI-compatible server on 127.0.0.1 that replays recorded answers.
 
 ``test_llm_real_*`` runs only with GRAPHSENTRY_LLM_TESTS=1 (``make test-llm``) against a real local server:
-GRAPHSENTRY_LLM_URL when it answers, else one started from GRAPHSENTRY_LLM_SERVER_CMD on a free 127.0.0.1 port
+GRAPHSENTRY_LLM_URL when set (it must answer), else one started from GRAPHSENTRY_LLM_SERVER_CMD on a free 127.0.0.1 port
 (``{port}`` in the command) and stopped at the end, e.g. ``scripts/llm_server.sh serve {port}``.
 """
 from __future__ import annotations
@@ -172,9 +172,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _reachable(url: str) -> bool:
+def _reachable(url: str, timeout: float = 3) -> bool:
     try:
-        urllib.request.urlopen(url + "/v1/models", timeout=3).read()
+        urllib.request.urlopen(url + "/v1/models", timeout=timeout).read()
         return True
     except OSError:
         return False
@@ -187,7 +187,8 @@ def real_url():
     if os.environ.get("GRAPHSENTRY_LLM_TESTS") != "1":
         pytest.skip("real LLM test is opt-in: make test-llm (GRAPHSENTRY_LLM_TESTS=1)")
     url = os.environ.get("GRAPHSENTRY_LLM_URL", "")
-    if url and _reachable(url):
+    if url:  # asked for this server: a busy llama.cpp server can take a while to answer even /v1/models
+        assert _reachable(url, timeout=120), f"GRAPHSENTRY_LLM_URL={url} does not answer /v1/models"
         yield url.rstrip("/")
         return
     cmd = os.environ.get("GRAPHSENTRY_LLM_SERVER_CMD", "")
@@ -207,9 +208,11 @@ def real_url():
             time.sleep(1)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(20)
+        except ProcessLookupError:
+            pass  # it already exited
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
