@@ -33,19 +33,21 @@ _PERF = re.compile(r"(prompt eval|\beval) time =\s*([\d.]+) ms /\s*(\d+) (?:toke
 
 
 def server_speed(log_path: str | Path) -> dict:
-    """Tokens/s from llama.cpp's ``llama_perf_context_print`` lines (prompt eval and generation)."""
-    tot = {"prompt eval": [0.0, 0], "eval": [0.0, 0]}
+    """Tokens/s from llama.cpp's ``llama_perf_context_print`` lines (prompt eval and generation): totals over
+    the log, and the median over requests (robust to a few odd requests in the same log)."""
+    per: dict[str, list[tuple[float, int]]] = {"prompt eval": [], "eval": []}
     for line in Path(log_path).read_text(errors="replace").splitlines():
         m = _PERF.search(line)
-        if m:
-            key = "prompt eval" if m.group(1) == "prompt eval" else "eval"
-            tot[key][0] += float(m.group(2))
-            tot[key][1] += int(m.group(3))
+        if m and int(m.group(3)) > 1:  # a fully cached prompt logs "0 ms / 1 tokens"
+            per["prompt eval" if m.group(1) == "prompt eval" else "eval"].append((float(m.group(2)), int(m.group(3))))
     out = {}
     for key, name in (("prompt eval", "prompt"), ("eval", "generation")):
-        ms, n = tot[key]
+        ms, n = sum(x for x, _ in per[key]), sum(k for _, k in per[key])
+        out[f"{name}_requests"] = len(per[key])
         out[f"{name}_tokens"] = n
         out[f"{name}_tokens_per_s"] = round(n / (ms / 1000), 2) if ms else None
+        rates = [k / (x / 1000) for x, k in per[key] if x]
+        out[f"{name}_tokens_per_s_median"] = round(statistics.median(rates), 2) if rates else None
     return out
 
 
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         answers = [a for r in rows for a in r["answer"]]
         out["llm"] = {
             "model": args.llm_model, "url": args.llm_url, "prompt_version": PROMPT_VERSION,
-            "response_format_used": llm._format, "stats_this_run": llm.stats,
+            "response_format_used": llm._format if llm.stats["calls"] else "(no call this run: all answers cached)",
+            "stats_this_run": llm.stats,
             "answered": sum(r["status"] == "ok" for r in rows), "failed": sum(r["status"] == "failed" for r in rows),
             "empty_answers": sum(r["status"] == "ok" and not r["answer"] for r in rows),
             "seconds_per_technique": {"n": len(secs), "median": round(statistics.median(secs), 2) if secs else None,
@@ -197,13 +200,15 @@ def render(out: dict) -> str:
               f"{m['empty_answers']}.", "",
               f"Seconds per technique (one call, measured by the client when the answer was made): median "
               f"{s['median']}, mean {s['mean']}, min {s['min']}, max {s['max']} (n={s['n']}). Median prompt tokens "
-              f"{m['prompt_tokens_median']}, completion tokens {m['completion_tokens_median']}; completion tokens per "
-              f"wall second {m['completion_tokens_per_wall_s']}."]
+              f"{m['prompt_tokens_median']} (system prompt included), completion tokens {m['completion_tokens_median']}; "
+              f"completion tokens per wall second, prompt evaluation included: {m['completion_tokens_per_wall_s']}."]
         if m.get("server_timings"):
             t = m["server_timings"]
-            L.append(f"llama.cpp's own timings: prompt {t['prompt_tokens_per_s']} tok/s over {t['prompt_tokens']} "
-                     f"tokens evaluated (the shared system prompt is cached between calls), generation "
-                     f"{t['generation_tokens_per_s']} tok/s over {t['generation_tokens']} tokens.")
+            L.append(f"llama.cpp's own timings (server log, {t['generation_requests']} requests): prompt evaluation "
+                     f"{t['prompt_tokens_per_s']} tok/s overall, median {t['prompt_tokens_per_s_median']} per request "
+                     f"({t['prompt_tokens']} tokens evaluated: the shared system prompt is cached between calls); "
+                     f"generation {t['generation_tokens_per_s']} tok/s overall, median "
+                     f"{t['generation_tokens_per_s_median']} ({t['generation_tokens']} tokens).")
         pct = lambda x: "–" if x is None else f"{x:.0%}"  # noqa: E731
         L += ["", f"Bias: {pct(m['share_of_picks_in_first5'])} of the model's picks are among the first five "
                   f"predicates of the alphabetical list in the prompt ({', '.join(m['first5_alphabetical'])}), "
