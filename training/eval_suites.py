@@ -135,9 +135,13 @@ def summary(root: Path) -> str:
     if not rows:
         return "(no reports)\n"
     fmt = lambda x, nd=3: "n/a" if x is None else f"{x:.{nd}f}"  # noqa: E731
-    out = ["| split | variant | detector | AUROC | AUPRC | macro-F1 | recall | FPR |", "|---|---|---|---|---|---|---|---|"]
+    out = ["| split | variant | objective · detector input · detector | AUROC | AUPRC | macro-F1 | recall | FPR |",
+           "|---|---|---|---|---|---|---|---|"]
     for split, v, m in rows:
-        out.append(f"| {split} | {v} | {m.get('detector')} | {fmt(m['auroc'])} | {fmt(m['auprc'])} | "
+        obj = (m.get("objective") or {}).get("chosen", "")
+        chosen = " · ".join(x for x in (obj.replace("/gradnorm", "").replace("none", "random"),
+                                        m.get("flow_parts") or "", m.get("detector") or "") if x)
+        out.append(f"| {split} | {v} | {chosen} | {fmt(m['auroc'])} | {fmt(m['auprc'])} | "
                    f"{fmt(m['macro_f1'])} | {fmt(m['recall'])} | {fmt(m['fpr'], 4)} |")
     return "\n".join(out) + "\n"
 

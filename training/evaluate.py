@@ -4,9 +4,11 @@ Protocol (see README.md (Model)):
 
 * training inputs are earlier captures/days than (or other captures than) the test inputs;
   with ``benign_only`` (default) records labelled malicious are removed from training;
-* inside the training data the latest ``val_frac`` of the windows are held back: they pick the
-  detector and calibrate every variant's alert threshold to the target FPR -- no test data and no
-  attack labels are involved in any choice;
+* inside the training data the latest ``val_frac`` of the windows are held back: their non-malicious
+  flows calibrate every variant's alert threshold to the target FPR; together with the training
+  inputs' labelled attacks (scored in context, never trained on) they form the validation set on
+  which the encoder objective, the detector input and the detector are chosen
+  (:func:`training.pretrain.select_flow_detector`); no test data is involved in any choice;
 * every test record is scored exactly once (tumbling windows partition the records); records
   labelled background/outlier (2) or unlabelled are scored but left out of the metrics (counted);
 * baselines run on the same split in the same run: IsolationForest on the preprocessed flow features
