@@ -136,6 +136,8 @@ def run_train(args: argparse.Namespace) -> int:
                           extra_meta={"training_inputs": meta})
     m = bundle.metrics
     print(json.dumps({"model": str(args.out), "detector": bundle.detector_name, "threshold": bundle.threshold,
+                      "flow_parts": bundle.model.config.flow_parts, "objective": m["objective"]["chosen"],
+                      "validation_rule": m["detector_selection"]["rule"], "val_attacks": m["val_attacks"],
                       "train_flows": m["train_flows"], "val_flows": m["val_flows"],
                       "removed_malicious": m["removed_malicious"], "seconds": m["total_seconds"]}), file=sys.stderr)
     return 0
