@@ -37,15 +37,9 @@ MIN_FEATURE_LINK = 0.4
 MIN_TECHNIQUE_LINK = 0.6
 # Context predicates (protocol/direction facts true of much benign traffic) count 0.3x in technique scores.
 CONTEXT_FACTOR = 0.3
-# Counted as context in technique scores besides the predicates tagged "context" in knowledge/predicates.py.
-# Both are single-flow facts of port and direction (internal -> internal, resp. external -> internal, on
-# an admin / remote-access port, with payload): every legitimate admin or VPN session fires them. ATT&CK
-# defines the techniques that link to them by what a flow cannot show: T1021 Remote Services "use Valid
-# Accounts to log into a service that accepts remote connections", T1133 External Remote Services
-# "leverage external-facing remote services" with valid accounts. So these facts sharpen behaviour
-# evidence (admin fan-out, brute force, transfers) but cannot name a technique on their own; before this,
-# an internal SSH brute force scored T1021 above T1110 because `lateral_admin` fires on each attempt.
-EXTRA_CONTEXT = ("lateral_admin", "inbound_remote_service")
+# Counted as context in technique scores besides the predicates tagged "context" in knowledge/predicates.py
+# (lateral_admin and inbound_remote_service moved there as tags; see the comment at their registration).
+EXTRA_CONTEXT: tuple[str, ...] = ()
 LINK_SCHEMA = pa.schema([
     ("subject", pa.string()), ("source_id", pa.string()), ("predicate", pa.string()),
     ("confidence", pa.float64()), ("evidence", pa.string()), ("backend", pa.string()),

@@ -702,11 +702,15 @@ _reg(brute_force, "src,dst,dst_port", ("tcp",), AUTH_PORTS, tags=("bruteforce",)
 _reg(password_spray, "src,dst_port", ("tcp",), AUTH_PORTS, tags=("bruteforce",))
 _reg(repeated_short_sessions, "src,dst,dst_port", tags=("bruteforce", "dos"))
 _reg(auth_service, "flow", ("tcp",), AUTH_PORTS, tags=("context",))
-_reg(lateral_admin, "flow", ("tcp",), ADMIN_PORTS, tags=("lateral",))
+# lateral_admin / inbound_remote_service are single-flow facts of port and direction that every legitimate
+# admin or VPN session fires; ATT&CK defines their techniques (T1021 Remote Services, T1133 External Remote
+# Services) by the use of valid accounts, which a flow cannot show. So they are context: they sharpen
+# behaviour evidence (admin fan-out, brute force) but cannot name a technique alone.
+_reg(lateral_admin, "flow", ("tcp",), ADMIN_PORTS, tags=("lateral", "context"))
 _reg(internal_fan_out_admin, "src", ("tcp",), ADMIN_PORTS, tags=("lateral",))
 _reg(smb_traffic, "flow", ("tcp",), SMB_PORTS, tags=("context",))
 _reg(remote_desktop, "flow", ("tcp",), REMOTE_DESKTOP_PORTS, tags=("context",))
-_reg(inbound_remote_service, "flow", ("tcp",), (22, 23, 445, 3389, 5900, 5985, 5986), tags=("access",))
+_reg(inbound_remote_service, "flow", ("tcp",), (22, 23, 445, 3389, 5900, 5985, 5986), tags=("access", "context"))
 _reg(nonstandard_port, "flow", tags=("c2",))
 _reg(uncommon_port, "flow", tags=("c2",))
 _reg(high_entropy_payload, "flow", tags=("c2", "exfil"))

@@ -85,6 +85,7 @@ def test_port_and_direction_facts_are_context_in_the_bundled_artifact():
 
     spec = json.loads((DEFAULT_ARTIFACT / "features.json").read_text())
     assert set(EXTRA_CONTEXT) <= set(spec["context_predicates"])
+    assert {"lateral_admin", "inbound_remote_service"} <= set(spec["context_predicates"])
     ctx = set(spec["context_predicates"])
     for tid, w in spec["weights"].items():  # every column has a behaviour link >= the floor
         assert any(c >= spec["min_technique_link"] and p not in ctx for p, c in w.items()), tid
