@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     if "llm" in res:
         failed["llm"] |= capec_subjects
     if len(res) > 1:
-        for combo in ([list(res)] + ([["lexicon", "llm"]] if len(res) > 2 and "llm" in res else [])):
+        names = list(res)
+        pairs = [[a, b] for i, a in enumerate(names) for b in names[i + 1:]] if len(names) > 2 else []
+        for combo in [names] + pairs:
             v = combine({b: res[b] for b in combo}, failed={b: failed[b] for b in combo})
             out["backends"]["vote(" + "+".join(combo) + ")"] = {
                 "direct": score(v, gold, args.threshold), "with_graph": score(propagate(g, v), gold, args.threshold)}
