@@ -42,7 +42,7 @@ def main() -> int:
         source = "synthetic"
     table = table.set_column(0, "row", pa.array(range(table.num_rows), pa.int64()))
     t0 = time.perf_counter()
-    b = train_bundle([table], TrainConfig(window=a.window, epochs=a.epochs, knowledge=not a.no_knowledge),
+    b = train_bundle([table], TrainConfig(window=a.window, epochs=a.epochs, knowledge=not a.no_knowledge, objective="contrastive"),
                      progress=False)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()

@@ -89,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
           ["train", "--data", str(TRAIN), "--out", str(model), "--benign-only", "--epochs", str(args.epochs),
            # ip:port nodes (as E-GraphSAGE): with plain ip nodes the monitored host's benign flows inherit
            # the anomaly of the scans it receives on the later day (see the Model section of README.md)
-           "--node-mode", "ipport", "--window", "5m", "--no-progress"])
+           "--node-mode", "ipport", "--window", "5m", "--no-progress",
+           # one encoder: `--objective auto` (the default) pretrains three and keeps the best on validation,
+           # about three times the training time, too slow for a first run
+           "--objective", "contrastive"])
     config = out / "serve.yaml"
     config.write_text(_SERVE_CONFIG.format(test=TEST.resolve(), model=model.resolve(), out=out.resolve(),
                                            port=args.metrics_port))

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def bundle():
     table = synthetic_flows(n_benign=1500, n_attack=150, duration=1200, seed=5)
-    return train_bundle([table], TrainConfig(epochs=1, hidden=32, seed=0, benign_only=True), progress=False)
+    return train_bundle([table], TrainConfig(epochs=1, hidden=32, seed=0, benign_only=True, objective="contrastive"), progress=False)
 
 
 def test_window_scores_fields(bundle):

@@ -27,7 +27,7 @@ def _read(path: Path) -> pa.Table:
 def real():
     if not (TRAIN.is_file() and TEST.is_file()):
         pytest.skip("stratosphere samples not present")
-    bundle = train_bundle([_read(TRAIN)], TrainConfig(epochs=1, hidden=16, seed=0, benign_only=True,
+    bundle = train_bundle([_read(TRAIN)], TrainConfig(epochs=1, hidden=16, seed=0, benign_only=True, objective="contrastive",
                                                       detector="iforest"), progress=False)
     return bundle, _read(TEST)
 
@@ -104,7 +104,7 @@ def test_score_windows_empty_and_errors(real):
 
 def test_batched_knn_scores_identical(real):
     _, table = real
-    bundle = train_bundle([_read(TRAIN)], TrainConfig(epochs=1, hidden=16, seed=0, benign_only=True,
+    bundle = train_bundle([_read(TRAIN)], TrainConfig(epochs=1, hidden=16, seed=0, benign_only=True, objective="contrastive",
                                                       detector="knn"), progress=False)
     assert type(bundle.detector).__name__ == "KNNDetector"
     windows = make_windows(table, float(bundle.window.get("size", 60.0)))

@@ -30,7 +30,7 @@ def test_train_then_score_one_row_per_input_in_order(samples, tmp_path):
     train_in = inputs[-1]
     model = tmp_path / "model"
     _run("train", "--data", str(train_in), "--out", str(model), "--epochs", "1", "--window", "30m",
-         "--no-progress", "--hidden", "16")
+         "--no-progress", "--hidden", "16", "--objective", "contrastive")
     assert (model / "config.json").is_file()
     # score every sample, plus a copy with a malformed line appended: it must not crash
     bad = tmp_path / "with-bad-line.csv"

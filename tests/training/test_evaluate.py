@@ -29,7 +29,7 @@ def test_evaluate_split_writes_report(tmp_path):
     try:
         train = synthetic_flows(n_benign=500, n_attack=40, duration=600, seed=1)
         test = synthetic_flows(n_benign=300, n_attack=40, duration=300, seed=2, t0=1.7e9 + 3600)
-        cfg = TrainConfig(epochs=1, hidden=16, knowledge=False, benign_only=True)
+        cfg = TrainConfig(epochs=1, hidden=16, knowledge=False, benign_only=True, objective="contrastive")
         rep = evaluate_split(train, test, cfg, variants=("no_pretrain", "iforest_raw"), name="synthetic")
         assert rep["protocol"]["removed_malicious_from_training"] == 40
         for v in ("no_pretrain", "iforest_raw"):
