@@ -61,6 +61,20 @@ class PipelineConfig:
     id_capacity: int = 1_000_000
 
 
+def window_groups(windows, max_records: int = 65536):
+    """Consecutive runs of ``windows`` holding at most ``max_records`` records each (a larger single
+    window is a group alone): the unit of one batched ``build_many`` / scoring call, bounding its memory."""
+    windows = list(windows)
+    i = 0
+    while i < len(windows):
+        j, n = i, 0
+        while j < len(windows) and (j == i or n + windows[j].table.num_rows <= max_records):
+            n += windows[j].table.num_rows
+            j += 1
+        yield windows[i:j]
+        i = j
+
+
 class GraphStream:
     """Stateful per-stream builder (NodeIdMap and previous-flow times live here)."""
 
@@ -74,6 +88,10 @@ class GraphStream:
     def build(self, window):
         """Return ``(data, kb)``: ``data.edge_attr``/``data.x`` already include the knowledge block."""
         return self._attach_kb(window, self.builder.build(window))
+
+    def build_all(self, windows, max_records: int = 65536) -> list:
+        """:meth:`build_many` over any number of windows, in groups of at most ``max_records`` records."""
+        return [r for group in window_groups(windows, max_records) for r in self.build_many(group)]
 
     def build_many(self, windows) -> list:
         """``[(data, kb), ...]`` for consecutive windows, in order; same result as :meth:`build` on each.

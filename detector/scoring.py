@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from detector.pipeline import window_groups
 from detector.runtime import torch_threads
 
 
@@ -110,17 +111,10 @@ class StreamScorer:
         runs window by window in order. With ``return_exceptions=True`` a window that fails gives its
         exception in its slot instead of raising (the others are still scored).
         """
-        windows = list(windows)
         out: list = []
-        i = 0
-        while i < len(windows):
-            j, n = i, 0
-            while j < len(windows) and (j == i or n + windows[j].table.num_rows <= self.BATCH_RECORDS):
-                n += windows[j].table.num_rows
-                j += 1
+        for group in window_groups(windows, self.BATCH_RECORDS):
             with torch_threads():
-                out.extend(self._score_group(windows[i:j]))
-            i = j
+                out.extend(self._score_group(group))
         if not return_exceptions:
             for r in out:
                 if isinstance(r, BaseException):

@@ -449,16 +449,17 @@ def prepare(tables, cfg: TrainConfig) -> Prepared:
     pcfg = PipelineConfig(impl=cfg.impl, node_mode=cfg.node_mode, knowledge=kf is not None)
     pipeline = FeaturePipeline(pre, pcfg, kf)
     stream = pipeline.stream()
-    graphs = [stream.build(w)[0] for w in train_w]  # same stream continues into validation (dt_prev)
+    # batched builds (same graphs as window by window); the same stream continues into validation (dt_prev)
+    graphs = [d for d, _ in stream.build_all(train_w)]
     ctx_graphs = ctx_labels = ctx_heldback = None
     if removed and cfg.val_context:
         # the training period as it would be scored: every record, attacks included, in the graph
         ctx_stream = pipeline.stream()
-        ctx_graphs = [ctx_stream.build(w)[0] for w in make_windows(full, cfg.window)]
+        ctx_graphs = [d for d, _ in ctx_stream.build_all(make_windows(full, cfg.window))]
         ctx_labels = _labels(ctx_graphs)
         ctx_heldback = np.concatenate([np.full(g.edge_index.size(1), float(g.window_start) >= val_w[0].start)
                                        for g in ctx_graphs])
-    val_graphs = [stream.build(w)[0] for w in val_w]
+    val_graphs = [d for d, _ in stream.build_all(val_w)]
     return Prepared(table, n_in, removed, train_w, val_w, pipeline, graphs, val_graphs, _labels(val_graphs),
                     ctx_graphs, ctx_labels, ctx_heldback)
 
