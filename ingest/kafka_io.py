@@ -563,6 +563,8 @@ class KafkaSource:
         self._committed_log: dict[tuple[str, int], int] = {}
         self._on_assign = on_assign
         self.assigned: set[tuple[str, int]] = set()
+        # (first, last) offset handed on per partition: what stop_at_end logs as read
+        self.handed: dict[tuple[str, int], tuple[int, int]] = {}
         self.error: BaseException | None = None
         self.reconnects = 0
         self.pauses = 0  # times the partitions were paused for backpressure
@@ -768,9 +770,13 @@ class KafkaSource:
                     arrival = (c.max_ts_ms / 1000.0) if c.max_ts_ms > 0 else now
                     self._put(SourceBatch(dec.table, "kafka", min(arrival, now), c.topic, c.partition,
                                           c.first_offset, c.last_offset))
-                idle_polls = 0 if chunks else idle_polls + 1
+                    first, _ = self.handed.get((c.topic, c.partition), (c.first_offset, 0))
+                    self.handed[(c.topic, c.partition)] = (first, c.last_offset)
+                # A paused consumer gets nothing by design: that is not the end of the topic.
+                idle_polls = 0 if chunks or self._paused else idle_polls + 1
                 if self.stop_at_end and idle_polls >= 3 and self._at_end():
-                    log.info("all assigned partitions read to the end (stop_at_end)")
+                    log.info("all assigned partitions read to the end (stop_at_end): read %s, positions %s",
+                             self.handed, self._positions())
                     self._stop_reading.set()
             mono = time.monotonic()
             if mono >= next_commit:
@@ -816,7 +822,9 @@ class KafkaSource:
             except Exception:  # noqa: BLE001 - one slow partition does not hide the others
                 continue
             if pos is not None:
-                out[(tp.topic, tp.partition)] = (pos, ends.get(tp, pos))
+                # Some brokers (Tansu 0.5) answer ListOffsets(latest) with the last batch's base
+                # offset; the high watermark of the fetch responses is the true end.
+                out[(tp.topic, tp.partition)] = (pos, max(ends.get(tp, pos), self.consumer.highwater(tp) or 0))
         return out
 
     def _pause_all(self) -> bool:
@@ -1051,8 +1059,10 @@ class ConfluentSource(KafkaSource):
 
         out = {}
         for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.assigned]):
-            _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=2)
-            out[(tp.topic, tp.partition)] = (tp.offset, hi)
+            part = TopicPartition(tp.topic, tp.partition)
+            _lo, hi = self.consumer.get_watermark_offsets(part, timeout=2)
+            cached = self.consumer.get_watermark_offsets(part, cached=True)  # see KafkaSource._positions
+            out[(tp.topic, tp.partition)] = (tp.offset, max(hi, cached[1] if cached else -1))
         return out
 
     def _pause_all(self) -> bool:

@@ -169,3 +169,47 @@ def test_source_pauses_when_the_queue_is_full_and_resumes_when_drained(kafka_boo
     finally:
         src.stop()
         src.join(15)
+
+
+@pytest.mark.kafka
+def test_stop_at_end_delivers_every_record_of_every_partition_before_ending(kafka_bootstrap):
+    """A slow reader (the source pauses often) on two keyed partitions: the end is the real end.
+
+    Two traps this guards: polls of a paused consumer return nothing (that is not the end), and a
+    broker's ListOffsets(latest) may lag the fetch high watermark (Tansu answers with the last
+    batch's base offset), so positions must be compared with the true end.
+    """
+    import queue
+    import time
+
+    from ingest.kafka_io import KafkaSource
+
+    t = make_flows(n_benign=1500, n_scan=300, duration=60.0, seed=5)
+    topic = new_topic(kafka_bootstrap, 2)
+    p = make_producer({"bootstrap": kafka_bootstrap})
+    replay([t], p, topic, 2, fmt="json")
+    p.close()
+    per_part = np.bincount([partition_for(str(k).encode(), 2) for k in t.column("src_ip").to_pylist()], minlength=2)
+    q: queue.Queue = queue.Queue(maxsize=2)
+    src = KafkaSource({"bootstrap": kafka_bootstrap, "topic": topic, "group_id": "g-end", "max_poll_records": 10},
+                      q, OffsetTracker(), stop_at_end=True).start()
+    rows: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert time.monotonic() < deadline, f"no end of stream after {len(rows)} records"
+            try:
+                item = q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is None:
+                break
+            rows.extend(item.table.column("row").to_pylist())
+            if item.last_offset >= per_part[item.partition] - 40:
+                time.sleep(1.0)                 # near each partition's end the source stays paused 3+ polls
+    finally:
+        src.stop()
+        src.join(15)
+    assert src.error is None
+    assert src.pauses > 0
+    assert sorted(rows) == list(range(t.num_rows))
