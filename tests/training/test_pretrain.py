@@ -79,17 +79,21 @@ def test_validation_rule_uses_training_attacks_and_calibrates_on_held_back_benig
     tr, va = split_windows(make_windows(table.filter(pa.array(lab == 0)), 60.0), 0.2)
     assert m["val_attacks"] == int((lab == 1).sum()) == 40
     assert m["val_flows"] == sum(w.table.num_rows for w in va)
-    assert sel["rule"].startswith("max AUPRC")
+    assert sel["rule"].startswith("max per-class partial AUROC")
     assert len(sel["candidates"]) == 2 * len(FLOW_CANDIDATES)
-    best = max(c["val_auprc"] for c in sel["candidates"].values())
-    assert sel["candidates"][f"{sel['flow_parts']}|{sel['chosen']}"]["val_auprc"] == best
+    best = max(c["val_score"] for c in sel["candidates"].values())
+    chosen = sel["candidates"][f"{sel['flow_parts']}|{sel['chosen']}"]
+    assert chosen["val_score"] >= best - TrainConfig().val_tol          # best, or tied with it ...
+    tied = [c for c in sel["candidates"].values() if c["val_score"] >= best - TrainConfig().val_tol]
+    assert chosen["drift"] == min(c["drift"] for c in tied)           # ... and the most stable threshold
     assert b.model.config.flow_parts == sel["flow_parts"]
     assert b.calibration.n_calibration == m["val_flows"]
 
 
 def test_validation_attacks_are_capped(table):
     b = train_bundle([table], _cfg(benign_only=True, max_val_attacks=15), progress=False)
-    assert b.metrics["val_attacks"] == 15 and b.metrics["detector_selection"]["rule"].startswith("max AUPRC")
+    assert b.metrics["val_attacks"] == 15
+    assert b.metrics["detector_selection"]["rule"].startswith("max per-class partial AUROC")
 
 
 def test_benign_rule_when_asked_or_without_held_back_attacks(table):
@@ -101,8 +105,55 @@ def test_benign_rule_when_asked_or_without_held_back_attacks(table):
     assert c.metrics["val_attacks"] == 0 and c.metrics["detector_selection"]["rule"].startswith("min |FPR")
 
 
-def test_objective_auto_picks_on_held_back_auprc(table):
+def test_objective_auto_picks_on_the_validation_score(table):
     b = train_bundle([table], _cfg(benign_only=True, objective="auto"), progress=False)
     obj = b.metrics["objective"]
     assert set(obj["candidates"]) == {"contrastive/gradnorm", "contrastive/fixed", "dgi/gradnorm"}
-    assert obj["candidates"][obj["chosen"]] == max(obj["candidates"].values())
+    tol = TrainConfig().val_tol
+    top = max(obj["candidates"].values())
+    tied = [k for k, v in obj["candidates"].items() if v >= top - tol]
+    assert obj["chosen"] in tied and obj["drift"][obj["chosen"]] == min(obj["drift"][k] for k in tied)
+
+
+def test_val_score_is_per_class_and_does_not_depend_on_the_attack_share():
+    from training.pretrain import class_groups, val_score
+
+    rng = np.random.default_rng(0)
+    ben = rng.normal(0, 1, 2000)
+    easy = rng.normal(10, 1, 50)            # a huge, trivially separated class (a port scan) ...
+    hard = rng.normal(0, 1, 50)             # ... and one the detector cannot see
+    y = np.r_[np.zeros(2000), np.ones(100)].astype(int)
+    cls = np.array([None] * 2000 + ["scan"] * 50 + ["c2"] * 50, dtype=object)
+    s = np.r_[ben, easy, hard]
+    score, per = val_score(y, s, class_groups(y, cls), max_fpr=0.01)
+    assert per["scan"] == pytest.approx(1.0) and per["c2"] < 0.6 and score == pytest.approx(np.mean(list(per.values())))
+    # ten times more of the easy class: the macro score does not move, AUPRC would
+    y2 = np.r_[np.zeros(2000), np.ones(550)].astype(int)
+    cls2 = np.array([None] * 2000 + ["scan"] * 500 + ["c2"] * 50, dtype=object)
+    s2 = np.r_[ben, np.tile(easy, 10), hard]
+    assert val_score(y2, s2, class_groups(y2, cls2), 0.01)[0] == pytest.approx(score)
+    # classes under 5 flows are pooled; unnamed attacks are one class
+    g = class_groups(np.array([1, 1, 1, 0]), np.array(["a", "b", None, None], dtype=object))
+    assert list(g) == ["(rare classes)", "(rare classes)", "(rare classes)", ""]
+
+
+def test_stratified_keep_spreads_the_budget_over_classes():
+    from training.pretrain import stratified_keep
+
+    groups = np.array(["a"] * 1000 + ["b"] * 10 + ["c"] * 3)
+    k = stratified_keep(groups, 100, np.random.default_rng(0))
+    assert k.sum() == 100 and k[1000:].all() and k[:1000].sum() == 87
+    assert (k == stratified_keep(groups, 100, np.random.default_rng(0))).all()       # seeded
+    k2 = stratified_keep(np.array(["a"] * 50 + ["b"] * 50), 11, np.random.default_rng(1))
+    assert k2.sum() == 11 and sorted([k2[:50].sum(), k2[50:].sum()]) == [5, 6]
+    assert stratified_keep(groups, 5000, np.random.default_rng(0)).all()
+
+
+def test_pick_best_breaks_near_ties_by_threshold_drift():
+    from training.pretrain import pick_best
+
+    scores = {"a": 0.990, "b": 0.988, "c": 0.950}
+    drift = {"a": 0.05, "b": 0.001, "c": 0.0}
+    assert pick_best(scores, drift, tol=0.005) == "b"      # within the tolerance: the stabler threshold
+    assert pick_best(scores, drift, tol=0.0) == "a"
+    assert pick_best({"a": 0.9, "b": 0.9}, {"a": 0.1, "b": 0.1}, 0.0) == "a"   # full tie: candidate order
