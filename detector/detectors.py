@@ -50,11 +50,15 @@ class _Base:
         self.scale_ = np.maximum(sd, max(float(np.median(sd)), 1e-6)).astype(np.float32)
         return (X - self.mean_) / self.scale_
 
-    def _scale(self, X: np.ndarray) -> np.ndarray:
+    def _checked(self, X: np.ndarray) -> np.ndarray:
+        """``X`` as float32, after checking it has the fitted width."""
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.mean_.shape[0]:
             raise ValueError(f"X has shape {X.shape}, the detector was fitted on {self.mean_.shape[0]} features")
-        return (X - self.mean_) / self.scale_
+        return X
+
+    def _scale(self, X: np.ndarray) -> np.ndarray:
+        return (self._checked(X) - self.mean_) / self.scale_
 
     def _finish_fit(self, scores: np.ndarray) -> None:
         self.decision_scores_ = scores
@@ -120,15 +124,82 @@ class IForestDetector(_Base):
         ms = self.max_samples if isinstance(self.max_samples, str) else min(int(self.max_samples), len(Z))
         self.model_ = IsolationForest(n_estimators=self.n_estimators, max_samples=ms,
                                       random_state=self.random_state, n_jobs=1).fit(Z)
-        self._finish_fit(-self.model_.score_samples(Z))
+        self.__dict__.pop("_forest_cache", None)  # the fast path's arrays belong to the previous forest
+        self._finish_fit(-self._score_samples(Z))
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted()
-        Z = self._scale(X)
-        if len(Z) == 0:
+        X = self._checked(X)
+        if len(X) == 0:
             return np.zeros(0)
-        return -self.model_.score_samples(Z)  # the one sign flip
+        return -self._score_samples(X, scaled=False)  # the one sign flip
+
+    # Rows per block of the fast path: a block (and its column-major copy, 1.5 MB at 192 features)
+    # stays in cache while all the trees walk it. 2048-4096 measured best on LUFlow embeddings.
+    SCORE_BLOCK = 2048
+
+    def _score_samples(self, Z: np.ndarray, scaled: bool = True) -> np.ndarray:
+        """``IsolationForest.score_samples(Z)``, bit for bit, about 4x faster on large inputs.
+
+        ``scaled=False``: ``Z`` is raw float32 input, standardised here block by block (the same
+        float32 arithmetic as :meth:`_scale`, without two input-sized temporaries).
+
+        sklearn walks one tree over all rows, then the next: with wide rows every tree re-reads the
+        whole input from memory (~135 ns per row and tree on LUFlow embeddings). Here each block of
+        rows is copied column-major (the rows at one split read one contiguous column) and walked by
+        every tree while it is in cache. Per row the arithmetic is sklearn's, in its order: tree depths
+        added tree by tree, then ``2 ** -(depth / (n_trees * c(max_samples)))``.
+        """
+        forest = self._forest()
+        if forest is None:  # a scikit-learn without the private arrays used below: its own path
+            return self.model_.score_samples(Z if scaled else (Z - self.mean_) / self.scale_)
+        trees, leaf_depth, features, denominator = forest
+        depths = np.zeros(Z.shape[0])
+        buf = np.empty((min(self.SCORE_BLOCK, Z.shape[0]), Z.shape[1]), dtype=np.float32, order="F")
+        for start in range(0, Z.shape[0], self.SCORE_BLOCK):
+            rows = Z[start:start + self.SCORE_BLOCK]
+            block = buf[:len(rows)]  # column-major, reused: no fresh pages per block
+            if scaled:
+                block[:] = rows
+            else:
+                np.divide(np.subtract(rows, self.mean_, out=block), self.scale_, out=block)
+            acc = depths[start:start + self.SCORE_BLOCK]  # a view: += writes into depths
+            for tree, leaf, feat in zip(trees, leaf_depth, features):
+                acc += leaf[tree.apply(block if feat is None else np.asfortranarray(block[:, feat]))]
+        return -(2 ** -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0))
+
+    def _forest(self):
+        """``(trees, leaf depth per node, feature subset or None, denominator)``, built at first use.
+
+        Not pickled (``__getstate__``): saved detectors keep their format and older ones load as they
+        are. ``None`` when the fitted IsolationForest lacks the private arrays (another sklearn).
+        """
+        cached = self.__dict__.get("_forest_cache", False)
+        if cached is not False:
+            return cached
+        m = self.model_
+        try:
+            from sklearn.ensemble._iforest import _average_path_length
+
+            # sklearn adds decision_path_length[leaf] + average_path_length[leaf] - 1.0 per tree;
+            # the same expression, computed once per node, gives the same float.
+            leaf_depth = [np.asarray(d + a - 1.0, dtype=np.float64)
+                          for d, a in zip(m._decision_path_lengths, m._average_path_length_per_tree)]
+            subsample = m._max_features != m.n_features_in_
+            features = [np.asarray(f) if subsample else None for f in m.estimators_features_]
+            trees = [e.tree_ for e in m.estimators_]
+            denominator = len(m.estimators_) * _average_path_length([m._max_samples])
+            cached = (trees, leaf_depth, features, denominator)
+        except (AttributeError, ImportError):
+            cached = None
+        self._forest_cache = cached
+        return cached
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_forest_cache", None)
+        return state
 
     def __repr__(self) -> str:
         return f"IForestDetector(n_estimators={self.n_estimators}, max_samples={self.max_samples!r})"

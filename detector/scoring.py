@@ -99,16 +99,21 @@ class StreamScorer:
     ROWWISE_DETECTORS = ("IForestDetector", "KNNDetector")
 
     # Records per batched group: bounds the memory of the concatenated flow embeddings.
-    BATCH_RECORDS = 65536
+    # 16384 rather than 65536: a group's edge tensors (E x ~340 float32) then stay under glibc's 32 MB mmap
+    # threshold, so they reuse freed heap memory instead of page-faulting fresh pages on every call
+    # (measured 12% faster end to end on LUFlow, 5-min windows); the per-call overheads are paid by then.
+    BATCH_RECORDS = 16384
 
     def score_windows(self, windows, return_exceptions: bool = False) -> list:
-        """Score consecutive windows (in window order); same scores as :meth:`score_window` on each in turn.
+        """Score consecutive windows (in window order); the scores of :meth:`score_window` on each in turn.
 
         What does not depend on the temporal state is batched: the graphs (``GraphBuilder.build_many``),
         the knowledge blocks (``KnowledgeFeaturizer.transform_many``, bit-identical per window) and the
         detector call (one ``decision_function`` over all flows when the detector scores rows
-        independently and exactly, i.e. the isolation forest). The model, with its GRU memory, still
-        runs window by window in order. With ``return_exceptions=True`` a window that fails gives its
+        independently and exactly, i.e. the isolation forest). The model's graph encoder runs once
+        per group on the union of its graphs (:meth:`STGNN.embed_many`): scores then equal the one at
+        a time ones up to float rounding (``np.allclose``), not bit for bit. Its GRU memory still
+        advances window by window, in order. With ``return_exceptions=True`` a window that fails gives its
         exception in its slot instead of raising (the others are still scored).
         """
         out: list = []
@@ -141,16 +146,7 @@ class StreamScorer:
                 except Exception as exc:  # noqa: BLE001
                     res[k] = exc
             return res
-        flows: list = []
-        ok: list = []
-        for k, (data, kb) in zip(live, built):
-            try:
-                _z, _h, flow = self.model.embed(data, update_state=True)  # strictly in window order
-            except Exception as exc:  # noqa: BLE001
-                res[k] = exc
-                continue
-            ok.append((k, data, kb))
-            flows.append(flow.numpy())
+        ok, flow_all = self._embed_group(live, built, res)
         if not ok:
             return res
         scores = None
@@ -158,18 +154,43 @@ class StreamScorer:
             # Each row's score depends on that row only (tree depths; distances to the bank), and the
             # result is the same whatever rows share the call (asserted in tests/detector/test_scoring_batch.py).
             try:
-                allscores = self._decide(np.concatenate(flows))
-                sizes = np.cumsum([f.shape[0] for f in flows])[:-1]
-                scores = np.split(allscores, sizes)
+                allscores = self._decide(flow_all if flow_all is not None else np.concatenate([f for *_, f in ok]))
+                scores = np.split(allscores, np.cumsum([f.shape[0] for *_, f in ok])[:-1])
             except Exception:  # noqa: BLE001 - retry window by window below
                 scores = None
-        for idx, (k, data, kb) in enumerate(ok):
+        for idx, (k, data, kb, flow) in enumerate(ok):
             try:
-                s = scores[idx] if scores is not None else self._decide(flows[idx])
+                s = scores[idx] if scores is not None else self._decide(flow)
                 res[k] = self._finish(windows[k], data, kb, s)
             except Exception as exc:  # noqa: BLE001
                 res[k] = exc
         return res
+
+    def _embed_group(self, live: list, built: list, res: list) -> tuple[list, np.ndarray | None]:
+        """``([(k, data, kb, flow), ...], all flows or None)`` for the windows that embedded, in order.
+
+        One batched encoder call for the group (:meth:`STGNN.embed_many`; scores equal the window by
+        window ones up to float rounding), the memory still advanced window by window. When that call
+        fails (it checks its inputs before touching the temporal state) the windows run one at a time,
+        so an error stays with its window (in ``res[k]``). The second item is the concatenation of the
+        flows when every window embedded in one call, so the detector gets it without a copy.
+        """
+        try:
+            flow_all = self.model.embed_many([d for d, _ in built], update_state=True).numpy()
+        except Exception:  # noqa: BLE001 - one window at a time below
+            flow_all = None
+        if flow_all is not None:
+            flows = np.split(flow_all, np.cumsum([d.edge_index.size(1) for d, _ in built])[:-1])
+            return [(k, d, kb, f) for k, (d, kb), f in zip(live, built, flows)], flow_all
+        ok: list = []
+        for k, (data, kb) in zip(live, built):
+            try:
+                _z, _h, flow = self.model.embed(data, update_state=True)  # strictly in window order
+            except Exception as exc:  # noqa: BLE001
+                res[k] = exc
+                continue
+            ok.append((k, data, kb, flow.numpy()))
+        return ok, None
 
 
 # --- offline scoring of whole inputs (``graphsentry score`` and the evaluation harness) -------------

@@ -1,4 +1,9 @@
-"""Batched scoring (StreamScorer.score_windows) gives the same scores as one window at a time."""
+"""Batched scoring (StreamScorer.score_windows) gives the same scores as one window at a time.
+
+The graph encoder runs once per group on the union of its graphs (STGNN.embed_many), so scores equal
+the one-at-a-time ones up to float rounding (np.allclose), not bit for bit; rows, keys, knowledge
+techniques and window bounds are identical.
+"""
 from pathlib import Path
 
 import numpy as np
@@ -37,19 +42,24 @@ def _one_by_one(bundle, windows):
     return sc, [sc.score_window(w) for w in windows]
 
 
+RTOL, ATOL = 1e-5, 1e-6
+
+
 def _assert_same(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert np.array_equal(x.rows, y.rows)
-        assert np.array_equal(x.scores, y.scores)  # bit-identical, not approximately equal
-        assert np.array_equal(x.alerts, y.alerts)
+        assert np.allclose(x.scores, y.scores, rtol=RTOL, atol=ATOL)  # float rounding of the batched encoder
+        # alerts agree except for a score within rounding of the threshold
+        clear = ~np.isclose(x.scores, x.threshold, rtol=RTOL, atol=ATOL)
+        assert np.array_equal(x.alerts[clear], y.alerts[clear])
         assert x.top_technique == y.top_technique
-        assert np.array_equal(x.node_scores, y.node_scores)
+        assert np.allclose(x.node_scores, y.node_scores, rtol=RTOL, atol=ATOL)
         assert x.node_key == y.node_key
         assert (x.window_start, x.window_end) == (y.window_start, y.window_end)
 
 
-def test_batched_scores_identical_to_one_window_at_a_time(real):
+def test_batched_scores_match_one_window_at_a_time(real):
     bundle, table = real
     windows = make_windows(table, float(bundle.window.get("size", 60.0)))
     assert len(windows) > 100
@@ -59,7 +69,7 @@ def test_batched_scores_identical_to_one_window_at_a_time(real):
     _assert_same(ref, got)
     # the temporal state ends where the one-at-a-time path left it
     last = windows[-1]
-    assert np.array_equal(ref_sc.score_window(last).scores, sc.score_window(last).scores)
+    assert np.allclose(ref_sc.score_window(last).scores, sc.score_window(last).scores, rtol=RTOL, atol=ATOL)
 
 
 def test_batched_in_groups_like_daemon_pushes(real):
@@ -87,7 +97,7 @@ def test_score_table_matches_per_window_path(real):
     scores = np.concatenate([w.scores for w in ref])
     pos = {r: i for i, r in enumerate(out.column("row").to_pylist())}
     got = out.column("score").to_numpy(zero_copy_only=False)
-    assert np.array_equal(got[[pos[r] for r in rows.tolist()]], scores)
+    assert np.allclose(got[[pos[r] for r in rows.tolist()]], scores, rtol=RTOL, atol=ATOL)
     assert out.column("reason").null_count == out.num_rows
 
 
@@ -102,7 +112,7 @@ def test_score_windows_empty_and_errors(real):
     assert len(res) == 1 and len(res[0].scores) == 0
 
 
-def test_batched_knn_scores_identical(real):
+def test_batched_knn_scores_close(real):
     _, table = real
     bundle = train_bundle([_read(TRAIN)], TrainConfig(epochs=1, hidden=16, seed=0, benign_only=True, objective="contrastive",
                                                       detector="knn"), progress=False)
@@ -138,3 +148,30 @@ def test_knowledge_failure_gives_counted_zero_block(real):
     data, kb = stream._attach_kb(type(bad)(bad.start, bad.end, bad.table.drop_columns(["src_ip"])), data)
     assert kb is None and stream.knowledge_errors == 1
     assert data.edge_attr.size(1) == bundle.model.config.edge_in and not data.edge_attr[:, -5:].any()
+
+
+def test_batched_non_temporal_ablation_matches(real):
+    """temporal=False (no GRU memory): the batched encoder's flows are the window-by-window ones too."""
+    _, table = real
+    bundle = train_bundle([_read(TRAIN)], TrainConfig(epochs=1, hidden=16, seed=0, benign_only=True, objective="contrastive",
+                                                      detector="iforest", temporal=False), progress=False)
+    assert bundle.model.memory is None
+    windows = make_windows(table, float(bundle.window.get("size", 60.0)))
+    _, ref = _one_by_one(bundle, windows)
+    sc = bundle.stream_scorer()
+    sc.BATCH_RECORDS = 200  # several groups
+    _assert_same(ref, sc.score_windows(windows))
+
+
+def test_fast_iforest_equals_sklearn_on_real_embeddings(real):
+    """The bundle's detector (fitted by the training pipeline) on real flow embeddings: the fast tree
+    walk of IForestDetector gives sklearn's score_samples (tests/detector/test_fast_scoring.py)."""
+    bundle, table = real
+    det = bundle.detector
+    assert type(det).__name__ == "IForestDetector"
+    sc = bundle.stream_scorer()
+    windows = make_windows(table, float(bundle.window.get("size", 60.0)))
+    flows = np.concatenate([sc.embed_window(w)[3].numpy() for w in windows if w.table.num_rows])
+    assert len(flows) > 500
+    ref = -det.model_.score_samples(det._scale(flows))
+    np.testing.assert_allclose(det.decision_function(flows), ref, rtol=0, atol=1e-12)

@@ -1,0 +1,127 @@
+"""The fast paths of scoring: IForestDetector's blocked tree walk equals sklearn's ``score_samples``;
+``STGNN.embed_many`` (encoder on the union of a group's graphs) equals ``embed`` window by window."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.ensemble import IsolationForest
+from torch_geometric.data import Data
+
+from detector.detectors import IForestDetector
+from detector.models import STGNN, ModelConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# --- isolation forest ------------------------------------------------------------------------------
+
+# (a detector fitted by the training pipeline, on real flow embeddings: tests/detector/test_scoring_batch.py)
+
+def _sklearn_decision(det: IForestDetector, X: np.ndarray) -> np.ndarray:
+    """The reference: what ``decision_function`` returned before the fast path."""
+    return -det.model_.score_samples(det._scale(X))
+
+
+@pytest.mark.parametrize("n_features,max_samples,n_estimators", [(3, 256, 100), (40, 64, 17), (192, "auto", 30)])
+def test_fast_iforest_equals_sklearn_score_samples(n_features, max_samples, n_estimators, monkeypatch):
+    rng = np.random.default_rng(n_features)
+    train = rng.normal(size=(1200, n_features))
+    X = np.vstack([rng.normal(size=(2500, n_features)), rng.normal(loc=3.0, size=(100, n_features)),
+                   train[:50]])  # unseen, shifted, and training rows
+    det = IForestDetector(n_estimators=n_estimators, max_samples=max_samples).fit(train)
+    ref = _sklearn_decision(det, X)
+    np.testing.assert_allclose(det.decision_function(X), ref, rtol=0, atol=1e-12)
+    monkeypatch.setattr(IForestDetector, "SCORE_BLOCK", 7)  # many blocks, a ragged last one
+    np.testing.assert_allclose(det.decision_function(X), ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(det.decision_function(X[:1]), ref[:1], rtol=0, atol=1e-12)
+    # training scores (fit uses the fast path too) are sklearn's as well
+    np.testing.assert_allclose(det.decision_scores_, _sklearn_decision(det, train), rtol=0, atol=1e-12)
+
+
+def test_fast_iforest_feature_subsampling_forest():
+    """A forest fitted with max_features < 1 (trees see a column subset) takes the same path as sklearn."""
+    rng = np.random.default_rng(3)
+    train, X = rng.normal(size=(800, 12)), rng.normal(scale=1.5, size=(900, 12))
+    det = IForestDetector(n_estimators=20).fit(train)
+    det.model_ = IsolationForest(n_estimators=20, max_samples=128, max_features=0.5, random_state=0).fit(
+        det._scale(train))
+    det.__dict__.pop("_forest_cache", None)
+    assert det._forest()[2][0] is not None  # the per-tree column subsets are used
+    np.testing.assert_allclose(det.decision_function(X), _sklearn_decision(det, X), rtol=0, atol=1e-12)
+
+
+def test_fast_iforest_pickle_refit_and_fallback():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(600, 6))
+    det = IForestDetector(n_estimators=25).fit(X)
+    s = det.decision_function(X)
+    assert "_forest_cache" in det.__dict__
+    # saved detectors keep their format: the cache is not pickled, and a detector pickled before the
+    # fast path existed (no cache attribute) scores the same
+    back = pickle.loads(pickle.dumps(det))
+    assert "_forest_cache" not in back.__dict__
+    np.testing.assert_array_equal(back.decision_function(X), s)
+    # refitting drops the arrays of the previous forest
+    det.fit(X[::-1] * 2.0)
+    np.testing.assert_allclose(det.decision_function(X), _sklearn_decision(det, X), rtol=0, atol=1e-12)
+    # an IsolationForest without the private arrays (another sklearn): sklearn's own path
+    ref = _sklearn_decision(det, X)
+
+    class PublicOnly:
+        def __init__(self, forest):
+            self.score_samples = forest.score_samples
+
+    det.model_ = PublicOnly(det.model_)
+    det.__dict__.pop("_forest_cache", None)
+    assert det._forest() is None
+    np.testing.assert_array_equal(det.decision_function(X), ref)
+
+
+# --- batched encoder -------------------------------------------------------------------------------
+
+def _window(seed: int, n: int, e: int, gid_pool: int = 25, t: float = 0.0) -> Data:
+    g = torch.Generator().manual_seed(seed)
+    gid = torch.randperm(gid_pool, generator=g)[:n] + 1000  # endpoints recur across windows
+    return Data(x=torch.randn(n, 3, generator=g), edge_index=torch.randint(0, n, (2, e), generator=g),
+                edge_attr=torch.randn(e, 6, generator=g), edge_dt_window=torch.rand(e, generator=g) * 60,
+                edge_dt_prev=torch.rand(e, generator=g) * 100 - 10, node_gid=gid, num_nodes=n, window_end=t)
+
+
+def _windows(k: int, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    return [_window(seed * 1000 + i, int(rng.integers(1, 15)), int(rng.integers(1, 40)), t=60.0 * i)
+            for i in range(k)]
+
+
+@pytest.mark.parametrize("temporal", [True, False])
+@pytest.mark.parametrize("parts", ["src,dst,edge", "dst,edge,raw"])
+def test_embed_many_equals_embed_window_by_window(temporal, parts):
+    torch.manual_seed(0)
+    m = STGNN(ModelConfig(node_in=3, edge_in=6, hidden=16, temporal=temporal, flow_parts=parts,
+                          memory_capacity=32)).eval()
+    ref_m = STGNN(m.config).eval()
+    ref_m.load_state_dict(m.state_dict())
+    windows = _windows(30)
+    with torch.no_grad():
+        # two consecutive groups: the temporal state carries from the first into the second
+        got = torch.cat([m.embed_many(windows[:12]), m.embed_many(windows[12:])])
+        ref = torch.cat([ref_m.embed(w)[2] for w in windows])
+    assert got.shape == ref.shape == (sum(w.edge_index.size(1) for w in windows), m.edge_emb_dim)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
+    if temporal:
+        assert torch.allclose(m.memory.state, ref_m.memory.state, rtol=1e-5, atol=1e-6)
+        assert torch.equal(m.memory.owner, ref_m.memory.owner)
+        assert torch.equal(m.memory.last_seen.nan_to_num(-1), ref_m.memory.last_seen.nan_to_num(-1))
+    assert m.embed_many([]).shape == (0, m.edge_emb_dim)
+
+
+def test_embed_many_rejects_bad_windows_before_touching_the_state():
+    torch.manual_seed(0)
+    m = STGNN(ModelConfig(node_in=3, edge_in=6, hidden=16)).eval()
+    windows = _windows(4)
+    bad = windows[2].clone()
+    bad.node_gid = bad.node_gid[:-1]
+    with torch.no_grad(), pytest.raises(ValueError, match="node_gid"):
+        m.embed_many([windows[0], windows[1], bad])
+    assert (m.memory.owner == -1).all() and not m.memory.state.any()
