@@ -8,6 +8,8 @@ benign windows (:mod:`detector.calibration`).
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import NearestNeighbors
@@ -138,6 +140,9 @@ class IForestDetector(_Base):
     # Rows per block of the fast path: a block (and its column-major copy, 1.5 MB at 192 features)
     # stays in cache while all the trees walk it. 2048-4096 measured best on LUFlow embeddings.
     SCORE_BLOCK = 2048
+    # Threads for the tree walk of large inputs (one contiguous row range each; the scores do not depend
+    # on the count). 2 = the cores of the target machine; 1 turns it off.
+    SCORE_THREADS = 2
 
     def _score_samples(self, Z: np.ndarray, scaled: bool = True) -> np.ndarray:
         """``IsolationForest.score_samples(Z)``, bit for bit, about 4x faster on large inputs.
@@ -155,18 +160,31 @@ class IForestDetector(_Base):
         if forest is None:  # a scikit-learn without the private arrays used below: its own path
             return self.model_.score_samples(Z if scaled else (Z - self.mean_) / self.scale_)
         trees, leaf_depth, features, denominator = forest
-        depths = np.zeros(Z.shape[0])
-        buf = np.empty((min(self.SCORE_BLOCK, Z.shape[0]), Z.shape[1]), dtype=np.float32, order="F")
-        for start in range(0, Z.shape[0], self.SCORE_BLOCK):
-            rows = Z[start:start + self.SCORE_BLOCK]
-            block = buf[:len(rows)]  # column-major, reused: no fresh pages per block
-            if scaled:
-                block[:] = rows
-            else:
-                np.divide(np.subtract(rows, self.mean_, out=block), self.scale_, out=block)
-            acc = depths[start:start + self.SCORE_BLOCK]  # a view: += writes into depths
-            for tree, leaf, feat in zip(trees, leaf_depth, features):
-                acc += leaf[tree.apply(block if feat is None else np.asfortranarray(block[:, feat]))]
+        n, B = Z.shape[0], self.SCORE_BLOCK
+        depths = np.zeros(n)
+
+        def walk(lo: int, hi: int) -> None:
+            """Depths of rows ``lo:hi``, block by block (each thread writes its own rows of ``depths``)."""
+            buf = np.empty((min(B, hi - lo), Z.shape[1]), dtype=np.float32, order="F")
+            for start in range(lo, hi, B):
+                rows = Z[start:min(start + B, hi)]
+                block = buf[:len(rows)]  # column-major, reused: no fresh pages per block
+                if scaled:
+                    block[:] = rows
+                else:
+                    np.divide(np.subtract(rows, self.mean_, out=block), self.scale_, out=block)
+                acc = depths[start:start + len(rows)]  # a view: += writes into depths
+                for tree, leaf, feat in zip(trees, leaf_depth, features):
+                    acc += leaf[tree.apply(block if feat is None else np.asfortranarray(block[:, feat]))]
+
+        threads = min(self.SCORE_THREADS, n // B)
+        if threads > 1:
+            # sklearn's tree walk releases the GIL: the threads run in parallel on separate row ranges
+            per = -(-n // threads // B) * B  # whole blocks per thread
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda lo: walk(lo, min(lo + per, n)), range(0, n, per)))
+        else:
+            walk(0, n)
         return -(2 ** -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0))
 
     def _forest(self):

@@ -33,7 +33,9 @@ def test_fast_iforest_equals_sklearn_score_samples(n_features, max_samples, n_es
     ref = _sklearn_decision(det, X)
     np.testing.assert_allclose(det.decision_function(X), ref, rtol=0, atol=1e-12)
     monkeypatch.setattr(IForestDetector, "SCORE_BLOCK", 7)  # many blocks, a ragged last one
-    np.testing.assert_allclose(det.decision_function(X), ref, rtol=0, atol=1e-12)
+    for threads in (1, 2, 3):  # one thread per row range; the count does not change a score
+        monkeypatch.setattr(IForestDetector, "SCORE_THREADS", threads)
+        np.testing.assert_allclose(det.decision_function(X), ref, rtol=0, atol=1e-12)
     np.testing.assert_allclose(det.decision_function(X[:1]), ref[:1], rtol=0, atol=1e-12)
     # training scores (fit uses the fast path too) are sklearn's as well
     np.testing.assert_allclose(det.decision_scores_, _sklearn_decision(det, train), rtol=0, atol=1e-12)
