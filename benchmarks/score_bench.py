@@ -1,6 +1,6 @@
 """`graphsentry score` end to end (file -> scores Parquet) and pretraining time per epoch, on LUFlow.
 
-    .venv/bin/python benchmarks/score_bench.py [--days 2] [--train-records 0] [--window 5m]
+    .venv/bin/python benchmarks/score_bench.py [--days 2] [--train-records 0] [--window 5m] [--model DIR]
 
 1. Pretrains a model (1 epoch, benign-only, one encoder) on the first LUFlow day (``--train-records N``:
    a seeded uniform subsample of N records instead) and reports seconds per epoch, and the same rate
@@ -10,6 +10,9 @@
 2. Runs the `graphsentry score` command in-process on the first ``--days`` later LUFlow days
    (2020-12-16 on) and reports records/s, with the bare reader rate on the same files measured
    in the same run as the reference (ratio = score rate / read rate), and the peak RSS.
+
+``--model DIR`` scores with an existing model directory instead (step 1 skipped; the JSON's pretraining
+fields are null): for comparing scoring code on one model; its window size is the model's.
 
 Goals (issue 4, 2 cores): >= 100k records/s scoring; one pretraining epoch over ~800k flows < 5 min.
 Skips with a message when ../shared/data is absent. Prints one JSON line at the end.
@@ -40,6 +43,7 @@ def main() -> int:
     ap.add_argument("--train-records", type=int, default=0,
                     help="pretraining subsample (default 0 = the whole first day, real window density)")
     ap.add_argument("--window", default="5m", help="window size (default 5m)")
+    ap.add_argument("--model", default=None, metavar="DIR", help="score with this model directory (no pretraining)")
     a = ap.parse_args()
     days = sorted(LUFLOW.glob("*.zip"))
     if not days:
@@ -55,18 +59,25 @@ def main() -> int:
 
     test_days = [str(p) for p in days if p.name >= "2020.12.16"][: a.days]
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "model"
-        table = subsample(pa.Table.from_batches(list(open_inputs([str(days[0])]))), a.train_records, 0)
-        # one encoder (objective auto, the default, pretrains three): the per-epoch figure is one encoder's epoch
-        cfg = TrainConfig(window=parse_duration(a.window), epochs=1, benign_only=True, seed=0, objective="contrastive")
-        t0 = time.perf_counter()
-        bundle = train_bundle([table], cfg, out_dir=model, progress=False)
-        train_s = time.perf_counter() - t0
-        epoch_s = float(bundle.metrics.get("pretrain_seconds", train_s))
-        flows = int(bundle.metrics.get("train_flows", table.num_rows))
-        print(f"pretraining: {flows} training flows, {epoch_s:.1f} s per epoch "
-              f"(whole train call {train_s:.1f} s) -> {epoch_s / max(flows, 1) * 800_000 / 60:.1f} min "
-              f"per epoch over 800k flows (goal < 5 min)", flush=True)
+        if a.model:
+            from detector.bundle import load_bundle
+
+            model, bundle, epoch_s, flows = Path(a.model), load_bundle(a.model), None, None
+            print(f"pretraining skipped: scoring with {model}", flush=True)
+        else:
+            model = Path(tmp) / "model"
+            table = subsample(pa.Table.from_batches(list(open_inputs([str(days[0])]))), a.train_records, 0)
+            # one encoder (objective auto, the default, pretrains three): the per-epoch figure is one encoder's epoch
+            cfg = TrainConfig(window=parse_duration(a.window), epochs=1, benign_only=True, seed=0,
+                              objective="contrastive")
+            t0 = time.perf_counter()
+            bundle = train_bundle([table], cfg, out_dir=model, progress=False)
+            train_s = time.perf_counter() - t0
+            epoch_s = float(bundle.metrics.get("pretrain_seconds", train_s))
+            flows = int(bundle.metrics.get("train_flows", table.num_rows))
+            print(f"pretraining: {flows} training flows, {epoch_s:.1f} s per epoch "
+                  f"(whole train call {train_s:.1f} s) -> {epoch_s / max(flows, 1) * 800_000 / 60:.1f} min "
+                  f"per epoch over 800k flows (goal < 5 min)", flush=True)
 
         t0, c0 = time.perf_counter(), time.process_time()
         n_read = sum(b.num_rows for b in open_inputs(test_days))
@@ -85,9 +96,9 @@ def main() -> int:
         "ratio_score_vs_read": round(read_s / score_s, 4), "score_seconds": round(score_s, 1),
         "score_cpu_seconds": round(score_cpu, 1), "read_cpu_seconds": round(read_cpu, 2),
         "score_records_per_cpu_s": round(n_read / max(score_cpu, 1e-9)), "detector": detector,
-        "pretrain_flows": flows, "pretrain_seconds_per_epoch": round(epoch_s, 1),
-        "pretrain_minutes_per_800k_epoch": round(epoch_s / max(flows, 1) * 800_000 / 60, 1),
-        "peak_rss_mb": round(_peak_rss_mb()), "window": a.window,
+        "pretrain_flows": flows, "pretrain_seconds_per_epoch": None if epoch_s is None else round(epoch_s, 1),
+        "pretrain_minutes_per_800k_epoch": None if epoch_s is None else round(epoch_s / max(flows, 1) * 800_000 / 60, 1),
+        "peak_rss_mb": round(_peak_rss_mb()), "window": a.window if not a.model else (bundle.window or {}).get("size"),
     }
     print(f"score: {n_read} records in {score_s:.1f} s ({score_cpu:.1f} CPU-s) = {res['score_records_per_s']:,} "
           f"records/s, detector {detector} (reader alone {res['read_records_per_s']:,}/s; "

@@ -92,16 +92,22 @@ class EGraphSAGEConv(MessagePassing):
                 f"edge_attr given with {edge_attr.size(-1)} features but the layer was built with "
                 f"edge_dim=0; set edge_dim={edge_attr.size(-1)}"
             )
+        # W_1 [h_u || e_uv] = W_1x h_u + W_1e e_uv: the node part is projected once per node and gathered,
+        # instead of concatenating and multiplying an [E, in + edge_dim] matrix (flows outnumber
+        # endpoints several times in a window). Same parameters (lin_msg) and maths; float rounding differs.
+        w = self.lin_msg.weight
+        x_msg = nn.functional.linear(x, w[:, :self.in_channels])  # [N, out_channels]
         # h_neigh: [N, out_channels]
-        h_neigh = self.propagate(edge_index, x=x, edge_attr=edge_attr, size=(x.size(0), x.size(0)))
+        h_neigh = self.propagate(edge_index, x=x_msg, edge_attr=edge_attr, size=(x.size(0), x.size(0)))
         out = self.lin_upd(torch.cat([x, h_neigh], dim=-1))  # [N, out_channels]
         return out.relu() if self.act else out
 
     def message(self, x_j: Tensor, edge_attr: Tensor | None) -> Tensor:
-        # x_j: [E, in_channels], edge_attr: [E, edge_dim] -> [E, out_channels]
+        # x_j: [E, out_channels] (already W_1x h_u), edge_attr: [E, edge_dim] -> [E, out_channels]
+        b = self.lin_msg.bias
         if self.edge_dim > 0:
-            return self.lin_msg(torch.cat([x_j, edge_attr], dim=-1))
-        return self.lin_msg(x_j)
+            return torch.addmm(x_j if b is None else x_j + b, edge_attr, self.lin_msg.weight[:, self.in_channels:].t())
+        return x_j if b is None else x_j + b
 
     def __repr__(self) -> str:
         return (
