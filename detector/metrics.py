@@ -44,6 +44,15 @@ class Metrics:
         self.late = Counter("graphsentry_late_total", "Records that arrived after their window closed", registry=r)
         self.windows_scored = Counter("graphsentry_windows_scored_total", "Windows scored", registry=r)
         self.records_scored = Counter("graphsentry_records_scored_total", "Records scored", registry=r)
+        # flagged / scored against the target FPR is the threshold-drift signal (a new device, a changed
+        # network, or a big attack): the GraphsentryThresholdDrift rule compares them.
+        self.flagged_records = Counter(
+            "graphsentry_flagged_records_total", "Scored records above the model's alert threshold", registry=r
+        )
+        self.target_fpr = Gauge(
+            "graphsentry_target_fpr", "Benign false-positive rate the loaded model's threshold was calibrated for",
+            registry=r,
+        )
         self.scoring_seconds = Histogram(
             "graphsentry_scoring_seconds", "Time to build and score one window", buckets=SCORING_BUCKETS, registry=r
         )
@@ -75,8 +84,10 @@ class Metrics:
         self.model_info = Info("graphsentry_model", "Version of the model currently scoring", registry=r)
         self.up = Gauge("graphsentry_up", "1 while the daemon pipeline runs", registry=r)
 
-    def set_model(self, version: str, path: str = "") -> None:
+    def set_model(self, version: str, path: str = "", target_fpr: float | None = None) -> None:
         self.model_info.info({"version": str(version), "path": str(path)})
+        if target_fpr is not None:
+            self.target_fpr.set(float(target_fpr))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

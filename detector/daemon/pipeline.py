@@ -127,6 +127,7 @@ class LoadedModel:
     path: str
     explain: Callable | None = None
     window: dict | None = None  # the window size/lateness the model was trained with
+    target_fpr: float | None = None  # the benign FPR its threshold was calibrated for
 
 
 def default_loader(path: str | os.PathLike) -> LoadedModel:
@@ -139,8 +140,9 @@ def default_loader(path: str | os.PathLike) -> LoadedModel:
     cfg = json.loads(cfg_bytes)
     version = str(cfg.get("version") or f"{d.name}-{hashlib.sha1(cfg_bytes).hexdigest()[:8]}")
     thr = getattr(bundle, "threshold", None)
+    fpr = getattr(getattr(bundle, "calibration", None), "target_fpr", None)
     return LoadedModel(bundle.stream_scorer(), version, float(thr) if thr is not None else None, str(d),
-                       window=getattr(bundle, "window", None))
+                       window=getattr(bundle, "window", None), target_fpr=float(fpr) if fpr is not None else None)
 
 
 def plugin_loader(spec: str) -> Callable[[str], LoadedModel]:
@@ -153,7 +155,8 @@ def plugin_loader(spec: str) -> Callable[[str], LoadedModel]:
     return getattr(importlib.import_module(mod), fn)
 
 
-def scorer_model(scorer: Any, version: str = "injected", threshold: float | None = None) -> LoadedModel:
+def scorer_model(scorer: Any, version: str = "injected", threshold: float | None = None,
+                 target_fpr: float | None = None) -> LoadedModel:
     """Wrap an already-built stream scorer (dependency injection for tests, embedding, benchmarks)."""
     if threshold is None:
         for name in ("threshold", "threshold_"):
@@ -161,7 +164,7 @@ def scorer_model(scorer: Any, version: str = "injected", threshold: float | None
             if isinstance(v, (int, float)):
                 threshold = float(v)
                 break
-    return LoadedModel(scorer, version, threshold, "")
+    return LoadedModel(scorer, version, threshold, "", target_fpr=target_fpr)
 
 
 class ModelWatcher:
@@ -573,7 +576,7 @@ class Daemon:
                 if new is not None:  # between windows: this window and later ones use the new model
                     log.info("model swap %s -> %s", model.version, new.version)
                     model = self._model = new
-                    m.set_model(new.version, new.path)
+                    m.set_model(new.version, new.path, new.target_fpr)
                     m.model_reloads.labels("ok").inc()
                     self.summary.model_reloads += 1
             t0 = time.perf_counter()
@@ -636,6 +639,7 @@ class Daemon:
         m.alerts_suppressed.inc(wa.suppressed)
         m.windows_scored.inc()
         m.records_scored.inc(w.table.num_rows)
+        m.flagged_records.inc(wa.flagged)
         self.summary.windows_scored += 1
         self.summary.records_scored += int(w.table.num_rows)
         self.summary.alerts += len(wa.alerts)
@@ -682,7 +686,7 @@ class Daemon:
         try:
             if self._model is None:
                 self._model = self.loader(cfg["model"]["path"])
-            self.metrics.set_model(self._model.version, self._model.path)
+            self.metrics.set_model(self._model.version, self._model.path, self._model.target_fpr)
             mw = getattr(self._model, "window", None) or {}
             if cfg["window"].get("size") is None:       # not configured: the model's own windows
                 cfg["window"]["size"] = float(mw.get("size", 60.0))

@@ -45,7 +45,7 @@ def test_promtool_checks_config_and_rules():
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run([promtool, "check", "rules", str(DEPLOY / "prometheus" / "graphsentry-rules.yml")],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "SUCCESS: 5 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS: 6 rules found" in r.stdout, r.stdout + r.stderr
 
 
 def test_amtool_checks_alertmanager_config():
@@ -60,7 +60,7 @@ def test_rules_and_dashboard_use_only_exported_metrics():
     rules = yaml.safe_load((DEPLOY / "prometheus" / "graphsentry-rules.yml").read_text())
     names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
     assert {"GraphsentryDetectorDown", "GraphsentryConsumerLagGrowing", "GraphsentryAlertRateSpike",
-            "GraphsentryMalformedRate"} <= names
+            "GraphsentryMalformedRate", "GraphsentryThresholdDrift"} <= names
     used = set()
     for g in rules["groups"]:
         for r in g["rules"]:

@@ -58,6 +58,7 @@ def test_finite_file_run_scores_everything_and_matches_reference(tmp_path):
     scan_rows = set(np.flatnonzero(np.array(t.column("src_ip").to_pylist()) == "10.0.9.9").tolist())
     assert all(set(a["unmapped"]["rows"]) <= scan_rows for a in got)
     assert "records read 520" in s.text()
+    assert 0 < s.flagged_records < t.num_rows                     # the threshold-drift signal is counted
 
 
 def test_bundled_zeek_sample_through_readers(tmp_path):

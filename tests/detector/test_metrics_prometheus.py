@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from daemon_helpers import FanoutScorer, make_flows
+from daemon_helpers import T0, FanoutScorer, make_flows
 from detector.daemon import Daemon, load_config, scorer_model
 from kafka_fixtures import free_port, wait_port
 
@@ -94,7 +94,8 @@ def test_prometheus_scrapes_and_rule_reaches_alertmanager_webhook(tmp_path):
                                  {"type": "alertmanager", "url": f"http://127.0.0.1:{am_port}"}]},
             "metrics": {"port": metrics_port}, "model": {"watch": False},
         }, env={})
-        daemon = Daemon(cfg, model=scorer_model(FanoutScorer(), version="fanout-1"), install_signals=False)
+        daemon = Daemon(cfg, model=scorer_model(FanoutScorer(), version="fanout-1", target_fpr=0.01),
+                        install_signals=False)
         th = threading.Thread(target=daemon.run, daemon=True)
         th.start()
         wait_port(metrics_port)
@@ -123,6 +124,23 @@ def test_prometheus_scrapes_and_rule_reaches_alertmanager_webhook(tmp_path):
         assert up and up[0]["value"][1] == "1"
         info = _get_json(f"{base}/api/v1/query?query=graphsentry_model_info")["data"]["result"]
         assert info[0]["metric"]["version"] == "fanout-1"
+        # The threshold-drift rule's expression, verbatim from the shipped rules: the fan-out scorer flags
+        # the 400-flow scan among 520 records, far above 10x the 1% target (the rule itself waits 30 min).
+        rules = yaml.safe_load((DEPLOY / "prometheus" / "graphsentry-rules.yml").read_text())
+        drift = next(r for g in rules["groups"] for r in g["rules"] if r["alert"] == "GraphsentryThresholdDrift")
+        # rate() needs the counters to grow after the first scrape: a second file, 100 s later in event time
+        first = daemon.summary.flagged_records
+        pq.write_table(make_flows(seed=1, t0=T0 + 100.0), tmp_path / "in" / "flows-2.parquet")
+        _wait(lambda: daemon.summary.records_scored == 1040, 60, "the second file to be scored")
+        flagged = daemon.summary.flagged_records - first
+        assert 0.1 * 520 < flagged <= 520
+
+        def drift_holds():
+            q = urllib.parse.quote(drift["expr"])
+            res = _get_json(f"{base}/api/v1/query?query={q}")["data"]["result"]
+            return bool(res) and abs(float(res[0]["value"][1]) - flagged / 520) < 1e-6
+
+        _wait(drift_holds, 30, "the drift expression to hold at the flagged share")
 
         def names():
             return {a["labels"]["alertname"] for msg in received for a in msg.get("alerts", [])}
