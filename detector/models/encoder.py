@@ -50,6 +50,17 @@ class EdgeGraphEncoder(nn.Module):
             e = torch.ones(edge_attr.size(0), 1)
         return e
 
+    def _project_edges(self, edge_attr: Tensor, dt_window: Tensor, dt_prev: Tensor) -> Tensor:
+        """``edge_proj(edge_input(...))`` without building the [E, edge_in + time] input: the flow
+        features and the time encodings are multiplied by their own column blocks of the weight and
+        summed (same parameters and maths, float rounding differs). Saves a copy of the widest
+        matrix of the model (edge_in is ~320 with the knowledge block)."""
+        if not self.use_time or self.edge_in == 0:
+            return self.edge_proj(self.edge_input(edge_attr, dt_window, dt_prev))
+        w, k = self.edge_proj.weight, self.edge_in
+        t = torch.cat([self.time_win(dt_window), self.time_prev(dt_prev)], dim=-1)  # [E, 2 * (time_dim + 1)]
+        return torch.addmm(nn.functional.linear(t, w[:, k:], self.edge_proj.bias), edge_attr.float(), w[:, :k].t())
+
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, dt_window: Tensor,
                 dt_prev: Tensor) -> tuple[Tensor, Tensor]:
         if x.size(-1) == 0:
@@ -58,7 +69,7 @@ class EdgeGraphEncoder(nn.Module):
             raise ValueError(f"edge_attr has {edge_attr.size(-1)} features, the model expects edge_in={self.edge_in}")
         if x.size(-1) != max(self.node_in, 1):
             raise ValueError(f"x has {x.size(-1)} features, the model expects node_in={self.node_in}")
-        e = torch.relu(self.edge_proj(self.edge_input(edge_attr, dt_window, dt_prev)))  # [E, H]
+        e = torch.relu(self._project_edges(edge_attr, dt_window, dt_prev))  # [E, H]
         h = torch.relu(self.node_proj(x))  # [N, H]
         for conv in self.convs:
             h = conv(h, edge_index, e)  # [N, H]
