@@ -666,16 +666,18 @@ class KafkaSource:
             self.metrics.consumer_lag.labels(t, str(p)).set(max(0, end - max(pos, 0)))
         return True
 
-    def _at_end(self) -> bool:
-        """True when every assigned partition has been read to its end offset (``stop_at_end``)."""
+    def _end_positions(self) -> dict[tuple[str, int], tuple[int, int]] | None:
+        """``(position, end)`` per partition when every assigned one has been read to its end
+        (``stop_at_end``), else None."""
         if not self.assigned or self.consumer is None:
-            return False
+            return None
         try:
             positions = self._positions()
         except Exception:  # noqa: BLE001
-            return False
+            return None
         # position < 0 (nothing consumed yet): at the end only if the partition is empty
-        return len(positions) == len(self.assigned) and all(max(p, 0) >= end for p, end in positions.values())
+        done = len(positions) == len(self.assigned) and all(max(p, 0) >= end for p, end in positions.values())
+        return positions if done else None
 
     def _put(self, item: SourceBatch) -> None:
         # The queue is bounded; pausing keeps it from filling, but block briefly rather than drop.
@@ -774,9 +776,10 @@ class KafkaSource:
                     self.handed[(c.topic, c.partition)] = (first, c.last_offset)
                 # A paused consumer gets nothing by design: that is not the end of the topic.
                 idle_polls = 0 if chunks or self._paused else idle_polls + 1
-                if self.stop_at_end and idle_polls >= 3 and self._at_end():
-                    log.info("all assigned partitions read to the end (stop_at_end): read %s, positions %s",
-                             self.handed, self._positions())
+                ends = self._end_positions() if self.stop_at_end and idle_polls >= 3 else None
+                if ends is not None:
+                    log.info("all assigned partitions read to the end (stop_at_end): read %s, (position, end) %s",
+                             self.handed, ends)
                     self._stop_reading.set()
             mono = time.monotonic()
             if mono >= next_commit:

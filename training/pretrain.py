@@ -438,10 +438,11 @@ def select_flow_detector(tr_blocks: dict, va_blocks: dict, y_val: np.ndarray, cf
             s = det.decision_function(Xva)
             fitted[key] = (det, s)
             tr_s[key], va_s[key] = det.decision_scores_, s[y_val != 1]
-            results[key] = {"val_auprc": None, "val_score": None}
             if by_labels:
                 score, per = val_score(y_val[ev], s[ev], groups[ev], max_fpr)
                 results[key] = {"val_score": score, "val_per_class": per, "val_auprc": _auprc(y_val[ev] == 1, s[ev])}
+            else:
+                results[key] = {"val_score": None, "val_auprc": None}
     _, drift = select_detector(tr_s, va_s, cfg.target_fpr)
     for k in results:
         results[k]["drift"] = drift[k]
@@ -640,8 +641,7 @@ def _pretrain_and_select(cfg: TrainConfig, graphs: list, val: tuple, ckpt: Path 
     key = f"{sel['chosen']['flow_parts']}|{sel['chosen']['detector']}"
     return {"model": model, "trainer": trainer, "sel": sel, "y_val": y_val, "pretrain_s": pretrain_s,
             "epoch_times": epoch_times, "n_val": int((y_val != 1).sum()), "best_score": sel["score"],
-            "best_drift": sel["drift"][key],
-            "objective": cfg.objective, "weighting": cfg.weighting}
+            "best_drift": sel["drift"][key]}
 
 
 def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: bool,
@@ -660,17 +660,16 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
         n_att = int((val_labels == 1).sum()) if val_labels is not None else 0
         labelled = cfg.validation == "labels" and n_att >= cfg.min_val_attacks
         objectives = list(OBJECTIVE_CANDIDATES) if labelled else [OBJECTIVE_CANDIDATES[0]]
-    runs = []
+    runs: dict[str, dict] = {}
     for obj, weighting in objectives:
         ocfg = replace(cfg, objective=obj, weighting=weighting)
         ck = ckpt_path if len(objectives) == 1 else None  # several objectives: no per-epoch checkpoints
-        run = _pretrain_and_select(ocfg, graphs, val, ck, progress, resume)
-        runs.append(run)
+        runs[f"{obj}/{weighting}"] = run = _pretrain_and_select(ocfg, graphs, val, ck, progress, resume)
         log.info("objective %s/%s: validation score %s", obj, weighting, run["best_score"])
     # several objectives (only with labelled attacks): the validation rule again, on each run's chosen candidate
-    best = pick_best({str(i): r["best_score"] for i, r in enumerate(runs)},
-                     {str(i): r["best_drift"] for i, r in enumerate(runs)}, cfg.val_tol) if len(runs) > 1 else "0"
-    run = runs[int(best)]
+    best = pick_best({k: r["best_score"] for k, r in runs.items()},
+                     {k: r["best_drift"] for k, r in runs.items()}, cfg.val_tol) if len(runs) > 1 else next(iter(runs))
+    run = runs[best]
     model, trainer, sel, y_val = run["model"], run["trainer"], run["sel"], run["y_val"]
     if ckpt_path is not None and len(objectives) > 1:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -684,9 +683,8 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
     metrics = {
         "records_in": n_in, "removed_malicious": removed, "train_windows": len(train_w), "val_windows": len(val_w),
         "train_flows": int(sum(w.table.num_rows for w in train_w)), "val_flows": n_va,
-        "objective": {"chosen": f"{run['objective']}/{run['weighting']}",
-                      "candidates": {f"{r['objective']}/{r['weighting']}": r["best_score"] for r in runs},
-                      "drift": {f"{r['objective']}/{r['weighting']}": r["best_drift"] for r in runs}},
+        "objective": {"chosen": best, "candidates": {k: r["best_score"] for k, r in runs.items()},
+                      "drift": {k: r["best_drift"] for k, r in runs.items()}},
         "epochs": trainer.epoch, "history": trainer.history, "pretrain_seconds": round(pretrain_s, 2),
         "epoch_seconds": [round(x, 2) for x in epoch_times], "total_seconds": round(time.perf_counter() - t0, 2),
         "val_attacks": int((y_val == 1).sum()),
