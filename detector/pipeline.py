@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from detector.tensors import cat_rows
+
 log = logging.getLogger(__name__)
 
 
@@ -108,7 +110,30 @@ class GraphStream:
         kbs = self._kb_many(windows, graphs) if self.kf is not None and len(windows) > 1 else None
         if kbs is None:
             return [self._attach_kb(w, d) for w, d in zip(windows, graphs)]
+        try:
+            return self._attach_many(graphs, kbs)
+        except Exception as exc:  # noqa: BLE001 - window by window below (its errors counted there)
+            log.debug("stacked knowledge blocks failed (%s); one window at a time", exc)
         return [self._attach_kb(w, d, kb) for w, d, kb in zip(windows, graphs, kbs)]
+
+    @staticmethod
+    def _attach_many(graphs, kbs) -> list:
+        """:meth:`_attach_kb` on every window at once: the inputs and knowledge blocks of the group are
+        joined in two ``cat`` calls and each graph gets its rows as a view (same values as window by
+        window; a window's ``cat`` and gathers cost more than its rows on small windows)."""
+        from knowledge.features import stack_edges, stack_nodes
+
+        def joined(parts, block):
+            return torch.cat([cat_rows([p.float() for p in parts]), torch.from_numpy(block)], 1)
+
+        edge = joined([d.edge_attr for d in graphs], stack_edges(kbs))
+        node = joined([d.x for d in graphs], stack_nodes(kbs))
+        e0 = n0 = 0
+        for d in graphs:
+            e1, n1 = e0 + d.edge_attr.size(0), n0 + d.x.size(0)
+            d.edge_attr, d.x = edge[e0:e1], node[n0:n1]
+            e0, n0 = e1, n1
+        return list(zip(graphs, kbs))
 
     def _kb_many(self, windows, graphs) -> list | None:
         """Knowledge blocks of all windows in one call (node blocks included), or None when that

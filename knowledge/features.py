@@ -70,6 +70,7 @@ class KnowledgeBlock:
         self._edge = edge
         self._rows = rows
         self._node = node
+        self._node_span: tuple[Callable, int, int] | None = None  # set by transform_many (see stack_nodes)
         self.names = names
         self.n_pred = n_pred
         self.n_tech = n_tech
@@ -104,22 +105,51 @@ class KnowledgeBlock:
 
     def top_technique(self, edge_ids=None, min_score: float = TOP_MIN_SCORE) -> list[str | None]:
         """Highest-scoring technique per edge (None when its score is below ``min_score``)."""
-        ids = self.technique_ids
+        return self.top_technique_array(edge_ids, min_score).tolist()
+
+    def top_technique_array(self, edge_ids=None, min_score: float = TOP_MIN_SCORE) -> np.ndarray:
+        """:meth:`top_technique` as an object array ``[E]`` (no Python loop over the edges)."""
         if self._edge is None and self._rows is not None:
             shared, idx = self._rows
             if edge_ids is not None:
                 idx = idx[np.asarray(edge_ids, dtype=np.int64)]
             if self.n_tech == 0:
-                return [None] * len(idx)
+                return np.full(len(idx), None, dtype=object)
             j_all, best_all = shared.best()
             j, best = j_all[idx], best_all[idx]
-            return [ids[k] if v >= min_score else None for k, v in zip(j.tolist(), best.tolist())]
-        s = self.edge[:, self.tech_slice] if edge_ids is None else self.edge[np.asarray(edge_ids, dtype=np.int64), self.tech_slice]
-        if s.shape[1] == 0:
-            return [None] * s.shape[0]
-        j = s.argmax(axis=1)
-        best = s[np.arange(s.shape[0]), j]
-        return [ids[k] if v >= min_score else None for k, v in zip(j.tolist(), best.tolist())]
+        else:
+            s = self.edge[:, self.tech_slice] if edge_ids is None else \
+                self.edge[np.asarray(edge_ids, dtype=np.int64), self.tech_slice]
+            if s.shape[1] == 0:
+                return np.full(s.shape[0], None, dtype=object)
+            j = s.argmax(axis=1)
+            best = s[np.arange(s.shape[0]), j]
+        names = np.empty(len(self.technique_ids) + 1, dtype=object)  # the last one: None (below min_score)
+        names[:-1] = self.technique_ids
+        return names[np.where(best >= min_score, j, len(self.technique_ids))]
+
+
+def stack_edges(blocks) -> np.ndarray:
+    """``np.concatenate([b.edge for b in blocks])`` (float32); one gather of the shared rows when the
+    blocks come from one ``transform_many`` call, without building each window's block first."""
+    blocks = list(blocks)
+    rows = [b._rows if b._edge is None else None for b in blocks]
+    if blocks and all(r is not None and r[0] is rows[0][0] for r in rows):
+        return rows[0][0].rows[np.concatenate([r[1] for r in rows])]
+    return np.concatenate([np.asarray(b.edge, dtype=np.float32) for b in blocks])
+
+
+def stack_nodes(blocks) -> np.ndarray:
+    """``np.concatenate([b.node for b in blocks])`` (float32); one gather when the blocks are
+    consecutive windows of one ``transform_many`` call."""
+    blocks = list(blocks)
+    spans = [b._node_span if callable(b._node) else None for b in blocks]
+    if blocks and all(s is not None and s[0] is spans[0][0] for s in spans) and \
+            all(a[2] == b[1] for a, b in zip(spans, spans[1:])):
+        nrows, nidx = spans[0][0]()
+        lo, hi = spans[0][1], spans[-1][2]
+        return nrows[lo:hi].copy() if nidx is None else nrows[nidx[lo:hi]]
+    return np.concatenate([np.asarray(b.node, dtype=np.float32) for b in blocks])
 
 
 class KnowledgeFeaturizer:
@@ -360,8 +390,11 @@ class KnowledgeFeaturizer:
                     lambda a=int(noff[i]), b=int(noff[i + 1]): node_block(a, b))
             else:
                 node = np.zeros((nns[i], self.width), dtype=np.float32)
-            out.append(KnowledgeBlock(None, node, self.names, len(self.predicates), len(self.tech_ids),
-                                      self.tech_ids, rows=(shared, eidx[off[i]:off[i + 1]])))
+            kb = KnowledgeBlock(None, node, self.names, len(self.predicates), len(self.tech_ids),
+                                self.tech_ids, rows=(shared, eidx[off[i]:off[i + 1]]))
+            if has[i]:
+                kb._node_span = (all_nodes, int(noff[i]), int(noff[i + 1]))
+            out.append(kb)
         return out
 
     # ------------------------------------------------------------------ explanations

@@ -74,6 +74,37 @@ class NodeMemory(nn.Module):
             self.write(gid, new.detach(), t)
         return new
 
+    def forward_many(self, h: Tensor, gids: list[Tensor], times: list[float | None], update: bool = True) -> Tensor:
+        """:meth:`forward` on consecutive windows in order; ``h`` [sum N_k, dim] holds their rows
+        back to back, ``gids[k]`` the ids of window ``k``. Same arithmetic, bit for bit, as one call
+        per window: only the per-call checks and module dispatch are paid once.
+        """
+        sizes = [int(g.numel()) for g in gids]
+        if h.size(-1) != self.dim:
+            raise ValueError(f"h has {h.size(-1)} features but the memory was built with dim={self.dim}")
+        if sum(sizes) != h.size(0) or len(times) != len(gids):
+            raise ValueError(f"{len(gids)} windows with {sum(sizes)} ids and {len(times)} times for {h.size(0)} nodes")
+        if not gids:
+            return h.new_zeros((0, self.dim))
+        slots = torch.cat(gids).remainder(self.capacity)
+        out = torch.empty_like(h)
+        zero = torch.zeros((), dtype=self.state.dtype, device=h.device)
+        c = self.cell
+        a = 0
+        for gid, n, t in zip(gids, sizes, times):
+            slot, b = slots[a:a + n], a + n
+            prev = torch.where((self.owner[slot] == gid).unsqueeze(-1), self.state[slot], zero)  # read()
+            new = torch._VF.gru_cell(h[a:b], prev, c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)  # as GRUCell
+            out[a:b] = new
+            if update:
+                with torch.no_grad():  # write()
+                    self.state[slot] = new.detach().to(self.state.dtype)
+                    self.owner[slot] = gid
+                    if t is not None:
+                        self.last_seen[slot] = float(t)
+            a = b
+        return out
+
     @torch.no_grad()
     def write(self, gid: Tensor, s: Tensor, t: float | None = None) -> None:
         slot = gid.remainder(self.capacity)

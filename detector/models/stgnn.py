@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from detector.models.encoder import EdgeGraphEncoder
 from detector.models.memory import NodeMemory
+from detector.tensors import cat_rows
 
 
 @dataclass
@@ -151,15 +152,14 @@ class STGNN(nn.Module):
                 if gid is None or gid.numel() != n:
                     raise ValueError(f"every window needs node_gid with one id per node ({n} nodes)")
         offsets = list(accumulate(n_nodes[:-1], initial=0))  # first node of each window in the union
-        x = torch.cat([d.x for d in datas])
+        x = cat_rows([d.x for d in datas])  # the windows of one build_many call: views, no copy
         edge_index = torch.cat([d.edge_index + off for d, off in zip(datas, offsets)], dim=1)
-        edge_attr = torch.cat([d.edge_attr for d in datas])
-        h, e = self.encoder(x, edge_index, edge_attr, torch.cat([d.edge_dt_window for d in datas]),
-                            torch.cat([d.edge_dt_prev for d in datas]))
+        edge_attr = cat_rows([d.edge_attr for d in datas])
+        h, e = self.encoder(x, edge_index, edge_attr, cat_rows([d.edge_dt_window for d in datas]),
+                            cat_rows([d.edge_dt_prev for d in datas]))
         if self.memory is not None:
-            z = torch.cat([self.memory(h[off:off + n], d.node_gid, t=float(getattr(d, "window_end", 0.0)),
-                                       update=update_state)
-                           for d, off, n in zip(datas, offsets, n_nodes)])
+            z = self.memory.forward_many(h, [d.node_gid for d in datas],
+                                         [float(getattr(d, "window_end", 0.0)) for d in datas], update=update_state)
         else:
             z = h
         return self.compose(z, e, edge_index, edge_attr, self.config.parts)

@@ -95,3 +95,26 @@ def test_flow_parts_compose_the_named_blocks_in_order():
         ModelConfig(node_in=3, edge_in=6, flow_parts="dst,dst")
     with pytest.raises(ValueError, match="flow_parts"):
         ModelConfig(node_in=3, edge_in=6, flow_parts="src,payload")
+
+
+def test_memory_forward_many_is_forward_per_window_bit_for_bit():
+    """Several windows in one call (shared, evicted and new ids) = one forward per window, state included."""
+    torch.manual_seed(0)
+    one, many = NodeMemory(8, capacity=16), NodeMemory(8, capacity=16)
+    many.load_state_dict(one.state_dict())
+    gids = [torch.tensor([1, 2, 3]), torch.tensor([2, 17]), torch.tensor([1, 3, 33, 4]), torch.tensor([17])]
+    h = torch.randn(sum(len(g) for g in gids), 8)
+    times = [60.0, 120.0, None, 240.0]
+    ref, a = [], 0
+    for g, t in zip(gids, times):
+        ref.append(one(h[a:a + len(g)], g, t=t))
+        a += len(g)
+    got = many.forward_many(h, gids, times)
+    assert torch.equal(got, torch.cat(ref))
+    assert torch.equal(one.state, many.state) and torch.equal(one.owner, many.owner)
+    assert torch.equal(one.last_seen.nan_to_num(-1), many.last_seen.nan_to_num(-1))
+    frozen = many.state.clone()
+    many.forward_many(h, gids, times, update=False)
+    assert torch.equal(many.state, frozen)
+    with pytest.raises(ValueError):
+        many.forward_many(h[:3], gids, times)

@@ -175,3 +175,38 @@ def test_fast_iforest_equals_sklearn_on_real_embeddings(real):
     assert len(flows) > 500
     ref = -det.model_.score_samples(det._scale(flows))
     np.testing.assert_allclose(det.decision_function(flows), ref, rtol=0, atol=1e-12)
+
+
+def test_overlapped_groups_equal_groups_in_turn(real):
+    """score_windows builds group i + 1 in a worker thread while it scores group i: bit for bit the
+    results of building and scoring the groups one after the other, and the torch thread count is
+    left as it was."""
+    from detector.pipeline import window_groups
+    from ingest.windows import Window
+
+    bundle, table = real
+    windows = make_windows(table, float(bundle.window.get("size", 60.0)))
+    bad = windows[7]
+    i = bad.table.schema.get_field_index("ts")
+    broken = bad.table.set_column(i, "ts", pa.array(["x"] * bad.table.num_rows))  # fails to build
+    windows[7] = Window(bad.start, bad.end, broken)
+    threads = torch.get_num_threads()
+    over = bundle.stream_scorer()
+    over.BATCH_RECORDS = 300
+    got = over.score_windows(windows, return_exceptions=True)
+    assert torch.get_num_threads() == threads
+    seq = bundle.stream_scorer()
+    ref = []
+    groups = list(window_groups(windows, 300))
+    assert len(groups) > 3
+    for g in groups:
+        ref += seq._score_built(g, seq._build_group(g))
+    assert len(got) == len(ref) == len(windows)
+    assert isinstance(got[7], BaseException) and isinstance(ref[7], BaseException)
+    for k, (x, y) in enumerate(zip(ref, got)):
+        if k == 7:
+            continue
+        assert np.array_equal(x.rows, y.rows) and np.array_equal(x.scores, y.scores)
+        assert x.top_technique == y.top_technique and x.node_key == y.node_key
+    with pytest.raises(Exception):
+        bundle.stream_scorer().score_windows(windows)

@@ -164,3 +164,36 @@ def test_transform_many_bad_graph_input(kf):
     assert np.array_equal(kbs[0].edge, kbs[1].edge)
     with pytest.raises(IndexError):
         kbs[1].node
+
+
+def test_stacked_blocks_equal_the_windows_blocks_in_order(kf):
+    """stack_edges/stack_nodes (one gather for a transform_many group) = concatenating each window's block."""
+    from knowledge.features import stack_edges, stack_nodes
+    from tests.knowledge.test_predicates import _windows_mix
+
+    ws = [w for w in _windows_mix() if w.num_rows]
+    graphs = [_ip_graph(w) for w in ws]
+    kbs = kf.transform_many(ws, [g[0] for g in graphs], [g[1] for g in graphs])
+    edge, node = stack_edges(kbs), stack_nodes(kbs)
+    fresh = kf.transform_many(ws, [g[0] for g in graphs], [g[1] for g in graphs])  # blocks not yet materialized
+    assert np.array_equal(edge, np.concatenate([kb.edge for kb in fresh]))
+    assert np.array_equal(node, np.concatenate([kb.node for kb in fresh]))
+    assert edge.dtype == node.dtype == np.float32
+    # blocks of different calls, or a subset out of order: the plain concatenation
+    mixed = [kbs[1], fresh[0]]
+    assert np.array_equal(stack_nodes(mixed), np.concatenate([kbs[1].node, fresh[0].node]))
+    assert np.array_equal(stack_edges(mixed), np.concatenate([kbs[1].edge, fresh[0].edge]))
+
+
+def test_top_technique_array_equals_the_list(kf):
+    from tests.knowledge.test_predicates import _windows_mix
+
+    ws = [w for w in _windows_mix() if w.num_rows]
+    graphs = [_ip_graph(w) for w in ws]
+    for kb in kf.transform_many(ws, [g[0] for g in graphs], [g[1] for g in graphs]):
+        arr = kb.top_technique_array()
+        assert arr.dtype == object and arr.tolist() == kb.top_technique()
+        alone = KnowledgeBlock(kb.edge, kb.node, kf.names, kb.n_pred, kb.n_tech, kb.technique_ids)
+        assert alone.top_technique_array().tolist() == kb.top_technique()
+    assert any(t is not None for kb in kf.transform_many(ws, [g[0] for g in graphs], [g[1] for g in graphs])
+               for t in kb.top_technique())
