@@ -65,16 +65,19 @@ class PipelineConfig:
 
 def window_groups(windows, max_records: int = 65536):
     """Consecutive runs of ``windows`` holding at most ``max_records`` records each (a larger single
-    window is a group alone): the unit of one batched ``build_many`` / scoring call, bounding its memory."""
-    windows = list(windows)
-    i = 0
-    while i < len(windows):
-        j, n = i, 0
-        while j < len(windows) and (j == i or n + windows[j].table.num_rows <= max_records):
-            n += windows[j].table.num_rows
-            j += 1
-        yield windows[i:j]
-        i = j
+    window is a group alone): the unit of one batched ``build_many`` / scoring call, bounding its memory.
+    Lazy: ``windows`` may be any iterable; a group is yielded once the window after it is known."""
+    group: list = []
+    n = 0
+    for w in windows:
+        rows = w.table.num_rows
+        if group and n + rows > max_records:
+            yield group
+            group, n = [], 0
+        group.append(w)
+        n += rows
+    if group:
+        yield group
 
 
 class GraphStream:
@@ -118,16 +121,21 @@ class GraphStream:
 
     @staticmethod
     def _attach_many(graphs, kbs) -> list:
-        """:meth:`_attach_kb` on every window at once: the inputs and knowledge blocks of the group are
-        joined in two ``cat`` calls and each graph gets its rows as a view (same values as window by
-        window; a window's ``cat`` and gathers cost more than its rows on small windows)."""
+        """:meth:`_attach_kb` on every window at once: the group's inputs and knowledge blocks are
+        written side by side into one tensor each (the blocks gathered straight into it), and each
+        graph gets its rows as a view. Same values as window by window; a window's ``cat`` and
+        gathers cost more than its rows on small windows, and whole-group temporaries cost copies."""
         from knowledge.features import stack_edges, stack_nodes
 
-        def joined(parts, block):
-            return torch.cat([cat_rows([p.float() for p in parts]), torch.from_numpy(block)], 1)
+        def joined(parts, stack):
+            inputs = cat_rows([p.float() for p in parts])  # [R, F]
+            out = torch.empty(inputs.size(0), inputs.size(1) + len(kbs[0].names))
+            out[:, :inputs.size(1)] = inputs
+            stack(kbs, out=out[:, inputs.size(1):].numpy())
+            return out
 
-        edge = joined([d.edge_attr for d in graphs], stack_edges(kbs))
-        node = joined([d.x for d in graphs], stack_nodes(kbs))
+        edge = joined([d.edge_attr for d in graphs], stack_edges)
+        node = joined([d.x for d in graphs], stack_nodes)
         e0 = n0 = 0
         for d in graphs:
             e1, n1 = e0 + d.edge_attr.size(0), n0 + d.x.size(0)

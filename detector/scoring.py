@@ -119,32 +119,60 @@ class StreamScorer:
         exception in its slot instead of raising (the others are still scored).
 
         With more than one group the two halves overlap: a worker thread builds the graphs and knowledge
-        blocks of group ``i + 1`` while this thread embeds and scores group ``i`` (NumPy, Arrow and
-        torch release the GIL in their kernels; on 2 cores ~1.3x end to end). Each half keeps its own
-        state and runs its groups in order (the graph stream in the worker, the model memory here), so
-        the results are those of running them one after the other.
+        blocks of group ``i + 1`` and runs the (stateless) graph encoder on them while this thread
+        advances the GRU memory, runs the detector and finishes group ``i`` (NumPy, Arrow, torch and
+        the tree walk release the GIL in their kernels). Each half keeps its own state and runs its
+        groups in order (the graph stream in the worker, the model memory here), so the results are
+        those of running them one after the other (``test_overlapped_groups_equal_groups_in_turn``).
         """
-        groups = list(window_groups(windows, self.BATCH_RECORDS))
-        out: list = []
-        with torch_threads():
-            if len(groups) < 2:
-                for group in groups:
-                    out.extend(self._score_built(group, self._build_group(group)))
-            else:
-                n_threads = torch.get_num_threads()
-                # the worker gets this thread's torch setting (OpenMP thread counts are per thread)
-                with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(n_threads,)) as pool:
-                    pending = pool.submit(self._build_group, groups[0])
-                    for i, group in enumerate(groups):
-                        built = pending.result()
-                        if i + 1 < len(groups):
-                            pending = pool.submit(self._build_group, groups[i + 1])
-                        out.extend(self._score_built(group, built))
+        out = [r for _w, r in self.iter_scores(windows)]
         if not return_exceptions:
             for r in out:
                 if isinstance(r, BaseException):
                     raise r
         return out
+
+    def iter_scores(self, windows):
+        """Lazily score an iterable of consecutive windows: yields ``(window, WindowScores or exception)``
+        in window order, a group of at most :attr:`BATCH_RECORDS` records at a time (see
+        :meth:`score_windows`). Pulls the next group before scoring the current one so that its graphs
+        are built meanwhile: the whole input is one pipeline, not one per call. Runs with the
+        single-thread torch setting; consume it to the end (or close it) to restore the caller's.
+        """
+        groups = window_groups(windows, self.BATCH_RECORDS)
+        first = next(groups, None)
+        if first is None:
+            return
+        with torch_threads():
+            second = next(groups, None)
+            if second is None:  # one group (the daemon's usual call): no worker thread
+                yield from zip(first, self._score_built(first, *self._prepare_group(first)))
+                return
+            # the worker gets this thread's torch setting (OpenMP thread counts are per thread)
+            with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
+                group, pending = first, pool.submit(self._prepare_group, first)
+                nxt = second
+                while group is not None:
+                    prepared = pending.result()
+                    if nxt is not None:
+                        pending = pool.submit(self._prepare_group, nxt)
+                    yield from zip(group, self._score_built(group, *prepared))
+                    group, nxt = nxt, (next(groups, None) if nxt is not None else None)
+
+    def _prepare_group(self, windows) -> tuple[list, object]:
+        """``(built, spatial)``: the group's graphs (:meth:`_build_group`) and the stateless encoder
+        pass over them (:meth:`STGNN.spatial_many`; None when it fails, then the scoring thread
+        embeds as usual). Everything in here is independent of the model's temporal state."""
+        built = self._build_group(windows)
+        pairs = [b for b in built if b is not None and not isinstance(b, BaseException)]
+        spatial = None
+        if pairs:
+            try:
+                with torch.no_grad():  # grad mode is per thread
+                    spatial = self.model.spatial_many([d for d, _ in pairs])
+            except Exception:  # noqa: BLE001 - embedded (or failed) again, window by window, in _embed_group
+                spatial = None
+        return built, spatial
 
     def _build_group(self, windows) -> list:
         """Per window: ``(data, kb)``, an exception (its build failed) or None (an empty window).
@@ -171,8 +199,9 @@ class StreamScorer:
         return res
 
     @torch.no_grad()
-    def _score_built(self, windows, built: list) -> list:
-        """Embed, detect and finish one group whose graphs :meth:`_build_group` built."""
+    def _score_built(self, windows, built: list, spatial=None) -> list:
+        """Embed, detect and finish one group whose graphs :meth:`_build_group` built (and whose
+        encoder pass :meth:`_prepare_group` ran, when ``spatial`` is given)."""
         res: list = [None] * len(windows)
         live, pairs = [], []
         for k, (w, b) in enumerate(zip(windows, built)):
@@ -185,7 +214,7 @@ class StreamScorer:
                 pairs.append(b)
         if not live:
             return res
-        ok, flow_all = self._embed_group(live, pairs, res)
+        ok, flow_all = self._embed_group(live, pairs, res, spatial)
         if not ok:
             return res
         scores = None
@@ -205,7 +234,7 @@ class StreamScorer:
                 res[k] = exc
         return res
 
-    def _embed_group(self, live: list, built: list, res: list) -> tuple[list, np.ndarray | None]:
+    def _embed_group(self, live: list, built: list, res: list, spatial=None) -> tuple[list, np.ndarray | None]:
         """``([(k, data, kb, flow), ...], all flows or None)`` for the windows that embedded, in order.
 
         One batched encoder call for the group (:meth:`STGNN.embed_many`; scores equal the window by
@@ -215,7 +244,10 @@ class StreamScorer:
         flows when every window embedded in one call, so the detector gets it without a copy.
         """
         try:
-            flow_all = self.model.embed_many([d for d, _ in built], update_state=True).numpy()
+            if spatial is not None:
+                flow_all = self.model.temporal_many(spatial, update_state=True).numpy()
+            else:
+                flow_all = self.model.embed_many([d for d, _ in built], update_state=True).numpy()
         except Exception:  # noqa: BLE001 - one window at a time below
             flow_all = None
         if flow_all is not None:
@@ -319,25 +351,21 @@ def _score_table(bundle, table, stream_order: bool = False, lateness: float | No
         src = table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("row", "ascending")]))
     errors = 0
 
-    def handle(windows) -> None:
-        nonlocal errors
-        windows = list(windows)
-        if not windows:
-            return
-        # All windows closed by one push are scored together (graphs and detector batched,
-        # temporal state still advanced window by window): same scores as one at a time.
-        for win_, ws in zip(windows, scorer.score_windows(windows, return_exceptions=True)):
-            if not isinstance(ws, BaseException):
-                col.put(positions(np.asarray(ws.rows, dtype=np.int64)), ws)
-                continue
-            errors += 1
-            if errors <= 3:  # one bad window must not take the rest down
-                log.warning("window [%s, %s) failed to score: %r", win_.start, win_.end, ws)
-            col.fail(positions(win_.table.column("row").to_numpy().astype(np.int64)), f"error:{type(ws).__name__}")
+    def windows():
+        for batch in src.to_batches(max_chunksize=65536):
+            yield from w.push(batch)
+        yield from w.flush()
 
-    for batch in src.to_batches(max_chunksize=65536):
-        handle(w.push(batch))
-    handle(w.flush())
+    # One lazy pipeline over all windows (graphs batched per group and built one group ahead,
+    # temporal state still advanced window by window): same scores as one window at a time.
+    for win_, ws in scorer.iter_scores(windows()):
+        if not isinstance(ws, BaseException):
+            col.put(positions(np.asarray(ws.rows, dtype=np.int64)), ws)
+            continue
+        errors += 1
+        if errors <= 3:  # one bad window must not take the rest down
+            log.warning("window [%s, %s) failed to score: %r", win_.start, win_.end, ws)
+        col.fail(positions(win_.table.column("row").to_numpy().astype(np.int64)), f"error:{type(ws).__name__}")
     for b in getattr(w, "late", []):
         col.fail(positions(b.column(b.schema.get_field_index("row")).to_numpy().astype(np.int64)), "late")
     for b in getattr(w, "invalid", []):

@@ -129,27 +129,44 @@ class KnowledgeBlock:
         return names[np.where(best >= min_score, j, len(self.technique_ids))]
 
 
-def stack_edges(blocks) -> np.ndarray:
+def stack_edges(blocks, out: np.ndarray | None = None) -> np.ndarray:
     """``np.concatenate([b.edge for b in blocks])`` (float32); one gather of the shared rows when the
-    blocks come from one ``transform_many`` call, without building each window's block first."""
+    blocks come from one ``transform_many`` call, without building each window's block first.
+    ``out``: a float32 ``[sum E, K]`` array (a view into a wider one is fine) written in place."""
     blocks = list(blocks)
     rows = [b._rows if b._edge is None else None for b in blocks]
     if blocks and all(r is not None and r[0] is rows[0][0] for r in rows):
-        return rows[0][0].rows[np.concatenate([r[1] for r in rows])]
-    return np.concatenate([np.asarray(b.edge, dtype=np.float32) for b in blocks])
+        return _gather(rows[0][0].rows, np.concatenate([r[1] for r in rows]), out)
+    return _put(np.concatenate([np.asarray(b.edge, dtype=np.float32) for b in blocks]), out)
 
 
-def stack_nodes(blocks) -> np.ndarray:
+def stack_nodes(blocks, out: np.ndarray | None = None) -> np.ndarray:
     """``np.concatenate([b.node for b in blocks])`` (float32); one gather when the blocks are
-    consecutive windows of one ``transform_many`` call."""
+    consecutive windows of one ``transform_many`` call. ``out`` as in :func:`stack_edges`."""
     blocks = list(blocks)
     spans = [b._node_span if callable(b._node) else None for b in blocks]
     if blocks and all(s is not None and s[0] is spans[0][0] for s in spans) and \
             all(a[2] == b[1] for a, b in zip(spans, spans[1:])):
         nrows, nidx = spans[0][0]()
         lo, hi = spans[0][1], spans[-1][2]
-        return nrows[lo:hi].copy() if nidx is None else nrows[nidx[lo:hi]]
-    return np.concatenate([np.asarray(b.node, dtype=np.float32) for b in blocks])
+        return _put(nrows[lo:hi], out) if nidx is None else _gather(nrows, nidx[lo:hi], out)
+    return _put(np.concatenate([np.asarray(b.node, dtype=np.float32) for b in blocks]), out)
+
+
+def _gather(rows: np.ndarray, idx: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return rows[idx]
+    if out.shape != (len(idx), rows.shape[1]):
+        raise ValueError(f"out has shape {out.shape}, the rows need {(len(idx), rows.shape[1])}")
+    np.take(rows, idx, axis=0, out=out, mode="clip")  # "clip" writes straight into out (no buffer)
+    return out
+
+
+def _put(block: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return block.copy() if not block.flags.owndata else block
+    out[...] = block
+    return out
 
 
 class KnowledgeFeaturizer:

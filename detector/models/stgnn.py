@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from itertools import accumulate
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +56,16 @@ def parse_flow_parts(spec: str) -> tuple[str, ...]:
     if not parts or bad or len(set(parts)) != len(parts):
         raise ValueError(f"flow_parts must be distinct names from {FLOW_PARTS}, comma-separated, got {spec!r}")
     return parts
+
+
+class SpatialBatch(NamedTuple):
+    """Encoder output for the union of consecutive windows (:meth:`STGNN.spatial_many`)."""
+
+    datas: list                 # the windows' Data, in order
+    h: Tensor | None            # [sum N_k, H] spatial node states
+    e: Tensor | None            # [sum E_k, H] edge states
+    edge_index: Tensor | None   # [2, sum E_k], node ids offset per window
+    edge_attr: Tensor | None    # [sum E_k, edge_in]
 
 
 class STGNN(nn.Module):
@@ -137,29 +148,39 @@ class STGNN(nn.Module):
 
         Same as :meth:`embed` on each ``Data`` in turn, up to float rounding (the matrix products run
         on other shapes). The encoder does not read the temporal state, so it runs once on the
-        disjoint union of the graphs (node indices offset per window): one call instead of one per
-        window, whose fixed cost dominates on small window graphs. Only the memory step, which reads
-        and writes the state, runs window by window, in order. Knowledge blocks must already be part
-        of ``x``/``edge_attr`` (as :class:`~detector.pipeline.GraphStream` gives them). Bad inputs raise
-        before the temporal state changes.
+        disjoint union of the graphs (:meth:`spatial_many`); only the memory step, which reads and
+        writes the state, runs window by window, in order (:meth:`temporal_many`). Knowledge blocks
+        must already be part of ``x``/``edge_attr`` (as :class:`~detector.pipeline.GraphStream` gives
+        them). Bad inputs raise before the temporal state changes.
         """
-        if not datas:
-            return torch.zeros(0, self.edge_emb_dim)
+        return self.temporal_many(self.spatial_many(datas), update_state)
+
+    def spatial_many(self, datas: list) -> SpatialBatch:
+        """The stateless half of :meth:`embed_many`: the encoder on the union of the windows' graphs.
+        Reads no temporal state, so it may run ahead of (or beside) :meth:`temporal_many` calls."""
         n_nodes = [int(d.num_nodes) for d in datas]
-        if self.memory is not None:  # checked before any state changes: a failure leaves the memory as it was
+        if self.memory is not None:  # checked here, before any state changes
             for d, n in zip(datas, n_nodes):
                 gid = getattr(d, "node_gid", None)
                 if gid is None or gid.numel() != n:
                     raise ValueError(f"every window needs node_gid with one id per node ({n} nodes)")
+        if not datas:
+            return SpatialBatch([], None, None, None, None)
         offsets = list(accumulate(n_nodes[:-1], initial=0))  # first node of each window in the union
         x = cat_rows([d.x for d in datas])  # the windows of one build_many call: views, no copy
         edge_index = torch.cat([d.edge_index + off for d, off in zip(datas, offsets)], dim=1)
         edge_attr = cat_rows([d.edge_attr for d in datas])
         h, e = self.encoder(x, edge_index, edge_attr, cat_rows([d.edge_dt_window for d in datas]),
                             cat_rows([d.edge_dt_prev for d in datas]))
+        return SpatialBatch(datas, h, e, edge_index, edge_attr)
+
+    def temporal_many(self, sb: SpatialBatch, update_state: bool = True) -> Tensor:
+        """The stateful half of :meth:`embed_many`: memory steps window by window, then the flow blocks."""
+        if not sb.datas:
+            return torch.zeros(0, self.edge_emb_dim)
         if self.memory is not None:
-            z = self.memory.forward_many(h, [d.node_gid for d in datas],
-                                         [float(getattr(d, "window_end", 0.0)) for d in datas], update=update_state)
+            z = self.memory.forward_many(sb.h, [d.node_gid for d in sb.datas],
+                                         [float(getattr(d, "window_end", 0.0)) for d in sb.datas], update=update_state)
         else:
-            z = h
-        return self.compose(z, e, edge_index, edge_attr, self.config.parts)
+            z = sb.h
+        return self.compose(z, sb.e, sb.edge_index, sb.edge_attr, self.config.parts)

@@ -200,7 +200,7 @@ def test_overlapped_groups_equal_groups_in_turn(real):
     groups = list(window_groups(windows, 300))
     assert len(groups) > 3
     for g in groups:
-        ref += seq._score_built(g, seq._build_group(g))
+        ref += seq._score_built(g, seq._build_group(g))  # no spatial pass ahead: embed_many here
     assert len(got) == len(ref) == len(windows)
     assert isinstance(got[7], BaseException) and isinstance(ref[7], BaseException)
     for k, (x, y) in enumerate(zip(ref, got)):

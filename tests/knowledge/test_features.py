@@ -179,6 +179,15 @@ def test_stacked_blocks_equal_the_windows_blocks_in_order(kf):
     assert np.array_equal(edge, np.concatenate([kb.edge for kb in fresh]))
     assert np.array_equal(node, np.concatenate([kb.node for kb in fresh]))
     assert edge.dtype == node.dtype == np.float32
+    # written in place into the right-hand columns of a wider array (as the pipeline joins them)
+    wide = np.full((edge.shape[0], edge.shape[1] + 3), -1.0, dtype=np.float32)
+    assert stack_edges(kbs, out=wide[:, 3:]) is not None and np.array_equal(wide[:, 3:], edge)
+    assert (wide[:, :3] == -1).all()
+    wide_n = np.zeros((node.shape[0], node.shape[1] + 2), dtype=np.float32)
+    stack_nodes(kbs, out=wide_n[:, 2:])
+    assert np.array_equal(wide_n[:, 2:], node)
+    with pytest.raises(ValueError):
+        stack_edges(kbs, out=wide[1:, 3:])
     # blocks of different calls, or a subset out of order: the plain concatenation
     mixed = [kbs[1], fresh[0]]
     assert np.array_equal(stack_nodes(mixed), np.concatenate([kbs[1].node, fresh[0].node]))
