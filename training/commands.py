@@ -1,4 +1,4 @@
-"""Subcommands contributed by the `training` package (train, evaluate)."""
+"""Subcommands contributed by the `training` package (train, calibrate, evaluate)."""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +47,22 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt if present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
+
+    c = subparsers.add_parser(
+        "calibrate", help="refit a model's alert threshold on recent traffic (no retraining), to a new model dir",
+        description="Score INPUT... with MODEL_DIR exactly as `graphsentry score` does and write a copy of the "
+                    "model whose threshold is the conformal (1 - target FPR) quantile of those scores. For benign "
+                    "drift (new devices): the answer to a GraphsentryThresholdDrift alert that is not an attack. "
+                    "Records labelled malicious are left out (unless --all-records); unlabelled attacks in the "
+                    "inputs raise the threshold.")
+    c.add_argument("--model", required=True, metavar="MODEL_DIR", help="the model to recalibrate (left unchanged)")
+    c.add_argument("--data", nargs="+", required=True, metavar="INPUT", help="recent traffic to calibrate on")
+    c.add_argument("--out", required=True, metavar="NEW_MODEL_DIR", help="model directory to write")
+    c.add_argument("--format", default="auto", help="input format (default: auto-detect)")
+    c.add_argument("--target-fpr", type=float, default=None, help="default: the model's own target")
+    c.add_argument("--all-records", dest="benign_only", action="store_false",
+                   help="keep records labelled malicious in the calibration scores")
+    c.set_defaults(func=run_calibrate)
 
     e = subparsers.add_parser(
         "evaluate", help="time-ordered evaluation of the model against baselines and ablations",
@@ -140,6 +156,24 @@ def run_train(args: argparse.Namespace) -> int:
                       "validation_rule": m["detector_selection"]["rule"], "val_attacks": m["val_attacks"],
                       "train_flows": m["train_flows"], "val_flows": m["val_flows"],
                       "removed_malicious": m["removed_malicious"], "seconds": m["total_seconds"]}), file=sys.stderr)
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from training.recalibrate import recalibrate
+
+    cfg = Path(args.model) / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{args.model} is not a model directory (no config.json)")
+    if json.loads(cfg.read_text()).get("kind", "flows") != "flows":
+        raise ValueError("calibrate recalibrates flow models; transaction models are retrained (graphsentry train)")
+    table, reader = read_table(args.data, args.format)
+    if getattr(reader, "kind", "flows") != "flows":
+        raise ValueError("these inputs hold transactions; a flow model scores flows")
+    res = recalibrate(args.model, table, args.out, target_fpr=args.target_fpr, benign_only=args.benign_only)
+    print(f"{args.out}: threshold {res['previous_threshold']:.6g} -> {res['threshold']:.6g} on {res['used']} records "
+          f"(the old threshold flagged {res['flagged_share_before']:.2%} of them, the new one "
+          f"{res['flagged_share_after']:.2%}; target {res['target_fpr']:.2%})", file=sys.stderr)
     return 0
 
 
