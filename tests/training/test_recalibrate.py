@@ -107,3 +107,14 @@ def test_cli(model, tmp_path, capsys):
     fake.mkdir()
     assert cli(["calibrate", "--model", str(fake), "--data", str(LATER), "--out", str(tmp_path / "y")]) == 2
     shutil.rmtree(out)
+
+
+def test_time_split_keeps_time_order_and_the_minimum():
+    from training.recalibration_eval import time_split
+
+    later = _read(LATER)
+    a, b = time_split(later, 0.1, 1000)
+    assert a.num_rows == 1000 and a.num_rows + b.num_rows == later.num_rows
+    ts_a, ts_b = (t.column("ts").cast(pa.int64()).to_numpy() for t in (a, b))
+    assert ts_a.max() <= ts_b.min() and (np.diff(ts_a) >= 0).all()
+    assert time_split(later, 0.5)[0].num_rows == round(0.5 * later.num_rows)
