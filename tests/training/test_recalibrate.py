@@ -118,3 +118,12 @@ def test_time_split_keeps_time_order_and_the_minimum():
     ts_a, ts_b = (t.column("ts").cast(pa.int64()).to_numpy() for t in (a, b))
     assert ts_a.max() <= ts_b.min() and (np.diff(ts_a) >= 0).all()
     assert time_split(later, 0.5)[0].num_rows == round(0.5 * later.num_rows)
+
+
+def test_time_split_counts_benign_records_when_asked():
+    from training.recalibration_eval import time_split
+
+    later = _read(LATER)
+    a, _ = time_split(later, 0.0, 1000, benign_only=True)
+    benign = int(_benign(a).sum())
+    assert benign == 1000 and _benign(a)[-1]  # stops at the 1000th benign record
