@@ -4,11 +4,11 @@
 
 For each IoT-23 malware capture: train the model (the `ours` defaults of :mod:`training.eval_suites`) on the
 benign flows of every other capture; cut the held-out capture in time: its earliest ``calib-frac`` of the
-records (at least the 1,000 that a 1% target needs) recalibrate the threshold *without labels* (attacks included, as a deployment would see them:
-``recalibrate(..., benign_only=False)``; ``--vetted``: on their benign-labelled records only, i.e. traffic an
-analyst cleared), the later records are the test. Both thresholds are applied to the
-same test scores (the model is otherwise unchanged), so AUROC/AUPRC do not move; FPR, recall, precision
-and macro-F1 at the threshold do. Writes ``report.json`` and ``report.md``.
+records (at least the 1,000 that a 1% target needs) recalibrate the threshold *without labels*, attacks
+included, as a deployment would see them (``recalibrate(..., benign_only=False)``; ``--vetted``: on their
+benign-labelled records only, i.e. traffic an analyst cleared); the later records are the test. Both
+thresholds are applied to the same test scores (the model is otherwise unchanged), so AUROC/AUPRC do not
+move; FPR, recall, precision and macro-F1 at the threshold do. Writes ``report.json`` and ``report.md``.
 """
 from __future__ import annotations
 
