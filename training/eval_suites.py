@@ -1,8 +1,9 @@
 """The shared-data evaluation suites behind reports/ and README.md (Model).
 
-Run one with ``python -m training.eval_suites NAME [--out reports]`` (NAME: stratosphere, iot23,
-luflow, cicids2017). Each writes ``reports/<NAME>[/<fold>]/report.{json,md}`` (+ PR/ROC PNGs) using
-the harness in :mod:`training.evaluate`. Designs (all benign-only training, thresholds calibrated on
+Run one with ``python -m training.eval_suites NAME [--out reports] [--seed N]`` (NAME: stratosphere,
+iot23, luflow, cicids2017). Each writes ``reports/<NAME>[/<fold>]/report.{json,md}`` (+ PR/ROC PNGs)
+using the harness in :mod:`training.evaluate`; ``summary`` tabulates the reports under ``--out``, and
+``seeds`` compares ``ours`` with ``iforest_raw`` over runs in ``--out``/seed<N>/. Designs (all benign-only training, thresholds calibrated on
 the latest held-back training windows, no test labels in any choice):
 
 * stratosphere: capture 008 (day 1) -> capture 010 (a later day of the same host).
@@ -146,12 +147,40 @@ def summary(root: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def seeds(root: Path, ours: str = "ours", baseline: str = "iforest_raw") -> str:
+    """``ours`` against ``baseline`` over the seeds of ``root/seed<N>/...`` (one run per seed, the same splits):
+    AUPRC and macro-F1 per seed and the number of seeds each is won on."""
+    runs: dict[str, dict[int, dict]] = {}
+    for d in sorted(root.glob("seed*")):
+        if not d.name[4:].isdigit():
+            continue
+        for f in sorted(d.rglob("report.json")):
+            r = json.loads(f.read_text())
+            res = r.get("results", {}) if isinstance(r, dict) else {}
+            if ours in res and baseline in res:
+                runs.setdefault(str(f.parent.relative_to(d)), {})[int(d.name[4:])] = res
+    if not runs:
+        return "(no seed reports)\n"
+    fmt = lambda xs: " / ".join("n/a" if x is None else f"{x:.3f}" for x in xs)  # noqa: E731
+    out = [f"| split | seeds | AUPRC {ours} | AUPRC {baseline} | macro-F1 {ours} | macro-F1 {baseline} | "
+           "AUPRC won | F1 won |", "|---|---|---|---|---|---|---|---|"]
+    for split, by_seed in sorted(runs.items()):
+        ss = sorted(by_seed)
+        get = lambda v, k: [by_seed[s][v][k] for s in ss]  # noqa: E731
+        won = lambda k: sum(a is not None and b is not None and a > b  # noqa: E731
+                            for a, b in zip(get(ours, k), get(baseline, k)))
+        out.append(f"| {split} | {','.join(map(str, ss))} | {fmt(get(ours, 'auprc'))} | {fmt(get(baseline, 'auprc'))} | "
+                   f"{fmt(get(ours, 'macro_f1'))} | {fmt(get(baseline, 'macro_f1'))} | {won('auprc')}/{len(ss)} | "
+                   f"{won('macro_f1')}/{len(ss)} |")
+    return "\n".join(out) + "\n"
+
+
 SUITES = {"stratosphere": stratosphere, "iot23": iot23, "luflow": luflow, "cicids2017": cicids2017}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suite", choices=sorted(SUITES) + ["summary"])
+    ap.add_argument("suite", choices=sorted(SUITES) + ["summary", "seeds"])
     ap.add_argument("--out", default="reports")
     ap.add_argument("--window", type=float, default=300.0)
     ap.add_argument("--epochs", type=int, default=1)
@@ -161,6 +190,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.suite == "summary":
         print(summary(Path(a.out)), end="")
+        return 0
+    if a.suite == "seeds":  # --out holds seed<N>/ folders, one suite run per seed
+        print(seeds(Path(a.out)), end="")
         return 0
     cfg = TrainConfig(window=a.window, epochs=a.epochs, benign_only=True, seed=a.seed, node_mode=a.node_mode)
     SUITES[a.suite](Path(a.out), cfg, tuple(a.variants.split(",")))
