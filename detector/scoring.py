@@ -105,6 +105,9 @@ class StreamScorer:
     # threshold, so they reuse freed heap memory instead of page-faulting fresh pages on every call
     # (measured 12% faster end to end on LUFlow, 5-min windows); the per-call overheads are paid by then.
     BATCH_RECORDS = 16384
+    # Build group i + 1 in a worker thread while group i is scored (see score_windows); False: one thread,
+    # groups in turn (same results; benchmarks/score_bench.py measures both).
+    OVERLAP = True
 
     def score_windows(self, windows, return_exceptions: bool = False) -> list:
         """Score consecutive windows (in window order); the scores of :meth:`score_window` on each in turn.
@@ -145,8 +148,11 @@ class StreamScorer:
             return
         with torch_threads():
             second = next(groups, None)
-            if second is None:  # one group (the daemon's usual call): no worker thread
-                yield from zip(first, self._score_built(first, *self._prepare_group(first)))
+            if second is None or not self.OVERLAP:  # one group (the daemon's usual call): no worker thread
+                for group in (first, second) if second is not None else (first,):
+                    yield from zip(group, self._score_built(group, *self._prepare_group(group)))
+                for group in groups:
+                    yield from zip(group, self._score_built(group, *self._prepare_group(group)))
                 return
             # the worker gets this thread's torch setting (OpenMP thread counts are per thread)
             with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:

@@ -208,5 +208,9 @@ def test_overlapped_groups_equal_groups_in_turn(real):
             continue
         assert np.array_equal(x.rows, y.rows) and np.array_equal(x.scores, y.scores)
         assert x.top_technique == y.top_technique and x.node_key == y.node_key
+    serial = bundle.stream_scorer()
+    serial.BATCH_RECORDS, serial.OVERLAP = 300, False  # the switch the benchmark uses: one thread, same results
+    for x, y in zip(got, serial.score_windows(windows, return_exceptions=True)):
+        assert isinstance(y, BaseException) if isinstance(x, BaseException) else np.array_equal(x.scores, y.scores)
     with pytest.raises(Exception):
         bundle.stream_scorer().score_windows(windows)
