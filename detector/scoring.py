@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import torch
@@ -149,9 +150,7 @@ class StreamScorer:
         with torch_threads():
             second = next(groups, None)
             if second is None or not self.OVERLAP:  # one group (the daemon's usual call): no worker thread
-                for group in (first, second) if second is not None else (first,):
-                    yield from zip(group, self._score_built(group, *self._prepare_group(group)))
-                for group in groups:
+                for group in chain([first], [second] if second is not None else [], groups):
                     yield from zip(group, self._score_built(group, *self._prepare_group(group)))
                 return
             # the worker gets this thread's torch setting (OpenMP thread counts are per thread)

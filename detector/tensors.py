@@ -21,7 +21,7 @@ def cat_rows(parts: Sequence[Tensor]) -> Tensor:
         return first
     if first.dim() >= 1 and all(p.is_contiguous() and p.dtype == first.dtype and p.device == first.device
                                 and p.shape[1:] == first.shape[1:] for p in parts):
-        row = first.stride(0) if first.dim() > 1 else 1
+        row = first.stride(0)  # elements per row of a contiguous tensor (1 for 1-D)
         storage = first.untyped_storage().data_ptr()
         offset = first.storage_offset()
         adjacent = True

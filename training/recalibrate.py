@@ -27,6 +27,13 @@ from training.pretrain import fingerprint
 MIN_PER_TARGET = 10  # at least 10 / target_fpr scores (1,000 at 1%): 10 expected exceedances at the quantile
 
 
+def malicious_mask(table: pa.Table) -> np.ndarray:
+    """True for records labelled malicious (label 1); all False when the table has no labels."""
+    if "label" not in table.column_names:
+        return np.zeros(table.num_rows, dtype=bool)
+    return pc.fill_null(pc.equal(table.column("label"), 1), False).to_numpy(zero_copy_only=False)
+
+
 def recalibrate(model_dir: str | Path, table: pa.Table, out_dir: str | Path, target_fpr: float | None = None,
                 benign_only: bool = True) -> dict:
     """Score ``table`` with the model in ``model_dir``, refit its threshold, save to ``out_dir``; returns a summary.
@@ -45,8 +52,8 @@ def recalibrate(model_dir: str | Path, table: pa.Table, out_dir: str | Path, tar
     scores = out.column("score").to_numpy(zero_copy_only=False).astype(np.float64)  # NaN where unscored
     use = np.isfinite(scores)
     excluded = 0
-    if benign_only and "label" in table.column_names:
-        malicious = pc.fill_null(pc.equal(table.column("label"), 1), False).to_numpy(zero_copy_only=False)
+    if benign_only:
+        malicious = malicious_mask(table)
         excluded = int((use & malicious).sum())
         use &= ~malicious
     n = int(use.sum())

@@ -27,7 +27,7 @@ from detector.scoring import score_table
 from training.eval_suites import DATA, _renumber, read
 from training.evaluate import _git_head, metrics
 from training.pretrain import TrainConfig, train_bundle
-from training.recalibrate import MIN_PER_TARGET, recalibrate
+from training.recalibrate import MIN_PER_TARGET, malicious_mask, recalibrate
 
 
 def time_split(table: pa.Table, frac: float, min_records: int = 0,
@@ -35,9 +35,7 @@ def time_split(table: pa.Table, frac: float, min_records: int = 0,
     """(earliest ``frac`` of the records by time, with at least ``min_records`` of them (benign-labelled
     ones when ``benign_only``); the rest), each in time order."""
     srt = table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("row", "ascending")]))
-    counted = np.ones(srt.num_rows, bool)
-    if benign_only and "label" in srt.column_names:
-        counted = ~pc.fill_null(pc.equal(srt.column("label"), 1), False).to_numpy(zero_copy_only=False)
+    counted = ~malicious_mask(srt) if benign_only else np.ones(srt.num_rows, bool)
     reach = int(np.searchsorted(np.cumsum(counted), min_records)) + 1 if min_records else 0
     k = min(max(int(round(frac * srt.num_rows)), reach), srt.num_rows)
     return srt.slice(0, k), srt.slice(k)

@@ -12,21 +12,20 @@ import pytest
 from detector.bundle import load_bundle
 from detector.calibration import calibrate_threshold
 from detector.scoring import score_table
+from tests.conftest import SAMPLES
 from training.cli import main as cli
+from training.eval_suites import read
 from training.pretrain import TrainConfig, train_bundle
 from training.recalibrate import recalibrate
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "stratosphere" / "full"
-TRAIN = SAMPLES / "008-zeek-mixed.conn.log.labeled.gz"
-LATER = SAMPLES / "010-zeek-mixed.conn.log.labeled.gz"
+TRAIN = SAMPLES / "stratosphere" / "full" / "008-zeek-mixed.conn.log.labeled.gz"
+LATER = SAMPLES / "stratosphere" / "full" / "010-zeek-mixed.conn.log.labeled.gz"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _read(path: Path) -> pa.Table:
-    from ingest.readers import open_inputs
-
-    return pa.Table.from_batches(list(open_inputs([str(path)])))
+    return read([path])
 
 
 @pytest.fixture(scope="module")
