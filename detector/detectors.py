@@ -14,6 +14,8 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import NearestNeighbors
 
+from detector import iforest_walk
+
 
 def _at_least(name: str, value, minimum: int):
     """``value`` when it is an integer >= ``minimum``; otherwise a ValueError quoting it and the rule."""
@@ -143,9 +145,11 @@ class IForestDetector(_Base):
     # Threads for the tree walk of large inputs (one contiguous row range each; the scores do not depend
     # on the count). 2 = the cores of the target machine; 1 turns it off.
     SCORE_THREADS = 2
+    # The compiled walk of detector.iforest_walk (same scores, ~2.5x less CPU); False = sklearn's tree.apply.
+    COMPILED = iforest_walk.available()
 
     def _score_samples(self, Z: np.ndarray, scaled: bool = True) -> np.ndarray:
-        """``IsolationForest.score_samples(Z)``, bit for bit, about 4x faster on large inputs.
+        """``IsolationForest.score_samples(Z)``, bit for bit, about 10x faster on large inputs.
 
         ``scaled=False``: ``Z`` is raw float32 input, standardised here block by block (the same
         float32 arithmetic as :meth:`_scale`, without two input-sized temporaries).
@@ -153,18 +157,23 @@ class IForestDetector(_Base):
         sklearn walks one tree over all rows, then the next: with wide rows every tree re-reads the
         whole input from memory (~135 ns per row and tree on LUFlow embeddings). Here each block of
         rows is copied column-major (the rows at one split read one contiguous column) and walked by
-        every tree while it is in cache. Per row the arithmetic is sklearn's, in its order: tree depths
-        added tree by tree, then ``2 ** -(depth / (n_trees * c(max_samples)))``.
+        every tree while it is in cache; with numba (:data:`COMPILED`) the compiled walk of
+        :mod:`detector.iforest_walk` does the same another ~2.5x faster. Per row the arithmetic is
+        sklearn's, in its order: tree depths added tree by tree, then
+        ``2 ** -(depth / (n_trees * c(max_samples)))``.
         """
         forest = self._forest()
         if forest is None:  # a scikit-learn without the private arrays used below: its own path
             return self.model_.score_samples(Z if scaled else (Z - self.mean_) / self.scale_)
-        trees, leaf_depth, features, denominator = forest
+        trees, leaf_depth, features, denominator, complete = forest
         n, B = Z.shape[0], self.SCORE_BLOCK
         depths = np.zeros(n)
 
         def walk(lo: int, hi: int) -> None:
-            """Depths of rows ``lo:hi``, block by block (each thread writes its own rows of ``depths``)."""
+            """Depths of rows ``lo:hi`` (each thread writes its own rows of ``depths``)."""
+            if complete is not None:  # the compiled walk (detector.iforest_walk), GIL released
+                iforest_walk.walk(Z[lo:hi], self.mean_, self.scale_, scaled, *complete, depths[lo:hi])
+                return
             buf = np.empty((min(B, hi - lo), Z.shape[1]), dtype=np.float32, order="F")
             for start in range(lo, hi, B):
                 rows = Z[start:min(start + B, hi)]
@@ -177,9 +186,10 @@ class IForestDetector(_Base):
                 for tree, leaf, feat in zip(trees, leaf_depth, features):
                     acc += leaf[tree.apply(block if feat is None else np.asfortranarray(block[:, feat]))]
 
+        Z = np.ascontiguousarray(Z, dtype=np.float32)
         threads = min(self.SCORE_THREADS, n // B)
         if threads > 1:
-            # sklearn's tree walk releases the GIL: the threads run in parallel on separate row ranges
+            # both walks release the GIL: the threads run in parallel on separate row ranges
             per = -(-n // threads // B) * B  # whole blocks per thread
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(lambda lo: walk(lo, min(lo + per, n)), range(0, n, per)))
@@ -188,7 +198,8 @@ class IForestDetector(_Base):
         return -(2 ** -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0))
 
     def _forest(self):
-        """``(trees, leaf depth per node, feature subset or None, denominator)``, built at first use.
+        """``(trees, leaf depth per node, feature subset or None, denominator, complete layout or None)``,
+        built at first use (the complete layout: :func:`detector.iforest_walk.complete_forest`).
 
         Not pickled (``__getstate__``): saved detectors keep their format and older ones load as they
         are. ``None`` when the fitted IsolationForest lacks the private arrays (another sklearn).
@@ -208,7 +219,8 @@ class IForestDetector(_Base):
             features = [np.asarray(f) if subsample else None for f in m.estimators_features_]
             trees = [e.tree_ for e in m.estimators_]
             denominator = len(m.estimators_) * _average_path_length([m._max_samples])
-            cached = (trees, leaf_depth, features, denominator)
+            complete = iforest_walk.complete_forest(trees, leaf_depth, features) if self.COMPILED else None
+            cached = (trees, leaf_depth, features, denominator, complete)
         except (AttributeError, ImportError):
             cached = None
         self._forest_cache = cached

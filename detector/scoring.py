@@ -123,11 +123,14 @@ class StreamScorer:
         exception in its slot instead of raising (the others are still scored).
 
         With more than one group the two halves overlap: a worker thread builds the graphs and knowledge
-        blocks of group ``i + 1`` and runs the (stateless) graph encoder on them while this thread
-        advances the GRU memory, runs the detector and finishes group ``i`` (NumPy, Arrow, torch and
-        the tree walk release the GIL in their kernels). Each half keeps its own state and runs its
-        groups in order (the graph stream in the worker, the model memory here), so the results are
-        those of running them one after the other (``test_overlapped_groups_equal_groups_in_turn``).
+        blocks of group ``i + 1`` while this thread runs the encoder, advances the GRU memory, runs the
+        detector and finishes group ``i`` (NumPy, Arrow, torch and the tree walk release the GIL in
+        their kernels). Each half keeps its own state and runs its groups in order (the graph stream in
+        the worker, the model here), so the results are those of running them one after the other
+        (``test_overlapped_groups_equal_groups_in_turn``). The split point is measured: with the
+        compiled tree walk the two halves take about the same time on LUFlow (graphs and knowledge
+        ~0.9 s, encoder + memory + detector ~0.8 s per 136k records); the encoder in the worker made
+        the worker the bottleneck (stage 94k vs 116k records/s, best of 6).
         """
         out = [r for _w, r in self.iter_scores(windows)]
         if not return_exceptions:
@@ -151,33 +154,18 @@ class StreamScorer:
             second = next(groups, None)
             if second is None or not self.OVERLAP:  # one group (the daemon's usual call): no worker thread
                 for group in chain([first], [second] if second is not None else [], groups):
-                    yield from zip(group, self._score_built(group, *self._prepare_group(group)))
+                    yield from zip(group, self._score_built(group, self._build_group(group)))
                 return
             # the worker gets this thread's torch setting (OpenMP thread counts are per thread)
             with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
-                group, pending = first, pool.submit(self._prepare_group, first)
+                group, pending = first, pool.submit(self._build_group, first)
                 nxt = second
                 while group is not None:
-                    prepared = pending.result()
+                    built = pending.result()
                     if nxt is not None:
-                        pending = pool.submit(self._prepare_group, nxt)
-                    yield from zip(group, self._score_built(group, *prepared))
+                        pending = pool.submit(self._build_group, nxt)
+                    yield from zip(group, self._score_built(group, built))
                     group, nxt = nxt, (next(groups, None) if nxt is not None else None)
-
-    def _prepare_group(self, windows) -> tuple[list, object]:
-        """``(built, spatial)``: the group's graphs (:meth:`_build_group`) and the stateless encoder
-        pass over them (:meth:`STGNN.spatial_many`; None when it fails, then the scoring thread
-        embeds as usual). Everything in here is independent of the model's temporal state."""
-        built = self._build_group(windows)
-        pairs = [b for b in built if b is not None and not isinstance(b, BaseException)]
-        spatial = None
-        if pairs:
-            try:
-                with torch.no_grad():  # grad mode is per thread
-                    spatial = self.model.spatial_many([d for d, _ in pairs])
-            except Exception:  # noqa: BLE001 - embedded (or failed) again, window by window, in _embed_group
-                spatial = None
-        return built, spatial
 
     def _build_group(self, windows) -> list:
         """Per window: ``(data, kb)``, an exception (its build failed) or None (an empty window).
@@ -204,9 +192,8 @@ class StreamScorer:
         return res
 
     @torch.no_grad()
-    def _score_built(self, windows, built: list, spatial=None) -> list:
-        """Embed, detect and finish one group whose graphs :meth:`_build_group` built (and whose
-        encoder pass :meth:`_prepare_group` ran, when ``spatial`` is given)."""
+    def _score_built(self, windows, built: list) -> list:
+        """Embed, detect and finish one group whose graphs :meth:`_build_group` built."""
         res: list = [None] * len(windows)
         live, pairs = [], []
         for k, (w, b) in enumerate(zip(windows, built)):
@@ -219,7 +206,7 @@ class StreamScorer:
                 pairs.append(b)
         if not live:
             return res
-        ok, flow_all = self._embed_group(live, pairs, res, spatial)
+        ok, flow_all = self._embed_group(live, pairs, res)
         if not ok:
             return res
         scores = None
@@ -239,7 +226,7 @@ class StreamScorer:
                 res[k] = exc
         return res
 
-    def _embed_group(self, live: list, built: list, res: list, spatial=None) -> tuple[list, np.ndarray | None]:
+    def _embed_group(self, live: list, built: list, res: list) -> tuple[list, np.ndarray | None]:
         """``([(k, data, kb, flow), ...], all flows or None)`` for the windows that embedded, in order.
 
         One batched encoder call for the group (:meth:`STGNN.embed_many`; scores equal the window by
@@ -249,10 +236,7 @@ class StreamScorer:
         flows when every window embedded in one call, so the detector gets it without a copy.
         """
         try:
-            if spatial is not None:
-                flow_all = self.model.temporal_many(spatial, update_state=True).numpy()
-            else:
-                flow_all = self.model.embed_many([d for d, _ in built], update_state=True).numpy()
+            flow_all = self.model.embed_many([d for d, _ in built], update_state=True).numpy()
         except Exception:  # noqa: BLE001 - one window at a time below
             flow_all = None
         if flow_all is not None:

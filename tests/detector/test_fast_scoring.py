@@ -1,4 +1,5 @@
-"""The fast paths of scoring: IForestDetector's blocked tree walk equals sklearn's ``score_samples``;
+"""The fast paths of scoring: IForestDetector's blocked tree walk (scikit-learn's ``tree.apply`` per block,
+or the compiled walk of ``detector.iforest_walk``) equals sklearn's ``score_samples``;
 ``STGNN.embed_many`` (encoder on the union of a group's graphs) equals ``embed`` window by window."""
 import pickle
 
@@ -8,6 +9,7 @@ import torch
 from sklearn.ensemble import IsolationForest
 from torch_geometric.data import Data
 
+from detector import iforest_walk
 from detector.detectors import IForestDetector
 from detector.models import STGNN, ModelConfig
 
@@ -18,18 +20,28 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # (a detector fitted by the training pipeline, on real flow embeddings: tests/detector/test_scoring_batch.py)
 
+@pytest.fixture(params=[True, False], ids=["compiled", "tree_apply"])
+def walk_kind(request, monkeypatch):
+    """Run the test with the compiled walk and with the blocked ``tree.apply`` walk."""
+    if request.param and not iforest_walk.available():
+        pytest.skip("numba is not installed: no compiled walk")
+    monkeypatch.setattr(IForestDetector, "COMPILED", request.param)
+    return request.param
+
+
 def _sklearn_decision(det: IForestDetector, X: np.ndarray) -> np.ndarray:
     """The reference: what ``decision_function`` returned before the fast path."""
     return -det.model_.score_samples(det._scale(X))
 
 
 @pytest.mark.parametrize("n_features,max_samples,n_estimators", [(3, 256, 100), (40, 64, 17), (192, "auto", 30)])
-def test_fast_iforest_equals_sklearn_score_samples(n_features, max_samples, n_estimators, monkeypatch):
+def test_fast_iforest_equals_sklearn_score_samples(n_features, max_samples, n_estimators, monkeypatch, walk_kind):
     rng = np.random.default_rng(n_features)
     train = rng.normal(size=(1200, n_features))
     X = np.vstack([rng.normal(size=(2500, n_features)), rng.normal(loc=3.0, size=(100, n_features)),
                    train[:50]])  # unseen, shifted, and training rows
     det = IForestDetector(n_estimators=n_estimators, max_samples=max_samples).fit(train)
+    assert (det._forest()[4] is not None) == walk_kind  # the walk under test is the one used
     ref = _sklearn_decision(det, X)
     np.testing.assert_allclose(det.decision_function(X), ref, rtol=0, atol=1e-12)
     monkeypatch.setattr(IForestDetector, "SCORE_BLOCK", 7)  # many blocks, a ragged last one
@@ -41,7 +53,7 @@ def test_fast_iforest_equals_sklearn_score_samples(n_features, max_samples, n_es
     np.testing.assert_allclose(det.decision_scores_, _sklearn_decision(det, train), rtol=0, atol=1e-12)
 
 
-def test_fast_iforest_feature_subsampling_forest():
+def test_fast_iforest_feature_subsampling_forest(walk_kind):
     """A forest fitted with max_features < 1 (trees see a column subset) takes the same path as sklearn."""
     rng = np.random.default_rng(3)
     train, X = rng.normal(size=(800, 12)), rng.normal(scale=1.5, size=(900, 12))
@@ -53,7 +65,7 @@ def test_fast_iforest_feature_subsampling_forest():
     np.testing.assert_allclose(det.decision_function(X), _sklearn_decision(det, X), rtol=0, atol=1e-12)
 
 
-def test_fast_iforest_pickle_refit_and_fallback():
+def test_fast_iforest_pickle_refit_and_fallback(walk_kind):
     rng = np.random.default_rng(5)
     X = rng.normal(size=(600, 6))
     det = IForestDetector(n_estimators=25).fit(X)
@@ -78,6 +90,27 @@ def test_fast_iforest_pickle_refit_and_fallback():
     det.__dict__.pop("_forest_cache", None)
     assert det._forest() is None
     np.testing.assert_array_equal(det.decision_function(X), ref)
+
+
+def test_complete_forest_layout_and_deep_trees(monkeypatch):
+    """Shallow leaves become pass-through chains; a tree deeper than MAX_DEPTH keeps sklearn's walk."""
+    if not iforest_walk.available():
+        pytest.skip("numba is not installed: no compiled walk")
+    rng = np.random.default_rng(11)
+    train = np.vstack([rng.normal(size=(40, 4)), np.zeros((20, 4))])  # duplicates end in shallow leaves
+    det = IForestDetector(n_estimators=10, max_samples=60).fit(train)
+    trees, leaf_depth, features, _, complete = det._forest()
+    feat, thr, value = complete
+    depth = max(t.max_depth for t in trees)
+    assert feat.shape == thr.shape == (10, 2 ** depth - 1) and value.shape == (10, 2 ** depth)
+    assert any(t.max_depth < depth or (t.children_left == -1).sum() < 2 ** depth for t in trees)
+    assert np.isinf(thr).any()  # pass-through slots exist and are used
+    X = np.vstack([rng.normal(scale=2.0, size=(500, 4)), np.zeros((5, 4))])
+    np.testing.assert_allclose(det.decision_function(X), _sklearn_decision(det, X), rtol=0, atol=1e-12)
+    monkeypatch.setattr(iforest_walk, "MAX_DEPTH", depth - 1)  # now "too deep": the tree.apply walk
+    det.__dict__.pop("_forest_cache", None)
+    assert det._forest()[4] is None
+    np.testing.assert_allclose(det.decision_function(X), _sklearn_decision(det, X), rtol=0, atol=1e-12)
 
 
 # --- batched encoder -------------------------------------------------------------------------------
