@@ -136,6 +136,8 @@ def default_loader(path: str | os.PathLike) -> LoadedModel:
 
     d = resolve_model_dir(path)
     bundle = load_bundle(d)
+    if hasattr(bundle, "warm_up"):
+        bundle.warm_up()  # one-time detector costs here (a hot reload runs in the watcher thread), not in a window
     cfg_bytes = (d / "config.json").read_bytes()
     cfg = json.loads(cfg_bytes)
     version = str(cfg.get("version") or f"{d.name}-{hashlib.sha1(cfg_bytes).hexdigest()[:8]}")

@@ -95,3 +95,25 @@ def test_hybrid_flow_parts_round_trip(tmp_path):
     assert loaded.model.config.flow_parts == "dst,edge,raw" and loaded.model.edge_emb_dim == 32 + b.model.config.edge_in
     w = make_windows(table, 60.0)[3]
     np.testing.assert_array_equal(b.stream_scorer().score_window(w).scores, loaded.stream_scorer().score_window(w).scores)
+
+
+def test_warm_up_prepares_the_detector_and_never_raises(trained, tmp_path):
+    b, d, table = trained
+    loaded = ModelBundle.load(d)
+    loaded.warm_up()
+    if loaded.detector_name == "iforest":
+        assert "_forest_cache" in loaded.detector.__dict__  # the layout is built before the first window
+    w = make_windows(table, 60.0)[0]
+    np.testing.assert_array_equal(loaded.stream_scorer().score_window(w).scores,
+                                  b.stream_scorer().score_window(w).scores)
+
+    class Broken:
+        mean_ = np.zeros(3)
+
+        def decision_function(self, X):
+            raise RuntimeError("boom")
+
+    loaded.detector = Broken()
+    loaded.warm_up()  # logged, not raised: scoring reports real errors
+    loaded.detector = object()  # no fitted width: nothing to do
+    loaded.warm_up()
