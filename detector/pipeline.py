@@ -98,12 +98,17 @@ class GraphStream:
         """:meth:`build_many` over any number of windows, in groups of at most ``max_records`` records."""
         return [r for group in window_groups(windows, max_records) for r in self.build_many(group)]
 
-    def build_many(self, windows) -> list:
+    def build_many(self, windows, factored_kb: bool = False) -> list:
         """``[(data, kb), ...]`` for consecutive windows, in order; same result as :meth:`build` on each.
 
         The graphs are built in one ``GraphBuilder.build_many`` call and the knowledge blocks in one
         ``KnowledgeFeaturizer.transform_many`` call (per-window group keys, so each block is the one
         of its window alone): the per-call overhead is paid once instead of once per window.
+
+        ``factored_kb=True``: the edge knowledge block is not appended to ``data.edge_attr`` but given
+        as ``data.edge_kb = (rows [R, K], index [E])`` with rows shared by the group (most flows repeat
+        another flow's block; ``detector.models.stgnn.full_edge_attr`` gives the joined form). The
+        encoder then projects each distinct row once (batch scoring); nothing [E, K]-sized is built.
         """
         windows = list(windows)
         if not windows:
@@ -114,17 +119,18 @@ class GraphStream:
         if kbs is None:
             return [self._attach_kb(w, d) for w, d in zip(windows, graphs)]
         try:
-            return self._attach_many(graphs, kbs)
+            return self._attach_many(graphs, kbs, factored_kb)
         except Exception as exc:  # noqa: BLE001 - window by window below (its errors counted there)
             log.debug("stacked knowledge blocks failed (%s); one window at a time", exc)
         return [self._attach_kb(w, d, kb) for w, d, kb in zip(windows, graphs, kbs)]
 
     @staticmethod
-    def _attach_many(graphs, kbs) -> list:
+    def _attach_many(graphs, kbs, factored_kb: bool = False) -> list:
         """:meth:`_attach_kb` on every window at once: the group's inputs and knowledge blocks are
         written side by side into one tensor each (the blocks gathered straight into it), and each
         graph gets its rows as a view. Same values as window by window; a window's ``cat`` and
-        gathers cost more than its rows on small windows, and whole-group temporaries cost copies."""
+        gathers cost more than its rows on small windows, and whole-group temporaries cost copies.
+        ``factored_kb``: edges get ``edge_kb = (shared rows, index view)`` instead (see :meth:`build_many`)."""
         from knowledge.features import stack_edges, stack_nodes
 
         def joined(parts, stack):
@@ -134,12 +140,19 @@ class GraphStream:
             stack(kbs, out=out[:, inputs.size(1):].numpy())
             return out
 
-        edge = joined([d.edge_attr for d in graphs], stack_edges)
+        shared = _shared_edge_rows(kbs) if factored_kb else None
+        if shared is not None:
+            rows, index = torch.from_numpy(shared[0]), torch.from_numpy(shared[1])
+            edge = cat_rows([d.edge_attr.float() for d in graphs])  # [E, F]: flow features only
+        else:
+            edge = joined([d.edge_attr for d in graphs], stack_edges)
         node = joined([d.x for d in graphs], stack_nodes)
         e0 = n0 = 0
         for d in graphs:
             e1, n1 = e0 + d.edge_attr.size(0), n0 + d.x.size(0)
             d.edge_attr, d.x = edge[e0:e1], node[n0:n1]
+            if shared is not None:
+                d.edge_kb = (rows, index[e0:e1])
             e0, n0 = e1, n1
         return list(zip(graphs, kbs))
 
@@ -177,6 +190,18 @@ class GraphStream:
             data.edge_attr = torch.cat([data.edge_attr.float(), torch.from_numpy(edge)], 1)
             data.x = torch.cat([data.x.float(), torch.from_numpy(node)], 1)
         return data, kb
+
+
+def _shared_edge_rows(kbs) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(rows [R, K] float32, index [sum E] int64)`` when the blocks' edges index rows shared by one
+    ``transform_many`` call (then ``rows[index]`` is their stacked edge block), else None."""
+    refs = [kb._rows if kb._edge is None else None for kb in kbs]
+    if not refs or any(r is None or r[0] is not refs[0][0] for r in refs):
+        return None
+    rows = refs[0][0].rows
+    if rows.dtype != np.float32 or rows.ndim != 2:
+        return None
+    return rows, np.concatenate([np.asarray(r[1], dtype=np.int64) for r in refs])
 
 
 class FeaturePipeline:

@@ -109,6 +109,10 @@ class StreamScorer:
     # Build group i + 1 in a worker thread while group i is scored (see score_windows); False: one thread,
     # groups in turn (same results; benchmarks/score_bench.py measures both).
     OVERLAP = True
+    # Edge knowledge blocks passed factored (shared distinct rows + per-edge index, projected once per
+    # distinct row: GraphStream.build_many(factored_kb=True)); False: joined into edge_attr. Scores
+    # equal up to float rounding.
+    FACTORED_KB = True
 
     def score_windows(self, windows, return_exceptions: bool = False) -> list:
         """Score consecutive windows (in window order); the scores of :meth:`score_window` on each in turn.
@@ -175,7 +179,7 @@ class StreamScorer:
         """
         live = [w for w in windows if w.table.num_rows]
         try:
-            built = iter(self.stream.build_many(live)) if live else iter(())
+            built = iter(self.stream.build_many(live, factored_kb=self.FACTORED_KB)) if live else iter(())
         except Exception:  # noqa: BLE001 - one window at a time
             built = None
         res: list = []

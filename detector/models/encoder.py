@@ -19,6 +19,8 @@ class EdgeGraphEncoder(nn.Module):
     Shapes:
         - x :math:`(N, node\_in)`, edge_index :math:`(2, E)`, edge_attr :math:`(E, edge\_in)`,
           dt_window, dt_prev :math:`(E,)`
+        - optional ``edge_kb = (rows, index)``: rows :math:`(R, K)`, index :math:`(E,)`; then edge_attr
+          is :math:`(E, edge\_in - K)` and its last K columns are ``rows[index]`` (see :meth:`forward`)
         - output: node states :math:`(N, hidden)`, edge states :math:`(E, hidden)`
     """
 
@@ -50,26 +52,44 @@ class EdgeGraphEncoder(nn.Module):
             e = torch.ones(edge_attr.size(0), 1)
         return e
 
-    def _project_edges(self, edge_attr: Tensor, dt_window: Tensor, dt_prev: Tensor) -> Tensor:
+    def _project_edges(self, edge_attr: Tensor, dt_window: Tensor, dt_prev: Tensor,
+                       edge_kb: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``edge_proj(edge_input(...))`` without building the [E, edge_in + time] input: the flow
-        features and the time encodings are multiplied by their own column blocks of the weight and
-        summed (same parameters and maths, float rounding differs). Saves a copy of the widest
-        matrix of the model (edge_in is ~320 with the knowledge block)."""
-        if not self.use_time or self.edge_in == 0:
+        features, the time encodings (and a factored knowledge block) are multiplied by their own
+        column blocks of the weight and summed (same parameters and maths, float rounding differs).
+        Saves a copy of the widest matrix of the model (edge_in is ~320 with the knowledge block).
+        With ``edge_kb = (rows, index)`` the block's columns are projected once per distinct row
+        (``rows @ W_kb^T``, R is ~1/4 of E on LUFlow) and gathered per edge."""
+        if edge_kb is None and (not self.use_time or self.edge_in == 0):
             return self.edge_proj(self.edge_input(edge_attr, dt_window, dt_prev))
-        w, k = self.edge_proj.weight, self.edge_in
-        t = torch.cat([self.time_win(dt_window), self.time_prev(dt_prev)], dim=-1)  # [E, 2 * (time_dim + 1)]
-        return torch.addmm(nn.functional.linear(t, w[:, k:], self.edge_proj.bias), edge_attr.float(), w[:, :k].t())
+        w, f = self.edge_proj.weight, edge_attr.size(-1)
+        k = f if edge_kb is None else f + edge_kb[0].size(-1)  # == edge_in (checked in forward)
+        if self.use_time:
+            t = torch.cat([self.time_win(dt_window), self.time_prev(dt_prev)], dim=-1)  # [E, 2 * (time_dim + 1)]
+            base = nn.functional.linear(t, w[:, k:], self.edge_proj.bias)  # [E, H]
+        else:
+            base = self.edge_proj.bias.expand(edge_attr.size(0), -1)
+        out = torch.addmm(base, edge_attr.float(), w[:, :f].t()) if f else base.clone()  # [E, H]
+        if edge_kb is not None:
+            rows, index = edge_kb
+            out += nn.functional.embedding(index, nn.functional.linear(rows.float(), w[:, f:k]))  # [E, H]
+        return out
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, dt_window: Tensor,
-                dt_prev: Tensor) -> tuple[Tensor, Tensor]:
+                dt_prev: Tensor, edge_kb: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """``edge_kb = (rows, index)``: the knowledge block of the edges in factored form, the same as
+        passing ``torch.cat([edge_attr, rows[index]], 1)`` (up to float rounding) without building it:
+        consecutive windows share most block rows (batch scoring, :meth:`STGNN.spatial_many`)."""
         if x.size(-1) == 0:
             x = torch.ones(x.size(0), 1)
-        if edge_attr.size(-1) != self.edge_in:
-            raise ValueError(f"edge_attr has {edge_attr.size(-1)} features, the model expects edge_in={self.edge_in}")
+        width = edge_attr.size(-1) + (edge_kb[0].size(-1) if edge_kb is not None else 0)
+        if width != self.edge_in:
+            raise ValueError(f"edge_attr has {width} features, the model expects edge_in={self.edge_in}")
+        if edge_kb is not None and edge_kb[1].size(0) != edge_attr.size(0):
+            raise ValueError(f"edge_kb index has {edge_kb[1].size(0)} rows for {edge_attr.size(0)} edges")
         if x.size(-1) != max(self.node_in, 1):
             raise ValueError(f"x has {x.size(-1)} features, the model expects node_in={self.node_in}")
-        e = torch.relu(self._project_edges(edge_attr, dt_window, dt_prev))  # [E, H]
+        e = torch.relu(self._project_edges(edge_attr, dt_window, dt_prev, edge_kb))  # [E, H]
         h = torch.relu(self.node_proj(x))  # [N, H]
         for conv in self.convs:
             h = conv(h, edge_index, e)  # [N, H]

@@ -58,6 +58,16 @@ def parse_flow_parts(spec: str) -> tuple[str, ...]:
     return parts
 
 
+def full_edge_attr(data) -> Tensor:
+    """``data.edge_attr`` with the knowledge block, also when the pipeline gave the block factored
+    (``data.edge_kb = (rows [R, K], index [E])``, see :meth:`GraphStream.build_many`)."""
+    kb = getattr(data, "edge_kb", None)
+    if kb is None:
+        return data.edge_attr
+    rows, index = kb
+    return torch.cat([data.edge_attr.float(), rows[index].float()], dim=1)
+
+
 class SpatialBatch(NamedTuple):
     """Encoder output for the union of consecutive windows (:meth:`STGNN.spatial_many`)."""
 
@@ -65,7 +75,7 @@ class SpatialBatch(NamedTuple):
     h: Tensor | None            # [sum N_k, H] spatial node states
     e: Tensor | None            # [sum E_k, H] edge states
     edge_index: Tensor | None   # [2, sum E_k], node ids offset per window
-    edge_attr: Tensor | None    # [sum E_k, edge_in]
+    edge_attr: Tensor | None    # [sum E_k, edge_in], or without the knowledge columns when factored
 
 
 class STGNN(nn.Module):
@@ -134,7 +144,7 @@ class STGNN(nn.Module):
     def embed(self, data, kb_edge: Tensor | None = None, kb_node: Tensor | None = None,
               update_state: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """Run on a GraphBuilder ``Data`` (+ optional knowledge blocks, concatenated to the inputs)."""
-        x, ea = data.x, data.edge_attr
+        x, ea = data.x, full_edge_attr(data)
         if kb_edge is not None and kb_edge.numel() > 0:
             ea = torch.cat([ea, kb_edge], dim=-1)
         if kb_node is not None and kb_node.numel() > 0:
@@ -151,7 +161,7 @@ class STGNN(nn.Module):
         disjoint union of the graphs (:meth:`spatial_many`); only the memory step, which reads and
         writes the state, runs window by window, in order (:meth:`temporal_many`). Knowledge blocks
         must already be part of ``x``/``edge_attr`` (as :class:`~detector.pipeline.GraphStream` gives
-        them). Bad inputs raise before the temporal state changes.
+        them), or factored in ``data.edge_kb`` (``build_many(..., factored_kb=True)``). Bad inputs raise before the temporal state changes.
         """
         return self.temporal_many(self.spatial_many(datas), update_state)
 
@@ -169,9 +179,15 @@ class STGNN(nn.Module):
         offsets = list(accumulate(n_nodes[:-1], initial=0))  # first node of each window in the union
         x = cat_rows([d.x for d in datas])  # the windows of one build_many call: views, no copy
         edge_index = torch.cat([d.edge_index + off for d, off in zip(datas, offsets)], dim=1)
-        edge_attr = cat_rows([d.edge_attr for d in datas])
+        kbs = [getattr(d, "edge_kb", None) for d in datas]
+        if kbs[0] is not None and "raw" not in self.config.parts and \
+                all(k is not None and k[0] is kbs[0][0] for k in kbs):
+            # knowledge rows shared by the group: projected once per distinct row in the encoder
+            edge_attr, edge_kb = cat_rows([d.edge_attr for d in datas]), (kbs[0][0], cat_rows([k[1] for k in kbs]))
+        else:
+            edge_attr, edge_kb = cat_rows([full_edge_attr(d) for d in datas]), None
         h, e = self.encoder(x, edge_index, edge_attr, cat_rows([d.edge_dt_window for d in datas]),
-                            cat_rows([d.edge_dt_prev for d in datas]))
+                            cat_rows([d.edge_dt_prev for d in datas]), edge_kb=edge_kb)
         return SpatialBatch(datas, h, e, edge_index, edge_attr)
 
     def temporal_many(self, sb: SpatialBatch, update_state: bool = True) -> Tensor:

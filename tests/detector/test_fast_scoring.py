@@ -160,3 +160,49 @@ def test_embed_many_rejects_bad_windows_before_touching_the_state():
     with torch.no_grad(), pytest.raises(ValueError, match="node_gid"):
         m.embed_many([windows[0], windows[1], bad])
     assert (m.memory.owner == -1).all() and not m.memory.state.any()
+
+
+# --- factored knowledge block ----------------------------------------------------------------------
+
+def _factored(windows: list, k: int = 4, distinct: int = 5, seed: int = 1) -> tuple[list, list]:
+    """The same windows twice: with ``k`` knowledge columns joined into ``edge_attr`` and factored as
+    ``edge_kb = (shared rows, index)`` (``distinct`` rows shared by all windows, as one group's blocks)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.rand(distinct, k, generator=g)
+    joined, factored = [], []
+    for w in windows:
+        idx = torch.randint(0, distinct, (w.edge_index.size(1),), generator=g)
+        a, b = w.clone(), w.clone()
+        a.edge_attr = torch.cat([w.edge_attr, rows[idx]], 1)
+        b.edge_kb = (rows, idx)
+        joined.append(a)
+        factored.append(b)
+    return joined, factored
+
+
+@pytest.mark.parametrize("use_time", [True, False])
+@pytest.mark.parametrize("parts", ["src,dst,edge", "dst,edge,raw"])
+def test_factored_knowledge_block_equals_joined(use_time, parts):
+    """``edge_kb`` (each distinct row projected once, then gathered) gives the joined input's embeddings."""
+    from detector.models.stgnn import full_edge_attr
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(node_in=3, edge_in=10, hidden=16, flow_parts=parts, memory_capacity=32, use_time=use_time)
+    m, ref_m = STGNN(cfg).eval(), STGNN(cfg).eval()
+    ref_m.load_state_dict(m.state_dict())
+    joined, factored = _factored(_windows(12))
+    for a, b in zip(joined, factored):
+        assert torch.equal(full_edge_attr(b), a.edge_attr) and full_edge_attr(a) is a.edge_attr
+    with torch.no_grad():
+        got, ref = m.embed_many(factored), ref_m.embed_many(joined)
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
+        # one window alone (the scorer's fallback) joins the block itself
+        assert torch.allclose(m.embed(factored[0], update_state=False)[2],
+                              ref_m.embed(joined[0], update_state=False)[2], rtol=1e-5, atol=1e-6)
+        # windows whose rows are not shared (a window built alone) are joined, not mis-projected
+        mixed = factored[:3] + [joined[3]]
+        assert torch.allclose(m.embed_many(mixed, update_state=False),
+                              ref_m.embed_many(joined[:4], update_state=False), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="features"):
+        m.encoder(factored[0].x, factored[0].edge_index, factored[0].edge_attr[:, :5], factored[0].edge_dt_window,
+                  factored[0].edge_dt_prev, edge_kb=factored[0].edge_kb)

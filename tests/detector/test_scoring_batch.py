@@ -200,7 +200,7 @@ def test_overlapped_groups_equal_groups_in_turn(real):
     groups = list(window_groups(windows, 300))
     assert len(groups) > 3
     for g in groups:
-        ref += seq._score_built(g, seq._build_group(g))  # no spatial pass ahead: embed_many here
+        ref += seq._score_built(g, seq._build_group(g))
     assert len(got) == len(ref) == len(windows)
     assert isinstance(got[7], BaseException) and isinstance(ref[7], BaseException)
     for k, (x, y) in enumerate(zip(ref, got)):
@@ -214,3 +214,23 @@ def test_overlapped_groups_equal_groups_in_turn(real):
         assert isinstance(y, BaseException) if isinstance(x, BaseException) else np.array_equal(x.scores, y.scores)
     with pytest.raises(Exception):
         bundle.stream_scorer().score_windows(windows)
+
+
+def test_factored_knowledge_blocks_are_the_joined_ones(real):
+    """build_many(factored_kb=True) hands the edge knowledge block as shared rows + index: joined again
+    it is the block build_many appends; scores with it equal the joined path's up to float rounding."""
+    from detector.models.stgnn import full_edge_attr
+
+    bundle, table = real
+    windows = [w for w in make_windows(table, float(bundle.window.get("size", 60.0))) if w.table.num_rows][:40]
+    joined = bundle.pipeline.stream().build_many(windows)
+    factored = bundle.pipeline.stream().build_many(windows, factored_kb=True)
+    assert all(getattr(d, "edge_kb", None) is not None for d, _ in factored)
+    assert all(d.edge_kb[0] is factored[0][0].edge_kb[0] for d, _ in factored)  # one set of rows per group
+    assert len(factored[0][0].edge_kb[0]) < sum(d.edge_index.size(1) for d, _ in factored)  # rows repeat
+    for (a, ka), (b, kb) in zip(joined, factored):
+        assert torch.equal(full_edge_attr(b), a.edge_attr) and torch.equal(a.x, b.x)
+        assert ka.top_technique() == kb.top_technique()
+    on, off = bundle.stream_scorer(), bundle.stream_scorer()
+    off.FACTORED_KB = False
+    _assert_same(off.score_windows(windows), on.score_windows(windows))
