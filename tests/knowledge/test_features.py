@@ -206,3 +206,101 @@ def test_top_technique_array_equals_the_list(kf):
         assert alone.top_technique_array().tolist() == kb.top_technique()
     assert any(t is not None for kb in kf.transform_many(ws, [g[0] for g in graphs], [g[1] for g in graphs])
                for t in kb.top_technique())
+
+
+# ---------------------------------------------------------------- compiled propagation = NumPy's, bit for bit
+
+def _random_act(rng, rows: int, P: int) -> np.ndarray:
+    """Sparse activations in [0, 1] with repeated rows, all-zero / all-one rows, exact 1s and tiny values."""
+    a = ((rng.random((rows, P)) > 0.85) * rng.random((rows, P))).astype(np.float32)
+    if rows:
+        a[rng.random((rows, P)) > 0.97] = 1.0
+        a[::5] = a[rng.integers(0, rows)]  # duplicates
+        a[1::17] = 0.0
+        a[2::19] = 1.0
+        a[3::23, rng.integers(0, P)] = np.float32(1e-44)  # a * log_keep underflows to -0
+        a[4::29, rng.integers(0, P)] = np.float32(1e-30)
+    return a
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+
+
+def _featurizer(kf, n_pred: int | None = None, context_factor: float | None = None) -> KnowledgeFeaturizer:
+    spec = dict(kf.spec)
+    if n_pred is not None:
+        spec["predicates"] = kf.predicates[:n_pred]
+    if context_factor is not None:
+        spec["context_factor"] = context_factor
+    return KnowledgeFeaturizer(spec, kf.manifest)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 7, 8, 9, 64, 65, 3001])
+@pytest.mark.parametrize("variant", ["default", "odd_predicates", "context_factor"])
+def test_compiled_propagation_equals_numpy(kf, rows, variant):
+    pytest.importorskip("numba")
+    f = {"default": kf, "odd_predicates": _featurizer(kf, n_pred=len(kf.predicates) - 1),
+         "context_factor": _featurizer(kf, context_factor=0.37)}[variant]
+    P = len(f.predicates)
+    assert (P % 2 == 1) == (variant == "odd_predicates")  # odd: rows hashed as 32-bit words
+    a = _random_act(np.random.default_rng(rows), rows, P)
+    ref = f._propagate_rows_numpy(a)
+    assert f._compiled(a) is not None
+    assert np.array_equal(_bits(f._propagate_rows(a)), _bits(ref))
+    rows_, idx = f._propagate_compact(a)
+    assert np.array_equal(_bits(rows_ if idx is None else rows_[idx]), _bits(ref))
+    if rows > 64:
+        assert idx is not None and len(rows_) < rows  # the duplicates were computed once
+
+
+def test_compiled_dedup_is_exact(kf):
+    """Rows that differ in one bit (or in the sign of a zero) stay apart; equal rows share one id."""
+    pytest.importorskip("numba")
+    from knowledge.features import _kernels
+
+    rng = np.random.default_rng(3)
+    a = _random_act(rng, 500, 8)
+    a[10] = a[11]
+    a[12] = a[11]
+    a[12, 3] = np.nextafter(a[11, 3], np.float32(2))
+    a[13] = 0.0
+    a[14] = 0.0
+    a[14, 0] = -0.0
+    first, inv = _kernels()[0](a.view(np.uint64), kf._row_mult(4))
+    assert np.array_equal(a[first][inv], a)
+    assert inv[10] == inv[11] != inv[12] and inv[13] != inv[14]
+    assert len(first) == len(np.unique(a.view(np.uint64), axis=0))
+    assert (np.diff(first) > 0).all()  # ids in order of first occurrence
+
+
+def test_non_finite_activations_take_the_numpy_path(kf):
+    pytest.importorskip("numba")
+    a = _random_act(np.random.default_rng(1), 100, len(kf.predicates))
+    a[7, 2], a[9, 4] = np.inf, np.nan
+    ref = kf._propagate_rows_numpy(a)
+    assert np.isnan(ref[7]).any()  # inf * 0 in the dense product: NaN in the whole row
+    assert np.array_equal(_bits(kf._propagate_rows(a)), _bits(ref))
+    rows_, idx = kf._propagate_compact(a)
+    assert np.array_equal(_bits(rows_ if idx is None else rows_[idx]), _bits(ref))
+
+
+def test_transform_many_compiled_equals_numpy(kf, samples, monkeypatch):
+    """Whole blocks (edges, nodes, top techniques) with and without the compiled kernels."""
+    pytest.importorskip("numba")
+    from ingest.readers import open_inputs
+    from ingest.windows import Tumbling, window_all
+    from tests.knowledge.test_predicates import _windows_mix
+
+    path = samples / "stratosphere" / "008-zeek-mixed.conn.log.labeled"
+    windows, _ = window_all(open_inputs([str(path)]), Tumbling(60.0), lateness=1e9)
+    for ws in ([w.table for w in windows], [w for w in _windows_mix() if w.num_rows]):
+        graphs = [_ip_graph(w) for w in ws]
+        args = (ws, [g[0] for g in graphs], [g[1] for g in graphs])
+        got = kf.transform_many(*args)
+        monkeypatch.setattr(type(kf), "COMPILED", False)
+        ref = kf.transform_many(*args)
+        monkeypatch.setattr(type(kf), "COMPILED", True)
+        for a, b in zip(got, ref):
+            assert np.array_equal(_bits(a.edge), _bits(b.edge)) and np.array_equal(_bits(a.node), _bits(b.node))
+            assert a.top_technique() == b.top_technique()
