@@ -9,9 +9,13 @@ Prints, for the same files in the same run:
 
 with records/s (wall and per CPU-second, since the machine may be shared), the ratio
 against the bare CSV read, and peak RSS. Each stage runs in its own child process so
-that its peak RSS is its own. Skips (exit 0) with a message when the shared data is absent.
+that its peak RSS is its own. Then ``read-ahead``: reading the later LUFlow days (from
+2020.12.16: similar small files) serially vs with read-ahead (the next file read in a
+background thread, ``open_inputs(read_ahead=...)``), alternating in one process, best of
+``--repeat``. Skips (exit 0) with a message when the shared data is absent.
 
     .venv/bin/python benchmarks/ingest_bench.py [--files N] [--json OUT.json]
+    .venv/bin/python benchmarks/ingest_bench.py --stages none --readahead-days 2,11 --repeat 9
 """
 from __future__ import annotations
 
@@ -110,6 +114,32 @@ def stage_graphs(files: list[str], window: float, slide: float | None, node: str
     }
 
 
+def readahead_figure(files: list[str], days: list[int], repeat: int, ahead: list[int]) -> list[dict]:
+    """Serial vs read-ahead reads of the first ``n`` of ``files`` for each n in ``days``: best of ``repeat``,
+    the variants alternating within each round so that host noise hits them alike."""
+    from ingest.readers import open_inputs
+
+    out = []
+    for n in days:
+        paths = files[:n]
+        variants = [0] + ahead
+        best = {v: (float("inf"), float("inf")) for v in variants}
+        records = {}
+        for _ in range(repeat):
+            for v in variants:
+                t0, c0 = time.perf_counter(), time.process_time()
+                reader = open_inputs(paths, format="auto", read_ahead=v)
+                records[v] = sum(b.num_rows for b in reader)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                if wall < best[v][0]:
+                    best[v] = (wall, cpu)
+        assert len(set(records.values())) == 1, records
+        for v in variants:
+            out.append({"days": n, "read_ahead": v, "records": records[v], "wall_s": best[v][0],
+                        "cpu_s": best[v][1], "speedup": best[0][0] / best[v][0]})
+    return out
+
+
 def child(stage: str, files: list[str]) -> None:
     # Imports outside the timed part (torch alone takes seconds).
     import pyarrow.csv  # noqa: F401
@@ -118,6 +148,11 @@ def child(stage: str, files: list[str]) -> None:
 
     if "graphs" in stage:
         import ingest.graph  # noqa: F401
+    if stage == "read-ahead":
+        args = json.loads(os.environ["INGEST_BENCH_RA"])
+        later = [f for f in files if Path(f).name >= "2020.12.16"]  # similar-sized days
+        print(json.dumps(readahead_figure(later, **args)))
+        return
     t0, c0 = time.perf_counter(), time.process_time()
     if stage == "csv":
         out = stage_csv(files)
@@ -136,6 +171,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=0, help="use only the first N day files (default all)")
     ap.add_argument("--stages", default="csv,parse," + ",".join(GRAPH_CONFIGS), help="comma-separated stages")
+    ap.add_argument("--readahead-days", default="2,11",
+                    help="day counts for the serial vs read-ahead figure (days from 2020.12.16; '' = skip)")
+    ap.add_argument("--read-ahead", default="1,2", help="read_ahead values compared with serial (0)")
+    ap.add_argument("--repeat", type=int, default=7, help="rounds for the read-ahead figure (best of)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -153,7 +192,7 @@ def main() -> int:
     for f in files:  # warm the page cache so the first stage is not penalised
         Path(f).read_bytes()
     results: dict[str, dict] = {}
-    for stage in args.stages.split(","):
+    for stage in [s for s in args.stages.split(",") if s and s != "none"]:
         cmd = [sys.executable, __file__, "--child", stage] + (["--files", str(args.files)] if args.files else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if proc.returncode != 0:
@@ -161,7 +200,8 @@ def main() -> int:
             return 1
         results[stage] = json.loads(proc.stdout.strip().splitlines()[-1])
     base = results.get("csv")
-    print(f"{'stage':<25}{'records':>10}{'wall s':>9}{'rec/s':>11}{'rec/cpu-s':>11}{'x csv':>8}{'peak RSS MB':>13}  notes")
+    if results:
+        print(f"{'stage':<25}{'records':>10}{'wall s':>9}{'rec/s':>11}{'rec/cpu-s':>11}{'x csv':>8}{'peak RSS MB':>13}  notes")
     for stage, r in results.items():
         rate = r["records"] / r["wall_s"]
         cpu_rate = r["records"] / r["cpu_s"] if r["cpu_s"] > 0 else float("nan")
@@ -174,8 +214,28 @@ def main() -> int:
             notes = f"{r['malformed']} malformed"
         print(f"{stage:<25}{r['records']:>10}{r['wall_s']:>9.2f}{rate:>11,.0f}{cpu_rate:>11,.0f}{ratio:>8.2f}"
               f"{r['peak_rss_mb']:>13.0f}  {notes}")
-    print("x csv = bare pyarrow.csv wall time / stage wall time (1.0 = as fast as the bare read).")
-    print("Goals (2 cores): parse >= 300k rec/s, graphs >= 150k rec/s, peak RSS < 2048 MB.")
+    if results:
+        print("x csv = bare pyarrow.csv wall time / stage wall time (1.0 = as fast as the bare read).")
+        print("Goals (2 cores): parse >= 300k rec/s, graphs >= 150k rec/s, peak RSS < 2048 MB.")
+    days = [int(d) for d in args.readahead_days.split(",") if d]
+    later = [f for f in sorted(glob.glob(str(LUFLOW / "*.zip"))) if Path(f).name >= "2020.12.16"]
+    if days and later:
+        ra = {"days": [d for d in days if d <= len(later)], "repeat": args.repeat,
+              "ahead": [int(v) for v in args.read_ahead.split(",") if v]}
+        env = dict(os.environ, INGEST_BENCH_RA=json.dumps(ra))
+        proc = subprocess.run([sys.executable, __file__, "--child", "read-ahead"], capture_output=True, text=True,
+                              cwd=REPO, env=env)
+        if proc.returncode != 0:
+            print(f"read-ahead: FAILED\n{proc.stderr[-2000:]}")
+            return 1
+        rows = json.loads(proc.stdout.strip().splitlines()[-1])
+        results["read-ahead"] = {"rows": rows, **ra}
+        print(f"\nread-ahead: LUFlow days from 2020.12.16, serial (0) vs read-ahead, alternating, "
+              f"best of {args.repeat}; load average {os.getloadavg()[0]:.1f}")
+        print(f"{'days':>5}{'records':>10}{'read_ahead':>12}{'wall s':>9}{'cpu s':>8}{'speedup':>9}")
+        for r in rows:
+            print(f"{r['days']:>5}{r['records']:>10}{r['read_ahead']:>12}{r['wall_s']:>9.3f}{r['cpu_s']:>8.3f}"
+                  f"{r['speedup']:>9.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

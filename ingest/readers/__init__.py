@@ -11,12 +11,24 @@ reader.kind                 # "flows" | "transactions"
 ``row`` numbers the good records 0, 1, 2, ... across all inputs in the order given.
 Malformed records never stop a read: they are counted by reason, the first few
 logged, and all written to the dead-letter file (``ingest.deadletter``).
+
+Read-ahead: with several inputs, each file is read (parsed and normalised) by its own
+"read-ahead" thread into a small queue, and up to ``read_ahead`` files after the current
+one are read while the current one's batches are yielded (pyarrow releases the GIL). The
+consumer still takes the files one after another: rows, batches, stats, dead letters and
+log lines come out exactly as in a serial read, because a file read ahead keeps what it
+would write to shared state (see :class:`_AheadContext`) until the consumer reaches it.
+(Only ``FileStats.seconds`` differs: it counts from the start of a file's read, early or not.)
+Captures (pcap: nfstream forks) are never read beside a thread. ``read_ahead=0`` (or
+``InputReader.READ_AHEAD = 0``) reads serially, in the caller's thread.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -28,6 +40,7 @@ from ingest.deadletter import DeadLetter
 from ingest.readers.base import FileContext, FileStats, ReadStats, schema_for
 from ingest.readers.jsonl import records_to_batch
 from ingest.readers.sources import InputSpec, expand
+from ingest.readers.textcsv import ReadAbandoned
 
 log = logging.getLogger("ingest.readers")
 
@@ -178,11 +191,133 @@ def _resolve(spec: InputSpec, fmt: str) -> tuple[str, str]:
     return fmt, kind
 
 
+#: Formats never read in a background thread, nor beside one: nfstream forks metering processes.
+SERIAL_FORMATS = frozenset({"pcap"})
+#: Tables one read-ahead file may queue before its thread waits (bounds memory per file).
+AHEAD_TABLES = 4
+#: Held-back dead letters/log lines of a read-ahead file before its thread waits for the consumer.
+AHEAD_PENDING = 65536
+
+
+class _AheadContext(FileContext):
+    """The FileContext of a file read in a background thread, ahead of the consumer.
+
+    Until the consumer reaches the file (:meth:`promote`), every call that touches shared
+    state -- ``reject`` (dead-letter file, its log lines, global counts), ``unknown_field``,
+    ``comment``, ``log`` -- is queued and its ``per_file`` entry is not yet in the stats;
+    ``promote`` replays the queue in order, so the shared state sees exactly the serial
+    sequence. After that, calls go straight through.
+    """
+
+    def __init__(self, path: str, fmt: str, kind: str, dead_letter: DeadLetter, stats: ReadStats,
+                 batch_size: int, mapping: Any, stop: threading.Event) -> None:
+        super().__init__(path, fmt, kind, dead_letter, ReadStats(), batch_size, mapping)  # private file_stats
+        self.stats = stats
+        self._lock = threading.RLock()  # reentrant: replayed FileContext methods take it again
+        self._room = threading.Condition(self._lock)
+        self._pending: list[tuple[Callable[..., None], tuple]] | None = []
+        self._stop = stop
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._room:
+            while self._pending is not None and len(self._pending) >= AHEAD_PENDING and not self._stop.is_set():
+                self._room.wait(0.1)  # bounded memory: wait for the consumer to reach this file
+            if self._pending is None:
+                fn(*args)
+            elif self._stop.is_set():
+                raise ReadAbandoned(self.path)  # the consumer left before this file: stop reading it
+            else:
+                self._pending.append((fn, args))
+
+    def reject(self, line: int | None, reason: str, raw: Any) -> None:
+        self._call(super().reject, line, reason, raw)
+
+    def unknown_field(self, name: str, n: int = 1) -> None:
+        self._call(super().unknown_field, name, n)
+
+    def comment(self, n: int = 1) -> None:
+        self._call(super().comment, n)
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        self._call(log.log, level, msg, *args)
+
+    def promote(self) -> None:
+        """The consumer reached this file: add its stats entry, replay what was held back."""
+        with self._room:
+            self.stats.per_file[self.path] = self.file_stats
+            for fn, args in self._pending or ():
+                fn(*args)
+            self._pending = None
+            self._room.notify_all()
+
+
+class _ReadAhead:
+    """One input read by a background thread into a bounded queue of normalised tables."""
+
+    def __init__(self, reader: Any, spec: InputSpec, ctx_args: tuple) -> None:
+        self.stop = threading.Event()
+        self.ctx = _AheadContext(*ctx_args, stop=self.stop)
+        self.t0 = time.perf_counter()
+        self._q: queue.Queue = queue.Queue(maxsize=AHEAD_TABLES)
+        self._thread = threading.Thread(target=self._run, args=(reader, spec), name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: tuple) -> bool:
+        while not self.stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, reader: Any, spec: InputSpec) -> None:
+        tables: Any = ()
+        try:
+            tables = reader.read(spec, self.ctx)
+            for table in tables:
+                if not self._put(("table", table)):
+                    return
+            self._put(("done", None))
+        except BaseException as exc:  # noqa: BLE001 - raised in the consumer, where a serial read raises
+            self._put(("error", exc))
+        finally:
+            if hasattr(tables, "close"):
+                tables.close()  # in this thread: closes the file and joins the reader's own threads
+
+    def tables(self) -> Iterator[pa.Table]:
+        """The file's tables in order; its exception (if any) is raised here."""
+        while True:
+            try:
+                kind, val = self._q.get(timeout=1.0)
+            except queue.Empty:
+                if self._thread.is_alive() or not self._q.empty():
+                    continue
+                raise RuntimeError(f"read-ahead of {self.ctx.path} ended without a result") from None
+            if kind == "table":
+                yield val
+            elif kind == "done":
+                return
+            else:
+                raise val
+
+    def close(self) -> None:
+        """Stop the thread if it still reads and wait for it: no thread or open file outlives the read."""
+        self.stop.set()
+        self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            log.warning("read-ahead of %s did not stop within 60 s", self.ctx.path)
+
+
 class InputReader:
     """Iterates canonical record batches over several inputs; see :func:`open_inputs`."""
 
+    #: Default files read ahead of the current one, in background threads (0 = serial).
+    READ_AHEAD = 1
+
     def __init__(self, paths: Sequence[str | os.PathLike], format: str = "auto", mapping: Any = None,
-                 dead_letter: str | os.PathLike | DeadLetter | None = None, batch_size: int = 65536) -> None:
+                 dead_letter: str | os.PathLike | DeadLetter | None = None, batch_size: int = 65536,
+                 read_ahead: int | None = None) -> None:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         if not paths:
@@ -190,6 +325,9 @@ class InputReader:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         self.batch_size = int(batch_size)
+        self.read_ahead = self.READ_AHEAD if read_ahead is None else int(read_ahead)
+        if self.read_ahead < 0:
+            raise ValueError(f"read_ahead must be >= 0, got {read_ahead}")
         self.stats = ReadStats()
         if isinstance(dead_letter, DeadLetter):
             self.dead_letter, self._own_dl = dead_letter, False
@@ -232,24 +370,69 @@ class InputReader:
         if self._t0 is not None:
             raise RuntimeError("this reader was already iterated; call open_inputs() again to re-read")
         self._t0 = time.perf_counter()
+        # a name given twice would share one per_file entry between two threads: read serially
+        unique = len({s.name for s, _, _ in self.plan}) == len(self.plan)
+        ahead = self.read_ahead > 0 and len(self.plan) > 1 and unique
         try:
-            for spec, fmt, kind in self.plan:
-                yield from self._read_one(spec, fmt, kind)
+            if ahead:
+                yield from self._iter_ahead()
+            else:
+                for spec, fmt, kind in self.plan:
+                    yield from self._read_one(spec, fmt, kind)
         finally:
             self.stats.seconds = time.perf_counter() - self._t0
             self.dead_letter.flush()
             if self._own_dl:
                 self.dead_letter.close()
 
-    def _read_one(self, spec: InputSpec, fmt: str, kind: str) -> Iterator[pa.RecordBatch]:
-        ctx = FileContext(spec.name, fmt, kind, self.dead_letter, self.stats, self.batch_size, self.mapping)
+    def _iter_ahead(self) -> Iterator[pa.RecordBatch]:
+        """The inputs in order, each read by a thread started up to ``read_ahead`` files early."""
+        started: dict[int, _ReadAhead] = {}
+        try:
+            for i, (spec, fmt, kind) in enumerate(self.plan):
+                if fmt not in SERIAL_FORMATS:
+                    self._start_ahead(started, i)
+                yield from self._read_one(spec, fmt, kind, started.pop(i, None))
+        finally:  # the consumer stopped early (or a file raised): stop and join the threads ahead
+            for r in started.values():
+                r.stop.set()
+            for r in started.values():
+                r.close()
+
+    def _start_ahead(self, started: dict[int, _ReadAhead], i: int) -> None:
+        """Start threads for inputs ``i .. i + read_ahead``, never past a serial-only one."""
+        for j in range(i, min(i + 1 + self.read_ahead, len(self.plan))):
+            spec, fmt, kind = self.plan[j]
+            if fmt == "empty" or j in started:
+                continue
+            if fmt in SERIAL_FORMATS:
+                break
+            try:
+                reader = self._reader(fmt)
+            except Exception:  # noqa: BLE001 - left to the serial path, which raises it in order
+                break
+            started[j] = _ReadAhead(reader, spec, (spec.name, fmt, kind, self.dead_letter, self.stats,
+                                                   self.batch_size, self.mapping))
+
+    def _reader(self, fmt: str) -> Any:
+        return FORMATS[fmt].factory() if fmt != "mapped" else FORMATS[fmt].factory(self.mapping)
+
+    def _read_one(self, spec: InputSpec, fmt: str, kind: str,
+                  ahead: _ReadAhead | None = None) -> Iterator[pa.RecordBatch]:
+        """Yield one input's batches; ``ahead``: its read-ahead thread (else it is read here)."""
+        if ahead is None:
+            ctx: FileContext = FileContext(spec.name, fmt, kind, self.dead_letter, self.stats, self.batch_size,
+                                           self.mapping)
+            t0 = time.perf_counter()
+        else:
+            ahead.ctx.promote()
+            ctx, t0 = ahead.ctx, ahead.t0  # seconds: from the start of its read, early or not
         fs = ctx.file_stats
-        t0 = time.perf_counter()
         if fmt == "empty":
             return
-        reader = FORMATS[fmt].factory() if fmt != "mapped" else FORMATS[fmt].factory(self.mapping)
+        tables = self._reader(fmt).read(spec, ctx) if ahead is None else ahead.tables()
         try:
-            for table in reader.read(spec, ctx):
+            for table in tables:
                 if table.num_rows == 0:
                     continue
                 n = table.num_rows
@@ -265,6 +448,8 @@ class InputReader:
             fs.error = f"{type(exc).__name__}: {exc}"
             ctx.reject(None, "file_error", fs.error)
         finally:
+            if ahead is not None:
+                ahead.close()
             fs.seconds += time.perf_counter() - t0
 
     def close(self) -> None:
@@ -281,7 +466,7 @@ class InputReader:
 
 def open_inputs(paths: Sequence[str | os.PathLike] | str | os.PathLike, format: str = "auto",
                 mapping: Any = None, dead_letter: str | os.PathLike | DeadLetter | None = None,
-                batch_size: int = 65536) -> InputReader:
+                batch_size: int = 65536, read_ahead: int | None = None) -> InputReader:
     """Open inputs for streaming canonical record batches.
 
     Args:
@@ -290,10 +475,12 @@ def open_inputs(paths: Sequence[str | os.PathLike] | str | os.PathLike, format: 
         mapping: column-mapping config (path to YAML/JSON, or a dict) for any other CSV/TSV.
         dead_letter: JSON-lines file for malformed records (or a :class:`DeadLetter`); None = count only.
         batch_size: the most rows per yielded batch.
+        read_ahead: files read ahead in background threads (None: ``InputReader.READ_AHEAD``; 0 = serial).
 
     Raises:
         FileNotFoundError: an input does not exist.
         ValueError: unknown format (the message names the known ones), or inputs mixing flows and
             transactions.
     """
-    return InputReader(paths, format=format, mapping=mapping, dead_letter=dead_letter, batch_size=batch_size)
+    return InputReader(paths, format=format, mapping=mapping, dead_letter=dead_letter, batch_size=batch_size,
+                       read_ahead=read_ahead)

@@ -30,6 +30,15 @@ log = logging.getLogger("ingest.readers")
 BLOCK_SIZE = 4 << 20
 
 
+class ReadAbandoned(Exception):
+    """Raised by a context whose read nobody waits for any more (a read-ahead the consumer left)."""
+
+
+def _log(ctx: FileContext, level: int, msg: str, *args: object) -> None:
+    # a context may hold the line back (a file read ahead logs when the consumer reaches it)
+    getattr(ctx, "log", log.log)(level, msg, *args)
+
+
 def dedupe(names: Sequence[str]) -> list[str]:
     """Make column names unique (CIC-IDS2017 repeats 'Fwd Header Length')."""
     seen: dict[str, int] = {}
@@ -125,8 +134,8 @@ def iter_text(open_stream: Callable[[], BinaryIO], ctx: FileContext, *, names: S
         ctx.reject(None, "file_error", f"{type(failed).__name__}: {msg}")
         ctx.file_stats.error = msg
         return
-    log.info("%s: pyarrow stopped at line ~%d (%s); reading the rest line by line",
-             ctx.path, state["emitted_last"], msg.splitlines()[0] if msg else type(failed).__name__)
+    _log(ctx, logging.INFO, "%s: pyarrow stopped at line ~%d (%s); reading the rest line by line",
+         ctx.path, state["emitted_last"], msg.splitlines()[0] if msg else type(failed).__name__)
     already = {x for x in state["handled"] if x > state["emitted_last"]}
     yield from _python_rest(open_stream, ctx, width=len(names), names=names, resume_after=state["emitted_last"],
                             already=already,
@@ -148,10 +157,13 @@ def _fast(open_stream: Callable[[], BinaryIO], ctx: FileContext, names: list[str
             skipped.append(num)
             state["handled"].add(num)
         text = row.text
-        if comment_prefix and text.startswith(comment_prefix):
-            ctx.comment()
-        else:
-            ctx.reject(num, "columns", text)
+        try:
+            if comment_prefix and text.startswith(comment_prefix):
+                ctx.comment()
+            else:
+                ctx.reject(num, "columns", text)
+        except ReadAbandoned as exc:  # pyarrow would swallow it: raised after this block instead
+            state["abandoned"] = exc
         return "skip"
 
     read_opts = pacsv.ReadOptions(column_names=list(names), skip_rows=data_start_line,
@@ -166,6 +178,8 @@ def _fast(open_stream: Callable[[], BinaryIO], ctx: FileContext, names: list[str
         reader = pacsv.open_csv(stream, read_options=read_opts, parse_options=parse_opts,
                                 convert_options=conv_opts)
         for batch in reader:
+            if "abandoned" in state:
+                raise state["abandoned"]
             n = batch.num_rows
             if n == 0:
                 continue
