@@ -49,9 +49,7 @@ TOP_MIN_SCORE = 0.35  # context-only evidence stays <= 0.3; below this, a flow h
 #   go through it.
 # * no fastmath: LLVM then neither reassociates nor contracts a * b + c into an FMA.
 # * maxima start at 0 (the padded column / the tactic floor of the NumPy path); inputs are never NaN.
-
-_BLOCK = 8  # rows finished together: inner loops run across the block (no max-latency chain per row)
-
+# * only the techniques a row links to are computed (the others score +0, see _finish_rows).
 
 def _distinct_rows(words, mult):  # pragma: no cover - compiled by numba
     """``(first, inv)``: index of each distinct row's first occurrence, and each row's distinct id
@@ -133,57 +131,41 @@ def _log_keep_rows(act, lk_ptr, lk_col, lk_val, width):  # pragma: no cover - co
 
 
 def _finish_rows(act, indptr, cols, ekeep, T, cf, cf_rest, gate_scale, gate_floor,
-                 sig_ptr, sig_members, sig_of, tac_ptr, tac_members, out):  # pragma: no cover - numba
-    """Blocks ``out[R, P + T + C]`` from the activations and ``exp`` of the sparse log keep."""
+                 sig_ptr, sig_members, tac_ptr, tac_of, out):  # pragma: no cover - compiled by numba
+    """Blocks ``out[R, P + T + C]`` from the activations and ``exp`` of the sparse log keep.
+
+    Only the techniques with a summed link in the row are computed: for the others keep_b = keep_c = 1,
+    so their score is ``(1 - (cf + (1 - cf))) * gate``, which is +0 (the caller checks that
+    ``cf + (1 - cf)`` is 1 in float32), and a +0 score moves no tactic off its 0 floor.
+    """
     R, P = act.shape
-    C = len(tac_ptr) - 1
-    S = len(sig_ptr) - 1
-    B = _BLOCK
-    act_t = np.zeros((P, B), np.float32)  # lanes past a short last block are computed, never written
-    keep = np.ones((2 * T, B), np.float32)  # exp(0) = 1 where nothing was summed
-    sig = np.empty((S, B), np.float32)
-    tech = np.empty((T, B), np.float32)
-    tac = np.empty((C, B), np.float32)
+    keep = np.ones(2 * T, np.float32)  # exp(0) = 1 where nothing was summed
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    for r0 in range(0, R, B):
-        nb = min(B, R - r0)
-        for b in range(nb):
-            for p in range(P):
-                v = act[r0 + b, p]
-                act_t[p, b] = v
-                out[r0 + b, p] = v
-            for i in range(indptr[r0 + b], indptr[r0 + b + 1]):
-                keep[cols[i], b] = ekeep[i]
-        for s in range(S):  # signature gate, once per distinct signature set
-            sg = sig[s]
-            for b in range(B):
-                sg[b] = zero
-            for i in range(sig_ptr[s], sig_ptr[s + 1]):
-                at = act_t[sig_members[i]]
-                for b in range(B):
-                    sg[b] = at[b] if at[b] > sg[b] else sg[b]
-            for b in range(B):
-                sg[b] = sg[b] * gate_scale + gate_floor
-        for t in range(T):  # s = 1 - keep_b * (cf * keep_c + (1 - cf)), times the gate
-            kb, kc, sg, tt = keep[t], keep[T + t], sig[sig_of[t]], tech[t]
-            for b in range(B):
-                tt[b] = (one - kb[b] * (kc[b] * cf + cf_rest)) * sg[b]
-        for c in range(C):  # tactic = max(0, its techniques' scores)
-            tc = tac[c]
-            for b in range(B):
-                tc[b] = zero
-            for i in range(tac_ptr[c], tac_ptr[c + 1]):
-                tt = tech[tac_members[i]]
-                for b in range(B):
-                    tc[b] = tt[b] if tt[b] > tc[b] else tc[b]
-        for b in range(nb):
-            for t in range(T):
-                out[r0 + b, P + t] = tech[t, b]
-            for c in range(C):
-                out[r0 + b, P + T + c] = tac[c, b]
-            for i in range(indptr[r0 + b], indptr[r0 + b + 1]):
-                keep[cols[i], b] = one
+    width = out.shape[1]
+    for r in range(R):
+        for p in range(P):
+            out[r, p] = act[r, p]
+        for j in range(P, width):
+            out[r, j] = zero
+        lo, hi = indptr[r], indptr[r + 1]
+        for i in range(lo, hi):
+            keep[cols[i]] = ekeep[i]
+        for i in range(lo, hi):  # a technique seen twice (behaviour and context) gets the same value twice
+            t = cols[i] if cols[i] < T else cols[i] - T
+            s = one - keep[t] * (keep[T + t] * cf + cf_rest)
+            g = zero  # signature gate: max activation over the technique's signature predicates
+            for m in range(sig_ptr[t], sig_ptr[t + 1]):
+                v = act[r, sig_members[m]]
+                g = v if v > g else g
+            v = s * (g * gate_scale + gate_floor)
+            out[r, P + t] = v
+            for m in range(tac_ptr[t], tac_ptr[t + 1]):  # tactic = max(0, its techniques' scores)
+                c = P + T + tac_of[m]
+                if v > out[r, c]:
+                    out[r, c] = v
+        for i in range(lo, hi):
+            keep[cols[i]] = one
     return out
 
 
@@ -411,14 +393,19 @@ class KnowledgeFeaturizer:
         nz_p, nz_j = np.nonzero(self.log_keep)
         self._lk_ptr = _csr_ptr(np.bincount(nz_p, minlength=P))
         self._lk_col, self._lk_val = nz_j.astype(np.int64), np.ascontiguousarray(self.log_keep[nz_p, nz_j])
-        self._sig_ptr = _csr_ptr([len(m) for m in self._sig_sets])
-        self._sig_members = np.concatenate([np.zeros(0, np.int64), *self._sig_sets]).astype(np.int64)
-        self._sig_of64 = np.asarray(self._sig_of, dtype=np.int64)
-        self._tac_ptr = _csr_ptr([len(m) for m in self.tactic_members])
-        self._tac_members = np.concatenate([np.zeros(0, np.int64), *self.tactic_members]).astype(np.int64)
+        # per technique: its signature predicates, its tactics
+        sig_of_t = [np.flatnonzero(self.signature[:, j]) for j in range(T)]
+        self._tsig_ptr = _csr_ptr([len(m) for m in sig_of_t])
+        self._tsig_members = np.concatenate([np.zeros(0, np.int64), *sig_of_t]).astype(np.int64)
+        tac_of_t = [[c for c, m in enumerate(self.tactic_members) if j in set(m.tolist())] for j in range(T)]
+        self._ttac_ptr = _csr_ptr([len(m) for m in tac_of_t])
+        self._ttac_of = np.array([c for m in tac_of_t for c in m], dtype=np.int64)
         # what NumPy computes for `kc * cf`, `+ (1 - cf)`, `sig * (1 - floor)`, `+ floor` on float32 arrays
         self._consts = (np.float32(self.context_factor), np.float32(1.0 - self.context_factor),
                         np.float32(1.0 - GATE_FLOOR), np.float32(GATE_FLOOR))
+        # the compiled path skips techniques without links in a row: exact when they score +0
+        cf32, rest32 = self._consts[:2]
+        self._unlinked_zero = bool(np.float32(1.0) - (cf32 + rest32) == 0)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -497,7 +484,8 @@ class KnowledgeFeaturizer:
 
     def _compiled(self, act: np.ndarray):
         """The compiled kernels when they apply to ``act`` (C-contiguous float32 with techniques), else None."""
-        if not self.COMPILED or act.dtype != np.float32 or not act.flags.c_contiguous or not self.tech_ids:
+        if not self.COMPILED or act.dtype != np.float32 or not act.flags.c_contiguous or not self.tech_ids \
+                or not self._unlinked_zero:
             return None
         return _kernels()
 
@@ -511,8 +499,8 @@ class KnowledgeFeaturizer:
                 ekeep = vals[:indptr[-1]]
                 np.exp(ekeep, out=ekeep)
                 out = np.empty((act.shape[0], self.width), dtype=np.float32)
-                return kernels[2](act, indptr, cols, ekeep, T, *self._consts, self._sig_ptr, self._sig_members,
-                                  self._sig_of64, self._tac_ptr, self._tac_members, out)
+                return kernels[2](act, indptr, cols, ekeep, T, *self._consts, self._tsig_ptr, self._tsig_members,
+                                  self._ttac_ptr, self._ttac_of, out)
         return self._propagate_rows_numpy(act)
 
     def _propagate_rows_numpy(self, act: np.ndarray) -> np.ndarray:
@@ -601,17 +589,21 @@ class KnowledgeFeaturizer:
         def all_nodes() -> tuple:
             # one node-activation pass over every window (node ids shifted to a global numbering)
             if "node" not in state:
-                parts = [np.asarray(eis[i], dtype=np.int64).reshape(2, -1) + noff[i] for i in range(W) if has[i]]
-                rows = np.concatenate([np.arange(off[i], off[i + 1]) for i in range(W) if has[i]]) if parts else \
-                    np.zeros(0, np.int64)
+                live = [i for i in range(W) if has[i]]
+                parts = [np.asarray(eis[i], dtype=np.int64).reshape(2, -1) for i in live]
                 ei = np.concatenate(parts, axis=1) if parts else np.zeros((2, 0), np.int64)
-                if ei.shape[1] != len(rows):
-                    raise ValueError(f"edge_index has {ei.shape[1]} edges, the windows have {len(rows)} rows")
+                rows_per = np.where(has, off[1:] - off[:-1], 0)
+                if ei.shape[1] != int(rows_per.sum()) or any(p.shape[1] != rows_per[i] for p, i in zip(parts, live)):
+                    raise ValueError(f"edge_index has {ei.shape[1]} edges, the windows have {int(rows_per.sum())} rows")
                 # every node id must stay inside its own window's [0, num_nodes)
-                wid = np.repeat(np.arange(W), [off[i + 1] - off[i] if has[i] else 0 for i in range(W)])
-                if ((ei < noff[wid]) | (ei >= noff[wid + 1])).any():
+                wid = np.repeat(np.arange(W), rows_per)
+                lo, hi = noff[wid], noff[wid + 1]
+                ei += lo
+                if ((ei < lo) | (ei >= hi)).any():
                     raise IndexError("edge_index holds a node id outside [0, num_nodes)")
-                state["node"] = self._propagate_compact(node_activations(act[rows], ei, int(noff[-1])))
+                # every window has a graph (the usual case): the activations as they are, no copy
+                edge_act = act if len(live) == W else act[np.flatnonzero(np.repeat(has, off[1:] - off[:-1]))]
+                state["node"] = self._propagate_compact(node_activations(edge_act, ei, int(noff[-1])))
             return state["node"]
 
         def node_block(a: int, b: int) -> np.ndarray:

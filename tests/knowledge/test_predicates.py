@@ -234,3 +234,75 @@ def test_node_activations_is_the_max_over_incident_edges():
     np.maximum.at(ref, ei[1], act)
     assert np.array_equal(node_activations(act, ei, 45), ref)
     assert node_activations(act[:0], ei[:, :0], 3).shape == (3, 7)
+
+
+# ---------------------------------------------------------------- fast paths = the straightforward computation
+
+def test_rank_equals_unique():
+    from knowledge.predicates import _rank
+
+    rng = np.random.default_rng(0)
+    for n, hi in [(0, 0), (1, 0), (1, 7), (50, 3), (1000, 100), (1000, 10 ** 6), (5000, 2 ** 40)]:
+        key = rng.integers(0, hi + 1, size=n).astype(np.int64)
+        inv, k = _rank(key, int(key.max(initial=0)))
+        u, ref = np.unique(key, return_inverse=True)
+        assert inv.dtype == np.int64 and np.array_equal(inv, ref.ravel()) and k == len(u)
+    neg = np.array([-3, 5, -3, 0], dtype=np.int64)
+    inv, k = _rank(neg, 5, nonneg=False)
+    assert inv.tolist() == [0, 2, 0, 1] and k == 3
+
+
+def _weird_ports_window():
+    """Ports outside [0, 65535] (bad data): the port codes are the ports themselves there."""
+    rows = BG() + many(30, lambda i: dict(dst_ip=f"10.0.2.{i % 7}", dst_port=[70000, -1, 445, 2 ** 20][i % 4],
+                                          src_port=-(i % 3)))
+    return table(rows)
+
+
+def test_dense_and_sorted_grouping_agree(monkeypatch, samples):
+    """Group ids and distinct counts from tables over the key range = from sorting (np.unique)."""
+    import knowledge.predicates as kp
+    from ingest.readers import open_inputs
+    from ingest.windows import Tumbling, window_all
+
+    windows, _ = window_all(open_inputs([str(samples / "stratosphere" / "008-zeek-mixed.conn.log.labeled")]),
+                            Tumbling(60.0), lateness=1e9)
+    inputs = [_windows_mix() + [_weird_ports_window()], [w.table for w in windows]]
+    fast = [compute_predicates_many(ws)[0] for ws in inputs]
+    one = compute_predicates(_weird_ports_window())
+    monkeypatch.setattr(kp, "_DENSE_PER_ROW", 0)
+    monkeypatch.setattr(kp, "_DENSE_FIXED", 0)
+    for ws, got in zip(inputs, fast):
+        assert np.array_equal(compute_predicates_many(ws)[0].view(np.uint32), got.view(np.uint32))
+    assert np.array_equal(compute_predicates(_weird_ports_window()), one)
+
+
+def test_group_ids_do_not_depend_on_an_order_preserving_recoding():
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 5, 300), rng.integers(0, 40, 300)
+    g1, k1 = _group(a, b)
+    g2, k2 = _group(a * 1000 + 7, b * 3)  # same order, other codes (and a key range over the table limit)
+    assert k1 == k2 and np.array_equal(g1, g2)
+
+
+@pytest.mark.parametrize("kind", ["clean", "nan_and_signed_zeros"])
+def test_node_activations_compiled_equals_torch(kind, monkeypatch):
+    import knowledge.predicates as kp
+
+    pytest.importorskip("numba")
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    act = (rng.random((3000, 9)) * (rng.random((3000, 9)) < 0.4)).astype(np.float32)
+    act[::50] = act[0]
+    if kind != "clean":
+        act[rng.random(act.shape) < 0.01] = np.nan
+        act[rng.random(act.shape) < 0.05] = -0.0
+    ei = rng.integers(0, 300, size=(2, 3000))
+    got = node_activations(act, ei, 310)
+    assert got.dtype == np.float32 and got.shape == (310, 9)
+    monkeypatch.setattr(kp, "_NODE_KERNEL", [None])
+    ref = node_activations(act, ei, 310)  # torch's scatter_reduce
+    assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))
+    with pytest.raises(IndexError):
+        monkeypatch.undo()
+        node_activations(act, np.array([[0, 1], [2, 400]]).repeat(1500, axis=1), 310)
