@@ -18,6 +18,12 @@ windows go through both in one call each (``build_many`` / ``transform_many``), 
 them; ``--per-window`` adds the one-window-per-call figures.
 
     .venv/bin/python benchmarks/knowledge_bench.py --part throughput --out reports/knowledge_throughput.md
+
+Part 3 (``--part fastpaths``, only on request): ``transform_many`` CPU on 2 LUFlow days grouped as the
+scorer groups them, with and without its fast paths (compiled propagation and node max, table-ranked
+group ids), alternating, best of ``--repeats``; checks that both give the same bits.
+
+    .venv/bin/python benchmarks/knowledge_bench.py --part fastpaths --out /tmp/knowledge_fastpaths.md
 """
 from __future__ import annotations
 
@@ -198,6 +204,85 @@ def throughput_lines(tp: dict, win: float) -> list[str]:
             f"the edge block is used (knowledge block width {tp['width']}; goal >= 0.5).", ""]
 
 
+def fast_paths(days: list[str] | None = None, window_s: float = 300.0, repeats: int = 9) -> dict:
+    """CPU of ``transform_many`` (edge and node blocks) on LUFlow windows grouped as the scorer groups them,
+    with the fast paths (compiled propagation and node max, table-ranked groups) and without them
+    (``KnowledgeFeaturizer.COMPILED = False``, torch's node max, np.unique groups); the two alternate,
+    best of ``repeats``, and must give the same bits."""
+    import pyarrow.compute as pc
+
+    import knowledge.predicates as kp
+    from detector.pipeline import window_groups
+    from detector.scoring import StreamScorer
+    from ingest.features import FlowPreprocessor
+    from knowledge.features import stack_edges, stack_nodes
+
+    allfiles = sorted((DATA / "luflow").glob("*.zip"))
+    files = [f for f in allfiles if f.name in days] if days else [f for f in allfiles if f.name >= "2020.12.16"][:2]
+    table = pa.concat_tables([pa.Table.from_batches(list(open_inputs([str(f)]))) for f in files])
+    table = table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("row", "ascending")]))
+    windows, _ = window_all(table.to_batches(max_chunksize=65536), Tumbling(window_s), lateness=0.0)
+    gb = GraphBuilder(node_mode="ip", preprocessor=FlowPreprocessor().fit(table))
+    groups = []
+    for ws in window_groups([w for w in windows if w.table.num_rows], StreamScorer.BATCH_RECORDS):
+        gs = gb.build_many(ws)
+        groups.append(([w.table for w in ws], [g.edge_index.numpy() for g in gs], [int(g.num_nodes) for g in gs]))
+
+    def setting(fast: bool) -> None:
+        KnowledgeFeaturizer.COMPILED = fast
+        kp._NODE_KERNEL[:] = [] if fast else [None]
+        kp._DENSE_PER_ROW, kp._DENSE_FIXED = (4, 1 << 16) if fast else (0, 0)
+
+    def run(fast: bool) -> tuple[float, list]:
+        setting(fast)
+        c0 = time.process_time()
+        out = []
+        for g in groups:
+            kbs = kf.transform_many(*g)
+            kbs[0].node  # as GraphStream._kb_many: the node blocks are computed in the call
+            out.append(kbs)
+        return time.process_time() - c0, out
+
+    kf = KnowledgeFeaturizer.default()
+    best = {True: float("inf"), False: float("inf")}
+    try:
+        run(True), run(False)  # compile / warm up
+        for i in range(repeats):
+            for fast in ((True, False) if i % 2 == 0 else (False, True)):
+                c, out = run(fast)
+                best[fast] = min(best[fast], c)
+                if i == 0:
+                    got = [(stack_edges(k), stack_nodes(k), np.concatenate([b.top_technique_array() for b in k]))
+                           for k in out]
+                    if fast:
+                        fast_out = got
+                    else:
+                        ref_out = got
+        same = all(np.array_equal(a[0].view(np.uint32), b[0].view(np.uint32))
+                   and np.array_equal(a[1].view(np.uint32), b[1].view(np.uint32)) and (a[2] == b[2]).all()
+                   for a, b in zip(fast_out, ref_out))
+    finally:
+        setting(True)
+    return {"records": table.num_rows, "days": [f.name for f in files], "windows": sum(len(g[0]) for g in groups),
+            "groups": len(groups), "repeats": repeats, "fast_cpu_ms": round(best[True] * 1e3, 1),
+            "reference_cpu_ms": round(best[False] * 1e3, 1), "ratio": round(best[True] / best[False], 3),
+            "bit_identical": bool(same)}
+
+
+def fast_path_lines(fp: dict) -> list[str]:
+    return ["## transform_many fast paths (LUFlow, as the scorer groups windows)", "",
+            f"{fp['records']} records ({', '.join(fp['days'])}), {fp['windows']} windows of 300 s in {fp['groups']} "
+            "groups of up to 16,384 records (`window_groups`, `StreamScorer.BATCH_RECORDS`); CPU of "
+            "`transform_many` + node blocks per pass over all groups, the two settings alternating, best of "
+            f"{fp['repeats']}. Reference: `KnowledgeFeaturizer.COMPILED = False` (NumPy/scipy propagation), "
+            "torch's scatter-amax node max, np.unique group ids (the other changes of this path are not "
+            "switchable and are in both).", "",
+            "| setting | CPU ms |", "|---|---:|",
+            f"| fast paths | {fp['fast_cpu_ms']} |", f"| reference | {fp['reference_cpu_ms']} |", "",
+            f"Fast / reference = {fp['ratio']:.2f}; blocks, node blocks and top techniques bit-identical: "
+            f"{'yes' if fp['bit_identical'] else 'NO'}.", ""]
+
+
 def gold_section() -> list[str]:
     """Precision/recall of each available extraction backend (and their vote) on the gold techniques."""
     from knowledge.extract import get_extractor, items_from_graph
@@ -248,11 +333,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-ranking", action="store_true")
     ap.add_argument("--skip-gold", action="store_true")
-    ap.add_argument("--part", choices=("all", "ranking", "throughput"), default="all",
-                    help="ranking = part 1 (+ gold set), throughput = part 2 only (default: all)")
+    ap.add_argument("--part", choices=("all", "ranking", "throughput", "fastpaths"), default="all",
+                    help="ranking = part 1 (+ gold set), throughput = part 2 only, fastpaths = transform_many "
+                         "with and without its fast paths only (default: all but fastpaths)")
+    ap.add_argument("--repeats", type=int, default=9, help="passes per setting for --part fastpaths")
     ap.add_argument("--per-window", action="store_true",
                     help="also measure part 2 with one window per call (the path before batching)")
     args = ap.parse_args(argv)
+    if args.part == "fastpaths":
+        fp = fast_paths(repeats=args.repeats)
+        lines = fast_path_lines(fp)
+        out = Path(args.out or REPO / "reports" / "knowledge_fastpaths.md")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines))
+        out.with_suffix(".json").write_text(json.dumps(fp, indent=1))
+        print("\n".join(lines))
+        return 0 if fp["bit_identical"] else 1
     if args.part == "ranking":
         args.skip_throughput = True
     elif args.part == "throughput":

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as _sparse  # comes with scikit-learn, a pinned dependency
 
-from knowledge.predicates import PREDICATES, compute_predicates_many, node_activations
+from knowledge.predicates import PREDICATES, _compile, compute_predicates_many, node_activations
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default"
 SIGNATURE_SHARE = 0.8
@@ -49,7 +49,9 @@ TOP_MIN_SCORE = 0.35  # context-only evidence stays <= 0.3; below this, a flow h
 #   go through it.
 # * no fastmath: LLVM then neither reassociates nor contracts a * b + c into an FMA.
 # * maxima start at 0 (the padded column / the tactic floor of the NumPy path); inputs are never NaN.
-# * only the techniques a row links to are computed (the others score +0, see _finish_rows).
+
+_BLOCK = 8  # rows finished together: inner loops run across the block (no max-latency chain per row)
+
 
 def _distinct_rows(words, mult):  # pragma: no cover - compiled by numba
     """``(first, inv)``: index of each distinct row's first occurrence, and each row's distinct id
@@ -131,41 +133,57 @@ def _log_keep_rows(act, lk_ptr, lk_col, lk_val, width):  # pragma: no cover - co
 
 
 def _finish_rows(act, indptr, cols, ekeep, T, cf, cf_rest, gate_scale, gate_floor,
-                 sig_ptr, sig_members, tac_ptr, tac_of, out):  # pragma: no cover - compiled by numba
-    """Blocks ``out[R, P + T + C]`` from the activations and ``exp`` of the sparse log keep.
-
-    Only the techniques with a summed link in the row are computed: for the others keep_b = keep_c = 1,
-    so their score is ``(1 - (cf + (1 - cf))) * gate``, which is +0 (the caller checks that
-    ``cf + (1 - cf)`` is 1 in float32), and a +0 score moves no tactic off its 0 floor.
-    """
+                 sig_ptr, sig_members, sig_of, tac_ptr, tac_members, out):  # pragma: no cover - numba
+    """Blocks ``out[R, P + T + C]`` from the activations and ``exp`` of the sparse log keep."""
     R, P = act.shape
-    keep = np.ones(2 * T, np.float32)  # exp(0) = 1 where nothing was summed
+    C = len(tac_ptr) - 1
+    S = len(sig_ptr) - 1
+    B = _BLOCK
+    act_t = np.zeros((P, B), np.float32)  # lanes past a short last block are computed, never written
+    keep = np.ones((2 * T, B), np.float32)  # exp(0) = 1 where nothing was summed
+    sig = np.empty((S, B), np.float32)
+    tech = np.empty((T, B), np.float32)
+    tac = np.empty((C, B), np.float32)
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    width = out.shape[1]
-    for r in range(R):
-        for p in range(P):
-            out[r, p] = act[r, p]
-        for j in range(P, width):
-            out[r, j] = zero
-        lo, hi = indptr[r], indptr[r + 1]
-        for i in range(lo, hi):
-            keep[cols[i]] = ekeep[i]
-        for i in range(lo, hi):  # a technique seen twice (behaviour and context) gets the same value twice
-            t = cols[i] if cols[i] < T else cols[i] - T
-            s = one - keep[t] * (keep[T + t] * cf + cf_rest)
-            g = zero  # signature gate: max activation over the technique's signature predicates
-            for m in range(sig_ptr[t], sig_ptr[t + 1]):
-                v = act[r, sig_members[m]]
-                g = v if v > g else g
-            v = s * (g * gate_scale + gate_floor)
-            out[r, P + t] = v
-            for m in range(tac_ptr[t], tac_ptr[t + 1]):  # tactic = max(0, its techniques' scores)
-                c = P + T + tac_of[m]
-                if v > out[r, c]:
-                    out[r, c] = v
-        for i in range(lo, hi):
-            keep[cols[i]] = one
+    for r0 in range(0, R, B):
+        nb = min(B, R - r0)
+        for b in range(nb):
+            for p in range(P):
+                v = act[r0 + b, p]
+                act_t[p, b] = v
+                out[r0 + b, p] = v
+            for i in range(indptr[r0 + b], indptr[r0 + b + 1]):
+                keep[cols[i], b] = ekeep[i]
+        for s in range(S):  # signature gate, once per distinct signature set
+            sg = sig[s]
+            for b in range(B):
+                sg[b] = zero
+            for i in range(sig_ptr[s], sig_ptr[s + 1]):
+                at = act_t[sig_members[i]]
+                for b in range(B):
+                    sg[b] = at[b] if at[b] > sg[b] else sg[b]
+            for b in range(B):
+                sg[b] = sg[b] * gate_scale + gate_floor
+        for t in range(T):  # s = 1 - keep_b * (cf * keep_c + (1 - cf)), times the gate
+            kb, kc, sg, tt = keep[t], keep[T + t], sig[sig_of[t]], tech[t]
+            for b in range(B):
+                tt[b] = (one - kb[b] * (kc[b] * cf + cf_rest)) * sg[b]
+        for c in range(C):  # tactic = max(0, its techniques' scores)
+            tc = tac[c]
+            for b in range(B):
+                tc[b] = zero
+            for i in range(tac_ptr[c], tac_ptr[c + 1]):
+                tt = tech[tac_members[i]]
+                for b in range(B):
+                    tc[b] = tt[b] if tt[b] > tc[b] else tc[b]
+        for b in range(nb):
+            for t in range(T):
+                out[r0 + b, P + t] = tech[t, b]
+            for c in range(C):
+                out[r0 + b, P + T + c] = tac[c, b]
+            for i in range(indptr[r0 + b], indptr[r0 + b + 1]):
+                keep[cols[i], b] = one
     return out
 
 
@@ -173,16 +191,10 @@ _KERNELS: list = []
 
 
 def _kernels():
-    """``(distinct_rows, log_keep_rows, finish_rows)`` compiled (cached on disk by numba), or None without
-    numba. Imported on first use: loading numba costs ~0.4 s that a caller without features never pays."""
+    """``(distinct_rows, log_keep_rows, finish_rows)`` compiled (numba), or None without numba; compiled
+    (or loaded from numba's disk cache) on first use."""
     if not _KERNELS:
-        try:
-            from numba import njit
-        except ImportError:  # pragma: no cover - a platform without a numba wheel: the NumPy path
-            _KERNELS.append(None)
-        else:
-            jit = njit(nogil=True, cache=True)  # nogil: the scorer builds groups in a worker thread
-            _KERNELS.append((jit(_distinct_rows), jit(_log_keep_rows), jit(_finish_rows)))
+        _KERNELS.append(_compile(_distinct_rows, _log_keep_rows, _finish_rows))
     return _KERNELS[0]
 
 
@@ -393,19 +405,14 @@ class KnowledgeFeaturizer:
         nz_p, nz_j = np.nonzero(self.log_keep)
         self._lk_ptr = _csr_ptr(np.bincount(nz_p, minlength=P))
         self._lk_col, self._lk_val = nz_j.astype(np.int64), np.ascontiguousarray(self.log_keep[nz_p, nz_j])
-        # per technique: its signature predicates, its tactics
-        sig_of_t = [np.flatnonzero(self.signature[:, j]) for j in range(T)]
-        self._tsig_ptr = _csr_ptr([len(m) for m in sig_of_t])
-        self._tsig_members = np.concatenate([np.zeros(0, np.int64), *sig_of_t]).astype(np.int64)
-        tac_of_t = [[c for c, m in enumerate(self.tactic_members) if j in set(m.tolist())] for j in range(T)]
-        self._ttac_ptr = _csr_ptr([len(m) for m in tac_of_t])
-        self._ttac_of = np.array([c for m in tac_of_t for c in m], dtype=np.int64)
+        self._sig_ptr = _csr_ptr([len(m) for m in self._sig_sets])
+        self._sig_members = np.concatenate([np.zeros(0, np.int64), *self._sig_sets]).astype(np.int64)
+        self._sig_of64 = np.asarray(self._sig_of, dtype=np.int64)
+        self._tac_ptr = _csr_ptr([len(m) for m in self.tactic_members])
+        self._tac_members = np.concatenate([np.zeros(0, np.int64), *self.tactic_members]).astype(np.int64)
         # what NumPy computes for `kc * cf`, `+ (1 - cf)`, `sig * (1 - floor)`, `+ floor` on float32 arrays
         self._consts = (np.float32(self.context_factor), np.float32(1.0 - self.context_factor),
                         np.float32(1.0 - GATE_FLOOR), np.float32(GATE_FLOOR))
-        # the compiled path skips techniques without links in a row: exact when they score +0
-        cf32, rest32 = self._consts[:2]
-        self._unlinked_zero = bool(np.float32(1.0) - (cf32 + rest32) == 0)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -484,8 +491,7 @@ class KnowledgeFeaturizer:
 
     def _compiled(self, act: np.ndarray):
         """The compiled kernels when they apply to ``act`` (C-contiguous float32 with techniques), else None."""
-        if not self.COMPILED or act.dtype != np.float32 or not act.flags.c_contiguous or not self.tech_ids \
-                or not self._unlinked_zero:
+        if not self.COMPILED or act.dtype != np.float32 or not act.flags.c_contiguous or not self.tech_ids:
             return None
         return _kernels()
 
@@ -499,8 +505,8 @@ class KnowledgeFeaturizer:
                 ekeep = vals[:indptr[-1]]
                 np.exp(ekeep, out=ekeep)
                 out = np.empty((act.shape[0], self.width), dtype=np.float32)
-                return kernels[2](act, indptr, cols, ekeep, T, *self._consts, self._tsig_ptr, self._tsig_members,
-                                  self._ttac_ptr, self._ttac_of, out)
+                return kernels[2](act, indptr, cols, ekeep, T, *self._consts, self._sig_ptr, self._sig_members,
+                                  self._sig_of64, self._tac_ptr, self._tac_members, out)
         return self._propagate_rows_numpy(act)
 
     def _propagate_rows_numpy(self, act: np.ndarray) -> np.ndarray:

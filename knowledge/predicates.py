@@ -120,6 +120,8 @@ def _dict(table: pa.Table, name: str) -> tuple[np.ndarray, list]:
     if name not in table.column_names:
         return np.zeros(table.num_rows, dtype=np.int64), [None]
     arr = table.column(name)
+    if len(arr) and arr.null_count == len(arr):  # all null (a source without this field): what encoding gives
+        return np.zeros(len(arr), dtype=np.int64), [None]
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.string())
@@ -237,8 +239,12 @@ class WindowContext:
             self.n_seg, self.seg = 1, None
         seg, ns = self.seg, self.n_seg
         ts = table.column("ts")
-        ts = ts.cast(pa.int64()) if pa.types.is_timestamp(ts.type) else ts
-        self.ts = np.nan_to_num(np.asarray(ts.to_numpy(), dtype=np.float64)) / 1e6
+        if n and pa.types.is_timestamp(ts.type) and not ts.null_count:
+            # the raw int64 ticks of the datetime64 array, as the cast to int64 gives them (no Arrow cast)
+            self.ts = np.asarray(ts.to_numpy()).view(np.int64).astype(np.float64) / 1e6
+        else:
+            ts = ts.cast(pa.int64()) if pa.types.is_timestamp(ts.type) else ts
+            self.ts = np.nan_to_num(np.asarray(ts.to_numpy(), dtype=np.float64)) / 1e6
         self.duration = _num(table, "duration", 0.0, seg, ns)
         self.src_bytes = _num(table, "src_bytes", 0.0, seg, ns)
         self.dst_bytes = _num(table, "dst_bytes", 0.0, seg, ns)
@@ -476,7 +482,11 @@ def beaconing(c: WindowContext) -> np.ndarray:
     """Periodic connections: a (src, dst, port) with >= 4 flows (full at 8) whose inter-arrival times have a
     coefficient of variation <= 0.1 (none above 0.5), i.e. low jitter, mean gap >= 1 s."""
     g, k = c.group("flow")
-    order = np.lexsort((c.ts, g))
+    # rows by group, then time: a quicksort on time, then a stable sort on the group (radix for <= 65536
+    # groups). Rows of equal time may come in another order than np.lexsort((ts, g)) gives, but the
+    # (group, time) sequence below, and so every gap, is the same.
+    order = np.argsort(c.ts)
+    order = order[np.argsort(g[order].astype(np.uint16) if k <= 65536 else g[order], kind="stable")]
     gs, ts = g[order], c.ts[order]
     same = np.r_[False, gs[1:] == gs[:-1]]
     gap = np.r_[0.0, np.diff(ts)]
@@ -877,15 +887,24 @@ _NODE_KERNEL: list = []
 
 
 def _node_kernel():
-    """:func:`_node_max` compiled (numba, cached on disk), or None without numba; imported on first use."""
+    """:func:`_node_max` compiled, or None without numba; compiled on first use."""
     if not _NODE_KERNEL:
-        try:
-            from numba import njit
-        except ImportError:  # pragma: no cover - no numba wheel: torch or NumPy
-            _NODE_KERNEL.append(None)
-        else:
-            _NODE_KERNEL.append(njit(nogil=True, cache=True)(_node_max))
-    return _NODE_KERNEL[0]
+        _NODE_KERNEL.append(_compile(_node_max))
+    return _NODE_KERNEL[0] and _NODE_KERNEL[0][0]
+
+
+def _compile(*fns) -> tuple | None:
+    """The functions compiled by numba (``nogil``: the scorer builds groups in a worker thread; cached on
+    disk where numba finds a writable place, else compiled in memory), or None without numba. Imported
+    here, not at module import: loading numba costs ~0.4 s that a caller without features never pays."""
+    try:
+        from numba import njit
+    except ImportError:  # pragma: no cover - a platform without a numba wheel: the NumPy/torch paths
+        return None
+    try:
+        return tuple(njit(nogil=True, cache=True)(f) for f in fns)
+    except RuntimeError:  # pragma: no cover - "cannot cache function": no writable cache location
+        return tuple(njit(nogil=True)(f) for f in fns)
 
 
 _TORCH: list = []
