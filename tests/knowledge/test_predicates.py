@@ -306,3 +306,58 @@ def test_node_activations_compiled_equals_torch(kind, monkeypatch):
     with pytest.raises(IndexError):
         monkeypatch.undo()
         node_activations(act, np.array([[0, 1], [2, 400]]).repeat(1500, axis=1), 310)
+
+
+def _beaconing_lexsort(c) -> np.ndarray:
+    """beaconing as it was written with np.lexsort (the reference for the two-sort order)."""
+    from knowledge.predicates import ramp
+
+    g, k = c.group("flow")
+    order = np.lexsort((c.ts, g))
+    gs, ts = g[order], c.ts[order]
+    same = np.r_[False, gs[1:] == gs[:-1]]
+    gap = np.r_[0.0, np.diff(ts)]
+    w = same.astype(np.float64)
+    n = np.bincount(gs, weights=w, minlength=k)
+    s = np.bincount(gs, weights=gap * w, minlength=k)
+    s2 = np.bincount(gs, weights=gap * gap * w, minlength=k)
+    mean = np.divide(s, n, out=np.zeros(k), where=n > 0)
+    var = np.maximum(np.divide(s2, n, out=np.zeros(k), where=n > 0) - mean ** 2, 0)
+    cv = np.divide(np.sqrt(var), mean, out=np.full(k, np.inf), where=mean > 0)
+    return (ramp(n + 1, 3, 8) * (1.0 - ramp(cv, 0.1, 0.5)) * (mean >= 1.0))[g]
+
+
+def test_beaconing_order_equals_lexsort():
+    """Equal timestamps inside a group (ties broken differently by the two sorts) give the same values."""
+    from knowledge.predicates import WindowContext, beaconing
+
+    rng = np.random.default_rng(4)
+    periodic = many(12, lambda i: dict(ts=T0 + 60 * i, dst_ip="10.9.8.1", dst_port=8443))  # fires
+    twice = many(12, lambda i: dict(ts=T0 + 60 * i, dst_ip="10.9.8.2", dst_port=8443))
+    tied = many(400, lambda i: dict(ts=T0 + 60 * int(rng.integers(0, 12)) + 0.5 * (i % 3 == 0),
+                                    dst_ip=f"10.9.9.{int(rng.integers(0, 4))}", dst_port=int(rng.choice([443, 8443]))))
+    rows = periodic + twice + twice[:3] + tied  # equal times within and across groups
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    for t, sizes in [(table(rows), None), (table(rows + BG() + rows[:50]), np.array([len(rows), 56]))]:
+        c = WindowContext(t, sizes)
+        got = beaconing(c)
+        assert got.max() > 0 and np.array_equal(got.view(np.uint64), _beaconing_lexsort(c).view(np.uint64))
+
+
+def test_ts_and_all_null_columns_read_as_before():
+    """ts from the datetime64 ticks = the Arrow int64 cast; an all-null string column = what encoding gives."""
+    import pyarrow.compute as pc
+
+    from knowledge.predicates import WindowContext, _dict
+
+    t = table(BG() + many(5, lambda i: dict(ts=T0 + 0.123457 * i, service=None, conn_state=None)))
+    ref = np.nan_to_num(np.asarray(t.column("ts").cast(pa.int64()).to_numpy(), dtype=np.float64)) / 1e6
+    assert np.array_equal(WindowContext(t).ts, ref)
+    tn = table(BG()[:2])
+    with_null = pa.array([1_600_000_000_000_000, None], pa.timestamp("us", tz="UTC"))
+    tn = tn.set_column(tn.schema.get_field_index("ts"), "ts", with_null)
+    assert WindowContext(tn).ts.tolist() == [1_600_000_000.0, 0.0]  # a null ts: 0, as before
+    blank = pa.table({"service": pa.chunked_array([pa.array([None, None], pa.string()), pa.array([None], pa.string())])})
+    enc = pc.dictionary_encode(blank.column("service").combine_chunks(), null_encoding="encode")
+    codes, values = _dict(blank, "service")
+    assert codes.tolist() == enc.indices.to_pylist() == [0, 0, 0] and values == enc.dictionary.to_pylist() == [None]
