@@ -15,7 +15,7 @@ background thread, ``open_inputs(read_ahead=...)``), alternating in one process,
 ``--repeat``. Skips (exit 0) with a message when the shared data is absent.
 
     .venv/bin/python benchmarks/ingest_bench.py [--files N] [--json OUT.json]
-    .venv/bin/python benchmarks/ingest_bench.py --stages none --readahead-days 2,11 --repeat 9
+    .venv/bin/python benchmarks/ingest_bench.py --stages none --readahead-days 2,11 --repeat 15 --idle
 """
 from __future__ import annotations
 
@@ -114,9 +114,27 @@ def stage_graphs(files: list[str], window: float, slide: float | None, node: str
     }
 
 
-def readahead_figure(files: list[str], days: list[int], repeat: int, ahead: list[int]) -> list[dict]:
+def wait_idle(limit_s: float = 60.0, idle: float = 0.9) -> bool:
+    """Wait until the host's CPUs were >= ``idle`` idle over one second (others' jobs share our 2 cores)."""
+    def times() -> list[int]:
+        with open("/proc/stat") as fh:
+            return [int(x) for x in fh.readline().split()[1:9]]
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        a = times()
+        time.sleep(1.0)
+        b = times()
+        d = [y - x for x, y in zip(a, b)]
+        if sum(d) and (d[3] + d[4]) / sum(d) >= idle:
+            return True
+    return False
+
+
+def readahead_figure(files: list[str], days: list[int], repeat: int, ahead: list[int],
+                     idle: bool = False) -> list[dict]:
     """Serial vs read-ahead reads of the first ``n`` of ``files`` for each n in ``days``: best of ``repeat``,
-    the variants alternating within each round so that host noise hits them alike."""
+    the variants alternating within each round so that host noise hits them alike (``idle``: each round
+    starts when the host is idle, if it gets so within a minute)."""
     from ingest.readers import open_inputs
 
     out = []
@@ -126,6 +144,8 @@ def readahead_figure(files: list[str], days: list[int], repeat: int, ahead: list
         best = {v: (float("inf"), float("inf")) for v in variants}
         records = {}
         for _ in range(repeat):
+            if idle and os.path.exists("/proc/stat"):
+                wait_idle()
             for v in variants:
                 t0, c0 = time.perf_counter(), time.process_time()
                 reader = open_inputs(paths, format="auto", read_ahead=v)
@@ -175,6 +195,7 @@ def main() -> int:
                     help="day counts for the serial vs read-ahead figure (days from 2020.12.16; '' = skip)")
     ap.add_argument("--read-ahead", default="1,2", help="read_ahead values compared with serial (0)")
     ap.add_argument("--repeat", type=int, default=7, help="rounds for the read-ahead figure (best of)")
+    ap.add_argument("--idle", action="store_true", help="start each read-ahead round when the host is idle")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -221,7 +242,7 @@ def main() -> int:
     later = [f for f in sorted(glob.glob(str(LUFLOW / "*.zip"))) if Path(f).name >= "2020.12.16"]
     if days and later:
         ra = {"days": [d for d in days if d <= len(later)], "repeat": args.repeat,
-              "ahead": [int(v) for v in args.read_ahead.split(",") if v]}
+              "ahead": [int(v) for v in args.read_ahead.split(",") if v], "idle": args.idle}
         env = dict(os.environ, INGEST_BENCH_RA=json.dumps(ra))
         proc = subprocess.run([sys.executable, __file__, "--child", "read-ahead"], capture_output=True, text=True,
                               cwd=REPO, env=env)
@@ -231,7 +252,8 @@ def main() -> int:
         rows = json.loads(proc.stdout.strip().splitlines()[-1])
         results["read-ahead"] = {"rows": rows, **ra}
         print(f"\nread-ahead: LUFlow days from 2020.12.16, serial (0) vs read-ahead, alternating, "
-              f"best of {args.repeat}; load average {os.getloadavg()[0]:.1f}")
+              f"best of {args.repeat}{' idle-host rounds' if args.idle else ''}; "
+              f"load average {os.getloadavg()[0]:.1f}")
         print(f"{'days':>5}{'records':>10}{'read_ahead':>12}{'wall s':>9}{'cpu s':>8}{'speedup':>9}")
         for r in rows:
             print(f"{r['days']:>5}{r['records']:>10}{r['read_ahead']:>12}{r['wall_s']:>9.3f}{r['cpu_s']:>8.3f}"

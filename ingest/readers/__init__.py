@@ -194,7 +194,7 @@ def _resolve(spec: InputSpec, fmt: str) -> tuple[str, str]:
 #: Formats never read in a background thread, nor beside one: nfstream forks metering processes.
 SERIAL_FORMATS = frozenset({"pcap"})
 #: Tables one read-ahead file may queue before its thread waits (bounds memory per file).
-AHEAD_TABLES = 4
+AHEAD_TABLES = 2
 #: Held-back dead letters/log lines of a read-ahead file before its thread waits for the consumer.
 AHEAD_PENDING = 65536
 
@@ -312,8 +312,9 @@ class _ReadAhead:
 class InputReader:
     """Iterates canonical record batches over several inputs; see :func:`open_inputs`."""
 
-    #: Default files read ahead of the current one, in background threads (0 = serial).
-    READ_AHEAD = 1
+    #: Default files read ahead of the current one, in background threads (0 = serial). Two keep both
+    #: cores of a small host busy: with one, files start in lockstep pairs and the pair waits for its slower file.
+    READ_AHEAD = 2
 
     def __init__(self, paths: Sequence[str | os.PathLike], format: str = "auto", mapping: Any = None,
                  dead_letter: str | os.PathLike | DeadLetter | None = None, batch_size: int = 65536,
