@@ -28,6 +28,20 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
+def _warm_up_flows():
+    """Four plain TCP flows in FLOW_SCHEMA (two per warm-up window)."""
+    import pyarrow as pa
+
+    from ingest.schema import FLOW_SCHEMA, conform
+
+    rows = [dict(row=i, ts=int((10 + 60 * (i // 2) + i) * 1e6), duration=1.0, src_ip=f"10.0.0.{i + 1}", src_port=40000 + i,
+                 dst_ip="10.0.0.100", dst_port=80, proto="tcp", conn_state="SF", src_bytes=500, dst_bytes=5000,
+                 src_pkts=6, dst_pkts=7) for i in range(4)]
+    t = pa.Table.from_pylist(rows)
+    t = t.set_column(t.schema.get_field_index("ts"), "ts", t.column("ts").cast(pa.timestamp("us", tz="UTC")))
+    return conform(t, FLOW_SCHEMA)
+
+
 class ModelBundle:
     """A trained flow model: encoder + detector + calibrated threshold + feature pipeline."""
 
@@ -71,16 +85,19 @@ class ModelBundle:
         }
 
     def warm_up(self) -> None:
-        """Pay the detector's one-time costs now (the compiled tree walk's load, ~0.2-0.3 s, and the
-        forest layout) instead of in the first window: ``graphsentry score`` runs it in a thread while
-        it reads the inputs. Never raises: a failure here resurfaces, if real, when scoring."""
-        n = getattr(getattr(self.detector, "mean_", None), "shape", (0,))[0]
-        if not n:
-            return
+        """Pay the one-time costs of scoring now instead of in the first window: numba's load of the
+        compiled kernels (tree walk ~0.2 s, knowledge propagation ~0.5 s per process), the forest
+        layout, the first torch calls. Scores two tiny synthetic windows with a throwaway scorer (its
+        own state: nothing carries over). ``graphsentry score`` runs it in a thread while it reads
+        the inputs; the daemon at model load. Never raises: a real problem shows when scoring."""
         try:
-            self.detector.decision_function(np.zeros((1, n), dtype=np.float32))
+            from ingest.windows import Window
+
+            t = _warm_up_flows()
+            self.stream_scorer().score_windows([Window(0.0, 60.0, t.slice(0, 2)), Window(60.0, 120.0, t.slice(2))],
+                                               return_exceptions=True)
         except Exception as exc:  # noqa: BLE001 - only an optimisation
-            log.debug("detector warm-up failed: %r", exc)
+            log.debug("warm-up failed: %r", exc)
 
     def stream_scorer(self):
         """A scorer with its own temporal state (one per stream / consumer)."""
