@@ -95,4 +95,15 @@ def _walk(X, mean, scale, scaled, feat, thr, value, depths):  # pragma: no cover
                 depths[s + r] += val[slot[r] - inner]
 
 
-walk = njit(nogil=True, cache=True)(_walk) if njit is not None else None
+def _compiled():
+    """``_walk`` compiled (GIL released: the detector runs it on two threads), cached on disk where numba
+    finds a writable place, else compiled in memory at the first call of each process."""
+    if njit is None:
+        return None
+    try:
+        return njit(nogil=True, cache=True)(_walk)
+    except RuntimeError:  # pragma: no cover - "cannot cache function": no writable cache location
+        return njit(nogil=True)(_walk)
+
+
+walk = _compiled()
