@@ -339,13 +339,22 @@ def _score_table(bundle, table, stream_order: bool = False, lateness: float | No
     lat = float(win.get("lateness", 10.0) if lateness is None else lateness)
     scorer = bundle.stream_scorer()
     w = EventTimeWindower(Tumbling(size), lateness=lat if stream_order else 0.0)
-    src = table
+    by_time = None
     if not stream_order and n:
-        src = table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("row", "ascending")]))
+        by_time = pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("row", "ascending")])
     errors = 0
 
+    def batches():
+        if by_time is None:
+            yield from table.to_batches(max_chunksize=65536)
+            return
+        # the sorted rows are gathered a batch at a time as the windows are pulled, so the first
+        # groups are built (worker thread) while the rest is still being gathered
+        for lo in range(0, n, 65536):
+            yield from table.take(by_time.slice(lo, 65536)).to_batches()
+
     def windows():
-        for batch in src.to_batches(max_chunksize=65536):
+        for batch in batches():
             yield from w.push(batch)
         yield from w.flush()
 

@@ -60,8 +60,13 @@ class NodeMemory(nn.Module):
     def read(self, gid: Tensor) -> Tensor:
         """Previous state of each endpoint; zeros for unknown or evicted ones. [N, dim]"""
         slot = gid.remainder(self.capacity)
-        known = (self.owner[slot] == gid).unsqueeze(-1)
-        return torch.where(known, self.state[slot], torch.zeros((), dtype=self.state.dtype, device=gid.device))
+        return self._read_slots(slot, gid)
+
+    def _read_slots(self, slot: Tensor, gid: Tensor) -> Tensor:
+        # index_select + masked_fill_: the values of state[slot] / where(known, ., 0), with a fraction
+        # of advanced indexing's per-call overhead (paid once per window)
+        prev = self.state.index_select(0, slot)
+        return prev.masked_fill_(self.owner.index_select(0, slot).ne(gid).unsqueeze_(-1), 0.0)
 
     def forward(self, h: Tensor, gid: Tensor, t: float | None = None, update: bool = True) -> Tensor:
         if h.size(-1) != self.dim:
@@ -88,30 +93,28 @@ class NodeMemory(nn.Module):
             return h.new_zeros((0, self.dim))
         slots = torch.cat(gids).remainder(self.capacity)
         out = torch.empty_like(h)
-        zero = torch.zeros((), dtype=self.state.dtype, device=h.device)
         c = self.cell
         a = 0
         for gid, n, t in zip(gids, sizes, times):
             slot, b = slots[a:a + n], a + n
-            prev = torch.where((self.owner[slot] == gid).unsqueeze(-1), self.state[slot], zero)  # read()
+            prev = self._read_slots(slot, gid)  # read()
             new = torch._VF.gru_cell(h[a:b], prev, c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)  # as GRUCell
             out[a:b] = new
             if update:
-                with torch.no_grad():  # write()
-                    self.state[slot] = new.detach().to(self.state.dtype)
-                    self.owner[slot] = gid
-                    if t is not None:
-                        self.last_seen[slot] = float(t)
+                self._write_slots(slot, gid, new, t)  # write()
             a = b
         return out
 
-    @torch.no_grad()
     def write(self, gid: Tensor, s: Tensor, t: float | None = None) -> None:
-        slot = gid.remainder(self.capacity)
-        self.state[slot] = s.to(self.state.dtype)
-        self.owner[slot] = gid
+        self._write_slots(gid.remainder(self.capacity), gid, s, t)
+
+    @torch.no_grad()
+    def _write_slots(self, slot: Tensor, gid: Tensor, s: Tensor, t: float | None) -> None:
+        # index_copy_ / index_fill_: state[slot] = s etc. (CPU: in index order, the last duplicate wins)
+        self.state.index_copy_(0, slot, s.detach().to(self.state.dtype))
+        self.owner.index_copy_(0, slot, gid)
         if t is not None:
-            self.last_seen[slot] = float(t)
+            self.last_seen.index_fill_(0, slot, float(t))
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(dim={self.dim}, capacity={self.capacity})"
