@@ -487,7 +487,11 @@ def beaconing(c: WindowContext) -> np.ndarray:
     # (group, time) sequence below, and so every gap, is the same.
     order = np.argsort(c.ts)
     order = order[np.argsort(g[order].astype(np.uint16) if k <= 65536 else g[order], kind="stable")]
-    gs, ts = g[order], c.ts[order]
+    return _beacon_activation(g[order], c.ts[order], k)[g]
+
+
+def _beacon_activation(gs: np.ndarray, ts: np.ndarray, k: int) -> np.ndarray:
+    """Per group: the beaconing activation from its flows' times (``gs``/``ts`` ordered by group, then time)."""
     same = np.r_[False, gs[1:] == gs[:-1]]
     gap = np.r_[0.0, np.diff(ts)]
     w = same.astype(np.float64)
@@ -497,8 +501,7 @@ def beaconing(c: WindowContext) -> np.ndarray:
     mean = np.divide(s, n, out=np.zeros(k), where=n > 0)
     var = np.maximum(np.divide(s2, n, out=np.zeros(k), where=n > 0) - mean ** 2, 0)
     cv = np.divide(np.sqrt(var), mean, out=np.full(k, np.inf), where=mean > 0)
-    act = ramp(n + 1, 3, 8) * (1.0 - ramp(cv, 0.1, 0.5)) * (mean >= 1.0)
-    return act[g]
+    return ramp(n + 1, 3, 8) * (1.0 - ramp(cv, 0.1, 0.5)) * (mean >= 1.0)
 
 
 def long_low_volume(c: WindowContext) -> np.ndarray:

@@ -309,22 +309,12 @@ def test_node_activations_compiled_equals_torch(kind, monkeypatch):
 
 
 def _beaconing_lexsort(c) -> np.ndarray:
-    """beaconing as it was written with np.lexsort (the reference for the two-sort order)."""
-    from knowledge.predicates import ramp
+    """beaconing with the rows ordered by np.lexsort, as it was written (the reference for the two-sort order)."""
+    from knowledge.predicates import _beacon_activation
 
     g, k = c.group("flow")
     order = np.lexsort((c.ts, g))
-    gs, ts = g[order], c.ts[order]
-    same = np.r_[False, gs[1:] == gs[:-1]]
-    gap = np.r_[0.0, np.diff(ts)]
-    w = same.astype(np.float64)
-    n = np.bincount(gs, weights=w, minlength=k)
-    s = np.bincount(gs, weights=gap * w, minlength=k)
-    s2 = np.bincount(gs, weights=gap * gap * w, minlength=k)
-    mean = np.divide(s, n, out=np.zeros(k), where=n > 0)
-    var = np.maximum(np.divide(s2, n, out=np.zeros(k), where=n > 0) - mean ** 2, 0)
-    cv = np.divide(np.sqrt(var), mean, out=np.full(k, np.inf), where=mean > 0)
-    return (ramp(n + 1, 3, 8) * (1.0 - ramp(cv, 0.1, 0.5)) * (mean >= 1.0))[g]
+    return _beacon_activation(g[order], c.ts[order], k)[g]
 
 
 def test_beaconing_order_equals_lexsort():
