@@ -131,10 +131,11 @@ class StreamScorer:
         detector and finishes group ``i`` (NumPy, Arrow, torch and the tree walk release the GIL in
         their kernels). Each half keeps its own state and runs its groups in order (the graph stream in
         the worker, the model here), so the results are those of running them one after the other
-        (``test_overlapped_groups_equal_groups_in_turn``). The split point is measured: with the
-        compiled tree walk the two halves take about the same time on LUFlow (graphs and knowledge
-        ~0.9 s, encoder + memory + detector ~0.8 s per 136k records); the encoder in the worker made
-        the worker the bottleneck (stage 94k vs 116k records/s, best of 6).
+        (``test_overlapped_groups_equal_groups_in_turn``). The split point is measured (LUFlow, 136k
+        records, best of 5-6): once the tree walk was compiled, the encoder in the worker made the worker
+        the bottleneck (stage 94k vs 116k records/s); with the compiled knowledge kernels too (worker
+        ~0.6 s, this thread ~1.0 s CPU) the two splits measure alike (121k vs 124k), and this one keeps
+        the worker to the graph stream.
         """
         out = [r for _w, r in self.iter_scores(windows)]
         if not return_exceptions:
