@@ -182,12 +182,9 @@ class TailSource:
     def _scan_once(self) -> Iterator[pa.Table]:
         for p in self._candidates():
             if p.suffix in ARROW_SUFFIXES:
-                if p not in self._files:  # archives are immutable: read once
-                    self._files[p] = _FileState(p)
-                    for t in _read_arrow_file(p, self.batch_size):
-                        t = t.set_column(0, "row", pa.array(range(self._row, self._row + t.num_rows), pa.int64()))
-                        self._row += t.num_rows
-                        yield t
+                st = self._files.setdefault(p, _FileState(p))
+                if not st.skip:
+                    yield from self._arrow_file(st)
                 continue
             st = self._files.setdefault(p, _FileState(p))
             if st.skip:
@@ -241,6 +238,30 @@ class TailSource:
                 continue
             if t is not None and t.num_rows:
                 yield t
+
+    def _arrow_file(self, st: _FileState) -> Iterator[pa.Table]:
+        """An Arrow/Parquet archive, read once, whole, after its size held for one poll: a file still
+        being written (copied in, not renamed) is not read half; one that cannot be read is logged and
+        dead-lettered, not raised (the daemon keeps following the others)."""
+        try:
+            size = st.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size == 0 or size != st.last_size:
+            st.last_size = size  # still being written (or new): look again next poll
+            return
+        st.skip = True  # archives are immutable: read once
+        try:
+            tables = list(_read_arrow_file(st.path, self.batch_size))
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", st.path, exc)
+            if self.dead_letter is not None:
+                self.dead_letter.add(str(st.path), None, "unreadable_file", str(exc)[:500])
+            return
+        for t in tables:
+            t = t.set_column(0, "row", pa.array(range(self._row, self._row + t.num_rows), pa.int64()))
+            self._row += t.num_rows
+            yield t
 
     def _whole_file(self, st: _FileState) -> Iterator[pa.Table]:
         from ingest.readers import open_inputs

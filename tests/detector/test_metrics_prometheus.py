@@ -3,6 +3,7 @@ calls a webhook receiver; the daemon's own Alertmanager sink reaches the same re
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -130,7 +131,8 @@ def test_prometheus_scrapes_and_rule_reaches_alertmanager_webhook(tmp_path):
         drift = next(r for g in rules["groups"] for r in g["rules"] if r["alert"] == "GraphsentryThresholdDrift")
         # rate() needs the counters to grow after the first scrape: a second file, 100 s later in event time
         first = daemon.summary.flagged_records
-        pq.write_table(make_flows(seed=1, t0=T0 + 100.0), tmp_path / "in" / "flows-2.parquet")
+        pq.write_table(make_flows(seed=1, t0=T0 + 100.0), tmp_path / "flows-2.parquet")
+        os.replace(tmp_path / "flows-2.parquet", tmp_path / "in" / "flows-2.parquet")  # appears whole, as a producer should
         _wait(lambda: daemon.summary.records_scored == 1040, 60, "the second file to be scored")
         flagged = daemon.summary.flagged_records - first
         assert 0.1 * 520 < flagged <= 520
