@@ -131,7 +131,7 @@ class GraphStream:
         graph gets its rows as a view. Same values as window by window; a window's ``cat`` and
         gathers cost more than its rows on small windows, and whole-group temporaries cost copies.
         ``factored_kb``: edges get ``edge_kb = (shared rows, index view)`` instead (see :meth:`build_many`)."""
-        from knowledge.features import stack_edges, stack_nodes
+        from knowledge.features import shared_edge_rows, stack_edges, stack_nodes
 
         def joined(parts, stack):
             inputs = cat_rows([p.float() for p in parts])  # [R, F]
@@ -140,12 +140,12 @@ class GraphStream:
             stack(kbs, out=out[:, inputs.size(1):].numpy())
             return out
 
-        shared = _shared_edge_rows(kbs) if factored_kb else None
-        if shared is not None:
+        shared = shared_edge_rows(kbs) if factored_kb else None
+        if shared is not None and shared[0].dtype == np.float32:
             rows, index = torch.from_numpy(shared[0]), torch.from_numpy(shared[1])
             edge = cat_rows([d.edge_attr.float() for d in graphs])  # [E, F]: flow features only
         else:
-            edge = joined([d.edge_attr for d in graphs], stack_edges)
+            shared, edge = None, joined([d.edge_attr for d in graphs], stack_edges)
         node = joined([d.x for d in graphs], stack_nodes)
         e0 = n0 = 0
         for d in graphs:
@@ -190,18 +190,6 @@ class GraphStream:
             data.edge_attr = torch.cat([data.edge_attr.float(), torch.from_numpy(edge)], 1)
             data.x = torch.cat([data.x.float(), torch.from_numpy(node)], 1)
         return data, kb
-
-
-def _shared_edge_rows(kbs) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(rows [R, K] float32, index [sum E] int64)`` when the blocks' edges index rows shared by one
-    ``transform_many`` call (then ``rows[index]`` is their stacked edge block), else None."""
-    refs = [kb._rows if kb._edge is None else None for kb in kbs]
-    if not refs or any(r is None or r[0] is not refs[0][0] for r in refs):
-        return None
-    rows = refs[0][0].rows
-    if rows.dtype != np.float32 or rows.ndim != 2:
-        return None
-    return rows, np.concatenate([np.asarray(r[1], dtype=np.int64) for r in refs])
 
 
 class FeaturePipeline:

@@ -240,32 +240,25 @@ class TailSource:
                 yield t
 
     def _arrow_file(self, st: _FileState) -> Iterator[pa.Table]:
-        """An Arrow/Parquet archive, read once, whole, after its size held for one poll: a file still
-        being written (copied in, not renamed) is not read half; one that cannot be read is logged and
-        dead-lettered, not raised (the daemon keeps following the others)."""
-        try:
-            size = st.path.stat().st_size
-        except FileNotFoundError:
-            return
-        if size == 0 or size != st.last_size:
-            st.last_size = size  # still being written (or new): look again next poll
-            return
-        st.skip = True  # archives are immutable: read once
-        try:
-            tables = list(_read_arrow_file(st.path, self.batch_size))
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            log.warning("ignoring %s: %s", st.path, exc)
-            if self.dead_letter is not None:
-                self.dead_letter.add(str(st.path), None, "unreadable_file", str(exc)[:500])
-            return
-        for t in tables:
-            t = t.set_column(0, "row", pa.array(range(self._row, self._row + t.num_rows), pa.int64()))
-            self._row += t.num_rows
-            yield t
+        """An Arrow/Parquet archive (see :meth:`_once_complete`)."""
+        yield from self._once_complete(st, lambda: list(_read_arrow_file(st.path, self.batch_size)),
+                                       (pa.ArrowException, OSError, ValueError))
 
     def _whole_file(self, st: _FileState) -> Iterator[pa.Table]:
+        """A capture or other whole-file format, through the readers (see :meth:`_once_complete`)."""
         from ingest.readers import open_inputs
 
+        def read() -> list:
+            reader = open_inputs([str(st.path)], format=self.format, dead_letter=self.dead_letter,
+                                 batch_size=self.batch_size)
+            return [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in reader]
+
+        yield from self._once_complete(st, read, (ValueError,))
+
+    def _once_complete(self, st: _FileState, read: Callable[[], list], errors: tuple) -> Iterator[pa.Table]:
+        """The file's tables, read once, whole, after its size held for one poll: a file still being
+        written (copied in, not renamed) is not read half; one that ``read`` fails on with ``errors``
+        is logged and dead-lettered (``unreadable_file``), not raised: the others are still followed."""
         try:
             size = st.path.stat().st_size
         except FileNotFoundError:
@@ -275,10 +268,8 @@ class TailSource:
             return
         st.skip = True  # read once
         try:
-            reader = open_inputs([str(st.path)], format=self.format, dead_letter=self.dead_letter,
-                                 batch_size=self.batch_size)
-            tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in reader]
-        except ValueError as exc:
+            tables = read()
+        except errors as exc:
             log.warning("ignoring %s: %s", st.path, exc)
             if self.dead_letter is not None:
                 self.dead_letter.add(str(st.path), None, "unreadable_file", str(exc)[:500])

@@ -295,10 +295,20 @@ def stack_edges(blocks, out: np.ndarray | None = None) -> np.ndarray:
     blocks come from one ``transform_many`` call, without building each window's block first.
     ``out``: a float32 ``[sum E, K]`` array (a view into a wider one is fine) written in place."""
     blocks = list(blocks)
-    rows = [b._rows if b._edge is None else None for b in blocks]
-    if blocks and all(r is not None and r[0] is rows[0][0] for r in rows):
-        return _gather(rows[0][0].rows, np.concatenate([r[1] for r in rows]), out)
+    shared = shared_edge_rows(blocks)
+    if shared is not None:
+        return _gather(*shared, out)
     return _put(np.concatenate([np.asarray(b.edge, dtype=np.float32) for b in blocks]), out)
+
+
+def shared_edge_rows(blocks) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(rows [R, K], index [sum E] int64)`` when the blocks' edges index rows shared by one
+    ``transform_many`` call (``rows[index]`` is then their stacked edge block), else None."""
+    blocks = list(blocks)
+    refs = [b._rows if b._edge is None else None for b in blocks]
+    if not refs or any(r is None or r[0] is not refs[0][0] for r in refs):
+        return None
+    return refs[0][0].rows, np.concatenate([np.asarray(r[1], dtype=np.int64) for r in refs])
 
 
 def stack_nodes(blocks, out: np.ndarray | None = None) -> np.ndarray:
