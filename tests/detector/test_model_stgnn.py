@@ -118,3 +118,36 @@ def test_memory_forward_many_is_forward_per_window_bit_for_bit():
     assert torch.equal(many.state, frozen)
     with pytest.raises(ValueError):
         many.forward_many(h[:3], gids, times)
+
+
+@pytest.mark.parametrize("update", [True, False])
+def test_memory_compiled_step_equals_torch_step(update):
+    """The compiled memory step (scoring, no autograd) = the torch one up to float rounding: outputs,
+    states, owners (evictions, a slot shared inside one window) and last-seen times."""
+    from detector.models import memory_kernel
+
+    if not memory_kernel.available():
+        pytest.skip("numba not installed")
+    torch.manual_seed(1)
+    ref_mem, fast = NodeMemory(16, capacity=8), NodeMemory(16, capacity=8)
+    fast.load_state_dict(ref_mem.state_dict())
+    # 9 and 1 share slot 1 inside window 2; 17 evicts 1 in window 3
+    gids = [torch.tensor([1, 2, 3]), torch.tensor([2, 9, 1]), torch.tensor([17, 3, 4, 5]), torch.tensor([1])] * 2
+    times = [60.0, None, 180.0, 240.0] * 2
+    h = torch.randn(sum(len(g) for g in gids), 16)
+    with torch.no_grad():
+        try:
+            NodeMemory.COMPILED = False
+            ref = ref_mem.forward_many(h, gids, times, update=update)
+        finally:
+            NodeMemory.COMPILED = True
+        got = fast.forward_many(h, gids, times, update=update)
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(fast.state, ref_mem.state, atol=1e-6, rtol=1e-5)
+    assert torch.equal(fast.owner, ref_mem.owner)
+    assert torch.equal(fast.last_seen.nan_to_num(-1), ref_mem.last_seen.nan_to_num(-1))
+    if update:
+        assert int((fast.owner >= 0).sum()) > 0  # the memory did change
+    else:
+        assert bool((fast.owner == -1).all())
