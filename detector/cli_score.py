@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from detector.bundle import load_bundle
-    from detector.scoring import score_table
+    from detector.scoring import score_batches
     from ingest.readers import open_inputs
+    from ingest.schema import FLOW_SCHEMA, TX_SCHEMA
 
     for path in args.inputs:
         if not Path(path).exists():
@@ -64,23 +65,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     bundle = load_bundle(args.model)
     t0 = time.perf_counter()
-    # the detector's one-time costs overlap the reading (pyarrow parses without the GIL)
+    # the detector's one-time costs overlap the reading of the first inputs (pyarrow parses without the GIL)
     warm = threading.Thread(target=bundle.warm_up, name="warm-up", daemon=True)
     warm.start()
     reader = open_inputs(args.inputs, format=args.format, mapping=args.mapping, dead_letter=args.dead_letter)
-    try:
-        batches = list(reader)
-    finally:
-        warm.join()
-    if batches:
-        table = pa.Table.from_batches(batches)
-    else:
-        from ingest.schema import FLOW_SCHEMA, TX_SCHEMA
-
-        table = (TX_SCHEMA if getattr(reader, "kind", "flows") == "transactions" else FLOW_SCHEMA).empty_table()
     if getattr(bundle, "kind", "flows") != getattr(reader, "kind", "flows"):
         raise ValueError(f"model {args.model} scores {bundle.kind!r} but the inputs are {reader.kind!r}")
-    out = score_table(bundle, table, stream_order=args.stream_order)
+    empty = TX_SCHEMA if getattr(reader, "kind", "flows") == "transactions" else FLOW_SCHEMA
+    try:
+        # scoring starts while the later inputs are still being read (read-ahead threads)
+        out = score_batches(bundle, reader, stream_order=args.stream_order, schema=empty)
+    finally:
+        warm.join()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(out, args.out)
     dt = time.perf_counter() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from collections import deque
 from itertools import chain
 
 import numpy as np
@@ -109,6 +110,9 @@ class StreamScorer:
     # Build group i + 1 in a worker thread while group i is scored (see score_windows); False: one thread,
     # groups in turn (same results; benchmarks/score_bench.py measures both).
     OVERLAP = True
+    # Groups handed to the worker ahead of the one being scored: more than one evens out groups whose
+    # build and score times differ (the worker never waits for this thread to pull the next group).
+    AHEAD = 2
     # Edge knowledge blocks passed factored (shared distinct rows + per-edge index, projected once per
     # distinct row: GraphStream.build_many(factored_kb=True)); False: joined into edge_attr. Scores
     # equal up to float rounding.
@@ -163,14 +167,15 @@ class StreamScorer:
                 return
             # the worker gets this thread's torch setting (OpenMP thread counts are per thread)
             with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
-                group, pending = first, pool.submit(self._build_group, first)
-                nxt = second
-                while group is not None:
-                    built = pending.result()
-                    if nxt is not None:
-                        pending = pool.submit(self._build_group, nxt)
-                    yield from zip(group, self._score_built(group, built))
-                    group, nxt = nxt, (next(groups, None) if nxt is not None else None)
+                queue: deque = deque()  # (group, its build) in order, at most AHEAD + 1
+                for group in chain([first, second], groups):
+                    queue.append((group, pool.submit(self._build_group, group)))
+                    if len(queue) > self.AHEAD:
+                        group, pending = queue.popleft()
+                        yield from zip(group, self._score_built(group, pending.result()))
+                while queue:
+                    group, pending = queue.popleft()
+                    yield from zip(group, self._score_built(group, pending.result()))
 
     def _build_group(self, windows) -> list:
         """Per window: ``(data, kb)``, an exception (its build failed) or None (an empty window).
@@ -260,8 +265,6 @@ class StreamScorer:
 
 # --- offline scoring of whole inputs (``graphsentry score`` and the evaluation harness) -------------
 
-SCORES_SCHEMA = None  # built lazily (pyarrow import kept local to the function below)
-
 
 def scores_schema():
     import pyarrow as pa
@@ -277,109 +280,196 @@ def scores_schema():
     ])
 
 
-class _Collector:
-    """Per-row results keyed by position in the input table."""
+class _Results:
+    """Per-window results, placed at the records' positions in the input once it is complete."""
 
-    def __init__(self, n: int) -> None:
-        self.score = np.full(n, np.nan)
-        self.alert = np.zeros(n, dtype=bool)
-        self.top = np.full(n, None, dtype=object)
-        self.reason = np.full(n, "not_scored", dtype=object)
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+        self.alerts: list[np.ndarray] = []
+        self.tops: list[np.ndarray] = []
+        self.failed: list[tuple[np.ndarray, str]] = []  # (rows, reason), applied after the scores
 
-    def put(self, pos: np.ndarray, ws: WindowScores) -> None:
-        self.score[pos] = ws.scores
-        self.alert[pos] = ws.alerts
-        top = np.empty(len(ws.top_technique), dtype=object)
-        top[:] = ws.top_technique
-        self.top[pos] = top
-        self.reason[pos] = None
+    def put(self, ws: WindowScores) -> None:
+        self.rows.append(np.asarray(ws.rows, dtype=np.int64))
+        self.scores.append(np.asarray(ws.scores, dtype=np.float64))
+        self.alerts.append(np.asarray(ws.alerts, dtype=bool))
+        top = ws.top_technique
+        if not isinstance(top, np.ndarray):
+            top = np.empty(len(ws.top_technique), dtype=object)
+            top[:] = ws.top_technique
+        self.tops.append(top)
 
-    def fail(self, pos: np.ndarray, reason: str) -> None:
-        self.reason[pos] = reason
-        self.score[pos] = np.nan
-        self.alert[pos] = False
+    def fail(self, table, reason: str) -> None:
+        self.failed.append((_rows_of(table), reason))
+
+    def table(self, table, windower):
+        """The output table: one row per row of ``table`` (the whole input), in its order."""
+        import pyarrow as pa
+
+        n = table.num_rows
+        rows_np = table.column("row").to_numpy().astype(np.int64)
+        # position of each `row` value in the output (rows are unique within one scoring call)
+        order = np.argsort(rows_np, kind="stable")
+        sorted_rows = rows_np[order]
+
+        def positions(rows: np.ndarray) -> np.ndarray:
+            return order[np.searchsorted(sorted_rows, rows)]
+
+        score, alert = np.full(n, np.nan), np.zeros(n, dtype=bool)
+        top, reason = np.full(n, None, dtype=object), np.full(n, "not_scored", dtype=object)
+        if self.rows:
+            pos = positions(np.concatenate(self.rows))
+            score[pos], alert[pos] = np.concatenate(self.scores), np.concatenate(self.alerts)
+            top[pos], reason[pos] = np.concatenate(self.tops), None
+        failed = self.failed + [(_rows_of(b), "late") for b in windower.late] + \
+            [(_rows_of(b), "invalid_ts") for b in windower.invalid]
+        for rows, why in failed:
+            pos = positions(rows)
+            score[pos], alert[pos], reason[pos] = np.nan, False, why
+        uid = table.column("uid") if "uid" in table.column_names else pa.nulls(n, pa.string())
+        if "uid" not in table.column_names and "tx_id" in table.column_names:
+            uid = table.column("tx_id")
+        return pa.table({
+            "row": pa.array(rows_np, pa.int64()), "uid": uid.cast(pa.string()),
+            "ts": table.column("ts").cast(pa.timestamp("us", tz="UTC")),
+            "score": pa.array(score, mask=np.isnan(score), type=pa.float64()),
+            "alert": pa.array(alert, pa.bool_()), "top_technique": pa.array(top, pa.string()),
+            "reason": pa.array(reason, pa.string()),
+        }, schema=scores_schema())
 
 
-def score_table(bundle, table, stream_order: bool = False, lateness: float | None = None):
-    """See :func:`_score_table`; runs with the single-thread torch setting of :mod:`detector.runtime`."""
-    from detector.runtime import torch_threads
-
-    with torch_threads():
-        return _score_table(bundle, table, stream_order, lateness)
+def _rows_of(batch) -> np.ndarray:
+    return batch.column(batch.schema.get_field_index("row")).to_numpy().astype(np.int64)
 
 
-def _score_table(bundle, table, stream_order: bool = False, lateness: float | None = None):
-    """Score every record of ``table`` (canonical schema); returns one output row per input row, in input order.
+class _OutOfOrder(Exception):
+    """A record arrived for a window already scored (the speculation of :func:`score_batches` failed)."""
 
-    By default records are windowed in event-time order (a file is complete, so nothing is
-    late). With ``stream_order=True`` they are pushed in input order through an
-    ``EventTimeWindower`` with the bundle's lateness, like the daemon: records that miss
-    their window get a null score with reason ``late``. Records with a null ``ts`` get
-    reason ``invalid_ts``; a window that fails to score gets ``error:<type>`` for its rows.
-    """
-    import logging
 
+def _batch_min_seconds(batch) -> float | None:
+    """Earliest ``ts`` of a batch in epoch seconds (None: no valid ts)."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    from ingest.windows import _ts_us
+
+    if batch.num_rows == 0:
+        return None
+    lo = pc.min(_ts_us(batch)).as_py()
+    return None if lo is None else lo / 1e6
+
+
+def _table_source(table, chunk: int = 65536):
+    """``(batch, watermark)`` for a complete table: the watermark after batch ``i`` is the earliest
+    ``ts`` of the batches after it, known exactly (None for the last one)."""
+    batches = table.to_batches(max_chunksize=chunk)
+    lows = [_batch_min_seconds(b) for b in batches]
+    after, wms = None, []
+    for lo in reversed(lows):
+        wms.append(after)
+        if lo is not None:
+            after = lo if after is None else min(after, lo)
+    yield from zip(batches, reversed(wms))
+
+
+def _stream_source(batches, seen: list):
+    """``(batch, watermark)`` for batches still being read: the watermark after a batch is its own
+    earliest ``ts`` (a guess: later inputs start no earlier; checked, see :func:`score_batches`).
+    Every batch is appended to ``seen``."""
+    for batch in batches:
+        seen.append(batch)
+        yield batch, _batch_min_seconds(batch)
+
+
+def _score(bundle, source, stream_order: bool, lateness: float | None, whole):
+    """Score the ``(batch, watermark)`` pairs of ``source``; ``whole()`` gives the complete input table
+    once the source is exhausted. Raises :class:`_OutOfOrder` (event-time order only) when a record
+    arrives for a window that was already scored."""
+    import logging
+    import math
 
     from ingest.windows import EventTimeWindower, Tumbling
 
     log = logging.getLogger(__name__)
-    n = table.num_rows
-    col = _Collector(n)
-    rows_np = table.column("row").to_numpy().astype(np.int64)
-    # position of each `row` value in the output (rows are unique within one scoring call)
-    order = np.argsort(rows_np, kind="stable")
-    sorted_rows = rows_np[order]
-
-    def positions(rows: np.ndarray) -> np.ndarray:
-        return order[np.searchsorted(sorted_rows, rows)]
-
     win = bundle.window or {}
     size = float(win.get("size", 60.0))
     lat = float(win.get("lateness", 10.0) if lateness is None else lateness)
     scorer = bundle.stream_scorer()
-    w = EventTimeWindower(Tumbling(size), lateness=lat if stream_order else 0.0)
-    by_time = None
-    if not stream_order and n:
-        by_time = pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("row", "ascending")])
-    errors = 0
-
-    def batches():
-        if by_time is None:
-            yield from table.to_batches(max_chunksize=65536)
-            return
-        # the sorted rows are gathered a batch at a time as the windows are pulled, so the first
-        # groups are built (worker thread) while the rest is still being gathered
-        for lo in range(0, n, 65536):
-            yield from table.take(by_time.slice(lo, 65536)).to_batches()
+    # event-time order: records join their window whatever their order (infinite lateness) and windows
+    # close when the source's watermark passes them; stream order: the daemon's rule (lateness)
+    w = EventTimeWindower(Tumbling(size), lateness=lat if stream_order else math.inf)
 
     def windows():
-        for batch in batches():
+        for batch, wm in source:
             yield from w.push(batch)
+            if not stream_order:
+                if w.stats.late:
+                    raise _OutOfOrder
+                if wm is not None:
+                    yield from w.advance_watermark(wm)
         yield from w.flush()
 
-    # One lazy pipeline over all windows (graphs batched per group and built one group ahead,
+    res, errors = _Results(), 0
+    # One lazy pipeline over all windows (graphs batched per group and built ahead in a worker,
     # temporal state still advanced window by window): same scores as one window at a time.
     for win_, ws in scorer.iter_scores(windows()):
         if not isinstance(ws, BaseException):
-            col.put(positions(np.asarray(ws.rows, dtype=np.int64)), ws)
+            res.put(ws)
             continue
         errors += 1
         if errors <= 3:  # one bad window must not take the rest down
             log.warning("window [%s, %s) failed to score: %r", win_.start, win_.end, ws)
-        col.fail(positions(win_.table.column("row").to_numpy().astype(np.int64)), f"error:{type(ws).__name__}")
-    for b in getattr(w, "late", []):
-        col.fail(positions(b.column(b.schema.get_field_index("row")).to_numpy().astype(np.int64)), "late")
-    for b in getattr(w, "invalid", []):
-        col.fail(positions(b.column(b.schema.get_field_index("row")).to_numpy().astype(np.int64)), "invalid_ts")
-    score = pa.array(col.score, mask=np.isnan(col.score), type=pa.float64())
-    uid = table.column("uid") if "uid" in table.column_names else pa.nulls(n, pa.string())
-    if "uid" not in table.column_names and "tx_id" in table.column_names:
-        uid = table.column("tx_id")
-    return pa.table({
-        "row": pa.array(rows_np, pa.int64()), "uid": uid.cast(pa.string()),
-        "ts": table.column("ts").cast(pa.timestamp("us", tz="UTC")), "score": score,
-        "alert": pa.array(col.alert, pa.bool_()), "top_technique": pa.array(col.top, pa.string()),
-        "reason": pa.array(col.reason, pa.string()),
-    }, schema=scores_schema())
+        res.fail(win_.table, f"error:{type(ws).__name__}")
+    return res.table(whole(), w)
+
+
+def score_table(bundle, table, stream_order: bool = False, lateness: float | None = None):
+    """Score every record of ``table`` (canonical schema); returns one output row per input row, in input order.
+
+    By default records are windowed in event-time order (a file is complete, so nothing is
+    late): each window holds the records whose ``ts`` falls in it, in ``row`` order, and windows are
+    scored oldest first, whatever the order of the table. With ``stream_order=True`` they are pushed
+    in input order through an ``EventTimeWindower`` with the bundle's lateness, like the daemon:
+    records that miss their window get a null score with reason ``late``. Records with a null ``ts``
+    get reason ``invalid_ts``; a window that fails to score gets ``error:<type>`` for its rows.
+    Runs with the single-thread torch setting of :mod:`detector.runtime`.
+    """
+    with torch_threads():
+        return _score(bundle, _table_source(table), stream_order, lateness, lambda: table)
+
+
+def score_batches(bundle, batches, stream_order: bool = False, lateness: float | None = None, schema=None):
+    """:func:`score_table` on the concatenation of ``batches`` (an iterable, e.g. a reader), scoring
+    while they are still being read: the same output, bit for bit.
+
+    In event-time order a window is scored once a batch arrives whose earliest record is past its end
+    (inputs such as daily captures given in time order). That is a guess about the batches still to
+    come: when a later record falls into a window already scored, the partial work is dropped, the
+    rest is read and the whole input is scored by :func:`score_table` (logged). ``schema``: of the
+    empty table returned when there are no batches.
+    """
+    import logging
+
+    import pyarrow as pa
+
+    seen: list = []
+
+    def whole():
+        if seen:
+            return pa.Table.from_batches(seen)
+        if schema is None:
+            raise ValueError("no input batches and no schema for the empty output")
+        return schema.empty_table()
+
+    with torch_threads():
+        source = _stream_source(batches, seen)
+        try:
+            return _score(bundle, source, stream_order, lateness, whole)
+        except _OutOfOrder:
+            for _ in source:  # read the rest
+                pass
+            logging.getLogger(__name__).info(
+                "inputs are not in time order across batches: scoring them again after reading all")
+    table = whole()
+    return score_table(bundle, table, stream_order, lateness)

@@ -135,6 +135,9 @@ class WindowStats:
         return dict(self.__dict__)
 
 
+_NEVER = -(2 ** 62)  # a watermark before any event time (infinite lateness)
+
+
 def _ts_us(batch: pa.RecordBatch) -> pa.Array:
     """The ``ts`` column as int64 microseconds since the epoch (nulls kept)."""
     col = batch.column(batch.schema.get_field_index("ts"))
@@ -155,7 +158,9 @@ class EventTimeWindower:
     Args:
         windower: :class:`Tumbling` or :class:`Sliding`.
         lateness: allowed lateness in seconds (default 10): how far behind the
-            newest event a record may be and still join its window.
+            newest event a record may be and still join its window. ``math.inf``:
+            records never move the watermark; only :meth:`advance_watermark` (a
+            source that knows its own order) and :meth:`flush` close windows.
         idle_timeout: seconds of the injected ``clock`` without any record after
             which :meth:`poll` flushes every open window (default None: never).
         clock: "now" in seconds, injectable so tests drive it (default ``time.monotonic``).
@@ -175,7 +180,8 @@ class EventTimeWindower:
         self._size = _to_us(windower.size, "window size")
         self._slide = _to_us(windower.slide, "window slide")
         self._align = int(round(windower.align * _US))
-        self._lat = _to_us(lateness, "lateness", allow_zero=True)
+        # None: infinite lateness (the watermark moves only by advance_watermark / flush)
+        self._lat = None if lateness == math.inf else _to_us(lateness, "lateness", allow_zero=True)
         if idle_timeout is not None and not (idle_timeout > 0):
             raise ValueError(f"idle_timeout must be > 0 seconds or None, got {idle_timeout!r}")
         self.idle_timeout = idle_timeout
@@ -235,6 +241,13 @@ class EventTimeWindower:
         self.stats.idle_flushes += 1
         return self._emit_all()
 
+    def advance_watermark(self, t: float) -> list[Window]:
+        """The source says no record before ``t`` (epoch seconds) is still to come: emit the windows
+        that end at or before ``t``, oldest first. A record pushed later into one of them is late."""
+        us = int(round(float(t) * _US))
+        self._wm = us if self._wm is None else max(self._wm, us)
+        return self._emit_closed()
+
     def flush(self) -> list[Window]:
         """End of input: emit every open window, oldest first."""
         return self._emit_all()
@@ -268,7 +281,7 @@ class EventTimeWindower:
         cummax = np.maximum.accumulate(ts)
         if self._max_ts is not None:
             np.maximum(cummax, self._max_ts, out=cummax)
-        wm_i = cummax - self._lat
+        wm_i = cummax - self._lat if self._lat is not None else np.full(n, _NEVER, dtype=np.int64)
         if self._wm is not None:
             np.maximum(wm_i, self._wm, out=wm_i)
         # Window k is closed for record i iff align + k*slide + size <= wm_i.
@@ -321,6 +334,8 @@ class EventTimeWindower:
             self._pending_rows += int(idx.size)
 
         self._max_ts = int(cummax[-1])
+        if self._lat is None:
+            return self._emit_closed() if self._wm is not None else []
         wm = int(cummax[-1]) - self._lat
         self._wm = wm if self._wm is None else max(self._wm, wm)
         return self._emit_closed()

@@ -1,4 +1,4 @@
-"""The GRU memory step of consecutive windows as one compiled loop (numba), for scoring.
+r"""The GRU memory step of consecutive windows as one compiled loop (numba), for scoring.
 
 :meth:`NodeMemory.forward_many` advances the memory window by window: window ``k`` reads what
 window ``k - 1`` wrote, so the steps cannot be batched. Through torch each step is ~10 small calls

@@ -192,6 +192,37 @@ def test_null_ts_is_counted_and_kept() -> None:
     assert rows_of(out[0]) == [0, 2]
 
 
+def test_infinite_lateness_windows_any_order_like_sorted_input() -> None:
+    """lateness=inf: records join their window whatever their order; nothing closes until the source
+    advances the watermark or flushes; the windows equal those of the time-sorted input."""
+    ts = [130, 5, 70, 59, 3, 140, 65, 121]
+    w = EventTimeWindower(Tumbling(60), lateness=float("inf"))
+    assert w.push(flows(ts)) == [] and w.watermark is None
+    got = w.flush()
+    order = sorted(range(len(ts)), key=lambda i: (ts[i], i))
+    ref, _ = window_all([flows([ts[i] for i in order], rows=order)], Tumbling(60), lateness=0)
+    assert spans(got) == spans(ref) == [(0, 60), (60, 120), (120, 180)]
+    assert [rows_of(x) for x in got] == [rows_of(x) for x in ref] == [[1, 3, 4], [2, 6], [0, 5, 7]]
+    assert w.stats.late == 0
+
+
+def test_advance_watermark_emits_closed_windows_and_later_records_are_late() -> None:
+    w = EventTimeWindower(Tumbling(60), lateness=float("inf"))
+    w.push(flows([70, 5, 130], rows=[0, 1, 2]))
+    out = w.advance_watermark(120.0)  # the source: nothing before t=120 is still to come
+    assert spans(out) == [(0, 60), (60, 120)] and w.watermark == 120
+    assert w.advance_watermark(100.0) == [] and w.watermark == 120  # never backwards
+    assert w.push(flows([50, 150], rows=[3, 4])) == []  # 50 missed [0, 60): late
+    assert w.stats.late == 1 and w.late[0].column("row").to_pylist() == [3]
+    rest = w.flush()
+    assert spans(rest) == [(120, 180)] and rows_of(rest[0]) == [2, 4]
+
+
+def test_infinite_lateness_only_for_inf() -> None:
+    with pytest.raises(ValueError, match="lateness"):
+        EventTimeWindower(Tumbling(60), lateness=float("nan"))
+
+
 def test_table_input_equals_batch_input() -> None:
     b = flows([5, 70, 3, 140, 65])
     a, _ = window_all([b], Sliding(60, 20), lateness=10)
