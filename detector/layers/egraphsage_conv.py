@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import scatter
 
 
 class EGraphSAGEConv(MessagePassing):
@@ -92,17 +93,38 @@ class EGraphSAGEConv(MessagePassing):
                 f"edge_attr given with {edge_attr.size(-1)} features but the layer was built with "
                 f"edge_dim=0; set edge_dim={edge_attr.size(-1)}"
             )
-        # W_1 [h_u || e_uv] = W_1x h_u + W_1e e_uv: the node part is projected once per node and gathered,
-        # instead of concatenating and multiplying an [E, in + edge_dim] matrix (flows outnumber
-        # endpoints several times in a window). Same parameters (lin_msg) and maths; float rounding differs.
-        w = self.lin_msg.weight
-        x_msg = nn.functional.linear(x, w[:, :self.in_channels])  # [N, out_channels]
-        # h_neigh: [N, out_channels]
-        h_neigh = self.propagate(edge_index, x=x_msg, edge_attr=edge_attr, size=(x.size(0), x.size(0)))
+        if self.aggr in ("mean", "sum", "add"):
+            h_neigh = self._aggregate_linear(x, edge_index, edge_attr)  # [N, out_channels]
+        else:
+            # W_1 [h_u || e_uv] = W_1x h_u + W_1e e_uv: the node part is projected once per node and gathered
+            x_msg = nn.functional.linear(x, self.lin_msg.weight[:, :self.in_channels])  # [N, out_channels]
+            h_neigh = self.propagate(edge_index, x=x_msg, edge_attr=edge_attr, size=(x.size(0), x.size(0)))
         out = self.lin_upd(torch.cat([x, h_neigh], dim=-1))  # [N, out_channels]
         return out.relu() if self.act else out
 
+    def _aggregate_linear(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None) -> Tensor:
+        r""":math:`h_{\mathcal{N}(v)}` for a mean (or sum) aggregation, which commutes with
+        :math:`\mathbf{W}_1`: :math:`\operatorname{mean}_u \mathbf{W}_1 [h_u \Vert e_{uv}] + b =
+        \mathbf{W}_1 \operatorname{mean}_u [h_u \Vert e_{uv}] + b`. The raw pairs are summed per
+        destination and projected once per node instead of once per edge (flows outnumber endpoints
+        several times in a window); the same parameters and maths as :meth:`message` + the aggregation,
+        float rounding aside."""
+        n = x.size(0)
+        src, dst = edge_index
+        deg = torch.bincount(dst, minlength=n).to(x.dtype)  # [N] in-degree
+        parts = [scatter(x.index_select(0, src), dst, 0, dim_size=n, reduce="sum")]  # [N, in_channels]
+        if self.edge_dim > 0:
+            parts.append(scatter(edge_attr, dst, 0, dim_size=n, reduce="sum"))  # [N, edge_dim]
+        agg = torch.cat(parts, dim=-1)  # [N, in_channels + edge_dim]
+        if self.aggr == "mean":
+            agg = agg / deg.clamp(min=1).unsqueeze(-1)
+            deg = (deg > 0).to(x.dtype)  # the bias counts once per node with an incoming edge
+        out = nn.functional.linear(agg, self.lin_msg.weight)  # [N, out_channels]
+        b = self.lin_msg.bias
+        return out if b is None else torch.addcmul(out, deg.unsqueeze(-1), b)
+
     def message(self, x_j: Tensor, edge_attr: Tensor | None) -> Tensor:
+        # other aggregations than mean/sum: m_uv per edge.
         # x_j: [E, out_channels] (already W_1x h_u), edge_attr: [E, edge_dim] -> [E, out_channels]
         b = self.lin_msg.bias
         if self.edge_dim > 0:

@@ -29,6 +29,19 @@ def test_mean_aggregation_matches_formula():
     assert torch.allclose(conv(x, ei, ea), expect, atol=1e-5)
 
 
+@pytest.mark.parametrize("aggr", ["sum", "max"])
+@pytest.mark.parametrize("edge_dim", [0, 3])
+def test_sum_and_max_aggregation_match_formula(aggr, edge_dim):
+    """sum is aggregated before W_1 (linear, like mean), max per edge message: both the formula."""
+    x, ei, ea = _graph()
+    conv = EGraphSAGEConv(4, 5, edge_dim=edge_dim, aggr=aggr)
+    msg = conv.lin_msg(torch.cat([x[ei[0]], ea], -1) if edge_dim else x[ei[0]])
+    neigh = torch.zeros(7, 5).index_reduce_(0, ei[1], msg, "amax", include_self=False) if aggr == "max" else \
+        torch.zeros(7, 5).index_add_(0, ei[1], msg)
+    expect = torch.relu(conv.lin_upd(torch.cat([x, neigh], -1)))
+    assert torch.allclose(conv(x, ei, ea if edge_dim else None), expect, atol=1e-5)
+
+
 def test_permutation_equivariance():
     x, ei, ea = _graph()
     conv = EGraphSAGEConv(4, 8, edge_dim=3)
