@@ -309,24 +309,31 @@ class _Results:
 
         n = table.num_rows
         rows_np = table.column("row").to_numpy().astype(np.int64)
-        # position of each `row` value in the output (rows are unique within one scoring call)
-        order = np.argsort(rows_np, kind="stable")
-        sorted_rows = rows_np[order]
+        if np.array_equal(rows_np, np.arange(n)):  # the readers' numbering: a row's position is its value
+            def positions(rows: np.ndarray) -> np.ndarray:
+                return rows
+        else:  # rows are unique within one scoring call
+            order = np.argsort(rows_np, kind="stable")
+            sorted_rows = rows_np[order]
 
-        def positions(rows: np.ndarray) -> np.ndarray:
-            return order[np.searchsorted(sorted_rows, rows)]
+            def positions(rows: np.ndarray) -> np.ndarray:
+                return order[np.searchsorted(sorted_rows, rows)]
 
         score, alert = np.full(n, np.nan), np.zeros(n, dtype=bool)
-        top, reason = np.full(n, None, dtype=object), np.full(n, "not_scored", dtype=object)
+        top = np.empty(n, dtype=object)  # all None (object arrays start empty)
+        reasons = ["not_scored"]  # reason codes: -1 = null (scored), else an index in this list
+        reason = np.zeros(n, dtype=np.int16)
         if self.rows:
             pos = positions(np.concatenate(self.rows))
             score[pos], alert[pos] = np.concatenate(self.scores), np.concatenate(self.alerts)
-            top[pos], reason[pos] = np.concatenate(self.tops), None
+            top[pos], reason[pos] = np.concatenate(self.tops), -1
         failed = self.failed + [(_rows_of(b), "late") for b in windower.late] + \
             [(_rows_of(b), "invalid_ts") for b in windower.invalid]
         for rows, why in failed:
+            if why not in reasons:
+                reasons.append(why)
             pos = positions(rows)
-            score[pos], alert[pos], reason[pos] = np.nan, False, why
+            score[pos], alert[pos], reason[pos] = np.nan, False, reasons.index(why)
         uid = table.column("uid") if "uid" in table.column_names else pa.nulls(n, pa.string())
         if "uid" not in table.column_names and "tx_id" in table.column_names:
             uid = table.column("tx_id")
@@ -335,7 +342,7 @@ class _Results:
             "ts": table.column("ts").cast(pa.timestamp("us", tz="UTC")),
             "score": pa.array(score, mask=np.isnan(score), type=pa.float64()),
             "alert": pa.array(alert, pa.bool_()), "top_technique": pa.array(top, pa.string()),
-            "reason": pa.array(reason, pa.string()),
+            "reason": pa.array(reasons, pa.string()).take(pa.array(reason, mask=reason < 0)),
         }, schema=scores_schema())
 
 
