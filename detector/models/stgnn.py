@@ -178,7 +178,10 @@ class STGNN(nn.Module):
             return SpatialBatch([], None, None, None, None)
         offsets = list(accumulate(n_nodes[:-1], initial=0))  # first node of each window in the union
         x = cat_rows([d.x for d in datas])  # the windows of one build_many call: views, no copy
-        edge_index = torch.cat([d.edge_index + off for d, off in zip(datas, offsets)], dim=1)
+        eis = [d.edge_index for d in datas]
+        edge_index = torch.cat(eis, dim=1)  # [2, sum E_k], window-local node ids
+        if len(datas) > 1:  # shift each window's ids by its first node in the union (one add, not one per window)
+            edge_index += torch.repeat_interleave(torch.tensor(offsets), torch.tensor([e.size(1) for e in eis]))
         kbs = [getattr(d, "edge_kb", None) for d in datas]
         if kbs[0] is not None and "raw" not in self.config.parts and \
                 all(k is not None and k[0] is kbs[0][0] for k in kbs):
