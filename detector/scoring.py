@@ -33,6 +33,16 @@ class WindowScores:
         return int(self.alerts.sum())
 
 
+@dataclass
+class FlowScores:
+    """Flow scores of consecutive windows together (offline scoring: :meth:`StreamScorer.iter_flow_scores`)."""
+
+    rows: np.ndarray                      # [E] int64, the `row` of each flow
+    scores: np.ndarray                    # [E] float64
+    alerts: np.ndarray                    # [E] bool, scores > bundle threshold
+    top_technique: np.ndarray             # [E] object, str | None
+
+
 class StreamScorer:
     """Holds the temporal state (node memory, previous-flow times) across the windows of one stream.
 
@@ -155,6 +165,19 @@ class StreamScorer:
         are built meanwhile: the whole input is one pipeline, not one per call. Runs with the
         single-thread torch setting; consume it to the end (or close it) to restore the caller's.
         """
+        for group, res in self._pipeline(windows, self._score_built):
+            yield from zip(group, res)
+
+    def iter_flow_scores(self, windows):
+        """:meth:`iter_scores` for offline scoring of flows: yields ``(windows, FlowScores or None,
+        [(window, exception), ...])`` per group, the flows of all its scored windows together and no
+        endpoint scores (nothing per window but the error path). Same flow scores as :meth:`iter_scores`."""
+        for group, (flows, failed) in self._pipeline(windows, self._score_flows):
+            yield group, flows, failed
+
+    def _pipeline(self, windows, score):
+        """``(group, score(group, built))`` for the groups of ``windows`` in order; the builds run one
+        worker thread ahead (see :meth:`score_windows`)."""
         groups = window_groups(windows, self.BATCH_RECORDS)
         first = next(groups, None)
         if first is None:
@@ -163,7 +186,7 @@ class StreamScorer:
             second = next(groups, None)
             if second is None or not self.OVERLAP:  # one group (the daemon's usual call): no worker thread
                 for group in chain([first], [second] if second is not None else [], groups):
-                    yield from zip(group, self._score_built(group, self._build_group(group)))
+                    yield group, score(group, self._build_group(group))
                 return
             # the worker gets this thread's torch setting (OpenMP thread counts are per thread)
             with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
@@ -172,10 +195,10 @@ class StreamScorer:
                     queue.append((group, pool.submit(self._build_group, group)))
                     if len(queue) > self.AHEAD:
                         group, pending = queue.popleft()
-                        yield from zip(group, self._score_built(group, pending.result()))
+                        yield group, score(group, pending.result())
                 while queue:
                     group, pending = queue.popleft()
-                    yield from zip(group, self._score_built(group, pending.result()))
+                    yield group, score(group, pending.result())
 
     def _build_group(self, windows) -> list:
         """Per window: ``(data, kb)``, an exception (its build failed) or None (an empty window).
@@ -205,20 +228,48 @@ class StreamScorer:
     def _score_built(self, windows, built: list) -> list:
         """Embed, detect and finish one group whose graphs :meth:`_build_group` built."""
         res: list = [None] * len(windows)
+        for k, data, kb, s in self._embed_decide(windows, built, res):
+            try:
+                res[k] = self._finish(windows[k], data, kb, s)
+            except Exception as exc:  # noqa: BLE001
+                res[k] = exc
+        return [self._empty(w) if r is None else r for w, r in zip(windows, res)]
+
+    @torch.no_grad()
+    def _score_flows(self, windows, built: list) -> tuple:
+        """:meth:`_score_built` for :meth:`iter_flow_scores`: ``(FlowScores or None, failures)``."""
+        res: list = [None] * len(windows)
+        done = self._embed_decide(windows, built, res)
+        failed = [(w, r) for w, r in zip(windows, res) if isinstance(r, BaseException)]
+        if not done:
+            return None, failed
+        thr = float(self.bundle.threshold)
+        scores = done[0][3] if len(done) == 1 else np.concatenate([s for *_, s in done])
+        tops = []
+        for _k, data, kb, s in done:
+            try:
+                tops.append(kb.top_technique_array())
+            except Exception:  # noqa: BLE001 - no technique for this window (as _finish)
+                tops.append(np.full(len(s), None, dtype=object))
+        self.windows += len(done)
+        rows = torch.cat([d.edge_row for _k, d, _kb, _s in done]).numpy().astype(np.int64, copy=False)
+        return FlowScores(rows, scores, scores > thr, np.concatenate(tops)), failed
+
+    def _embed_decide(self, windows, built: list, res: list) -> list:
+        """``[(k, data, kb, scores), ...]`` for the windows of the group that embedded and scored, in
+        order; ``res[k]`` gets the exception of a window that failed (and stays None for empty ones)."""
         live, pairs = [], []
-        for k, (w, b) in enumerate(zip(windows, built)):
-            if b is None:
-                res[k] = self._empty(w)
-            elif isinstance(b, BaseException):
+        for k, b in enumerate(built):
+            if isinstance(b, BaseException):
                 res[k] = b
-            else:
+            elif b is not None:
                 live.append(k)
                 pairs.append(b)
         if not live:
-            return res
+            return []
         ok, flow_all = self._embed_group(live, pairs, res)
         if not ok:
-            return res
+            return []
         scores = None
         if len(ok) > 1 and type(self.bundle.detector).__name__ in self.ROWWISE_DETECTORS:
             # Each row's score depends on that row only (tree depths; distances to the bank), and the
@@ -228,13 +279,13 @@ class StreamScorer:
                 scores = np.split(allscores, np.cumsum([f.shape[0] for *_, f in ok])[:-1])
             except Exception:  # noqa: BLE001 - retry window by window below
                 scores = None
+        done = []
         for idx, (k, data, kb, flow) in enumerate(ok):
             try:
-                s = scores[idx] if scores is not None else self._decide(flow)
-                res[k] = self._finish(windows[k], data, kb, s)
+                done.append((k, data, kb, scores[idx] if scores is not None else self._decide(flow)))
             except Exception as exc:  # noqa: BLE001
                 res[k] = exc
-        return res
+        return done
 
     def _embed_group(self, live: list, built: list, res: list) -> tuple[list, np.ndarray | None]:
         """``([(k, data, kb, flow), ...], all flows or None)`` for the windows that embedded, in order.
@@ -290,7 +341,7 @@ class _Results:
         self.tops: list[np.ndarray] = []
         self.failed: list[tuple[np.ndarray, str]] = []  # (rows, reason), applied after the scores
 
-    def put(self, ws: WindowScores) -> None:
+    def put(self, ws: WindowScores | FlowScores) -> None:
         self.rows.append(np.asarray(ws.rows, dtype=np.int64))
         self.scores.append(np.asarray(ws.scores, dtype=np.float64))
         self.alerts.append(np.asarray(ws.alerts, dtype=bool))
@@ -420,14 +471,14 @@ def _score(bundle, source, stream_order: bool, lateness: float | None, whole):
     res, errors = _Results(), 0
     # One lazy pipeline over all windows (graphs batched per group and built ahead in a worker,
     # temporal state still advanced window by window): same scores as one window at a time.
-    for win_, ws in scorer.iter_scores(windows()):
-        if not isinstance(ws, BaseException):
-            res.put(ws)
-            continue
-        errors += 1
-        if errors <= 3:  # one bad window must not take the rest down
-            log.warning("window [%s, %s) failed to score: %r", win_.start, win_.end, ws)
-        res.fail(win_.table, f"error:{type(ws).__name__}")
+    for _group, flows, failed in scorer.iter_flow_scores(windows()):
+        if flows is not None:
+            res.put(flows)
+        for win_, exc in failed:
+            errors += 1
+            if errors <= 3:  # one bad window must not take the rest down
+                log.warning("window [%s, %s) failed to score: %r", win_.start, win_.end, exc)
+            res.fail(win_.table, f"error:{type(exc).__name__}")
     return res.table(whole(), w)
 
 

@@ -65,7 +65,7 @@ def test_score_batches_time_ordered_captures_equal_score_table_and_score_while_r
     monkeypatch.setattr(StreamScorer, "BATCH_RECORDS", 100)  # groups of ~2 windows: many groups
     tables = captures(4)
     pulled, first_scored_at = [0], []
-    original = StreamScorer._score_built
+    original = StreamScorer._score_flows
 
     def batches():
         for b in batches_of(tables):
@@ -76,9 +76,9 @@ def test_score_batches_time_ordered_captures_equal_score_table_and_score_while_r
         first_scored_at.append(pulled[0])
         return original(self, windows, built)
 
-    monkeypatch.setattr(StreamScorer, "_score_built", spy)
+    monkeypatch.setattr(StreamScorer, "_score_flows", spy)
     got = score_batches(bundle, batches())
-    monkeypatch.setattr(StreamScorer, "_score_built", original)
+    monkeypatch.setattr(StreamScorer, "_score_flows", original)
     want = score_table(bundle, pa.concat_tables(tables))
     assert got.equals(want)
     assert np.array_equal(got.column("score").to_numpy(), reference(bundle, pa.concat_tables(tables)))
@@ -120,3 +120,30 @@ def test_score_batches_empty_input(bundle):
     assert out.num_rows == 0 and out.column_names == ["row", "uid", "ts", "score", "alert", "top_technique", "reason"]
     with pytest.raises(ValueError, match="schema"):
         score_batches(bundle, iter([]))
+
+
+def test_a_window_that_fails_gets_an_error_reason_and_the_others_are_scored(bundle, monkeypatch):
+    from detector.pipeline import GraphStream
+
+    table = pa.concat_tables(captures(2, seed=5))
+    bad_start = (1.7e9 + 130.0) // 60 * 60  # a 60 s window early in the first capture (windows align to 0)
+
+    def no_batch(self, windows, factored_kb=False):
+        raise RuntimeError("batched build unavailable")  # each window is then built alone
+
+    original = GraphStream.build
+
+    def build(self, window):
+        if window.start == bad_start:
+            raise RuntimeError("broken window")
+        return original(self, window)
+
+    monkeypatch.setattr(GraphStream, "build_many", no_batch)
+    monkeypatch.setattr(GraphStream, "build", build)
+    out = score_batches(bundle, table.to_batches(max_chunksize=100))
+    ts = table.column("ts").cast(pa.int64()).to_numpy() / 1e6
+    in_bad = (ts >= bad_start) & (ts < bad_start + 60.0)
+    reasons = np.array(out.column("reason").to_pylist(), dtype=object)
+    assert in_bad.any() and (reasons[in_bad] == "error:RuntimeError").all()
+    assert all(r is None for r in reasons[~in_bad])
+    assert np.isnan(out.column("score").to_numpy(zero_copy_only=False)[in_bad]).all()
