@@ -407,14 +407,13 @@ class _OutOfOrder(Exception):
 
 def _batch_min_seconds(batch) -> float | None:
     """Earliest ``ts`` of a batch in epoch seconds (None: no valid ts)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    from ingest.windows import _ts_us
+    from ingest.windows import ts_us
 
     if batch.num_rows == 0:
         return None
-    lo = pc.min(_ts_us(batch)).as_py()
+    lo = pc.min(ts_us(batch)).as_py()
     return None if lo is None else lo / 1e6
 
 

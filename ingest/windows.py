@@ -138,7 +138,7 @@ class WindowStats:
 _NEVER = -(2 ** 62)  # a watermark before any event time (infinite lateness)
 
 
-def _ts_us(batch: pa.RecordBatch) -> pa.Array:
+def ts_us(batch: pa.RecordBatch) -> pa.Array:
     """The ``ts`` column as int64 microseconds since the epoch (nulls kept)."""
     col = batch.column(batch.schema.get_field_index("ts"))
     t = col.type
@@ -261,7 +261,7 @@ class EventTimeWindower:
         if batch.num_rows == 0:
             return []
         self._last_arrival = self.clock()
-        ts_arr = _ts_us(batch)
+        ts_arr = ts_us(batch)
         if ts_arr.null_count:
             valid = pc.is_valid(ts_arr)
             bad = batch.filter(pc.invert(valid))
