@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-try:  # a required dependency; the import guard keeps scoring alive on a platform without a wheel
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    njit = None
+from detector.runtime import compiled
+
 
 # Deeper trees (max_samples > 4096) would make the complete layout large (2 ** depth slots per tree);
 # the caller then keeps scikit-learn's walk.
@@ -30,7 +28,7 @@ BLOCK = 256  # rows advanced together: a scaled block (256 x 192 float32 = 196 K
 
 def available() -> bool:
     """Whether the compiled walk can run here (numba imported)."""
-    return njit is not None
+    return walk is not None
 
 
 def complete_forest(trees, leaf_depth, features) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -95,15 +93,4 @@ def _walk(X, mean, scale, scaled, feat, thr, value, depths):  # pragma: no cover
                 depths[s + r] += val[slot[r] - inner]
 
 
-def _compiled():
-    """``_walk`` compiled (GIL released: the detector runs it on two threads), cached on disk where numba
-    finds a writable place, else compiled in memory at the first call of each process."""
-    if njit is None:
-        return None
-    try:
-        return njit(nogil=True, cache=True)(_walk)
-    except RuntimeError:  # pragma: no cover - "cannot cache function": no writable cache location
-        return njit(nogil=True)(_walk)
-
-
-walk = _compiled()
+walk = compiled(_walk)

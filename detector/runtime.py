@@ -1,4 +1,4 @@
-"""Thread settings for torch.
+"""Runtime settings: thread counts for torch, and numba-compiled kernels.
 
 Window graphs are small (tens to thousands of edges): there torch's intra-op
 parallelism costs more than it gives, and on a shared 2-core machine it is
@@ -31,3 +31,17 @@ def torch_threads(n: int | None = None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def compiled(fn):
+    """``fn`` compiled by numba with the GIL released (the scorer calls kernels from two threads),
+    cached on disk where numba finds a writable place, else compiled in memory at its first call in
+    each process; None where numba is not installed (callers keep a NumPy/torch path)."""
+    try:
+        from numba import njit
+    except ImportError:  # pragma: no cover - numba is a pinned dependency
+        return None
+    try:
+        return njit(nogil=True, cache=True)(fn)
+    except RuntimeError:  # pragma: no cover - "cannot cache function": no writable cache location
+        return njit(nogil=True)(fn)

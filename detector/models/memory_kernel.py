@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
-try:  # a required dependency; the import guard keeps scoring alive on a platform without a wheel
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    njit = None
+from detector.runtime import compiled
 
 
 def available() -> bool:
     """Whether the compiled step can run here (numba imported)."""
-    return njit is not None
+    return gru_windows is not None
 
 
 def _gru_windows(gi, bounds, slots, gids, times, has_time, w_hh_t, b_hh,
@@ -73,14 +70,4 @@ def _gru_windows(gi, bounds, slots, gids, times, has_time, w_hh_t, b_hh,
                     last_seen[s] = times[k]
 
 
-def _compiled():
-    """``_gru_windows`` compiled, cached on disk where numba finds a writable place, else in memory."""
-    if njit is None:
-        return None
-    try:
-        return njit(nogil=True, cache=True)(_gru_windows)
-    except RuntimeError:  # pragma: no cover - "cannot cache function": no writable cache location
-        return njit(nogil=True)(_gru_windows)
-
-
-gru_windows = _compiled()
+gru_windows = compiled(_gru_windows)
