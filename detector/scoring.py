@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import copy
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from collections import deque
 from itertools import chain
 
 import numpy as np
@@ -176,8 +176,8 @@ class StreamScorer:
             yield group, flows, failed
 
     def _pipeline(self, windows, score):
-        """``(group, score(group, built))`` for the groups of ``windows`` in order; the builds run one
-        worker thread ahead (see :meth:`score_windows`)."""
+        """``(group, score(group, built))`` for the groups of ``windows`` in order; the builds run in one
+        worker thread, up to :attr:`AHEAD` groups ahead (see :meth:`score_windows`)."""
         groups = window_groups(windows, self.BATCH_RECORDS)
         first = next(groups, None)
         if first is None:
@@ -332,7 +332,8 @@ def scores_schema():
 
 
 class _Results:
-    """Per-window results, placed at the records' positions in the input once it is complete."""
+    """Scored flows (a group's :class:`FlowScores` or a window's :class:`WindowScores`) and failed records,
+    placed at the records' positions in the input once it is complete."""
 
     def __init__(self) -> None:
         self.rows: list[np.ndarray] = []
