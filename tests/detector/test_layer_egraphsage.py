@@ -29,17 +29,26 @@ def test_mean_aggregation_matches_formula():
     assert torch.allclose(conv(x, ei, ea), expect, atol=1e-5)
 
 
-@pytest.mark.parametrize("aggr", ["sum", "max"])
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("aggr", ["mean", "sum", "max"])
 @pytest.mark.parametrize("edge_dim", [0, 3])
-def test_sum_and_max_aggregation_match_formula(aggr, edge_dim):
-    """sum is aggregated before W_1 (linear, like mean), max per edge message: both the formula."""
+def test_aggregations_match_formula_with_and_without_autograd(aggr, edge_dim, grad):
+    """Without autograd mean/sum are aggregated before W_1 (linear), with it and for max per edge
+    message: every path is the formula."""
     x, ei, ea = _graph()
     conv = EGraphSAGEConv(4, 5, edge_dim=edge_dim, aggr=aggr)
-    msg = conv.lin_msg(torch.cat([x[ei[0]], ea], -1) if edge_dim else x[ei[0]])
-    neigh = torch.zeros(7, 5).index_reduce_(0, ei[1], msg, "amax", include_self=False) if aggr == "max" else \
-        torch.zeros(7, 5).index_add_(0, ei[1], msg)
-    expect = torch.relu(conv.lin_upd(torch.cat([x, neigh], -1)))
-    assert torch.allclose(conv(x, ei, ea if edge_dim else None), expect, atol=1e-5)
+    with torch.no_grad():
+        msg = conv.lin_msg(torch.cat([x[ei[0]], ea], -1) if edge_dim else x[ei[0]])
+        if aggr == "max":
+            neigh = torch.zeros(7, 5).index_reduce_(0, ei[1], msg, "amax", include_self=False)
+        else:
+            neigh = torch.zeros(7, 5).index_add_(0, ei[1], msg)
+            if aggr == "mean":
+                neigh /= torch.bincount(ei[1], minlength=7).clamp_min(1).unsqueeze(-1)
+        expect = torch.relu(conv.lin_upd(torch.cat([x, neigh], -1)))
+    with torch.set_grad_enabled(grad):
+        got = conv(x, ei, ea if edge_dim else None)
+    assert torch.allclose(got, expect, atol=1e-5)
 
 
 def test_permutation_equivariance():
