@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, metavar="DIR", help="score with this model directory (no pretraining)")
     ap.add_argument("--detector", default="iforest", choices=("iforest", "knn", "auto"),
                     help="detector of the pretrained model (default iforest; auto = chosen by validation, "
-                         "which picks kNN on the first LUFlow day: see the kNN rate printed at the end)")
+                         "close between the two on the first LUFlow day: see the kNN rate printed at the end)")
     a = ap.parse_args()
     days = sorted(LUFLOW.glob("*.zip"))
     if not days:
