@@ -332,8 +332,8 @@ def scores_schema():
 
 
 class _Results:
-    """Scored flows (a group's :class:`FlowScores` or a window's :class:`WindowScores`) and failed records,
-    placed at the records' positions in the input once it is complete."""
+    """Scored flows (a group's :class:`FlowScores` at a time) and failed records, placed at the records'
+    positions in the input once it is complete."""
 
     def __init__(self) -> None:
         self.rows: list[np.ndarray] = []
@@ -342,15 +342,11 @@ class _Results:
         self.tops: list[np.ndarray] = []
         self.failed: list[tuple[np.ndarray, str]] = []  # (rows, reason), applied after the scores
 
-    def put(self, ws: WindowScores | FlowScores) -> None:
-        self.rows.append(np.asarray(ws.rows, dtype=np.int64))
-        self.scores.append(np.asarray(ws.scores, dtype=np.float64))
-        self.alerts.append(np.asarray(ws.alerts, dtype=bool))
-        top = ws.top_technique
-        if not isinstance(top, np.ndarray):
-            top = np.empty(len(ws.top_technique), dtype=object)
-            top[:] = ws.top_technique
-        self.tops.append(top)
+    def put(self, fs: FlowScores) -> None:
+        self.rows.append(fs.rows)
+        self.scores.append(fs.scores)
+        self.alerts.append(fs.alerts)
+        self.tops.append(fs.top_technique)
 
     def fail(self, table, reason: str) -> None:
         self.failed.append((_rows_of(table), reason))
