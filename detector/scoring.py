@@ -109,7 +109,8 @@ class StreamScorer:
             data, kb, _z, flow = self.embed_window(window)
         return self._finish(window, data, kb, self._decide(flow.numpy()))
 
-    # Detectors whose decision_function gives bit-identical per-row results in one call or many.
+    # Detectors whose decision_function scores each row on its own, so one call over a group equals one per
+    # window (the forest bit for bit; kNN up to the float rounding of its distance matrix product).
     ROWWISE_DETECTORS = ("IForestDetector", "KNNDetector")
 
     # Records per batched group: bounds the memory of the concatenated flow embeddings.
@@ -272,8 +273,8 @@ class StreamScorer:
             return []
         scores = None
         if len(ok) > 1 and type(self.bundle.detector).__name__ in self.ROWWISE_DETECTORS:
-            # Each row's score depends on that row only (tree depths; distances to the bank), and the
-            # result is the same whatever rows share the call (asserted in tests/detector/test_scoring_batch.py).
+            # Each row's score depends on that row only (tree depths; distances to the bank), whatever rows
+            # share the call (asserted in tests/detector/test_scoring_batch.py).
             try:
                 allscores = self._decide(flow_all if flow_all is not None else np.concatenate([f for *_, f in ok]))
                 scores = np.split(allscores, np.cumsum([f.shape[0] for *_, f in ok])[:-1])

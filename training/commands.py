@@ -39,6 +39,11 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="labels: the training inputs' labelled attacks pick objective/input/detector (default); "
                         "benign: benign-only threshold-transfer rule")
     p.add_argument("--target-fpr", type=float, default=0.01, help="alert false-positive rate target (default 0.01)")
+    p.add_argument("--knn-bank", choices=["coreset", "random"], default="coreset",
+                   help="kNN memory bank: coreset = greedy k-center rows covering the benign embeddings "
+                        "(default), random = uniform subsample")
+    p.add_argument("--knn-bank-size", type=int, default=512,
+                   help="kNN bank rows (default 512; a flow's scoring cost grows with it)")
     p.add_argument("--no-temporal", action="store_true", help="ablation: no GRU memory and no time encoding")
     p.add_argument("--no-knowledge", action="store_true", help="ablation: no knowledge-graph features")
     p.add_argument("--node-mode", choices=["ip", "ipport", "as"], default="ip", help="graph nodes (default: ip)")
@@ -142,7 +147,8 @@ def run_train(args: argparse.Namespace) -> int:
                       flow_parts=args.flow_parts, validation=args.validation,
                       temporal=not args.no_temporal, use_time=not args.no_temporal,
                       knowledge=not args.no_knowledge, node_mode=args.node_mode, hidden=args.hidden,
-                      benign_only=args.benign_only, seed=args.seed)
+                      benign_only=args.benign_only, seed=args.seed, knn_bank=args.knn_bank,
+                      knn_bank_size=args.knn_bank_size)
     table, reader = read_table(args.data, args.format)
     if getattr(reader, "kind", "flows") != "flows":
         raise ValueError("these inputs hold transactions: use --kind transactions (or --kind auto)")

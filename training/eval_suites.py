@@ -187,6 +187,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--node-mode", default="ip")
+    ap.add_argument("--knn-bank", default="coreset", help="kNN memory bank: coreset | random")
+    ap.add_argument("--knn-bank-size", type=int, default=512, help="kNN bank rows")
     a = ap.parse_args(argv)
     if a.suite == "summary":
         print(summary(Path(a.out)), end="")
@@ -194,7 +196,8 @@ def main(argv=None) -> int:
     if a.suite == "seeds":  # --out holds seed<N>/ folders, one suite run per seed
         print(seeds(Path(a.out)), end="")
         return 0
-    cfg = TrainConfig(window=a.window, epochs=a.epochs, benign_only=True, seed=a.seed, node_mode=a.node_mode)
+    cfg = TrainConfig(window=a.window, epochs=a.epochs, benign_only=True, seed=a.seed, node_mode=a.node_mode,
+                      knn_bank=a.knn_bank, knn_bank_size=a.knn_bank_size)
     SUITES[a.suite](Path(a.out), cfg, tuple(a.variants.split(",")))
     return 0
 

@@ -34,7 +34,7 @@ import torch
 
 from detector.bundle import ModelBundle
 from detector.calibration import calibrate_threshold
-from detector.detectors import make_detector, select_detector
+from detector.detectors import KNNDetector, make_detector, select_detector
 from detector.models import STGNN, ModelConfig, parse_flow_parts
 from detector.pipeline import FeaturePipeline, PipelineConfig, default_impl, load_featurizer, preprocessor_class
 from training.losses import EdgeDGI, GradNormWeighter, ProjectionHead, info_nce
@@ -88,6 +88,8 @@ class TrainConfig:
     mask_feature: float = 0.2
     temperature: float = 0.2
     max_fit_flows: int = 20000         # cap on benign training flows given to the detectors
+    knn_bank: str = "coreset"          # kNN memory bank: coreset (greedy k-center) | random (uniform subsample)
+    knn_bank_size: int = 512           # kNN bank rows (scoring cost per flow grows with it)
     gradnorm_every: int = 4            # GradNorm weight update every k steps (second-order grads are costly)
     impl: str = field(default_factory=default_impl)
 
@@ -100,6 +102,9 @@ class TrainConfig:
             raise ValueError(f"weighting must be gradnorm or fixed, got {self.weighting!r}")
         if self.detector not in ("auto", "knn", "iforest"):
             raise ValueError(f"detector must be auto, knn or iforest, got {self.detector!r}")
+        if self.knn_bank not in KNNDetector.BANKS or self.knn_bank_size < 2:
+            raise ValueError(f"knn_bank must be one of {KNNDetector.BANKS} and knn_bank_size >= 2, got "
+                             f"{self.knn_bank!r}, {self.knn_bank_size!r}")
         if self.flow_parts != "auto":
             parse_flow_parts(self.flow_parts)
         if self.validation not in ("labels", "benign"):
@@ -433,7 +438,8 @@ def select_flow_detector(tr_blocks: dict, va_blocks: dict, y_val: np.ndarray, cf
         Xtr = np.concatenate([tr_blocks[p] for p in pt], axis=1)
         Xva = np.concatenate([va_blocks[p] for p in pt], axis=1)
         for n in names:
-            det = make_detector(n, contamination=contamination, random_state=cfg.seed).fit(Xtr)
+            kw = dict(bank=cfg.knn_bank, max_bank=cfg.knn_bank_size) if n == "knn" else {}
+            det = make_detector(n, contamination=contamination, random_state=cfg.seed, **kw).fit(Xtr)
             key = f"{parts}|{n}"
             s = det.decision_function(Xva)
             fitted[key] = (det, s)

@@ -1,0 +1,68 @@
+"""The k smallest distances of each row, averaged: the second half of the kNN detector's search.
+
+:class:`detector.detectors.KNNDetector` gets ``d[i, j] = |b_j|^2 - 2 x_i . b_j`` from one matrix
+product per block of rows; :func:`kmean` adds ``|x_i|^2``, keeps the ``k`` smallest per row in one
+pass (insertion into a sorted list of ``k``: a bank of 512 rows costs ~512 comparisons per row and
+few insertions, several times cheaper than ``torch.topk``/``np.partition`` for small ``k``), clamps
+rounding below zero and writes the mean of their square roots. ``self_col[i] >= 0`` names a column
+row ``i`` may not use (leave-one-out training scores).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from detector.runtime import compiled
+
+
+def _kmean(d, q, k, self_col, has_self, out):  # pragma: no cover - compiled by numba
+    n, m = d.shape
+    best = np.empty(k, dtype=np.float32)
+    for i in range(n):
+        skip = self_col[i] if has_self else -1
+        filled = 0
+        j = 0
+        while filled < k and j < m:  # the first k usable columns, sorted by insertion
+            if j != skip:
+                _insert(best, filled, d[i, j])
+                filled += 1
+            j += 1
+        worst = best[k - 1] if filled == k else np.inf
+        for j in range(j, m):  # the hot loop: one comparison per column, rarely taken
+            v = d[i, j]
+            if v < worst and j != skip:
+                _insert(best, k - 1, v)
+                worst = best[k - 1]
+        acc = 0.0
+        for t in range(filled):
+            s = np.float64(best[t]) + q[i]
+            acc += np.sqrt(s) if s > 0.0 else 0.0
+        out[i] = acc / filled if filled else 0.0
+
+
+def _insert(best, p, v):  # pragma: no cover - compiled by numba
+    """Put ``v`` at position ``p`` of the sorted ``best[:p + 1]`` and move it down to its place."""
+    while p > 0 and best[p - 1] > v:
+        best[p] = best[p - 1]
+        p -= 1
+    best[p] = v
+
+
+_insert = compiled(_insert) or _insert
+_compiled = compiled(_kmean)
+_NO_SELF = np.zeros(1, dtype=np.int64)
+
+
+def kmean(d: np.ndarray, q: np.ndarray, k: int, self_col: np.ndarray | None, out: np.ndarray) -> None:
+    """``out[i]`` = mean over the ``k`` smallest ``d[i, j] + q[i]`` (``j != self_col[i]``) of their square
+    roots (negative rounding read as 0). ``d``: [n, m] float32, ``q``: [n] float32, ``out``: [n] float64."""
+    if _compiled is not None:
+        has_self = self_col is not None
+        _compiled(d, q, k, self_col if has_self else _NO_SELF, has_self, out)
+        return
+    d = d.astype(np.float64)  # pragma: no cover - NumPy path where numba is missing
+    if self_col is not None:
+        rows = np.flatnonzero(self_col >= 0)
+        d[rows, self_col[rows]] = np.inf
+    kk = min(k, d.shape[1] - (self_col is not None))
+    part = np.partition(d, kk - 1, axis=1)[:, :kk] + q[:, None]
+    out[:] = np.sqrt(np.clip(part, 0.0, None)).mean(axis=1)
