@@ -54,6 +54,15 @@ def test_variants_train(table, kw):
     assert b.metrics["history"][0]
 
 
+@pytest.mark.parametrize("bank,size", [("coreset", 64), ("random", 32)])
+def test_knn_bank_settings_reach_the_detector(table, bank, size):
+    b = train_bundle([table], _cfg(detector="knn", knn_bank=bank, knn_bank_size=size), progress=False)
+    det = b.detector
+    assert type(det).__name__ == "KNNDetector" and det.bank == bank and det.max_bank == size
+    assert len(det.bank_) == size  # fewer fitting flows than that would keep them all
+    assert b.metrics["train_flows"] > size
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="objective"):
         TrainConfig(objective="mae")
@@ -63,6 +72,10 @@ def test_config_validation():
         TrainConfig(flow_parts="src,src")
     with pytest.raises(ValueError, match="validation"):
         TrainConfig(validation="test")
+    with pytest.raises(ValueError, match="knn_bank"):
+        TrainConfig(knn_bank="kmeans")
+    with pytest.raises(ValueError, match="knn_bank_size >= 2"):
+        TrainConfig(knn_bank_size=1)
     with pytest.raises(ValueError, match="at least 2 windows"):
         split_windows(make_windows(synthetic_flows(n_benign=20, n_attack=0, duration=10), 60.0), 0.2)
 
