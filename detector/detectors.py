@@ -131,25 +131,33 @@ class KNNDetector(_Base):
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted()
-        Z = np.ascontiguousarray(self._scale(X), dtype=np.float32)
-        if len(Z) == 0:
+        X = np.ascontiguousarray(self._checked(X))
+        if len(X) == 0:
             return np.zeros(0)
-        return self._knn_mean(Z, None)
+        return self._knn_mean(X, None, scaled=False)
 
-    def _knn_mean(self, Z: np.ndarray, self_col: np.ndarray | None) -> np.ndarray:
-        """Mean distance of each row of ``Z`` (scaled) to its ``k_`` nearest bank rows; ``self_col[i]`` >= 0
-        names a bank column row ``i`` may not use (itself)."""
+    def _knn_mean(self, Z: np.ndarray, self_col: np.ndarray | None, scaled: bool = True) -> np.ndarray:
+        """Mean distance of each row of ``Z`` to its ``k_`` nearest bank rows; ``self_col[i]`` >= 0 names a
+        bank column row ``i`` may not use (itself). ``scaled=False``: ``Z`` is raw float32 input,
+        standardised here block by block (the arithmetic of :meth:`_scale`, without input-sized
+        temporaries: a block stays in cache from scaling to its distances)."""
         bank, bank_sq = self._bank()
         n, B, k = len(Z), self.SCORE_BLOCK, self.k_
         out = np.empty(n)
 
         def run(lo: int, hi: int) -> None:
+            buf = np.empty((min(B, hi - lo), Z.shape[1]), dtype=np.float32)
+            dist = torch.empty((len(buf), bank.shape[0]))
             for s in range(lo, hi, B):
                 e = min(s + B, hi)
-                x = torch.from_numpy(Z[s:e])
+                if scaled:
+                    x = Z[s:e]
+                else:
+                    x = buf[:e - s]
+                    np.divide(np.subtract(Z[s:e], self.mean_, out=x), self.scale_, out=x)
                 # |b|^2 - 2 x.b per pair; |x|^2 is added per row in the kernel (torch releases the GIL)
-                d = torch.addmm(bank_sq, x, bank.T, alpha=-2.0).numpy()
-                q = np.einsum("ij,ij->i", Z[s:e], Z[s:e])
+                d = torch.addmm(bank_sq, torch.from_numpy(x), bank.T, alpha=-2.0, out=dist[:e - s]).numpy()
+                q = np.einsum("ij,ij->i", x, x)
                 knn_kernel.kmean(d, q, k, None if self_col is None else self_col[s:e], out[s:e])
 
         threads = min(self.SCORE_THREADS, n // B)
