@@ -122,7 +122,8 @@ class KNNDetector(_Base):
             idx = np.sort(rng.choice(len(Z), self.max_bank, replace=False))
         self.bank_ = Z[idx]
         self.bank_index_ = idx  # rows of the fitting data kept in the bank
-        self.k_ = min(self.k, len(idx) - 1)
+        # a bank of one row (every fitting row a copy of it) still answers queries with k = 1
+        self.k_ = max(1, min(self.k, len(idx) - 1))
         self.__dict__.pop("_bank_cache", None)
         self_col = np.full(len(Z), -1, dtype=np.int64)
         self_col[idx] = np.arange(len(idx))

@@ -169,3 +169,11 @@ def test_knn_pickle_round_trip_and_older_pickles():
     old.__setstate__(state)
     assert old.bank == "random" and not hasattr(old, "nn_")
     np.testing.assert_array_equal(old.decision_function(X), det.decision_function(X))
+
+
+def test_knn_on_identical_rows_keeps_one_bank_row():
+    det = KNNDetector(max_bank=8).fit(np.ones((50, 3)))  # every row a copy: the coreset stops at one row
+    assert len(det.bank_) == 1 and det.k_ == 1
+    assert (det.decision_scores_ == 0).all()
+    s = det.decision_function(np.array([[1.0, 1, 1], [4.0, 1, 1]]))
+    assert s[0] == 0 and s[1] > 0
