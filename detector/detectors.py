@@ -24,6 +24,20 @@ def _at_least(name: str, value, minimum: int):
     return int(value)
 
 
+def _in_row_ranges(run, n: int, block: int, threads: int) -> None:
+    """``run(lo, hi)`` over rows ``0:n``: in one call, or — for inputs of at least two blocks — on up to
+    ``threads`` threads, one contiguous range of whole blocks each (``run`` releases the GIL in its kernels;
+    each thread writes only its own rows, so the results do not depend on the count). The threads run
+    torch single-threaded: a block's work is too small to split further."""
+    threads = min(threads, n // block)
+    if threads <= 1:
+        run(0, n)
+        return
+    per = -(-n // threads // block) * block  # whole blocks per thread
+    with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        list(pool.map(lambda lo: run(lo, min(lo + per, n)), range(0, n, per)))
+
+
 class _Base:
     """Shared plumbing: parameter checks, scaling, fitted-state checks, thresholding."""
 
@@ -161,14 +175,7 @@ class KNNDetector(_Base):
                 q = np.einsum("ij,ij->i", x, x)
                 knn_kernel.kmean(d, q, k, None if self_col is None else self_col[s:e], out[s:e])
 
-        threads = min(self.SCORE_THREADS, n // B)
-        if threads > 1:
-            per = -(-n // threads // B) * B  # whole blocks per thread
-            # one torch thread each: the product of a block is too small to split further
-            with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                list(pool.map(lambda lo: run(lo, min(lo + per, n)), range(0, n, per)))
-        else:
-            run(0, n)
+        _in_row_ranges(run, n, B, self.SCORE_THREADS)
         return out
 
     def _bank(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,14 +296,7 @@ class IForestDetector(_Base):
                     acc += leaf[tree.apply(block if feat is None else np.asfortranarray(block[:, feat]))]
 
         Z = np.ascontiguousarray(Z, dtype=np.float32)
-        threads = min(self.SCORE_THREADS, n // B)
-        if threads > 1:
-            # both walks release the GIL: the threads run in parallel on separate row ranges
-            per = -(-n // threads // B) * B  # whole blocks per thread
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda lo: walk(lo, min(lo + per, n)), range(0, n, per)))
-        else:
-            walk(0, n)
+        _in_row_ranges(walk, n, B, self.SCORE_THREADS)  # both walks release the GIL
         return -(2 ** -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0))
 
     def _forest(self):

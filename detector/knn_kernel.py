@@ -47,7 +47,7 @@ def _insert(best, p, v):  # pragma: no cover - compiled by numba
     best[p] = v
 
 
-_insert = compiled(_insert) or _insert
+_insert = compiled(_insert)  # numba resolves it as a compiled callee of _kmean
 _compiled = compiled(_kmean)
 _NO_SELF = np.zeros(1, dtype=np.int64)
 
@@ -59,10 +59,18 @@ def kmean(d: np.ndarray, q: np.ndarray, k: int, self_col: np.ndarray | None, out
         has_self = self_col is not None
         _compiled(d, q, k, self_col if has_self else _NO_SELF, has_self, out)
         return
-    d = d.astype(np.float64)  # pragma: no cover - NumPy path where numba is missing
+    kmean_numpy(d, q, k, self_col, out)  # pragma: no cover - where numba is missing
+
+
+def kmean_numpy(d: np.ndarray, q: np.ndarray, k: int, self_col: np.ndarray | None, out: np.ndarray) -> None:
+    """:func:`kmean` in NumPy (no numba): the same values; a row with fewer than ``k`` usable columns
+    averages those it has (0 when none)."""
+    d = d.astype(np.float64)
     if self_col is not None:
         rows = np.flatnonzero(self_col >= 0)
         d[rows, self_col[rows]] = np.inf
-    kk = min(k, d.shape[1] - (self_col is not None))
+    kk = min(k, d.shape[1])
     part = np.partition(d, kk - 1, axis=1)[:, :kk] + q[:, None]
-    out[:] = np.sqrt(np.clip(part, 0.0, None)).mean(axis=1)
+    usable = np.isfinite(part)
+    vals = np.sqrt(np.clip(np.where(usable, part, 0.0), 0.0, None))
+    out[:] = vals.sum(axis=1) / np.maximum(usable.sum(axis=1), 1)

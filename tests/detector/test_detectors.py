@@ -143,6 +143,9 @@ def test_knn_kernel_compiled_equals_numpy_path():
         kk = np.where(np.isinf(kk), np.nan, kk)
         ref[:] = np.nanmean(np.sqrt(np.clip(kk, 0, None)), axis=1)
         np.testing.assert_allclose(got, ref, rtol=1e-6)
+        fallback = np.empty(50)
+        knn_kernel.kmean_numpy(d, q, k, sc, fallback)  # the path where numba is missing
+        np.testing.assert_allclose(fallback, ref, rtol=1e-6)
 
 
 def test_knn_large_inputs_threaded_equal_one_thread():
