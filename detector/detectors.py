@@ -15,6 +15,7 @@ import torch
 from sklearn.ensemble import IsolationForest
 
 from detector import iforest_walk, knn_kernel
+from detector.tensors import FactoredRows
 
 
 def _at_least(name: str, value, minimum: int):
@@ -144,12 +145,66 @@ class KNNDetector(_Base):
         self._finish_fit(self._knn_mean(Z, self_col))  # leave-one-out: a bank row skips itself
         return self
 
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
+    def decision_function(self, X: "np.ndarray | FactoredRows") -> np.ndarray:
+        """Scores of the rows of ``X``; a :class:`~detector.tensors.FactoredRows` is searched block by
+        block (the shared rows' partial products once per shared row), with the same scores up to
+        float rounding of the product."""
         self._check_fitted()
+        if isinstance(X, FactoredRows):
+            if X.shape[1] != self.mean_.shape[0]:
+                raise ValueError(f"X has shape {X.shape}, the detector was fitted on {self.mean_.shape[0]} features")
+            return self._knn_mean_factored(X) if len(X) else np.zeros(0)
         X = np.ascontiguousarray(self._checked(X))
         if len(X) == 0:
             return np.zeros(0)
         return self._knn_mean(X, None, scaled=False)
+
+    def _knn_mean_factored(self, X: FactoredRows) -> np.ndarray:
+        """:meth:`_knn_mean` of ``X.dense()`` without building it. With ``x = [x_g ‖ x_d]`` (gathered and
+        direct column blocks, standardised) ``|x - b|^2 = |x|^2 + |b|^2 - 2 x_d.b_d - 2 sum_g x_g.b_g``:
+        the direct part is one matrix product per block of rows as in the dense search; each gathered
+        block's product ``-2 A_g.b_g`` (and ``|A_g|^2``) is computed once per row of ``A_g`` — once per
+        endpoint, not once per flow — and added per row inside the compiled pass."""
+        bank, bank_sq = self._bank()
+        n, B, k, m = len(X), self.SCORE_BLOCK, self.k_, bank.shape[0]
+        direct, P, qn, gi, col = [], [], [], [], 0
+        for a, idx in X.blocks:
+            cols = np.arange(col, col + a.shape[1])
+            col += a.shape[1]
+            if idx is None:
+                direct.append((a, cols))
+                continue
+            za = (a - self.mean_[cols]) / self.scale_[cols]
+            gi.append(idx + sum(len(p) for p in P))  # rows of the stacked partial products
+            P.append(torch.mm(torch.from_numpy(za), bank[:, cols].T).mul_(-2.0).numpy())
+            qn.append(np.einsum("ij,ij->i", za, za))
+        Pm = np.concatenate(P) if P else np.zeros((1, m), np.float32)
+        qn = np.concatenate(qn) if qn else np.zeros(1, np.float32)
+        gi = np.stack(gi, axis=1) if gi else np.zeros((n, 0), np.int64)
+        dcols = np.concatenate([c for _, c in direct]) if direct else np.zeros(0, np.int64)
+        bank_d = bank[:, dcols].contiguous()
+        mean_d, scale_d = self.mean_[dcols], self.scale_[dcols]
+        out = np.empty(n)
+
+        def run(lo: int, hi: int) -> None:
+            buf = np.empty((min(B, hi - lo), len(dcols)), dtype=np.float32)
+            dist = torch.empty((len(buf), m))
+            for s in range(lo, hi, B):
+                e = min(s + B, hi)
+                x, c = buf[:e - s], 0
+                for a, cols in direct:  # the block's direct columns side by side, standardised in place
+                    x[:, c:c + len(cols)] = a[s:e]
+                    c += len(cols)
+                np.divide(np.subtract(x, mean_d, out=x), scale_d, out=x)
+                if len(dcols):
+                    d = torch.addmm(bank_sq, torch.from_numpy(x), bank_d.T, alpha=-2.0, out=dist[:e - s]).numpy()
+                else:
+                    d = dist[:e - s].copy_(bank_sq.expand(e - s, m)).numpy()
+                q = np.einsum("ij,ij->i", x, x) + qn[gi[s:e]].sum(axis=1, dtype=np.float32)
+                knn_kernel.kmean_gathered(d, q, k, Pm, np.ascontiguousarray(gi[s:e]), out[s:e])
+
+        _in_row_ranges(run, n, B, self.SCORE_THREADS)
+        return out
 
     def _knn_mean(self, Z: np.ndarray, self_col: np.ndarray | None, scaled: bool = True) -> np.ndarray:
         """Mean distance of each row of ``Z`` to its ``k_`` nearest bank rows; ``self_col[i]`` >= 0 names a
@@ -337,11 +392,92 @@ class IForestDetector(_Base):
         return f"IForestDetector(n_estimators={self.n_estimators}, max_samples={self.max_samples!r})"
 
 
-DETECTORS = {"knn": KNNDetector, "iforest": IForestDetector}
+class FusionDetector(_Base):
+    """kNN on the embedding columns plus IsolationForest on the raw flow columns, scores added.
+
+    .. math::
+        s(x) = \\sum_{c \\in \\{\\text{knn}, \\text{forest}\\}}
+               \\frac{s_c(x_c) - \\operatorname{med}_c}{q_c - \\operatorname{med}_c}
+
+    ``x = [x_emb ‖ x_raw]``: the last ``raw_dim`` columns are the raw flow features (the ``raw`` block,
+    always last in a detector input), the rest the learned embedding. Each part is scored by its own
+    detector, fitted on the same benign rows, and each score is put in units of that detector's benign
+    spread — median ``med_c`` and ``1 - contamination`` quantile ``q_c`` of its training scores (kNN:
+    leave-one-out) — before the sum, so neither scale dominates (PyOD's score "standardise, then
+    average", with a robust standardiser: benign kNN scores are heavy-tailed). A flow that either view
+    finds far from benign traffic scores high; one that both find unusual scores highest.
+
+    Why: the embedding and the raw features fail on different splits (a new device's benign flows look
+    anomalous in the graph; a stealthy scan looks benign per flow), and the raw-feature forest is the
+    baseline the model must beat. Whether the fusion is used is decided per model on validation, like
+    any other candidate (:func:`training.pretrain.select_flow_detector`).
+    """
+
+    name = "fusion"
+
+    def __init__(self, raw_dim: int, k: int = 5, max_bank: int = 512, bank: str = "coreset",
+                 n_estimators: int = 100, contamination: float = 0.01, random_state: int = 0) -> None:
+        super().__init__(contamination, random_state, raw_dim=(raw_dim, 1), k=(k, 1), max_bank=(max_bank, 2),
+                         n_estimators=(n_estimators, 1))
+        if bank not in KNNDetector.BANKS:
+            raise ValueError(f"bank must be one of {KNNDetector.BANKS}, got {bank!r}")
+        self.bank = bank
+
+    def fit(self, X: np.ndarray) -> "FusionDetector":
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] <= self.raw_dim:
+            raise ValueError(f"fusion needs embedding columns before the last raw_dim={self.raw_dim}, "
+                             f"got shape {X.shape}")
+        self.n_features_in_ = X.shape[1]
+        emb, raw = X[:, :-self.raw_dim], X[:, -self.raw_dim:]
+        self.knn_ = KNNDetector(self.k, self.max_bank, self.bank, self.contamination, self.random_state).fit(emb)
+        self.forest_ = IForestDetector(self.n_estimators, contamination=self.contamination,
+                                       random_state=self.random_state).fit(raw)
+        self.centers_, self.spreads_ = [], []
+        for d in (self.knn_, self.forest_):
+            med = float(np.median(d.decision_scores_))
+            q = float(np.quantile(d.decision_scores_, 1.0 - self.contamination))
+            self.centers_.append(med)
+            self.spreads_.append(max(q - med, 1e-12))  # all-equal training scores: avoid a zero division
+        self._finish_fit(self._combine(self.knn_.decision_scores_, self.forest_.decision_scores_))
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has shape {X.shape}, the detector was fitted on {self.n_features_in_} features")
+        if len(X) == 0:
+            return np.zeros(0)
+        return self._combine(self.knn_.decision_function(X[:, :-self.raw_dim]),
+                             self.forest_.decision_function(X[:, -self.raw_dim:]))
+
+    def part_scores(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Each part's standardised score (``knn``, ``forest``; they add up to :meth:`decision_function`):
+        which view made a flow anomalous."""
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float32)
+        return self._parts(self.knn_.decision_function(X[:, :-self.raw_dim]),
+                           self.forest_.decision_function(X[:, -self.raw_dim:]))
+
+    def _parts(self, s_knn: np.ndarray, s_forest: np.ndarray) -> dict[str, np.ndarray]:
+        return {"knn": (np.asarray(s_knn) - self.centers_[0]) / self.spreads_[0],
+                "forest": (np.asarray(s_forest) - self.centers_[1]) / self.spreads_[1]}
+
+    def _combine(self, s_knn: np.ndarray, s_forest: np.ndarray) -> np.ndarray:
+        p = self._parts(s_knn, s_forest)
+        return p["knn"] + p["forest"]
+
+    def __repr__(self) -> str:
+        return (f"FusionDetector(raw_dim={self.raw_dim}, k={self.k}, max_bank={self.max_bank}, bank={self.bank!r}, "
+                f"n_estimators={self.n_estimators}, contamination={self.contamination})")
+
+
+DETECTORS = {"knn": KNNDetector, "iforest": IForestDetector, "fusion": FusionDetector}
 
 
 def make_detector(name: str, **kw) -> _Base:
-    """Build a detector by name (``knn`` or ``iforest``)."""
+    """Build a detector by name (``knn``, ``iforest`` or ``fusion``, which needs ``raw_dim``)."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}")
     return DETECTORS[name](**kw)

@@ -15,28 +15,46 @@ from detector.runtime import compiled
 
 
 def _kmean(d, q, k, self_col, has_self, out):  # pragma: no cover - compiled by numba
+    best = np.empty(k, dtype=np.float32)
+    for i in range(d.shape[0]):
+        out[i] = _row_kmean(d[i], q[i], k, self_col[i] if has_self else -1, best)
+
+
+def _kmean_gathered(d, q, k, P, gi, out):  # pragma: no cover - compiled by numba
     n, m = d.shape
     best = np.empty(k, dtype=np.float32)
+    row = np.empty(m, dtype=np.float32)
     for i in range(n):
-        skip = self_col[i] if has_self else -1
-        filled = 0
-        j = 0
-        while filled < k and j < m:  # the first k usable columns, sorted by insertion
-            if j != skip:
-                _insert(best, filled, d[i, j])
-                filled += 1
-            j += 1
-        worst = best[k - 1] if filled == k else np.inf
-        for j in range(j, m):  # the hot loop: one comparison per column, rarely taken
-            v = d[i, j]
-            if v < worst and j != skip:
-                _insert(best, k - 1, v)
-                worst = best[k - 1]
-        acc = 0.0
-        for t in range(filled):
-            s = np.float64(best[t]) + q[i]
-            acc += np.sqrt(s) if s > 0.0 else 0.0
-        out[i] = acc / filled if filled else 0.0
+        for j in range(m):
+            row[j] = d[i, j]
+        for t in range(gi.shape[1]):  # the row's shared partial products (one per gathered block)
+            p = P[gi[i, t]]
+            for j in range(m):
+                row[j] += p[j]
+        out[i] = _row_kmean(row, q[i], k, -1, best)
+
+
+def _row_kmean(row, qi, k, skip, best):  # pragma: no cover - compiled by numba
+    """Mean square root of the ``k`` smallest ``row[j] + qi`` (``j != skip``); ``best``: scratch of ``k``."""
+    m = row.shape[0]
+    filled = 0
+    j = 0
+    while filled < k and j < m:  # the first k usable columns, sorted by insertion
+        if j != skip:
+            _insert(best, filled, row[j])
+            filled += 1
+        j += 1
+    worst = best[k - 1] if filled == k else np.inf
+    for j in range(j, m):  # the hot loop: one comparison per column, rarely taken
+        v = row[j]
+        if v < worst and j != skip:
+            _insert(best, k - 1, v)
+            worst = best[k - 1]
+    acc = 0.0
+    for t in range(filled):
+        s = np.float64(best[t]) + qi
+        acc += np.sqrt(s) if s > 0.0 else 0.0
+    return acc / filled if filled else 0.0
 
 
 def _insert(best, p, v):  # pragma: no cover - compiled by numba
@@ -47,8 +65,10 @@ def _insert(best, p, v):  # pragma: no cover - compiled by numba
     best[p] = v
 
 
-_insert = compiled(_insert)  # numba resolves it as a compiled callee of _kmean
+_insert = compiled(_insert)  # numba resolves these as compiled callees of _kmean
+_row_kmean = compiled(_row_kmean)
 _compiled = compiled(_kmean)
+_compiled_gathered = compiled(_kmean_gathered)
 _NO_SELF = np.zeros(1, dtype=np.int64)
 
 
@@ -74,3 +94,21 @@ def kmean_numpy(d: np.ndarray, q: np.ndarray, k: int, self_col: np.ndarray | Non
     usable = np.isfinite(part)
     vals = np.sqrt(np.clip(np.where(usable, part, 0.0), 0.0, None))
     out[:] = vals.sum(axis=1) / np.maximum(usable.sum(axis=1), 1)
+
+
+def kmean_gathered(d: np.ndarray, q: np.ndarray, k: int, P: np.ndarray, gi: np.ndarray, out: np.ndarray) -> None:
+    """:func:`kmean` of ``d[i] + sum_t P[gi[i, t]]`` (no self column): rows whose distance matrix has a
+    part shared by many rows — the partial products of an endpoint's embedding with the bank, computed
+    once per endpoint (:meth:`detector.detectors.KNNDetector.decision_function` on
+    :class:`detector.tensors.FactoredRows`). ``P``: [p, m] float32, ``gi``: [n, g] int64 rows of ``P``."""
+    if _compiled_gathered is not None:
+        _compiled_gathered(d, q, k, P, gi, out)
+        return
+    kmean_gathered_numpy(d, q, k, P, gi, out)  # pragma: no cover - where numba is missing
+
+
+def kmean_gathered_numpy(d: np.ndarray, q: np.ndarray, k: int, P: np.ndarray, gi: np.ndarray,
+                         out: np.ndarray) -> None:
+    """:func:`kmean_gathered` in NumPy (no numba): the same values."""
+    full = d + P[gi].sum(axis=1, dtype=np.float32) if gi.shape[1] else d
+    kmean_numpy(full, q, k, None, out)

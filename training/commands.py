@@ -30,8 +30,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                         "dgi = Anomal-E; none = random encoder)")
     p.add_argument("--weighting", choices=["gradnorm", "fixed"], default="gradnorm",
                    help="weights of the three contrastive views (default: gradnorm)")
-    p.add_argument("--detector", choices=["auto", "knn", "iforest"], default="auto",
-                   help="detector on embeddings (default: auto = picked on the held-back validation flows)")
+    p.add_argument("--detector", choices=["auto", "knn", "iforest", "fusion"], default="auto",
+                   help="detector on embeddings (default: auto = picked on the held-back validation flows); "
+                        "fusion = kNN on the embedding + IsolationForest on the raw flow features, scores added "
+                        "(detector inputs ending in raw)")
     p.add_argument("--flow-parts", default="auto",
                    help="detector input, comma-separated from src,dst,edge,raw (default: auto = picked on the "
                         "training inputs' labelled attacks; src,dst,edge without them)")

@@ -51,6 +51,10 @@ VARIANTS: dict[str, dict] = {
     "contrastive_only": dict(objective="contrastive"),
     "fixed_weights": dict(objective="contrastive", weighting="fixed"),
     "dgi_ours": dict(objective="dgi"),
+    # one detector forced (objective and input still picked on validation)
+    "knn_only": dict(detector="knn"),
+    "iforest_only": dict(detector="iforest"),
+    "fusion_only": dict(detector="fusion"),
     # baseline as published: nothing of our selection or calibration context
     "anomal_e": dict(V0, objective="dgi", temporal=False, use_time=False, knowledge=False, detector="iforest"),
 }

@@ -45,6 +45,8 @@ VIEWS = ("temporal", "structural", "feature")
 PRETRAIN_PARTS = ("src", "dst", "edge")   # the flow embedding the pretraining objectives see
 # Detector inputs tried by the validation rule (flow_parts="auto"), in tie-break order.
 FLOW_CANDIDATES = ("src,dst,edge", "dst,edge", "dst,edge,raw", "src,dst,edge,raw")
+# Detectors tried with detector="auto", in tie-break order; fusion only on inputs ending in raw.
+DETECTOR_CANDIDATES = ("iforest", "knn", "fusion")
 # Pretraining objectives tried with objective="auto" (only when labelled attacks are held back), in tie-break order.
 OBJECTIVE_CANDIDATES = (("contrastive", "gradnorm"), ("contrastive", "fixed"), ("dgi", "gradnorm"))
 
@@ -70,7 +72,8 @@ class TrainConfig:
     benign_only: bool = False
     val_frac: float = 0.2
     target_fpr: float = 0.01
-    detector: str = "auto"             # auto (picked on validation) | knn | iforest
+    detector: str = "auto"             # auto (picked on validation) | knn | iforest | fusion (kNN on the embedding
+                                       # + IsolationForest on the raw features; inputs ending in raw)
     flow_parts: str = "auto"           # auto (picked on validation from FLOW_CANDIDATES) | e.g. "dst,edge,raw"
     validation: str = "labels"         # labels: attacks of the held-back training period pick the input/detector
                                        # (benign rule when fewer than min_val_attacks) | benign: benign rule only
@@ -100,8 +103,11 @@ class TrainConfig:
             raise ValueError(f"objective must be contrastive, dgi, none or auto, got {self.objective!r}")
         if self.weighting not in ("gradnorm", "fixed"):
             raise ValueError(f"weighting must be gradnorm or fixed, got {self.weighting!r}")
-        if self.detector not in ("auto", "knn", "iforest"):
-            raise ValueError(f"detector must be auto, knn or iforest, got {self.detector!r}")
+        if self.detector not in ("auto", "knn", "iforest", "fusion"):
+            raise ValueError(f"detector must be auto, knn, iforest or fusion, got {self.detector!r}")
+        if self.detector == "fusion" and self.flow_parts != "auto" and parse_flow_parts(self.flow_parts)[-1] != "raw":
+            raise ValueError(f"detector fusion needs flow_parts ending in raw (its forest's input), "
+                             f"got {self.flow_parts!r}")
         if self.knn_bank not in KNNDetector.BANKS or self.knn_bank_size < 2:
             raise ValueError(f"knn_bank must be one of {KNNDetector.BANKS} and knn_bank_size >= 2, got "
                              f"{self.knn_bank!r}, {self.knn_bank_size!r}")
@@ -419,14 +425,16 @@ def select_flow_detector(tr_blocks: dict, va_blocks: dict, y_val: np.ndarray, cf
     Returns ``{"rule", "chosen": {flow_parts, detector}, "candidates", "drift", "fitted": (det, val scores),
     "score"}``.
     """
-    names = ["iforest", "knn"] if cfg.detector == "auto" else [cfg.detector]
+    names = list(DETECTOR_CANDIDATES) if cfg.detector == "auto" else [cfg.detector]
     n_att = int((y_val == 1).sum())
     n_ben = int((y_val == 0).sum())
     by_labels = cfg.validation == "labels" and n_att >= cfg.min_val_attacks and n_ben >= 2
     if cfg.flow_parts != "auto":
         cands = [cfg.flow_parts]
-    else:
-        cands = list(FLOW_CANDIDATES) if by_labels else [FLOW_CANDIDATES[0]]
+    elif by_labels:
+        cands = list(FLOW_CANDIDATES)
+    else:  # the benign rule compares detectors on one input: the issue's, or the fusion's with raw features
+        cands = ["src,dst,edge,raw" if cfg.detector == "fusion" else FLOW_CANDIDATES[0]]
     if groups is None:
         groups = class_groups(y_val, None)
     max_fpr = _val_max_fpr(cfg, n_ben)
@@ -438,7 +446,11 @@ def select_flow_detector(tr_blocks: dict, va_blocks: dict, y_val: np.ndarray, cf
         Xtr = np.concatenate([tr_blocks[p] for p in pt], axis=1)
         Xva = np.concatenate([va_blocks[p] for p in pt], axis=1)
         for n in names:
-            kw = dict(bank=cfg.knn_bank, max_bank=cfg.knn_bank_size) if n == "knn" else {}
+            if n == "fusion" and pt[-1] != "raw":
+                continue  # the fusion's forest reads the raw block, the input's last part
+            kw = dict(bank=cfg.knn_bank, max_bank=cfg.knn_bank_size) if n in ("knn", "fusion") else {}
+            if n == "fusion":
+                kw["raw_dim"] = tr_blocks["raw"].shape[1]
             det = make_detector(n, contamination=contamination, random_state=cfg.seed, **kw).fit(Xtr)
             key = f"{parts}|{n}"
             s = det.decision_function(Xva)

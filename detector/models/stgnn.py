@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from detector.models.encoder import EdgeGraphEncoder
 from detector.models.memory import NodeMemory
-from detector.tensors import cat_rows
+from detector.tensors import FactoredRows, cat_rows
 
 
 @dataclass
@@ -135,6 +135,15 @@ class STGNN(nn.Module):
         blocks = {"src": lambda: z[src], "dst": lambda: z[dst], "edge": lambda: e, "raw": lambda: edge_attr.float()}
         return torch.cat([blocks[p]() for p in parts], dim=-1)
 
+    @staticmethod
+    def compose_factored(z: Tensor, e: Tensor, edge_index: Tensor, edge_attr: Tensor, parts) -> FactoredRows:
+        """:meth:`compose` without building the rows: ``src``/``dst`` stay the node embeddings ``z`` [N, H]
+        with a per-flow node index, ``edge``/``raw`` are per flow (NumPy views of the tensors)."""
+        src, dst = edge_index.numpy()
+        blocks = {"src": lambda: (z.numpy(), src), "dst": lambda: (z.numpy(), dst), "edge": lambda: (e.numpy(), None),
+                  "raw": lambda: (edge_attr.float().numpy(), None)}
+        return FactoredRows([blocks[p]() for p in parts])
+
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, dt_window: Tensor, dt_prev: Tensor,
                 node_gid: Tensor | None = None, t: float | None = None,
                 update_state: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -153,8 +162,10 @@ class STGNN(nn.Module):
                     getattr(data, "node_gid", None), t=float(getattr(data, "window_end", 0.0)),
                     update_state=update_state)
 
-    def embed_many(self, datas: list, update_state: bool = True) -> Tensor:
-        """Flow embeddings of consecutive windows, concatenated in window order ``[sum E_k, D]``.
+    def embed_many(self, datas: list, update_state: bool = True, factored: bool = False) -> "Tensor | FactoredRows":
+        """Flow embeddings of consecutive windows, concatenated in window order ``[sum E_k, D]``
+        (``factored=True``: the same rows as a :class:`~detector.tensors.FactoredRows`, the endpoint
+        blocks kept once per node: :meth:`compose_factored`).
 
         Same as :meth:`embed` on each ``Data`` in turn, up to float rounding (the matrix products run
         on other shapes). The encoder does not read the temporal state, so it runs once on the
@@ -163,7 +174,7 @@ class STGNN(nn.Module):
         must already be part of ``x``/``edge_attr`` (as :class:`~detector.pipeline.GraphStream` gives
         them), or factored in ``data.edge_kb`` (``build_many(..., factored_kb=True)``). Bad inputs raise before the temporal state changes.
         """
-        return self.temporal_many(self.spatial_many(datas), update_state)
+        return self.temporal_many(self.spatial_many(datas), update_state, factored)
 
     def spatial_many(self, datas: list) -> SpatialBatch:
         """The stateless half of :meth:`embed_many`: the encoder on the union of the windows' graphs.
@@ -193,13 +204,16 @@ class STGNN(nn.Module):
                             cat_rows([d.edge_dt_prev for d in datas]), edge_kb=edge_kb)
         return SpatialBatch(datas, h, e, edge_index, edge_attr)
 
-    def temporal_many(self, sb: SpatialBatch, update_state: bool = True) -> Tensor:
+    def temporal_many(self, sb: SpatialBatch, update_state: bool = True,
+                      factored: bool = False) -> "Tensor | FactoredRows":
         """The stateful half of :meth:`embed_many`: memory steps window by window, then the flow blocks."""
         if not sb.datas:
-            return torch.zeros(0, self.edge_emb_dim)
+            empty = torch.zeros(0, self.edge_emb_dim)
+            return FactoredRows([(empty.numpy(), None)]) if factored else empty
         if self.memory is not None:
             z = self.memory.forward_many(sb.h, [d.node_gid for d in sb.datas],
                                          [float(getattr(d, "window_end", 0.0)) for d in sb.datas], update=update_state)
         else:
             z = sb.h
-        return self.compose(z, sb.e, sb.edge_index, sb.edge_attr, self.config.parts)
+        compose = self.compose_factored if factored else self.compose
+        return compose(z, sb.e, sb.edge_index, sb.edge_attr, self.config.parts)

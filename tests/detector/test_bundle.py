@@ -85,14 +85,19 @@ def test_load_refuses_a_knowledge_block_of_another_width(trained, tmp_path):
         ModelBundle.load(copy)
 
 
-def test_hybrid_flow_parts_round_trip(tmp_path):
-    """A bundle whose detector input is not the default ([z_v || e_uv || raw]) loads with identical scores."""
+@pytest.mark.parametrize("detector", ["knn", "fusion"])
+def test_hybrid_flow_parts_round_trip(tmp_path, detector):
+    """A bundle whose detector input is not the default ([z_v || e_uv || raw]) loads with identical scores,
+    also with the fusion detector (kNN on z_v || e_uv, forest on the raw block)."""
     table = synthetic_flows(n_benign=400, n_attack=40, duration=600, seed=4)
     b = train_bundle([table], TrainConfig(epochs=1, hidden=16, seed=0, knowledge=False, flow_parts="dst,edge,raw",
-                                                 objective="contrastive"),
+                                          objective="contrastive", detector=detector),
                      out_dir=tmp_path, progress=False)
     loaded = ModelBundle.load(tmp_path)
     assert loaded.model.config.flow_parts == "dst,edge,raw" and loaded.model.edge_emb_dim == 32 + b.model.config.edge_in
+    assert loaded.detector_name == detector and type(loaded.detector) is type(b.detector)
+    if detector == "fusion":
+        assert loaded.detector.raw_dim == b.model.config.edge_in
     w = make_windows(table, 60.0)[3]
     np.testing.assert_array_equal(b.stream_scorer().score_window(w).scores, loaded.stream_scorer().score_window(w).scores)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from detector.detectors import IForestDetector, KNNDetector, make_detector, select_detector
+from detector.detectors import FusionDetector, IForestDetector, KNNDetector, make_detector, select_detector
 
 
 def _data(seed=0):
@@ -58,6 +58,8 @@ def test_unfitted_and_bad_params():
     (IForestDetector, dict(n_estimators=0), "n_estimators must be an integer >= 1"),
     (IForestDetector, dict(max_samples=1), "max_samples must be 'auto'"),
     (IForestDetector, dict(contamination=0.0), "contamination"),
+    (FusionDetector, dict(raw_dim=0), "raw_dim must be an integer >= 1, got 0"),
+    (FusionDetector, dict(raw_dim=3, bank="kmeans"), "bank must be one of"),
 ])
 def test_constructor_validation_quotes_the_value_and_rule(cls, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -148,6 +150,50 @@ def test_knn_kernel_compiled_equals_numpy_path():
         np.testing.assert_allclose(fallback, ref, rtol=1e-6)
 
 
+def test_knn_gathered_kernel_equals_the_plain_kernel_on_the_summed_rows():
+    from detector import knn_kernel
+
+    rng = np.random.default_rng(8)
+    d = rng.normal(size=(60, 30)).astype(np.float32)
+    q = (rng.random(60) * 5 + 3).astype(np.float32)
+    P = rng.normal(size=(9, 30)).astype(np.float32)
+    for gi in (np.zeros((60, 0), np.int64), rng.integers(0, 9, size=(60, 1)), rng.integers(0, 9, size=(60, 2))):
+        ref = np.empty(60)
+        knn_kernel.kmean(np.ascontiguousarray(d + P[gi].sum(axis=1)), q, 5, None, ref)
+        got, fallback = np.empty(60), np.empty(60)
+        knn_kernel.kmean_gathered(d, q, 5, P, np.ascontiguousarray(gi), got)
+        knn_kernel.kmean_gathered_numpy(d, q, 5, P, gi, fallback)  # the path where numba is missing
+        np.testing.assert_allclose(got, ref, rtol=1e-6)
+        np.testing.assert_allclose(fallback, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["src,dst,edge", "edge,dst,raw", "src,dst"])
+def test_knn_on_factored_rows_equals_the_dense_rows(layout):
+    """Endpoint blocks searched once per node (FactoredRows) give the dense search's scores (float rounding)."""
+    from detector.tensors import FactoredRows
+
+    rng = np.random.default_rng(9)
+    n, nodes = 3 * KNNDetector.SCORE_BLOCK + 5, rng.normal(size=(40, 6)).astype(np.float32)
+    blocks = {"src": (nodes, rng.integers(0, 40, n)), "dst": (nodes, rng.integers(0, 40, n)),
+              "edge": (rng.normal(size=(n, 5)).astype(np.float32), None),
+              "raw": (rng.normal(size=(n, 3)).astype(np.float32), None)}
+    F = FactoredRows([blocks[p] for p in layout.split(",")])
+    X = np.asarray(F)
+    assert X.shape == F.shape and X.dtype == np.float32
+    det = KNNDetector(max_bank=64).fit(rng.normal(size=(800, X.shape[1])) * 1.5)
+    np.testing.assert_allclose(det.decision_function(F), det.decision_function(X), rtol=1e-5, atol=1e-5)
+    part = F.rows(100, 2500)
+    np.testing.assert_allclose(det.decision_function(part), det.decision_function(X[100:2500]), rtol=1e-5, atol=1e-5)
+    assert det.decision_function(F.rows(0, 0)).shape == (0,)
+    with pytest.raises(ValueError, match="fitted on"):
+        KNNDetector(max_bank=8).fit(X[:50, 1:]).decision_function(F)
+    with pytest.raises(ValueError, match="different row counts"):
+        FactoredRows([(nodes, np.zeros(3, np.int64)), (nodes, None)])
+    # other detectors take the plain matrix through np.asarray
+    forest = IForestDetector().fit(X[:500])
+    np.testing.assert_array_equal(forest.decision_function(F), forest.decision_function(X))
+
+
 def test_knn_large_inputs_threaded_equal_one_thread():
     rng = np.random.default_rng(7)
     det = KNNDetector(max_bank=64).fit(rng.normal(size=(500, 8)))
@@ -180,3 +226,60 @@ def test_knn_on_identical_rows_keeps_one_bank_row():
     assert (det.decision_scores_ == 0).all()
     s = det.decision_function(np.array([[1.0, 1, 1], [4.0, 1, 1]]))
     assert s[0] == 0 and s[1] > 0
+
+
+def _two_views(seed=0):
+    """12 embedding columns then 4 raw columns; attacks shifted in one view only (half in each)."""
+    rng = np.random.default_rng(seed)
+    train = rng.normal(size=(2000, 16)).astype(np.float32)
+    ben = rng.normal(size=(400, 16)).astype(np.float32)
+    emb_att = rng.normal(size=(40, 16)).astype(np.float32)
+    emb_att[:, :12] += 2.0                      # unusual embedding, ordinary raw features
+    raw_att = rng.normal(size=(40, 16)).astype(np.float32)
+    raw_att[:, 12:] += 3.0                      # ordinary embedding, unusual raw features
+    return train, ben, emb_att, raw_att
+
+
+def test_fusion_is_the_sum_of_the_standardised_part_detectors():
+    train, ben, emb_att, raw_att = _two_views()
+    X = np.vstack([ben, emb_att, raw_att])
+    det = FusionDetector(raw_dim=4, max_bank=128).fit(train)
+    knn = KNNDetector(max_bank=128).fit(train[:, :12])
+    forest = IForestDetector().fit(train[:, 12:])
+    expect = 0.0
+    for d, cols in ((knn, slice(0, 12)), (forest, slice(12, 16))):
+        med, q = np.median(d.decision_scores_), np.quantile(d.decision_scores_, 0.99)
+        expect = expect + (d.decision_function(X[:, cols]) - med) / (q - med)
+    np.testing.assert_allclose(det.decision_function(X), expect, rtol=1e-10)
+    parts = det.part_scores(X)
+    np.testing.assert_allclose(parts["knn"] + parts["forest"], det.decision_function(X), rtol=1e-12)
+    assert det.threshold_ == pytest.approx(np.quantile(det.decision_scores_, 0.99))
+    assert (np.quantile(parts["knn"][:400], 0.5), np.quantile(parts["forest"][:400], 0.5)) == pytest.approx((0, 0), abs=0.3)
+
+
+def test_fusion_catches_an_attack_seen_in_either_view():
+    train, ben, emb_att, raw_att = _two_views()
+    y = np.r_[np.zeros(len(ben)), np.ones(40)]
+    det = FusionDetector(raw_dim=4, max_bank=128).fit(train)
+    knn_emb = KNNDetector(max_bank=128).fit(train[:, :12])
+    forest_raw = IForestDetector().fit(train[:, 12:])
+    for att, blind in ((emb_att, forest_raw), (raw_att, knn_emb)):
+        X = np.vstack([ben, att])
+        cols = slice(12, 16) if blind is forest_raw else slice(0, 12)
+        assert roc_auc_score(y, blind.decision_function(X[:, cols])) < 0.7   # one view alone misses it ...
+        assert roc_auc_score(y, det.decision_function(X)) > 0.9             # ... the fusion does not
+
+
+def test_fusion_shapes_and_pickle_round_trip():
+    import pickle
+
+    train, ben, *_ = _two_views()
+    with pytest.raises(ValueError, match="embedding columns before the last raw_dim=16"):
+        FusionDetector(raw_dim=16).fit(train)
+    det = FusionDetector(raw_dim=4, max_bank=64).fit(train)
+    with pytest.raises(ValueError, match="fitted on 16 features"):
+        det.decision_function(ben[:, :15])
+    assert det.decision_function(ben[:0]).shape == (0,)
+    again = pickle.loads(pickle.dumps(det))
+    np.testing.assert_array_equal(again.decision_function(ben), det.decision_function(ben))
+    assert make_detector("fusion", raw_dim=4).raw_dim == 4

@@ -151,6 +151,26 @@ def test_embed_many_equals_embed_window_by_window(temporal, parts):
     assert m.embed_many([]).shape == (0, m.edge_emb_dim)
 
 
+@pytest.mark.parametrize("parts", ["src,dst,edge", "dst,edge,raw", "edge,src"])
+def test_embed_many_factored_holds_the_same_rows(parts):
+    """factored=True: the endpoint blocks stay once per node (a node index per flow); same rows, same state."""
+    torch.manual_seed(0)
+    m = STGNN(ModelConfig(node_in=3, edge_in=6, hidden=16, flow_parts=parts, memory_capacity=32)).eval()
+    ref_m = STGNN(m.config).eval()
+    ref_m.load_state_dict(m.state_dict())
+    windows = _windows(10)
+    with torch.no_grad():
+        got, ref = m.embed_many(windows, factored=True), ref_m.embed_many(windows)
+    gathered = [i is not None for _a, i in got.blocks]
+    assert gathered == [p in ("src", "dst") for p in parts.split(",")]
+    n_nodes = sum(int(w.num_nodes) for w in windows)
+    assert all(a.shape[0] == n_nodes for a, i in got.blocks if i is not None)  # one row per node, not per flow
+    assert got.shape == tuple(ref.shape)
+    np.testing.assert_array_equal(np.asarray(got), ref.numpy())
+    assert torch.equal(m.memory.state, ref_m.memory.state)
+    assert m.embed_many([], factored=True).shape == (0, m.edge_emb_dim)
+
+
 def test_embed_many_rejects_bad_windows_before_touching_the_state():
     torch.manual_seed(0)
     m = STGNN(ModelConfig(node_in=3, edge_in=6, hidden=16)).eval()

@@ -121,11 +121,13 @@ def test_score_windows_empty_and_errors(real):
     assert len(res) == 1 and len(res[0].scores) == 0
 
 
-def test_batched_knn_scores_close(real):
+@pytest.mark.parametrize("detector,cls", [("knn", "KNNDetector"), ("fusion", "FusionDetector")])
+def test_batched_knn_scores_close(real, detector, cls):
+    """kNN (searched on the group's FactoredRows) and the fusion: batched = one window at a time."""
     _, table = real
     bundle = train_bundle([_read(TRAIN)], TrainConfig(epochs=1, hidden=16, seed=0, benign_only=True, objective="contrastive",
-                                                      detector="knn"), progress=False)
-    assert type(bundle.detector).__name__ == "KNNDetector"
+                                                      detector=detector, flow_parts="src,dst,edge,raw"), progress=False)
+    assert type(bundle.detector).__name__ == cls
     windows = make_windows(table, float(bundle.window.get("size", 60.0)))
     _, ref = _one_by_one(bundle, windows)
     _assert_same(ref, bundle.stream_scorer().score_windows(windows))

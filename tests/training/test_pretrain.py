@@ -76,6 +76,10 @@ def test_config_validation():
         TrainConfig(knn_bank="kmeans")
     with pytest.raises(ValueError, match="knn_bank_size >= 2"):
         TrainConfig(knn_bank_size=1)
+    with pytest.raises(ValueError, match="detector must be auto, knn, iforest or fusion"):
+        TrainConfig(detector="lof")
+    with pytest.raises(ValueError, match="fusion needs flow_parts ending in raw"):
+        TrainConfig(detector="fusion", flow_parts="dst,edge")
     with pytest.raises(ValueError, match="at least 2 windows"):
         split_windows(make_windows(synthetic_flows(n_benign=20, n_attack=0, duration=10), 60.0), 0.2)
 
@@ -83,7 +87,7 @@ def test_config_validation():
 def test_validation_rule_uses_training_attacks_and_calibrates_on_held_back_benign(table):
     """benign_only training; the training inputs' attacks (scored with their windows' context) and the held-back
     benign flows choose the detector input; the threshold is the quantile of the held-back benign flows only."""
-    from training.pretrain import FLOW_CANDIDATES
+    from training.pretrain import DETECTOR_CANDIDATES, FLOW_CANDIDATES
 
     b = train_bundle([table], _cfg(benign_only=True), progress=False)
     m = b.metrics
@@ -93,7 +97,10 @@ def test_validation_rule_uses_training_attacks_and_calibrates_on_held_back_benig
     assert m["val_attacks"] == int((lab == 1).sum()) == 40
     assert m["val_flows"] == sum(w.table.num_rows for w in va)
     assert sel["rule"].startswith("max per-class partial AUROC")
-    assert len(sel["candidates"]) == 2 * len(FLOW_CANDIDATES)
+    # kNN and forest on every input; the fusion only where the raw block comes last (its forest's input)
+    expected = {f"{p}|{d}" for p in FLOW_CANDIDATES for d in DETECTOR_CANDIDATES
+                if d != "fusion" or p.endswith(",raw")}
+    assert set(sel["candidates"]) == expected and len(expected) == 2 * len(FLOW_CANDIDATES) + 2
     best = max(c["val_score"] for c in sel["candidates"].values())
     chosen = sel["candidates"][f"{sel['flow_parts']}|{sel['chosen']}"]
     assert chosen["val_score"] >= best - TrainConfig().val_tol          # best, or tied with it ...
@@ -116,6 +123,13 @@ def test_benign_rule_when_asked_or_without_held_back_attacks(table):
     ben = table.filter(pa.array(table.column("label").to_numpy() == 0))
     c = train_bundle([ben], _cfg(benign_only=True), progress=False)  # nothing labelled malicious anywhere
     assert c.metrics["val_attacks"] == 0 and c.metrics["detector_selection"]["rule"].startswith("min |FPR")
+
+
+def test_fusion_without_labelled_attacks_reads_the_raw_block(table):
+    """The benign rule compares detectors on one input: with detector=fusion it is src,dst,edge,raw."""
+    b = train_bundle([table], _cfg(benign_only=True, validation="benign", detector="fusion"), progress=False)
+    assert b.model.config.flow_parts == "src,dst,edge,raw" and b.detector_name == "fusion"
+    assert b.detector.raw_dim == b.model.config.edge_in
 
 
 def test_objective_auto_picks_on_the_validation_score(table):
