@@ -14,7 +14,9 @@
    with reading the first files) weighs more on fewer days: ``--days 2`` (136k records) measured 72.5k
    records/s where all 11 days measured ~107k.
 3. Times the scoring stage alone (``score_table`` on the input already read), with and without the
-   overlap of graph building and scoring (``StreamScorer.OVERLAP``), best of two runs each.
+   overlap of graph building and scoring (``StreamScorer.OVERLAP``), best of two runs each; for a kNN
+   model also with the kNN searching plain flow rows instead of ``FactoredRows``
+   (``StreamScorer.FACTORED_DETECTORS``: endpoint blocks once per node), the reference for that change.
 4. Times a kNN detector's ``decision_function`` alone on 8,192 queries: the default bank (coreset of 512
    rows) against an exact search of 20,000 rows (the former default), ratio printed.
 
@@ -144,6 +146,9 @@ def _run(a, days, test_days: list[str], detector: str) -> dict | None:
     print(f"scoring stage alone (score_table on the read table, best of 2): {res['stage_records_per_s']:,} records/s "
           f"with the build/score overlap, {res['stage_serial_records_per_s']:,} without (x{res['stage_overlap_ratio']})",
           flush=True)
+    if "stage_factored_ratio" in res:
+        print(f"  kNN on plain flow rows instead of FactoredRows (endpoint blocks once per node): "
+              f"{res['stage_plain_rows_records_per_s']:,} records/s (factored x{res['stage_factored_ratio']})", flush=True)
     return res
 
 
@@ -175,20 +180,30 @@ def _stage(model: Path, days: list[str]) -> dict:
     from detector.scoring import StreamScorer, score_table
     from ingest.readers import open_inputs
 
+    FACTORED = StreamScorer.FACTORED_DETECTORS
     bundle = load_bundle(model)
     table = pa.Table.from_batches(list(open_inputs(days)))
-    best = {True: float("inf"), False: float("inf")}
+    best = {True: float("inf"), False: float("inf"), "plain": float("inf")}
+    factored = type(bundle.detector).__name__ in StreamScorer.FACTORED_DETECTORS
+    runs = (True, False, "plain", True, False, "plain") if factored else (True, False, True, False)
     try:
-        for overlap in (True, False, True, False):
-            StreamScorer.OVERLAP = overlap
+        for mode in runs:
+            StreamScorer.OVERLAP = mode is not False
+            if mode == "plain":  # the kNN searched on plain flow rows instead of FactoredRows
+                StreamScorer.FACTORED_DETECTORS = ()
             t0 = time.perf_counter()
             score_table(bundle, table)
-            best[overlap] = min(best[overlap], time.perf_counter() - t0)
+            best[mode] = min(best[mode], time.perf_counter() - t0)
+            StreamScorer.FACTORED_DETECTORS = FACTORED
     finally:
-        StreamScorer.OVERLAP = True
+        StreamScorer.OVERLAP, StreamScorer.FACTORED_DETECTORS = True, FACTORED
     n = table.num_rows
-    return {"stage_records_per_s": round(n / best[True]), "stage_serial_records_per_s": round(n / best[False]),
-            "stage_overlap_ratio": round(best[False] / best[True], 2)}
+    res = {"stage_records_per_s": round(n / best[True]), "stage_serial_records_per_s": round(n / best[False]),
+           "stage_overlap_ratio": round(best[False] / best[True], 2)}
+    if factored:
+        res["stage_plain_rows_records_per_s"] = round(n / best["plain"])
+        res["stage_factored_ratio"] = round(best["plain"] / best[True], 2)
+    return res
 
 
 if __name__ == "__main__":
