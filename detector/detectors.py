@@ -180,7 +180,7 @@ class KNNDetector(_Base):
             qn.append(np.einsum("ij,ij->i", za, za))
         Pm = np.concatenate(P) if P else np.zeros((1, m), np.float32)
         qn = np.concatenate(qn) if qn else np.zeros(1, np.float32)
-        gi = np.stack(gi, axis=1) if gi else np.zeros((n, 0), np.int64)
+        gi = np.stack(gi, axis=1) if gi else np.zeros((n, 0), np.int64)  # C order: row slices stay contiguous
         dcols = np.concatenate([c for _, c in direct]) if direct else np.zeros(0, np.int64)
         bank_d = bank[:, dcols].contiguous()
         mean_d, scale_d = self.mean_[dcols], self.scale_[dcols]
@@ -200,8 +200,8 @@ class KNNDetector(_Base):
                     d = torch.addmm(bank_sq, torch.from_numpy(x), bank_d.T, alpha=-2.0, out=dist[:e - s]).numpy()
                 else:
                     d = dist[:e - s].copy_(bank_sq.expand(e - s, m)).numpy()
-                q = np.einsum("ij,ij->i", x, x) + qn[gi[s:e]].sum(axis=1, dtype=np.float32)
-                knn_kernel.kmean_gathered(d, q, k, Pm, np.ascontiguousarray(gi[s:e]), out[s:e])
+                q = np.einsum("ij,ij->i", x, x)  # the gathered blocks' |x_g|^2 are added in the kernel
+                knn_kernel.kmean_gathered(d, q, k, Pm, qn, gi[s:e], out[s:e])
 
         _in_row_ranges(run, n, B, self.SCORE_THREADS)
         return out

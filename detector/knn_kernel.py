@@ -20,18 +20,20 @@ def _kmean(d, q, k, self_col, has_self, out):  # pragma: no cover - compiled by 
         out[i] = _row_kmean(d[i], q[i], k, self_col[i] if has_self else -1, best)
 
 
-def _kmean_gathered(d, q, k, P, gi, out):  # pragma: no cover - compiled by numba
+def _kmean_gathered(d, q, k, P, qP, gi, out):  # pragma: no cover - compiled by numba
     n, m = d.shape
     best = np.empty(k, dtype=np.float32)
     row = np.empty(m, dtype=np.float32)
     for i in range(n):
         for j in range(m):
             row[j] = d[i, j]
+        qi = q[i]
         for t in range(gi.shape[1]):  # the row's shared partial products (one per gathered block)
             p = P[gi[i, t]]
             for j in range(m):
                 row[j] += p[j]
-        out[i] = _row_kmean(row, q[i], k, -1, best)
+            qi += qP[gi[i, t]]
+        out[i] = _row_kmean(row, qi, k, -1, best)
 
 
 def _row_kmean(row, qi, k, skip, best):  # pragma: no cover - compiled by numba
@@ -96,19 +98,23 @@ def kmean_numpy(d: np.ndarray, q: np.ndarray, k: int, self_col: np.ndarray | Non
     out[:] = vals.sum(axis=1) / np.maximum(usable.sum(axis=1), 1)
 
 
-def kmean_gathered(d: np.ndarray, q: np.ndarray, k: int, P: np.ndarray, gi: np.ndarray, out: np.ndarray) -> None:
-    """:func:`kmean` of ``d[i] + sum_t P[gi[i, t]]`` (no self column): rows whose distance matrix has a
-    part shared by many rows — the partial products of an endpoint's embedding with the bank, computed
-    once per endpoint (:meth:`detector.detectors.KNNDetector.decision_function` on
-    :class:`detector.tensors.FactoredRows`). ``P``: [p, m] float32, ``gi``: [n, g] int64 rows of ``P``."""
+def kmean_gathered(d: np.ndarray, q: np.ndarray, k: int, P: np.ndarray, qP: np.ndarray, gi: np.ndarray,
+                   out: np.ndarray) -> None:
+    """:func:`kmean` of ``d[i] + sum_t P[gi[i, t]]`` with ``q[i] + sum_t qP[gi[i, t]]`` (no self column):
+    rows whose distance matrix has parts shared by many rows — the partial products of an endpoint's
+    embedding with the bank and its squared norm, computed once per endpoint
+    (:meth:`detector.detectors.KNNDetector.decision_function` on :class:`detector.tensors.FactoredRows`).
+    ``P``: [p, m] float32, ``qP``: [p] float32, ``gi``: [n, g] int64 rows of ``P``."""
     if _compiled_gathered is not None:
-        _compiled_gathered(d, q, k, P, gi, out)
+        _compiled_gathered(d, q, k, P, qP, gi, out)
         return
-    kmean_gathered_numpy(d, q, k, P, gi, out)  # pragma: no cover - where numba is missing
+    kmean_gathered_numpy(d, q, k, P, qP, gi, out)  # pragma: no cover - where numba is missing
 
 
-def kmean_gathered_numpy(d: np.ndarray, q: np.ndarray, k: int, P: np.ndarray, gi: np.ndarray,
+def kmean_gathered_numpy(d: np.ndarray, q: np.ndarray, k: int, P: np.ndarray, qP: np.ndarray, gi: np.ndarray,
                          out: np.ndarray) -> None:
     """:func:`kmean_gathered` in NumPy (no numba): the same values."""
-    full = d + P[gi].sum(axis=1, dtype=np.float32) if gi.shape[1] else d
-    kmean_numpy(full, q, k, None, out)
+    if gi.shape[1]:
+        d = d + P[gi].sum(axis=1, dtype=np.float32)
+        q = q + qP[gi].sum(axis=1, dtype=np.float32)
+    kmean_numpy(d, q, k, None, out)

@@ -157,12 +157,13 @@ def test_knn_gathered_kernel_equals_the_plain_kernel_on_the_summed_rows():
     d = rng.normal(size=(60, 30)).astype(np.float32)
     q = (rng.random(60) * 5 + 3).astype(np.float32)
     P = rng.normal(size=(9, 30)).astype(np.float32)
+    qP = (rng.random(9) * 4).astype(np.float32)
     for gi in (np.zeros((60, 0), np.int64), rng.integers(0, 9, size=(60, 1)), rng.integers(0, 9, size=(60, 2))):
         ref = np.empty(60)
-        knn_kernel.kmean(np.ascontiguousarray(d + P[gi].sum(axis=1)), q, 5, None, ref)
+        knn_kernel.kmean(np.ascontiguousarray(d + P[gi].sum(axis=1)), q + qP[gi].sum(axis=1), 5, None, ref)
         got, fallback = np.empty(60), np.empty(60)
-        knn_kernel.kmean_gathered(d, q, 5, P, np.ascontiguousarray(gi), got)
-        knn_kernel.kmean_gathered_numpy(d, q, 5, P, gi, fallback)  # the path where numba is missing
+        knn_kernel.kmean_gathered(d, q, 5, P, qP, np.ascontiguousarray(gi), got)
+        knn_kernel.kmean_gathered_numpy(d, q, 5, P, qP, gi, fallback)  # the path where numba is missing
         np.testing.assert_allclose(got, ref, rtol=1e-6)
         np.testing.assert_allclose(fallback, ref, rtol=1e-6)
 
