@@ -439,34 +439,29 @@ class FusionDetector(_Base):
             q = float(np.quantile(d.decision_scores_, 1.0 - self.contamination))
             self.centers_.append(med)
             self.spreads_.append(max(q - med, 1e-12))  # all-equal training scores: avoid a zero division
-        self._finish_fit(self._combine(self.knn_.decision_scores_, self.forest_.decision_scores_))
+        p = self._parts(self.knn_.decision_scores_, self.forest_.decision_scores_)
+        self._finish_fit(p["knn"] + p["forest"])
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        self._check_fitted()
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has shape {X.shape}, the detector was fitted on {self.n_features_in_} features")
-        if len(X) == 0:
-            return np.zeros(0)
-        return self._combine(self.knn_.decision_function(X[:, :-self.raw_dim]),
-                             self.forest_.decision_function(X[:, -self.raw_dim:]))
+        p = self.part_scores(X)
+        return p["knn"] + p["forest"]
 
     def part_scores(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Each part's standardised score (``knn``, ``forest``; they add up to :meth:`decision_function`):
         which view made a flow anomalous."""
         self._check_fitted()
         X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has shape {X.shape}, the detector was fitted on {self.n_features_in_} features")
+        if len(X) == 0:
+            return {"knn": np.zeros(0), "forest": np.zeros(0)}
         return self._parts(self.knn_.decision_function(X[:, :-self.raw_dim]),
                            self.forest_.decision_function(X[:, -self.raw_dim:]))
 
     def _parts(self, s_knn: np.ndarray, s_forest: np.ndarray) -> dict[str, np.ndarray]:
         return {"knn": (np.asarray(s_knn) - self.centers_[0]) / self.spreads_[0],
                 "forest": (np.asarray(s_forest) - self.centers_[1]) / self.spreads_[1]}
-
-    def _combine(self, s_knn: np.ndarray, s_forest: np.ndarray) -> np.ndarray:
-        p = self._parts(s_knn, s_forest)
-        return p["knn"] + p["forest"]
 
     def __repr__(self) -> str:
         return (f"FusionDetector(raw_dim={self.raw_dim}, k={self.k}, max_bank={self.max_bank}, bank={self.bank!r}, "
