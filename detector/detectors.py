@@ -451,13 +451,20 @@ class FusionDetector(_Base):
         """Each part's standardised score (``knn``, ``forest``; they add up to :meth:`decision_function`):
         which view made a flow anomalous."""
         self._check_fitted()
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+        if not isinstance(X, FactoredRows):
+            X = np.asarray(X, dtype=np.float32)
+        if len(X.shape) != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has shape {X.shape}, the detector was fitted on {self.n_features_in_} features")
         if len(X) == 0:
             return {"knn": np.zeros(0), "forest": np.zeros(0)}
-        return self._parts(self.knn_.decision_function(X[:, :-self.raw_dim]),
-                           self.forest_.decision_function(X[:, -self.raw_dim:]))
+        last, index = X.blocks[-1] if isinstance(X, FactoredRows) else (None, None)
+        if last is not None and index is None and last.shape[1] == self.raw_dim and len(X.blocks) > 1:
+            # the raw block is the last per-row block: the kNN part keeps the endpoint blocks factored
+            emb, raw = FactoredRows(X.blocks[:-1]), last
+        else:
+            X = np.asarray(X, dtype=np.float32)
+            emb, raw = X[:, :-self.raw_dim], X[:, -self.raw_dim:]
+        return self._parts(self.knn_.decision_function(emb), self.forest_.decision_function(raw))
 
     def _parts(self, s_knn: np.ndarray, s_forest: np.ndarray) -> dict[str, np.ndarray]:
         return {"knn": (np.asarray(s_knn) - self.centers_[0]) / self.spreads_[0],

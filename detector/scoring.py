@@ -114,9 +114,10 @@ class StreamScorer:
     # window (the forest bit for bit; kNN up to the float rounding of its distance matrix product).
     ROWWISE_DETECTORS = ("IForestDetector", "KNNDetector", "FusionDetector")
     # Detectors given a group's flows as FactoredRows (the endpoint blocks once per node; same scores up to
-    # float rounding): the kNN search then multiplies each endpoint's embedding with the bank once per
-    # group instead of once per flow (LUFlow, 5-min windows: ~33 flows per endpoint).
-    FACTORED_DETECTORS = ("KNNDetector",)
+    # float rounding): the kNN search (alone or as the fusion's embedding part) then multiplies each
+    # endpoint's embedding with the bank once per group instead of once per flow (LUFlow, 5-min windows:
+    # ~33 flows per endpoint).
+    FACTORED_DETECTORS = ("KNNDetector", "FusionDetector")
 
     # Records per batched group: bounds the memory of the concatenated flow embeddings.
     # 16384 rather than 65536: a group's edge tensors (E x ~340 float32) then stay under glibc's 32 MB mmap

@@ -284,3 +284,22 @@ def test_fusion_shapes_and_pickle_round_trip():
     again = pickle.loads(pickle.dumps(det))
     np.testing.assert_array_equal(again.decision_function(ben), det.decision_function(ben))
     assert make_detector("fusion", raw_dim=4).raw_dim == 4
+
+
+def test_fusion_on_factored_rows_equals_the_dense_rows():
+    """Endpoint blocks stay factored for the kNN part when the raw block comes last as its own block."""
+    from detector.tensors import FactoredRows
+
+    rng = np.random.default_rng(10)
+    nodes, n = rng.normal(size=(30, 6)).astype(np.float32), 5000
+    raw = rng.normal(size=(n, 4)).astype(np.float32)
+    F = FactoredRows([(nodes, rng.integers(0, 30, n)), (rng.normal(size=(n, 5)).astype(np.float32), None), (raw, None)])
+    X = np.asarray(F)
+    det = FusionDetector(raw_dim=4, max_bank=64).fit(rng.normal(size=(800, 15)))
+    np.testing.assert_allclose(det.decision_function(F), det.decision_function(X), rtol=1e-5, atol=1e-5)
+    # the raw block not alone at the end: the plain matrix is used
+    G = FactoredRows([(nodes, rng.integers(0, 30, n)), (np.hstack([F.blocks[1][0], raw]), None)])
+    np.testing.assert_allclose(det.decision_function(G), det.decision_function(np.asarray(G)), rtol=1e-12)
+    with pytest.raises(ValueError, match="fitted on 15 features"):
+        det.decision_function(FactoredRows(F.blocks[:2]))  # the raw block missing
+    assert det.decision_function(F.rows(0, 0)).shape == (0,)
