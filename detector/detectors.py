@@ -1,7 +1,8 @@
 """Anomaly detectors on embeddings (PyOD-style API: fit / decision_function, higher = more anomalous).
 
-Both detectors standardise their input with statistics of the fitting data
-(benign embeddings), so the embedding scale does not dominate distances.
+kNN and IsolationForest standardise their input with statistics of the fitting data
+(benign embeddings), so the embedding scale does not dominate distances; the fusion
+runs one of each (embedding columns, raw columns) and adds their standardised scores.
 ``threshold_`` after ``fit`` is the ``1 - contamination`` quantile of the
 training scores; the bundle replaces it by the threshold calibrated on held-back
 benign windows (:mod:`detector.calibration`).
