@@ -151,21 +151,20 @@ class KNNDetector(_Base):
         block (the shared rows' partial products once per shared row), with the same scores up to
         float rounding of the product."""
         self._check_fitted()
-        if isinstance(X, FactoredRows):
-            if X.shape[1] != self.mean_.shape[0]:
-                raise ValueError(f"X has shape {X.shape}, the detector was fitted on {self.mean_.shape[0]} features")
-            return self._knn_mean_factored(X) if len(X) else np.zeros(0)
-        X = np.ascontiguousarray(self._checked(X))
-        if len(X) == 0:
-            return np.zeros(0)
-        return self._knn_mean(X, None, scaled=False)
+        if not isinstance(X, FactoredRows):
+            X = FactoredRows([(self._checked(X), None)])  # a plain matrix: one per-row block
+        elif X.shape[1] != self.mean_.shape[0]:
+            raise ValueError(f"X has shape {X.shape}, the detector was fitted on {self.mean_.shape[0]} features")
+        return self._search(X) if len(X) else np.zeros(0)
 
-    def _knn_mean_factored(self, X: FactoredRows) -> np.ndarray:
-        """:meth:`_knn_mean` of ``X.dense()`` without building it. With ``x = [x_g ‖ x_d]`` (gathered and
-        direct column blocks, standardised) ``|x - b|^2 = |x|^2 + |b|^2 - 2 x_d.b_d - 2 sum_g x_g.b_g``:
-        the direct part is one matrix product per block of rows as in the dense search; each gathered
-        block's product ``-2 A_g.b_g`` (and ``|A_g|^2``) is computed once per row of ``A_g`` — once per
-        endpoint, not once per flow — and added per row inside the compiled pass."""
+    def _search(self, X: FactoredRows) -> np.ndarray:
+        """Mean distance of each row of ``X`` (raw input) to its ``k_`` nearest bank rows, standardised
+        block by block (the arithmetic of :meth:`_scale`, without input-sized temporaries: a block stays in
+        cache from scaling to its distances). With ``x = [x_g ‖ x_d]`` (gathered and direct column blocks,
+        standardised) ``|x - b|^2 = |x|^2 + |b|^2 - 2 x_d.b_d - 2 sum_g x_g.b_g``: the direct part is one
+        matrix product per block of rows; each gathered block's product ``-2 A_g.b_g`` (and ``|A_g|^2``)
+        is computed once per row of ``A_g`` — once per endpoint, not once per flow — and added per row
+        inside the compiled pass."""
         bank, bank_sq = self._bank()
         n, B, k, m = len(X), self.SCORE_BLOCK, self.k_, bank.shape[0]
         direct, P, qn, gi, col = [], [], [], [], 0
@@ -193,10 +192,10 @@ class KNNDetector(_Base):
             for s in range(lo, hi, B):
                 e = min(s + B, hi)
                 x, c = buf[:e - s], 0
-                for a, cols in direct:  # the block's direct columns side by side, standardised in place
-                    x[:, c:c + len(cols)] = a[s:e]
+                for a, cols in direct:  # the block's direct columns side by side, centred on the way in
+                    np.subtract(a[s:e], mean_d[c:c + len(cols)], out=x[:, c:c + len(cols)])
                     c += len(cols)
-                np.divide(np.subtract(x, mean_d, out=x), scale_d, out=x)
+                np.divide(x, scale_d, out=x)
                 if len(dcols):
                     d = torch.addmm(bank_sq, torch.from_numpy(x), bank_d.T, alpha=-2.0, out=dist[:e - s]).numpy()
                 else:
@@ -207,29 +206,23 @@ class KNNDetector(_Base):
         _in_row_ranges(run, n, B, self.SCORE_THREADS)
         return out
 
-    def _knn_mean(self, Z: np.ndarray, self_col: np.ndarray | None, scaled: bool = True) -> np.ndarray:
-        """Mean distance of each row of ``Z`` to its ``k_`` nearest bank rows; ``self_col[i]`` >= 0 names a
-        bank column row ``i`` may not use (itself). ``scaled=False``: ``Z`` is raw float32 input,
-        standardised here block by block (the arithmetic of :meth:`_scale`, without input-sized
-        temporaries: a block stays in cache from scaling to its distances)."""
+    def _knn_mean(self, Z: np.ndarray, self_col: np.ndarray) -> np.ndarray:
+        """Leave-one-out training scores: mean distance of each row of the standardised fitting data ``Z``
+        to its ``k_`` nearest bank rows; ``self_col[i]`` >= 0 names a bank column row ``i`` may not use
+        (itself)."""
         bank, bank_sq = self._bank()
         n, B, k = len(Z), self.SCORE_BLOCK, self.k_
         out = np.empty(n)
 
         def run(lo: int, hi: int) -> None:
-            buf = np.empty((min(B, hi - lo), Z.shape[1]), dtype=np.float32)
-            dist = torch.empty((len(buf), bank.shape[0]))
+            dist = torch.empty((min(B, hi - lo), bank.shape[0]))
             for s in range(lo, hi, B):
                 e = min(s + B, hi)
-                if scaled:
-                    x = Z[s:e]
-                else:
-                    x = buf[:e - s]
-                    np.divide(np.subtract(Z[s:e], self.mean_, out=x), self.scale_, out=x)
+                x = Z[s:e]
                 # |b|^2 - 2 x.b per pair; |x|^2 is added per row in the kernel (torch releases the GIL)
                 d = torch.addmm(bank_sq, torch.from_numpy(x), bank.T, alpha=-2.0, out=dist[:e - s]).numpy()
                 q = np.einsum("ij,ij->i", x, x)
-                knn_kernel.kmean(d, q, k, None if self_col is None else self_col[s:e], out[s:e])
+                knn_kernel.kmean(d, q, k, self_col[s:e], out[s:e])
 
         _in_row_ranges(run, n, B, self.SCORE_THREADS)
         return out

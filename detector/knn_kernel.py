@@ -25,6 +25,9 @@ def _kmean_gathered(d, q, k, P, qP, gi, out):  # pragma: no cover - compiled by 
     best = np.empty(k, dtype=np.float32)
     row = np.empty(m, dtype=np.float32)
     for i in range(n):
+        if gi.shape[1] == 0:  # nothing shared: the row as it is
+            out[i] = _row_kmean(d[i], q[i], k, -1, best)
+            continue
         for j in range(m):
             row[j] = d[i, j]
         qi = q[i]
