@@ -1,0 +1,30 @@
+"""One example per subcommand, shown at the end of its ``--help`` (paths are the bundled samples and
+what ``make run`` writes under ``out/demo``, so each runs from a fresh clone after ``make run``)."""
+from __future__ import annotations
+
+_LOG = "samples/stratosphere/008-zeek-mixed.conn.log.labeled"
+_LATER = "samples/stratosphere/010-zeek-mixed.conn.log.labeled"
+_MODEL = "out/demo/model"
+
+EXAMPLES: dict[str, str] = {
+    "ingest": f"graphsentry ingest {_LOG} --out out/flows.parquet --dead-letter out/dead-letter.jsonl",
+    "windows": f"graphsentry windows {_LOG} --window 60s --lateness 10s --summary-only",
+    "kg": "graphsentry kg stats",
+    "kg build": "graphsentry kg build --out out/kg            # needs ATT&CK/CAPEC/CWE/D3FEND files (--data)",
+    "kg stats": "graphsentry kg stats --json",
+    "kg explain": "graphsentry kg explain T1046",
+    "score": f"graphsentry score {_LATER} --model {_MODEL} --out out/scores.parquet",
+    "serve": f"graphsentry serve {_LATER} --model {_MODEL}\n"
+             "graphsentry serve --config deploy/graphsentry.yaml --print-config",
+    "replay": f"graphsentry replay {_LATER} --bootstrap 127.0.0.1:9092 --topic graphsentry-flows --speed 10x",
+    "train": f"graphsentry train {_LOG} --out out/model --benign-only --epochs 1",
+    "calibrate": f"graphsentry calibrate {_LATER} --model {_MODEL} --out out/model-recalibrated",
+    "evaluate": f"graphsentry evaluate --train {_LOG} --test {_LATER} --report out/report --epochs 1",
+    "fraud": "graphsentry fraud train --data samples/fraud/fdh-style-sim-300c-60d.parquet --out out/fraud-model",
+    "fraud train": "graphsentry fraud train --data samples/fraud/fdh-style-sim-300c-60d.parquet --out out/fraud-model",
+    "fraud score": "graphsentry fraud score samples/fraud/fdh-style-sim-300c-60d.parquet --model out/fraud-model "
+                   "--out out/fraud-scores.parquet",
+    "fraud evaluate": "graphsentry fraud evaluate --data samples/fraud/fdh-style-sim-300c-60d.parquet "
+                      "--report out/fraud-report --folds 1",
+    "demo": "graphsentry demo --out out/demo",
+}
