@@ -3,33 +3,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from datetime import datetime, timezone
 from typing import Any
+
+log = logging.getLogger("ingest.windows")
 
 EPILOG = """\
 Windows are over event time (the records' own ts), not arrival time:
   --window 60s                  tumbling windows [t, t+60s)
   --window 60s --slide 30s      sliding windows of 60 s every 30 s (each record in 2 windows)
   --lateness 10s                a window closes once a record 10 s past its end has been seen;
-                                records for closed windows are LATE: counted, never dropped
-                                (--late-out writes them to Parquet)
+                                records for closed windows are LATE: counted and left out of
+                                the windows, never dropped silently (--late-out writes them to
+                                Parquet); when more than 20% are late a warning names a
+                                --lateness that covers the input's measured disorder
 Durations: a number with a unit ms, s, m, h or d (250ms, 60s, 5m, 1h, 1d) or bare seconds.
 Empty windows are not printed. Transactions are summarised per window as customers, terminals,
 transactions and frauds.
 
-Nodes (--node): ip = address; ipport = address:port (E-GraphSAGE); as = the address field,
+Nodes (--node-mode): ip = address; ipport = address:port (E-GraphSAGE); as = the address field,
 which LUFlow fills with autonomous-system numbers.
 
 examples:
   graphsentry windows samples/stratosphere/*.labeled --window 60s
-  graphsentry windows day1.zip day2.zip --window 10m --lateness 1d --node as
-  graphsentry windows conn.log --window 60s --slide 30s --node ipport --json > windows.jsonl
+  graphsentry windows day1.zip day2.zip --window 10m --lateness 1d --node-mode as
+  graphsentry windows conn.log --window 60s --slide 30s --node-mode ipport --json > windows.jsonl
 
 LUFlow day files are not in time order (flows lag up to ~22 h behind the newest one
 in the same file): use --lateness 1d there or most records are late.
 
+Files that cannot be read are skipped and counted (unreadable_file), malformed records are
+dead-lettered; the summary says how many were skipped (see docs/bad-input.md).
 Exit status: 0 ok, 2 usage/format error, 3 nothing could be read.
 """
 
@@ -69,8 +76,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="hop between window starts for sliding windows, <= --window (default: tumbling)")
     p.add_argument("--lateness", type=_duration, default=10.0, metavar="DUR",
                    help="allowed lateness behind the newest event time seen (default 10s)")
-    p.add_argument("--node", choices=("ip", "ipport", "as"), default="ip",
+    p.add_argument("--node-mode", dest="node_mode", choices=("ip", "ipport", "as"), default="ip",
                    help="what a node is: ip, ipport (ip:port) or as (default ip)")
+    p.add_argument("--node", dest="node_mode", choices=("ip", "ipport", "as"), help=argparse.SUPPRESS)
     p.add_argument("--format", default="auto", metavar="NAME",
                    help="input format: auto (default) or a name from `graphsentry ingest --help`")
     p.add_argument("--mapping", metavar="FILE", default=None, help="column-mapping config for other CSV/TSV")
@@ -108,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
+    from ingest.cli_ingest import require_parent, skipped_line
+    from ingest.disorder import Disorder, late_warning
     from ingest.features import FlowPreprocessor
     from ingest.graph import GraphBuilder, NodeIdMap
     from ingest.readers import open_inputs
@@ -116,12 +126,15 @@ def run(args: argparse.Namespace) -> int:
     if args.slide is not None and args.slide > args.window:
         raise ValueError(f"--slide ({args.slide:g}s) must be <= --window ({args.window:g}s)")
     windower = Sliding(args.window, args.slide) if args.slide not in (None, args.window) else Tumbling(args.window)
+    require_parent(args.late_out, "--late-out")
+    require_parent(args.dead_letter, "--dead-letter")
     t0 = time.perf_counter()
     reader = open_inputs(args.inputs, format=args.format, mapping=args.mapping,
                          dead_letter=args.dead_letter, batch_size=args.batch_size)
     pre = FlowPreprocessor.load(args.preprocessor) if args.preprocessor else None
-    builder = GraphBuilder(args.node, preprocessor=pre, id_map=NodeIdMap(args.id_capacity))
+    builder = GraphBuilder(args.node_mode, preprocessor=pre, id_map=NodeIdMap(args.id_capacity))
     win = EventTimeWindower(windower, lateness=args.lateness)
+    disorder = Disorder()
     out = sys.stdout
     totals = {"windows": 0, "edges": 0, "malicious_edges": 0, "max_nodes": 0, "max_edges": 0}
     late_writer: list[Any] = []
@@ -170,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for batch in reader:
             bar.update(batch.num_rows)
+            disorder.push(batch)
             report(win.push(batch))
             drain_late()
         report(win.flush())
@@ -187,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         "window": args.window,
         "slide": args.slide or args.window,
         "lateness": args.lateness,
-        "node": args.node,
+        "node_mode": args.node_mode,
         "records": st.rows_ok,
         "windows": totals["windows"],
         "graph_edges": totals["edges"],
@@ -197,12 +211,19 @@ def run(args: argparse.Namespace) -> int:
         "late": win.stats.late,
         "late_partial": win.stats.late_partial,
         "invalid_ts": win.stats.invalid,
-        "malformed": st.rows_malformed,
+        "max_disorder_s": disorder.max_jump_s,
+        "malformed": st.records_malformed,
         "malformed_by_reason": dict(sorted(st.malformed.items())),
+        "files_skipped": st.files_failed,
+        "dead_letter": args.dead_letter,
         "id_evictions": builder.id_map.evictions,
         "elapsed_s": round(elapsed, 3),
         "records_per_s": round(st.rows_ok / elapsed) if elapsed > 0 else None,
     }
+    warning = late_warning(win.stats.late, win.stats.records, args.lateness, disorder)
+    if warning:
+        log.warning("%s", warning)
+    summary["late_warning"] = warning
     if args.json:
         print(json.dumps({"summary": summary}), file=out)
     else:
@@ -215,11 +236,15 @@ def run(args: argparse.Namespace) -> int:
               + (f" -> {args.late_out}" if args.late_out and win.stats.late else ""), file=out)
         if win.stats.invalid:
             print(f"no ts:     {win.stats.invalid}", file=out)
+        if warning:
+            print(f"warning:   {warning}", file=out)
         print(f"malformed: {st.rows_malformed}" + (" (" + ", ".join(f"{k}={v}" for k, v in mal.items()) + ")" if mal else ""),
               file=out)
-        if args.dead_letter and st.rows_malformed:
-            print(f"dead letters: {args.dead_letter}", file=out)
+        for k in st.files_failed:
+            e = st.per_file[k].error
+            print(f"file error: {e}" if k in e else f"file error: {k}: {e}", file=out)
+        skipped = skipped_line(st, args.dead_letter)
+        if skipped:
+            print(skipped, file=out)
         print(f"elapsed:   {elapsed:.2f} s ({summary['records_per_s'] or 0:,} records/s)", file=out)
-    if st.rows_ok == 0 and any(v.error for v in st.per_file.values()):
-        return 3
     return 0

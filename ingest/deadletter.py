@@ -9,6 +9,9 @@ one object per rejected row::
 ``line`` is the 1-based physical line in the source file when known (null for
 binary sources such as pcaps or Parquet, where it is the record index instead).
 The first few rejections per reason are also logged (``logging``, never print).
+
+An entry with a reason in :data:`FILE_REASONS` and ``line`` null stands for a whole file
+(``source`` is its path, ``raw`` says why); each of those is logged.
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ log = logging.getLogger("ingest.deadletter")
 LOG_FIRST = 5
 #: Raw text longer than this is cut in the dead-letter file (and marked so).
 MAX_RAW = 64 * 1024
+#: Reasons that stand for a whole file, not one record: a file that could not be read at all
+#: (``unreadable_file``), whose read failed part-way (``file_error``: the rest of it is lost),
+#: whose header makes its rows unreadable (``bad_header``), or a capture nfstream refused.
+FILE_REASONS = frozenset({"unreadable_file", "file_error", "bad_header", "pcap_error", "pcap_no_flows"})
 
 
 class DeadLetter:
@@ -56,7 +63,9 @@ class DeadLetter:
         truncated = raw is not None and len(raw) > MAX_RAW
         if truncated:
             raw = raw[:MAX_RAW]
-        if n <= self.log_first:
+        if line is None and reason in FILE_REASONS:
+            log.warning("skipped file %s (%s): %s", source, reason, raw)
+        elif n <= self.log_first:
             shown = raw if raw is None or len(raw) <= 200 else raw[:200] + "..."
             log.warning("malformed record (%s) in %s line %s: %r", reason, source, line, shown)
             if n == self.log_first:

@@ -9,13 +9,18 @@
 
 Canonical Parquet/Arrow files (``.parquet``, ``.arrow``, ``.feather``) are read directly with
 pyarrow, so archived windows can be replayed without a text reader.
+
+Bad files never stop a source. Any error reading one file (binary or undecodable data, an
+unknown layout, a truncated archive, no permission, the file vanishing mid-read) skips that
+file: it is logged and dead-lettered once as ``unreadable_file`` under its real path (the
+daemon counts dead letters into ``graphsentry_malformed_total`` and its summary), and a tailed
+file skipped so is not looked at again until it is replaced (new inode) or truncated.
+Malformed records inside a readable file are dead-lettered one by one, as in the readers.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,9 +34,27 @@ from ingest.schema import FLOW_SCHEMA, TX_SCHEMA, conform, is_transactions
 log = logging.getLogger(__name__)
 
 ARROW_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc")
-# Binary captures cannot be read line by line: a tailed directory reads each one whole, once its
-# size has stopped changing for one poll interval (a rotated `tcpdump -G` file is complete).
-WHOLE_FILE_SUFFIXES = (".pcap", ".pcapng", ".cap")
+# Binary captures and compressed files cannot be read line by line: a tailed directory reads each
+# one whole, once its size has stopped changing for one poll interval (a rotated `tcpdump -G` file
+# or a rotated, compressed log is complete).
+WHOLE_FILE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".gz", ".bz2", ".zst", ".lz4", ".zip")
+#: The dead-letter reason of a file skipped as a whole.
+UNREADABLE = "unreadable_file"
+
+
+def _skip_file(path: Path | str, exc: BaseException | str, dead_letter: Any) -> None:
+    """Log and dead-letter (``unreadable_file``, the real path) one file that cannot be read."""
+    why = exc if isinstance(exc, str) else (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    why = " ".join(why.split())[:500]
+    if dead_letter is not None:
+        dead_letter.add(str(path), None, UNREADABLE, why)  # the dead letter logs it
+    else:
+        log.warning("skipping %s (%s): %s", path, UNREADABLE, why)
+
+
+def _unreadable(reader: Any) -> bool:
+    """True when ``reader`` (an InputReader, read to the end) refused its only input as a whole."""
+    return any(fs.error is not None and fs.rows_ok == 0 for fs in reader.stats.per_file.values())
 
 
 def _expand(paths: list[str | os.PathLike]) -> list[Path]:
@@ -82,41 +105,39 @@ def _is_canonical(p: Path) -> bool:
     return required <= names or required_tx <= names
 
 
+def _file_tables(p: Path, format: str, dead_letter: Any, batch_size: int) -> Iterator[pa.Table]:
+    """One file's canonical tables (``row`` not yet renumbered); raises on a file it cannot read."""
+    if p.suffix in ARROW_SUFFIXES and _is_canonical(p):
+        yield from _read_arrow_file(p, batch_size)
+        return
+    from ingest.readers import open_inputs  # the readers own every other format
+
+    # the readers skip and dead-letter a file they cannot read (unreadable_file) themselves
+    reader = open_inputs([str(p)], format=format, dead_letter=dead_letter, batch_size=batch_size,
+                         allow_nothing=True)
+    for b in reader:
+        yield pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+
+
 def read_files(
     paths: list[str | os.PathLike], format: str = "auto", dead_letter: Any = None, batch_size: int = 65536,
 ) -> Iterator[pa.Table]:
-    """Every record of ``paths`` as canonical tables (``row`` continuous across the inputs)."""
-    files = _expand(paths)
-    text = [p for p in files if p.suffix not in ARROW_SUFFIXES]
-    row = 0
-    for p in files:
-        if p.suffix in ARROW_SUFFIXES and _is_canonical(p):
-            for t in _read_arrow_file(p, batch_size):
-                t = t.set_column(0, "row", pa.array(range(row, row + t.num_rows), pa.int64()))
-                row += t.num_rows
-                yield t
-        else:
-            from ingest.readers import open_inputs  # the readers own every text format
+    """Every record of ``paths`` as canonical tables (``row`` continuous across the inputs).
 
-            try:
-                reader = open_inputs([str(p)], format=format, dead_letter=dead_letter, batch_size=batch_size)
-                it = iter(reader)
-                first = next(it, None)
-            except ValueError as exc:
-                # A file no reader understands (a README beside the logs) is reported and skipped.
-                log.warning("skipping %s: %s", p, exc)
-                if dead_letter is not None:
-                    dead_letter.add(str(p), None, "unreadable_file", str(exc)[:500])
-                continue
-            if first is None:
-                continue
-            for b in itertools.chain([first], it):
-                t = pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+    A file that cannot be read is skipped and dead-lettered once (``unreadable_file``, its own
+    path); one that fails part-way keeps the records it gave. Missing inputs raise
+    ``FileNotFoundError`` up front.
+    """
+    row = 0
+    for p in _expand(paths):
+        try:
+            for t in _file_tables(p, format, dead_letter, batch_size):
                 t = t.set_column(t.schema.get_field_index("row"), "row",
                                  pa.array(range(row, row + t.num_rows), pa.int64()))
                 row += t.num_rows
                 yield t
-    del text
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the others
+            _skip_file(p, exc, dead_letter)
 
 
 class _FileState:
@@ -151,26 +172,30 @@ class TailSource:
     def _candidates(self) -> list[Path]:
         out = []
         for p in self.paths:
-            if p.is_dir():
-                out.extend(sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith(".")))
-            elif p.exists():
-                out.append(p)
+            try:
+                if p.is_dir():
+                    out.extend(sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith(".")))
+                elif p.exists():
+                    out.append(p)
+            except OSError as exc:  # a watched directory removed or made unreadable: look again next poll
+                log.warning("cannot list %s: %s", p, exc)
         return out
 
     def _parse(self, st: _FileState, lines: bytes) -> pa.Table | None:
+        """New complete lines of a tailed file (behind its header) -> one table, or None.
+
+        Read in memory under the file's real name, so stats and dead letters name the real file.
+        A chunk the readers refuse as a whole marks the file skipped (``st.skip``).
+        """
         from ingest.readers import open_inputs
+        from ingest.readers.sources import memory_spec
 
         body = b"".join(st.header or []) + lines
-        suffix = "".join(st.path.suffixes[-2:]) or ".log"
-        with tempfile.NamedTemporaryFile("wb", suffix=suffix, prefix="gs-tail-", delete=False) as f:
-            f.write(body)
-            tmp = f.name
-        try:
-            reader = open_inputs([tmp], format=self.format, dead_letter=self.dead_letter,
-                                 batch_size=self.batch_size)
-            tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in reader]
-        finally:
-            os.unlink(tmp)
+        reader = open_inputs([memory_spec(str(st.path), body)], format=self.format, dead_letter=self.dead_letter,
+                             batch_size=self.batch_size, read_ahead=0, allow_nothing=True)
+        tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in reader]
+        if _unreadable(reader):
+            st.skip = True  # dead-lettered once by the readers; not read again unless replaced
         if not tables:
             return None
         t = pa.concat_tables(tables)
@@ -181,63 +206,83 @@ class TailSource:
 
     def _scan_once(self) -> Iterator[pa.Table]:
         for p in self._candidates():
-            if p.suffix in ARROW_SUFFIXES:
-                st = self._files.setdefault(p, _FileState(p))
-                if not st.skip:
-                    yield from self._arrow_file(st)
-                continue
             st = self._files.setdefault(p, _FileState(p))
-            if st.skip:
-                continue
-            if p.suffix.lower() in WHOLE_FILE_SUFFIXES:
-                yield from self._whole_file(st)
+            if st.skip and not self._replaced(st):
                 continue
             try:
-                stat = p.stat()
+                if p.suffix in ARROW_SUFFIXES:
+                    yield from self._arrow_file(st)
+                elif p.suffix.lower() in WHOLE_FILE_SUFFIXES:
+                    yield from self._whole_file(st)
+                else:
+                    yield from self._tail_text(st)
             except FileNotFoundError:
-                continue
-            if st.inode is not None and (stat.st_ino != st.inode or stat.st_size < st.pos):
-                log.info("%s was rotated or truncated; reading it from the start", p)
-                st.pos, st.header = 0, None
-            st.inode = stat.st_ino
-            if stat.st_size <= st.pos:
-                continue
-            with open(p, "rb") as f:
-                f.seek(st.pos)
-                data = f.read(stat.st_size - st.pos)
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                continue  # no complete line yet
-            chunk = data[: cut + 1]
-            st.pos += cut + 1
-            lines = chunk.splitlines(keepends=True)
-            if st.header is None:
-                hdr: list[bytes] = []
-                i = 0
-                while i < len(lines) and lines[i].startswith(b"#") and not lines[i].startswith(b"#close"):
-                    hdr.append(lines[i])
-                    i += 1
-                if not hdr and lines and not lines[0].lstrip().startswith((b"{", b"[")):
-                    hdr = [lines[0]]  # a CSV header line
-                    i = 1
-                st.header = hdr
-                lines = lines[i:]
-            # Zeek's trailing "#close" and any comment lines carry no records.
-            lines = [ln for ln in lines if not ln.startswith(b"#") and ln.strip()]
-            if not lines:
-                continue
-            try:
-                t = self._parse(st, b"".join(lines))
-            except ValueError as exc:
-                # A file no reader understands (a stray file in a watched folder) is reported once
-                # and ignored from then on; it must not stop the daemon.
-                log.warning("ignoring %s: %s", p, exc)
+                self._files.pop(p, None)  # gone before it could be read: nothing of it is left to read
+            except Exception as exc:  # noqa: BLE001 - one bad file never stops the source
                 st.skip = True
-                if self.dead_letter is not None:
-                    self.dead_letter.add(str(p), None, "unreadable_file", str(exc)[:500])
-                continue
-            if t is not None and t.num_rows:
-                yield t
+                _skip_file(p, exc, self.dead_letter)
+
+    @staticmethod
+    def _replaced(st: _FileState) -> bool:
+        """True (and the state reset) when a skipped file was replaced or truncated since: read it anew."""
+        try:
+            stat = st.path.stat()
+        except OSError:
+            return False
+        if st.inode is None or (stat.st_ino == st.inode and stat.st_size >= st.pos):
+            return False
+        st.skip, st.pos, st.header, st.last_size, st.inode = False, 0, None, -1, None
+        return True
+
+    def _tail_text(self, st: _FileState) -> Iterator[pa.Table]:
+        """New complete lines of a text log (its header lines remembered and put before each chunk)."""
+        p = st.path
+        stat = p.stat()
+        if st.inode is not None and (stat.st_ino != st.inode or stat.st_size < st.pos):
+            log.info("%s was rotated or truncated; reading it from the start", p)
+            st.pos, st.header = 0, None
+        st.inode = stat.st_ino
+        if stat.st_size <= st.pos:
+            return
+        with open(p, "rb") as f:
+            f.seek(st.pos)
+            data = f.read(stat.st_size - st.pos)
+        if st.pos == 0 and self._binary(data):
+            st.skip, st.pos = True, stat.st_size
+            _skip_file(p, "holds binary data, not a text log (a capture or archive needs its own suffix: "
+                          ".pcap, .parquet, .gz, ...)", self.dead_letter)
+            return
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return  # no complete line yet
+        chunk = data[: cut + 1]
+        st.pos += cut + 1
+        lines = chunk.splitlines(keepends=True)
+        if st.header is None:
+            hdr: list[bytes] = []
+            i = 0
+            while i < len(lines) and lines[i].startswith(b"#") and not lines[i].startswith(b"#close"):
+                hdr.append(lines[i])
+                i += 1
+            if not hdr and lines and not lines[0].lstrip().startswith((b"{", b"[")):
+                hdr = [lines[0]]  # a CSV header line
+                i = 1
+            st.header = hdr
+            lines = lines[i:]
+        # Zeek's trailing "#close" and any comment lines carry no records.
+        lines = [ln for ln in lines if not ln.startswith(b"#") and ln.strip()]
+        if not lines:
+            return
+        t = self._parse(st, b"".join(lines))
+        if t is not None and t.num_rows:
+            yield t
+
+    @staticmethod
+    def _binary(data: bytes) -> bool:
+        """True when the first bytes of a file to tail are binary (not a text log)."""
+        from ingest.readers import looks_binary
+
+        return looks_binary(data[:8192])
 
     def _arrow_file(self, st: _FileState) -> Iterator[pa.Table]:
         """An Arrow/Parquet archive (see :meth:`_once_complete`)."""
@@ -249,8 +294,9 @@ class TailSource:
         from ingest.readers import open_inputs
 
         def read() -> list:
+            # the readers dead-letter a file they cannot read themselves (unreadable_file, real path)
             reader = open_inputs([str(st.path)], format=self.format, dead_letter=self.dead_letter,
-                                 batch_size=self.batch_size)
+                                 batch_size=self.batch_size, allow_nothing=True)
             return [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in reader]
 
         yield from self._once_complete(st, read, (ValueError,))
@@ -267,12 +313,11 @@ class TailSource:
             st.last_size = size  # still being written (or new): look again next poll
             return
         st.skip = True  # read once
+        st.inode = st.path.stat().st_ino  # a replacement (new inode) is read anew
         try:
             tables = read()
         except errors as exc:
-            log.warning("ignoring %s: %s", st.path, exc)
-            if self.dead_letter is not None:
-                self.dead_letter.add(str(st.path), None, "unreadable_file", str(exc)[:500])
+            _skip_file(st.path, exc, self.dead_letter)
             return
         for t in tables:
             if t.num_rows:

@@ -12,6 +12,15 @@ reader.kind                 # "flows" | "transactions"
 Malformed records never stop a read: they are counted by reason, the first few
 logged, and all written to the dead-letter file (``ingest.deadletter``).
 
+Bad files never stop a read either. An input that cannot be read at all with its chosen or
+sniffed format (binary data, an unknown layout, a truncated Parquet footer, a corrupt archive,
+no permission) is one ``unreadable_file`` entry (counted, logged, dead-lettered under its own
+path; ``FileStats.error`` says why); a file whose read fails part-way is one ``file_error``
+entry after the records it gave. The other inputs are read as usual. Only a wrong call (an
+input that does not exist, a directory, an unknown format name, inputs of two kinds) raises at
+:func:`open_inputs`. When a whole read gave no record at all but rejected something, iterating
+ends by raising :class:`NothingReadable` (unless ``allow_nothing=True``).
+
 Read-ahead: with several inputs, each file is read (parsed and normalised) by its own
 "read-ahead" thread into a small queue, and up to ``read_ahead`` files after the current
 one are read while the current one's batches are yielded (pyarrow releases the GIL). The
@@ -27,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 import queue
 import threading
 import time
@@ -39,13 +49,25 @@ import pyarrow as pa
 from ingest.deadletter import DeadLetter
 from ingest.readers.base import FileContext, FileStats, ReadStats, schema_for
 from ingest.readers.jsonl import records_to_batch
-from ingest.readers.sources import InputSpec, expand
+from ingest.readers.sources import InputSpec, expand, unreadable_spec
 from ingest.readers.textcsv import ReadAbandoned
 
 log = logging.getLogger("ingest.readers")
 
 __all__ = ["open_inputs", "sniff_format", "FORMATS", "ReadStats", "FileStats", "records_to_batch",
-           "InputReader", "FormatInfo"]
+           "InputReader", "FormatInfo", "NothingReadable", "UNREADABLE"]
+
+#: Dead-letter reason of an input that could not be read at all (one entry per file).
+UNREADABLE = "unreadable_file"
+
+
+class NothingReadable(ValueError):
+    """No record could be read from any input, and something was rejected (the CLI exits 3).
+
+    Its message is one line: how many inputs failed, the first one's reason, where the dead
+    letters are, and what to try. A ``ValueError``, so callers that treat bad input as a user
+    error keep doing so.
+    """
 
 
 @dataclass(frozen=True)
@@ -107,7 +129,32 @@ def _known() -> str:
 
 def _header_keys(line: str) -> set[str]:
     from ingest.readers.textcsv import split_line
-    return {h.strip().strip('"').lower() for h in split_line(line.lstrip("\ufeff"), ",", True)}
+    try:
+        return {h.strip().strip('"').lower() for h in split_line(line.lstrip("\ufeff"), ",", True)}
+    except ValueError:
+        return set()  # not a CSV header line
+
+
+def looks_binary(head: bytes) -> bool:
+    """True when leading bytes are not text: a NUL byte, or many control bytes (an executable, random data)."""
+    sample = head[:8192]
+    if not sample:
+        return False
+    if b"\x00" in sample:
+        return True
+    control = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13))
+    return control * 20 > len(sample)  # more than 5 %
+
+
+def _zeek_header(text: str) -> bool:
+    """True when the leading ``#`` lines of ``text`` hold a Zeek ``#separator`` or ``#fields`` line."""
+    for line in text.split("\n"):
+        line = line.lstrip()
+        if not line.startswith("#"):
+            return False
+        if line.startswith(("#separator", "#fields")):
+            return True
+    return False
 
 
 def sniff_head(head: bytes, name: str = "<input>") -> tuple[str, str]:
@@ -120,7 +167,7 @@ def sniff_head(head: bytes, name: str = "<input>") -> tuple[str, str]:
         return "arrow", "any"
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
     stripped = text.lstrip()
-    if stripped.startswith("#separator") or stripped.startswith("#fields"):
+    if _zeek_header(stripped):
         return "zeek", "flows"
     if stripped.startswith("{"):
         first = stripped.split("\n", 1)[0]
@@ -148,6 +195,9 @@ def sniff_head(head: bytes, name: str = "<input>") -> tuple[str, str]:
         return "fdh", "transactions"
     if {"ts", "src_ip", "dst_ip"} <= keys:
         return "mapped", "flows"  # canonical CSV: read through the identity mapping
+    if looks_binary(head):
+        raise ValueError(f"{name} holds binary data, not a flow log, capture, Parquet or Arrow file "
+                         f"(remove it from the inputs, or pass --format NAME if it is one)")
     raise ValueError(
         f"cannot tell the format of {name}: known formats are {_known()} "
         f"(pass --format NAME, or --mapping FILE for any other CSV)")
@@ -166,7 +216,7 @@ def sniff_format(path: str | os.PathLike | bytes) -> str:
 def _resolve(spec: InputSpec, fmt: str) -> tuple[str, str]:
     """(format, kind) for one input, sniffing when ``fmt`` is auto and refining "any" kinds."""
     fmt = _ALIASES.get(fmt, fmt)
-    if not spec.head and fmt in ("auto", "mapped"):
+    if not spec.head:
         return "empty", "any"  # a zero-byte input holds zero records, whatever its format
     if fmt == "auto":
         fmt, kind = sniff_head(spec.head, spec.name)
@@ -282,8 +332,11 @@ class _ReadAhead:
         except BaseException as exc:  # noqa: BLE001 - raised in the consumer, where a serial read raises
             self._put(("error", exc))
         finally:
-            if hasattr(tables, "close"):
-                tables.close()  # in this thread: closes the file and joins the reader's own threads
+            try:
+                if hasattr(tables, "close"):
+                    tables.close()  # in this thread: closes the file and joins the reader's own threads
+            except Exception as exc:  # noqa: BLE001 - nothing may escape a thread: the consumer decides
+                self._put(("error", exc))
 
     def tables(self) -> Iterator[pa.Table]:
         """The file's tables in order; its exception (if any) is raised here."""
@@ -316,10 +369,10 @@ class InputReader:
     #: cores of a small host busy: with one, files start in lockstep pairs and the pair waits for its slower file.
     READ_AHEAD = 2
 
-    def __init__(self, paths: Sequence[str | os.PathLike], format: str = "auto", mapping: Any = None,
+    def __init__(self, paths: Sequence[str | os.PathLike | InputSpec], format: str = "auto", mapping: Any = None,
                  dead_letter: str | os.PathLike | DeadLetter | None = None, batch_size: int = 65536,
-                 read_ahead: int | None = None) -> None:
-        if isinstance(paths, (str, os.PathLike)):
+                 read_ahead: int | None = None, allow_nothing: bool = False) -> None:
+        if isinstance(paths, (str, os.PathLike, InputSpec)):
             paths = [paths]
         if not paths:
             raise ValueError("no inputs given")
@@ -345,14 +398,26 @@ class InputReader:
             fmt = "mapped"
         elif fmt == "mapped":
             raise ValueError("format 'mapped' needs a mapping config (mapping=/--mapping FILE)")
+        elif fmt != "auto" and fmt not in FORMATS:
+            raise ValueError(f"unknown format {format!r}; known formats are auto, {_known()}")
+        self.allow_nothing = allow_nothing
         self.specs: list[InputSpec] = []
         self.plan: list[tuple[InputSpec, str, str]] = []
+        #: why each input planned as "unreadable" cannot be read (reported when the read reaches it)
+        self.unreadable: dict[str, str] = {}
         for p in paths:
-            for spec in expand(p):
-                if fmt == "mapped":
-                    f, kind = "mapped", self.mapping.kind
-                else:
-                    f, kind = _resolve(spec, fmt)
+            for spec in self._expand(p):
+                if spec.name in self.unreadable:
+                    self.plan.append((spec, "unreadable", "any"))
+                    continue
+                try:
+                    if fmt == "mapped":
+                        f, kind = ("empty", "any") if not spec.head else ("mapped", self.mapping.kind)
+                    else:
+                        f, kind = _resolve(spec, fmt)
+                except Exception as exc:  # noqa: BLE001 - one bad input is reported, not fatal
+                    self.unreadable[spec.name] = _one_line(exc)
+                    f, kind = "unreadable", "any"
                 self.plan.append((spec, f, kind))
         kinds = {k for _, _, k in self.plan if k != "any"}
         if len(kinds) > 1:
@@ -362,6 +427,21 @@ class InputReader:
         self.schema = schema_for(self.kind)
         self._next_row = 0
         self._t0: float | None = None
+
+    def _expand(self, p: str | os.PathLike | InputSpec) -> list[InputSpec]:
+        """Input specs of one user path; a path that exists but cannot be opened is one unreadable spec."""
+        if isinstance(p, InputSpec):
+            return [p]
+        path = os.fspath(p)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"input not found: {path}")
+        if os.path.isdir(path):
+            raise ValueError(f"input is a directory, give the files in it: {path}")
+        try:
+            return expand(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, pa.ArrowException, RuntimeError) as exc:
+            self.unreadable[path] = _one_line(exc)  # no permission, a corrupt archive or compressed file
+            return [unreadable_spec(path)]
 
     @property
     def formats(self) -> list[str]:
@@ -385,6 +465,22 @@ class InputReader:
             self.dead_letter.flush()
             if self._own_dl:
                 self.dead_letter.close()
+        if not self.allow_nothing and self.stats.rows_ok == 0 and self.stats.malformed:
+            raise NothingReadable(self.nothing_message())
+
+    def nothing_message(self) -> str:
+        """One line: nothing was read, what was rejected, where the dead letters are, what to try."""
+        st = self.stats
+        failed = st.files_failed
+        text = (f"nothing could be read from {len(self.plan)} input(s): {len(failed)} unreadable file(s), "
+                f"{st.records_malformed} malformed record(s)")
+        if failed:
+            err = st.per_file[failed[0]].error or ""
+            text += f"; {err}" if failed[0] in err else f"; {failed[0]}: {err}"
+        if self.dead_letter.path:
+            text += f"; dead letters in {self.dead_letter.path}"
+        return _one_line(text + "; check the inputs, or pass --format NAME / --mapping FILE if their format "
+                                "was misread")
 
     def _iter_ahead(self) -> Iterator[pa.RecordBatch]:
         """The inputs in order, each read by a thread started up to ``read_ahead`` files early."""
@@ -404,7 +500,7 @@ class InputReader:
         """Start threads for inputs ``i .. i + read_ahead``, never past a serial-only one."""
         for j in range(i, min(i + 1 + self.read_ahead, len(self.plan))):
             spec, fmt, kind = self.plan[j]
-            if fmt == "empty" or j in started:
+            if fmt in ("empty", "unreadable") or j in started:
                 continue
             if fmt in SERIAL_FORMATS:
                 break
@@ -431,8 +527,12 @@ class InputReader:
         fs = ctx.file_stats
         if fmt == "empty":
             return
-        tables = self._reader(fmt).read(spec, ctx) if ahead is None else ahead.tables()
+        if fmt == "unreadable":
+            self._refuse(ctx, self.unreadable.get(spec.name, "cannot be read"))
+            return
+        rows_before = fs.rows_ok
         try:
+            tables = self._reader(fmt).read(spec, ctx) if ahead is None else ahead.tables()
             for table in tables:
                 if table.num_rows == 0:
                     continue
@@ -444,14 +544,37 @@ class InputReader:
                 self.stats.rows_ok += n
                 for b in table.combine_chunks().to_batches(max_chunksize=self.batch_size):
                     yield b
+            if fmt == "zeek":
+                self._check_zeek_header(spec, ctx)
         except Exception as exc:  # noqa: BLE001 - a broken file must not stop the other inputs
-            log.error("reading %s as %s failed: %s: %s", spec.name, fmt, type(exc).__name__, exc)
-            fs.error = f"{type(exc).__name__}: {exc}"
-            ctx.reject(None, "file_error", fs.error)
+            msg = _one_line(exc, with_type=True)
+            if fs.rows_ok == rows_before and not fs.malformed:
+                self._refuse(ctx, msg)
+            else:
+                log.error("reading %s as %s failed part-way, the rest of it is skipped: %s", spec.name, fmt, msg)
+                fs.error = msg
+                ctx.reject(None, "file_error", fs.error)
         finally:
             if ahead is not None:
                 ahead.close()
             fs.seconds += time.perf_counter() - t0
+
+    @staticmethod
+    def _refuse(ctx: FileContext, why: str) -> None:
+        """Skip a whole input: one ``unreadable_file`` entry (counted, logged, dead-lettered) and its error."""
+        ctx.file_stats.error = why
+        ctx.reject(None, UNREADABLE, why)
+
+    @staticmethod
+    def _check_zeek_header(spec: InputSpec, ctx: FileContext) -> None:
+        """A Zeek log whose rows (nearly) all failed because of its header: say so, once (``bad_header``)."""
+        from ingest.readers.zeek import header_damage
+
+        fs = ctx.file_stats
+        why = header_damage(spec.head, fs.rows_ok, fs.malformed)
+        if why is not None and fs.error is None:
+            fs.error = why
+            ctx.reject(None, "bad_header", why)
 
     def close(self) -> None:
         """Close the dead-letter file (when this reader opened it)."""
@@ -465,23 +588,36 @@ class InputReader:
         self.close()
 
 
-def open_inputs(paths: Sequence[str | os.PathLike] | str | os.PathLike, format: str = "auto",
-                mapping: Any = None, dead_letter: str | os.PathLike | DeadLetter | None = None,
-                batch_size: int = 65536, read_ahead: int | None = None) -> InputReader:
+def _one_line(exc: BaseException | str, with_type: bool = False) -> str:
+    text = str(exc).strip() if not isinstance(exc, str) else exc
+    if isinstance(exc, BaseException) and (with_type or not text):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return " ".join(text.split())
+
+
+def open_inputs(paths: Sequence[str | os.PathLike | InputSpec] | str | os.PathLike | InputSpec,
+                format: str = "auto", mapping: Any = None,
+                dead_letter: str | os.PathLike | DeadLetter | None = None,
+                batch_size: int = 65536, read_ahead: int | None = None,
+                allow_nothing: bool = False) -> InputReader:
     """Open inputs for streaming canonical record batches.
 
     Args:
-        paths: files in the order their records should be numbered (zip archives expand to their members).
+        paths: files in the order their records should be numbered (zip archives expand to their members),
+            or :class:`~ingest.readers.sources.InputSpec` objects (e.g. ``memory_spec`` for bytes in memory).
         format: ``"auto"`` (sniff each input) or a name in :data:`FORMATS`.
         mapping: column-mapping config (path to YAML/JSON, or a dict) for any other CSV/TSV.
         dead_letter: JSON-lines file for malformed records (or a :class:`DeadLetter`); None = count only.
         batch_size: the most rows per yielded batch.
         read_ahead: files read ahead in background threads (None: ``InputReader.READ_AHEAD``; 0 = serial).
+        allow_nothing: end a read that gave no record quietly instead of raising :class:`NothingReadable`.
 
     Raises:
         FileNotFoundError: an input does not exist.
-        ValueError: unknown format (the message names the known ones), or inputs mixing flows and
-            transactions.
+        ValueError: an input is a directory, an unknown format name (the message names the known ones),
+            or inputs mixing flows and transactions. Inputs that exist but cannot be read are not
+            errors here: they are reported as ``unreadable_file`` when the read reaches them.
+        NothingReadable: (while iterating, at the end) no record was read and something was rejected.
     """
     return InputReader(paths, format=format, mapping=mapping, dead_letter=dead_letter, batch_size=batch_size,
-                       read_ahead=read_ahead)
+                       read_ahead=read_ahead, allow_nothing=allow_nothing)

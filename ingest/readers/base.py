@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.deadletter import DeadLetter
+from ingest.deadletter import FILE_REASONS, DeadLetter
 from ingest.schema import FLOW_SCHEMA, TS_TYPE, TX_SCHEMA
 
 log = logging.getLogger("ingest.readers")
@@ -61,7 +61,9 @@ class FileStats:
 class ReadStats:
     """Totals over all inputs of one ``open_inputs`` reader.
 
-    ``rows_ok + sum(malformed.values())`` equals the number of records in the inputs.
+    ``rows_ok + records_malformed`` equals the number of records in the inputs that could be
+    read; files that could not be (``files_failed``) are one ``malformed`` entry each, under a
+    reason in :data:`FILE_REASONS`.
     """
 
     rows_ok: int = 0
@@ -74,9 +76,20 @@ class ReadStats:
     def rows_malformed(self) -> int:
         return sum(self.malformed.values())
 
+    @property
+    def records_malformed(self) -> int:
+        """Rejected records, without the whole-file entries (:data:`FILE_REASONS`)."""
+        return sum(v for k, v in self.malformed.items() if k not in FILE_REASONS)
+
+    @property
+    def files_failed(self) -> list[str]:
+        """Inputs that could not be read, or not to the end (their ``FileStats.error`` says why)."""
+        return [k for k, v in self.per_file.items() if v.error]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "rows_ok": self.rows_ok, "malformed": dict(self.malformed),
+            "files_failed": len(self.files_failed),
             "unknown_fields": dict(self.unknown_fields), "seconds": round(self.seconds, 4),
             "per_file": {k: v.as_dict() for k, v in self.per_file.items()},
         }

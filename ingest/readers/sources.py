@@ -23,11 +23,24 @@ class InputSpec:
     head: bytes                        # the first bytes of that stream (for sniffing)
     member: str | None = None
     compression: str | None = None
+    in_memory: bool = False            # the bytes come from memory (a tailed chunk), not from ``path``
 
     @property
     def plain(self) -> bool:
         """True when ``path`` itself holds the bytes (needed by pcap/Parquet readers)."""
-        return self.member is None and self.compression is None
+        return self.member is None and self.compression is None and not self.in_memory
+
+
+def memory_spec(name: str, data: bytes) -> InputSpec:
+    """An input held in memory (e.g. new lines of a tailed file) that stats and dead letters call ``name``."""
+    return InputSpec(name=name, path=name, open=lambda: io.BytesIO(data), head=data[:HEAD_BYTES], in_memory=True)
+
+
+def unreadable_spec(path: str) -> InputSpec:
+    """A stand-in for an input whose bytes could not even be opened (its plan entry says why)."""
+    def refuse() -> BinaryIO:
+        raise OSError(f"{path} could not be opened")
+    return InputSpec(name=path, path=path, open=refuse, head=b"")
 
 
 def _read_head(opener: Callable[[], BinaryIO]) -> bytes:
@@ -63,11 +76,8 @@ def expand(path: str | os.PathLike) -> list[InputSpec]:
     if comp is not None:
         def opener() -> BinaryIO:
             return pa.input_stream(path, compression=comp)
-        try:
-            head = _read_head(opener)
-        except (OSError, pa.ArrowException):
-            head = b""
-        return [InputSpec(name=path, path=path, open=opener, head=head, compression=comp)]
+        # a corrupt or truncated stream raises here: the caller reports the input as unreadable
+        return [InputSpec(name=path, path=path, open=opener, head=_read_head(opener), compression=comp)]
 
     def opener() -> BinaryIO:
         return open(path, "rb")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import queue
+import sys
 import threading
 import logging
 from typing import BinaryIO, Callable, Iterator, Sequence
@@ -32,6 +33,26 @@ BLOCK_SIZE = 4 << 20
 
 class ReadAbandoned(Exception):
     """Raised by a context whose read nobody waits for any more (a read-ahead the consumer left)."""
+
+
+def _quiet_undecodable_rows(hook: Callable = sys.unraisablehook) -> Callable:
+    """An unraisable hook that drops one known, harmless report and passes every other one on.
+
+    pyarrow decodes an invalid row's text before it calls our ``invalid_row_handler``; on a row that
+    is not UTF-8 that decode fails inside pyarrow, which reports it through ``sys.unraisablehook``
+    (a traceback on stderr) and then stops parsing. The fallback reader reads that row again and
+    dead-letters it (``encoding``), so the report is noise, and never a lost row.
+    """
+    def quiet(u: "sys.UnraisableHookArgs") -> None:
+        if isinstance(u.exc_value, UnicodeDecodeError) and getattr(u.object, "__module__", None) == __name__:
+            return
+        hook(u)
+    quiet.graphsentry_quiet = True  # type: ignore[attr-defined]
+    return quiet
+
+
+if not getattr(sys.unraisablehook, "graphsentry_quiet", False):
+    sys.unraisablehook = _quiet_undecodable_rows()
 
 
 def _log(ctx: FileContext, level: int, msg: str, *args: object) -> None:
@@ -54,8 +75,12 @@ def dedupe(names: Sequence[str]) -> list[str]:
 
 
 def split_line(line: str, delimiter: str, quoted: bool) -> list[str]:
+    """The fields of one CSV/TSV line; ``ValueError`` if it is not one (a stray CR, an overlong field)."""
     if quoted:
-        return next(csv.reader([line], delimiter=delimiter), [])
+        try:
+            return next(csv.reader([line], delimiter=delimiter), [])
+        except csv.Error as exc:
+            raise ValueError(f"not a CSV line ({exc})") from None
     return line.split(delimiter)
 
 
@@ -235,7 +260,7 @@ def _python_rest(open_stream: Callable[[], BinaryIO], ctx: FileContext, *, width
                 continue
             try:
                 vals = split_line(text, delimiter, quoted)
-            except csv.Error:
+            except ValueError:
                 ctx.reject(num, "columns", text)
                 continue
             if len(vals) != width:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.readers.base import (
-    FileContext, RowCheck, attack_where_malicious, epoch_to_ts, finish, labels_from_text, nullify,
+    FILE_REASONS, FileContext, RowCheck, attack_where_malicious, epoch_to_ts, finish, labels_from_text, nullify,
     optional_text, parse_float, parse_int, proto_from_text, raw_joiner, require_text, text_to_ts,
 )
 from ingest.readers.sources import InputSpec
@@ -39,7 +39,8 @@ def _unescape(s: str) -> str:
 def parse_header(head: bytes) -> dict[str, Any]:
     """Zeek ASCII log header -> separator, tokens, fields, types, and the count of header lines."""
     meta: dict[str, Any] = {"separator": "\t", "set_separator": ",", "empty_field": "(empty)",
-                            "unset_field": "-", "fields": None, "types": None, "path": None}
+                            "unset_field": "-", "fields": None, "types": None, "path": None,
+                            "has_separator": False}
     n = last = 0
     for raw in head.split(b"\n"):
         line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
@@ -48,6 +49,7 @@ def parse_header(head: bytes) -> dict[str, Any]:
         n += 1
         if line.startswith("#separator"):
             meta["separator"] = _unescape(line[len("#separator"):].strip()) or "\t"
+            meta["has_separator"] = True
             continue
         key, _, value = line[1:].partition(meta["separator"])
         if key in ("set_separator", "empty_field", "unset_field", "path"):
@@ -62,6 +64,41 @@ def parse_header(head: bytes) -> dict[str, Any]:
     # the header ends with #types (or #fields); later '#' lines are metadata records of the log
     meta["header_lines"] = last if meta["fields"] is not None else n
     return meta
+
+
+#: A file whose rows failed at least this share of the time is "(nearly) every row" failing.
+HEADER_FAIL_SHARE = 0.9
+
+
+def header_damage(head: bytes, rows_ok: int, malformed: dict[str, int]) -> str | None:
+    """Why a Zeek log's header is the likely cause of its rows failing, or None.
+
+    Only when (nearly) every row failed (``HEADER_FAIL_SHARE``) and the header shows a defect: no
+    ``#separator`` line, a required field (ts, id.orig_h, id.resp_h) missing from ``#fields``,
+    ``#types`` missing or of another length, or rows whose column count differs from ``#fields``.
+    """
+    bad = {k: v for k, v in malformed.items() if k not in FILE_REASONS and v}
+    n_bad = sum(bad.values())
+    if n_bad == 0 or n_bad < HEADER_FAIL_SHARE * (n_bad + rows_ok):
+        return None
+    meta = parse_header(head)
+    fields = meta["fields"] or []
+    problems = []
+    if not meta["has_separator"]:
+        problems.append("no #separator line")
+    missing = [f for f in ("ts", "id.orig_h", "id.resp_h") if f not in fields]
+    if missing:
+        problems.append("#fields lacks " + ", ".join(missing))
+    if meta["types"] is None:
+        problems.append("no #types line")
+    elif len(meta["types"]) != len(fields):
+        problems.append(f"#fields names {len(fields)} columns but #types {len(meta['types'])}")
+    if bad.get("columns", 0) * 2 >= n_bad:
+        problems.append(f"rows do not have the {len(fields)} columns #fields names")
+    if not problems:
+        return None
+    return (f"{n_bad} of {n_bad + rows_ok} rows failed and its #fields header is the cause ("
+            + "; ".join(problems) + "): repair the header or re-export the log")
 
 
 def _col(batch: pa.RecordBatch, *names: str) -> pa.Array | None:
@@ -156,8 +193,9 @@ class ZeekTSV:
         meta = parse_header(spec.head)
         fields = meta["fields"]
         if not fields:
-            ctx.reject(1, "no_header", spec.head[:200])
-            ctx.file_stats.error = "no #fields header"
+            why = "no #fields header line: repair the header or re-export the log"
+            ctx.reject(None, "bad_header", why)
+            ctx.file_stats.error = why
             return
         merged = next((f for f in fields if len(f.split()) > 1), None)
         tokens = tuple(dict.fromkeys(["", meta["unset_field"], meta["empty_field"], "-", "(empty)"]))

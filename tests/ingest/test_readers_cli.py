@@ -43,8 +43,10 @@ def test_ingest_cli_transactions(samples, tmp_path, capsys):
 def test_ingest_cli_unknown_format_is_a_clear_error(tmp_path, capsys):
     p = tmp_path / "x.csv"
     p.write_text("a,b\n1,2\n")
-    assert main(["ingest", str(p), "--out", str(tmp_path / "o.parquet")]) == 2
+    # an input of unknown layout is skipped as unreadable; with nothing else to read: exit 3
+    assert main(["ingest", str(p), "--out", str(tmp_path / "o.parquet")]) == 3
     assert "known formats are zeek" in capsys.readouterr().err
+    assert not (tmp_path / "o.parquet").exists() and not (tmp_path / "o.parquet.part").exists()
 
 
 def test_ingest_help_lists_formats(capsys):

@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest.deadletter import DeadLetter, read_dead_letters
-from ingest.readers import FORMATS, open_inputs, records_to_batch, sniff_format
+from ingest.readers import FORMATS, NothingReadable, open_inputs, records_to_batch, sniff_format
 from ingest.readers.luflow import luflow_time_to_us
 from ingest.schema import FLOW_SCHEMA, TX_SCHEMA
 
 
 def read(paths, **kw):
-    r = open_inputs([str(p) for p in paths], **kw)
+    r = open_inputs([str(p) for p in paths], allow_nothing=True, **kw)
     batches = list(r)
     return pa.Table.from_batches(batches, schema=r.schema), r
 
@@ -160,8 +160,10 @@ def test_netflow_v2_refused_clearly(tmp_path):
     p = tmp_path / "NF-UNSW-NB15-v2.csv"
     cols = [c for c in NF3_COLUMNS.split(",") if c not in ("FLOW_START_MILLISECONDS", "FLOW_END_MILLISECONDS")]
     p.write_text(",".join(cols) + "\n" + ",".join("1" for _ in cols) + "\n")
-    with pytest.raises(ValueError, match="FLOW_START_MILLISECONDS"):
-        open_inputs([p])
+    reader = open_inputs([p])  # an input that exists is refused when the read reaches it, not before
+    with pytest.raises(NothingReadable, match="FLOW_START_MILLISECONDS"):
+        list(reader)
+    assert reader.stats.malformed == {"unreadable_file": 1}
 
 
 # --- JSON lines, records_to_batch --------------------------------------------------------------
@@ -276,7 +278,8 @@ def test_mapping_validation_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown canonical fields"):
         open_inputs([p], mapping={"columns": {"ts": "a", "src_ip": "b", "dst_ip": "b", "colour": "a"}})
     r = open_inputs([p], mapping={"columns": {"ts": "a", "src_ip": "b", "dst_ip": "nope"}})
-    list(r)
+    with pytest.raises(NothingReadable, match="mapped columns not in the header"):
+        list(r)
     assert "mapped columns not in the header" in r.stats.per_file[str(p)].error
 
 
