@@ -1,19 +1,26 @@
 """``MODEL_DIR``: everything needed to score, loadable in one call.
 
-Layout::
+Layout (docs/model-directory.md)::
 
     MODEL_DIR/
-      config.json        kind, model/pipeline/window config, detector name, calibration (threshold),
-                         knowledge-graph version+hash, training-data fingerprint, training metrics
+      config.json        kind, model/pipeline/window config, detector name and state (parameters,
+                         scalar fitted attributes), calibration (threshold), knowledge-graph
+                         version+hash, training-data fingerprint, training metrics
       weights.pt         STGNN state_dict (node memory is not saved: scoring starts from an empty state)
       preprocessor.json  fitted FlowPreprocessor
-      detector.pkl       fitted detector (pickle: only load model directories you trust)
+      detector.npz       the detector's fitted arrays (np.savez; loaded with allow_pickle=False)
+      manifest.json      size + sha256 of each file (detector.model_files), checked before anything is read
+
+Nothing loaded runs code: JSON, ``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``. A
+directory that cannot score fails at load with a :class:`~detector.model_files.ModelDirError` naming the
+file and the fix: a manifest mismatch, a config.json that is not one, weights that do not fit the
+model config, detector arrays that do not describe a detector of the model's output width.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
-import pickle
 import time
 from pathlib import Path
 
@@ -21,11 +28,13 @@ import numpy as np
 import torch
 
 from detector.calibration import Calibration
+from detector.detectors import DETECTORS
+from detector.model_files import ModelDirError, remove_manifest, verify_manifest, write_manifest
 from detector.models import STGNN, ModelConfig
 from detector.pipeline import FeaturePipeline, PipelineConfig, load_featurizer, preprocessor_class
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: detector.npz + detector_state, manifest.json (1: a pickled detector)
 
 
 def _warm_up_flows():
@@ -106,30 +115,57 @@ class ModelBundle:
         return StreamScorer(self)
 
     def save(self, directory: str | Path) -> Path:
+        """Write the bundle to ``directory`` (created if needed; a bundle already there is replaced).
+        ``config.json`` comes last, atomically, after ``manifest.json`` (:mod:`detector.model_files`)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "config.json.tmp"
+        remove_manifest(d)  # until the new manifest is written, the directory is refused
+        (d / "detector.pkl").unlink(missing_ok=True)  # an older bundle's pickled detector: replaced
+        params, arrays = self.detector.state()
         torch.save(self.model.state_dict(), d / "weights.pt")
         self.pipeline.pre.save(str(d / "preprocessor.json"))
-        with open(d / "detector.pkl", "wb") as f:
-            pickle.dump(self.detector, f)
-        # config.json last and atomically: a directory with config.json is complete.
-        tmp.write_text(json.dumps(self.config, indent=2, default=str))
+        with open(d / "detector.npz", "wb") as f:
+            np.savez(f, **arrays)
+        cfg = self.config
+        cfg["detector_state"] = {"class": self.detector.name, "params": params}
+        data = json.dumps(cfg, indent=2, default=str).encode()
+        write_manifest(d, pending={"config.json": data})
+        tmp = d / "config.json.tmp"
+        tmp.write_bytes(data)
         tmp.replace(d / "config.json")
         self.path = d
         return d
 
     @classmethod
     def load(cls, directory: str | Path) -> "ModelBundle":
+        """The bundle saved in ``directory``, checked against its manifest before anything is read and
+        checked to score (the detector answers a probe of the model's output width). FileNotFoundError
+        without config.json; :class:`~detector.model_files.ModelDirError` naming the file that is wrong."""
         d = Path(directory)
-        cfg_path = d / "config.json"
-        if not cfg_path.is_file():
+        if not (d / "config.json").is_file():
             raise FileNotFoundError(f"{d} is not a model directory (no config.json)")
-        cfg = json.loads(cfg_path.read_text())
+        verify_manifest(d)
+        cfg = _read_config(d)
         if cfg.get("kind", "flows") != "flows":
             raise ValueError(f"{d} holds a {cfg.get('kind')!r} model; use detector.bundle.load_bundle()")
-        pcfg = PipelineConfig(**cfg["pipeline"])
-        pre = preprocessor_class(pcfg.impl).load(str(d / "preprocessor.json"))
+        if cfg.get("format_version") != FORMAT_VERSION:
+            raise ModelDirError(f"{d / 'config.json'} has format_version {cfg.get('format_version')!r}, this "
+                                f"graphsentry reads {FORMAT_VERSION}: {_RETRAIN}")
+        try:
+            pcfg = PipelineConfig(**cfg["pipeline"])
+            mcfg = ModelConfig(**cfg["model"])
+            calibration = Calibration(**cfg["calibration"])
+            det_state = cfg["detector_state"]
+            det_cls = DETECTORS[det_state["class"]]
+            det_params = det_state["params"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelDirError(f"{d / 'config.json'} is not a flow model's config ({type(exc).__name__}: "
+                                f"{exc}): {_RETRAIN}") from None
+        try:
+            pre = preprocessor_class(pcfg.impl).load(str(d / "preprocessor.json"))
+        except (KeyError, TypeError, ValueError, OSError) as exc:
+            raise ModelDirError(f"{d / 'preprocessor.json'} cannot be read ({type(exc).__name__}: {exc}): "
+                                f"{_RETRAIN}") from None
         kf = load_featurizer(pcfg.knowledge)
         if pcfg.knowledge and kf is None:
             raise ValueError(f"{d} was trained with knowledge features but knowledge.features is not available")
@@ -144,13 +180,11 @@ class ModelBundle:
         if want_w is not None and pcfg.knowledge and want_w != have_w:
             raise ValueError(f"{d} was trained with {want_w} knowledge feature columns, the installed knowledge "
                              f"artifact gives {have_w}: retrain the model (graphsentry train) for this artifact")
-        model = STGNN(ModelConfig(**cfg["model"]))
-        model.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
-        with open(d / "detector.pkl", "rb") as f:
-            det = pickle.load(f)
-        known = {"kind", "format_version", "created", "model", "pipeline", "window", "detector", "calibration",
-                 "threshold", "kg", "fingerprint", "metrics"}
-        b = cls(model, det, Calibration(**cfg["calibration"]), FeaturePipeline(pre, pcfg, kf),
+        model = _load_weights(d, mcfg)
+        det = _load_detector(d, det_cls, det_params, model.edge_emb_dim)
+        known = {"kind", "format_version", "created", "model", "pipeline", "window", "detector", "detector_state",
+                 "calibration", "threshold", "kg", "fingerprint", "metrics"}
+        b = cls(model, det, calibration, FeaturePipeline(pre, pcfg, kf),
                 window=cfg.get("window"), detector_name=cfg.get("detector", "knn"),
                 fingerprint=cfg.get("fingerprint"), metrics=cfg.get("metrics"),
                 extra={k: v for k, v in cfg.items() if k not in known})
@@ -158,13 +192,64 @@ class ModelBundle:
         return b
 
 
+_RETRAIN = "retrain the model (graphsentry train --out DIR)"
+
+
+def _read_config(d: Path) -> dict:
+    """config.json as a dict; ModelDirError when it is not a JSON object."""
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelDirError(f"{d / 'config.json'} is not JSON ({exc}): {_RETRAIN}") from None
+    if not isinstance(cfg, dict):
+        raise ModelDirError(f"{d / 'config.json'} is not a JSON object: {_RETRAIN}")
+    return cfg
+
+
+def _load_weights(d: Path, mcfg: ModelConfig) -> STGNN:
+    """The STGNN of ``mcfg`` with the weights of ``weights.pt`` (tensors only: ``weights_only=True``)."""
+    path = d / "weights.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file, a refused object: all "broken"
+        raise ModelDirError(f"{path} is not a readable weights file ({type(exc).__name__}): {_RETRAIN}") from None
+    model = STGNN(mcfg)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(x.strip() for x in first[1:3]) if len(first) > 1 else (first[0] if first else "")
+        raise ModelDirError(f"{path} does not fit the model in config.json ({detail}): {_RETRAIN}") from None
+    return model
+
+
+def _load_detector(d: Path, det_cls, params: dict, width: int):
+    """The detector of ``detector.npz`` + config.json's ``detector_state``, after it scored a probe of
+    ``width`` zero rows (the model's output width)."""
+    path = d / "detector.npz"
+    try:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # noqa: BLE001 - truncated zip, not an npz, an object array: all "broken"
+        raise ModelDirError(f"{path} is not a readable array file ({type(exc).__name__}: {exc}): {_RETRAIN}") from None
+    try:
+        det = det_cls.from_state(params, arrays)
+        probe = det.decision_function(np.zeros((2, width), dtype=np.float32))
+    except ValueError as exc:
+        raise ModelDirError(f"{path} (with config.json's detector_state) is not a {det_cls.name} detector for "
+                            f"this model: {exc}: {_RETRAIN}") from None
+    if np.shape(probe) != (2,) or not np.isfinite(probe).all():
+        raise ModelDirError(f"{path} gives no finite scores for a probe of width {width}: {_RETRAIN}")
+    return det
+
+
 def load_bundle(directory: str | Path):
     """Load any model directory: flows -> :class:`ModelBundle`, transactions -> ``FraudBundle``."""
     d = Path(directory)
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
+    if not (d / "config.json").is_file():
         raise FileNotFoundError(f"{d} is not a model directory (no config.json)")
-    kind = json.loads(cfg_path.read_text()).get("kind", "flows")
+    verify_manifest(d)  # before anything is read
+    kind = _read_config(d).get("kind", "flows")
     if kind == "transactions":
         from detector.fraud.bundle import FraudBundle
 

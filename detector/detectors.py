@@ -6,9 +6,15 @@ runs one of each (embedding columns, raw columns) and adds their standardised sc
 ``threshold_`` after ``fit`` is the ``1 - contamination`` quantile of the
 training scores; the bundle replaces it by the threshold calibrated on held-back
 benign windows (:mod:`detector.calibration`).
+
+Every fitted detector is numbers only: :meth:`~_Base.state` gives its constructor parameters and scalar
+fitted attributes (JSON) and its fitted arrays (``np.savez``), :meth:`~_Base.from_state` rebuilds it and
+refuses state that does not describe a detector it can score with (:mod:`detector.bundle` stores it so
+in ``detector.json`` + ``detector.npz``; nothing is unpickled).
 """
 from __future__ import annotations
 
+import inspect
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,6 +30,28 @@ def _at_least(name: str, value, minimum: int):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _state_array(arrays: dict, name: str, dtype, ndim: int) -> np.ndarray:
+    """``arrays[name]`` as a C-contiguous ``dtype`` array of ``ndim`` dimensions, all finite; ValueError otherwise."""
+    if name not in arrays:
+        raise ValueError(f"array {name!r} is missing")
+    a = np.asarray(arrays[name])
+    if a.ndim != ndim or a.dtype.kind not in ("iu" if np.dtype(dtype).kind in "iu" else "f"):
+        raise ValueError(f"array {name!r} must be {ndim}-D {np.dtype(dtype).name}, got {a.dtype} of shape {a.shape}")
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"array {name!r} holds non-finite values")
+    return a
+
+
+def _state_number(params: dict, name: str, kind=float):
+    """``params[name]`` as ``kind`` (int: an integer; float: any JSON number); ValueError otherwise."""
+    v = params.get(name)
+    ok = (int,) if kind is int else (int, float)
+    if isinstance(v, bool) or not isinstance(v, ok):
+        raise ValueError(f"parameter {name!r} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+    return kind(v)
 
 
 def _in_row_ranges(run, n: int, block: int, threads: int) -> None:
@@ -53,6 +81,53 @@ class _Base:
         self.random_state = random_state
         for name, (value, minimum) in int_params.items():
             setattr(self, name, _at_least(name, value, minimum))
+
+    # fitted attributes saved by state(): scalars (JSON) and arrays as (dtype, ndim)
+    _SCALARS: dict = {"threshold_": float}
+    _ARRAYS: dict = {"mean_": (np.float32, 1), "scale_": (np.float32, 1), "decision_scores_": (np.float64, 1)}
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self) -> dict:
+        """Constructor parameters (scikit-learn style)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """``(params, arrays)`` of the fitted detector: constructor parameters plus scalar fitted attributes
+        (JSON-ready), fitted arrays by name; :meth:`from_state` rebuilds the same detector from them."""
+        self._check_fitted()
+        params = {**self.get_params(), **{k: kind(getattr(self, k)) for k, kind in self._SCALARS.items()}}
+        return params, {k: np.asarray(getattr(self, k)) for k in self._ARRAYS}
+
+    @classmethod
+    def from_state(cls, params: dict, arrays: dict) -> "_Base":
+        """The detector :meth:`state` described: scores as the one saved. ValueError naming what is missing,
+        unknown or inconsistent (nothing is executed: parameters are plain values, arrays numbers)."""
+        if not isinstance(params, dict):
+            raise ValueError(f"{cls.name} parameters must be a JSON object, got {type(params).__name__}")
+        names = cls._param_names()
+        unknown = sorted(set(params) - set(names) - set(cls._SCALARS))
+        if unknown:
+            raise ValueError(f"unknown {cls.name} parameters: {', '.join(unknown)}")
+        try:
+            det = cls(**{k: params[k] for k in names if k in params})
+        except TypeError as exc:  # a required parameter missing
+            raise ValueError(f"{cls.name} parameters: {exc}") from None
+        for k, kind in cls._SCALARS.items():
+            setattr(det, k, _state_number(params, k, kind))
+        for k, (dtype, ndim) in cls._ARRAYS.items():
+            setattr(det, k, _state_array(arrays, k, dtype, ndim))
+        det._check_state()
+        return det
+
+    def _check_state(self) -> None:
+        """ValueError when the fitted attributes set by :meth:`from_state` do not fit together."""
+        d = self.mean_.shape[0]
+        if d < 1 or self.scale_.shape != (d,) or not (self.scale_ > 0).all():
+            raise ValueError(f"arrays 'mean_' {self.mean_.shape} and 'scale_' {self.scale_.shape} must have one "
+                             f"entry per feature, scales > 0")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "threshold_"):
@@ -235,15 +310,22 @@ class KNNDetector(_Base):
             cached = self._bank_cache = (b, (b * b).sum(dim=1))
         return cached
 
+    _SCALARS = {**_Base._SCALARS, "k_": int}
+    _ARRAYS = {**_Base._ARRAYS, "bank_": (np.float32, 2), "bank_index_": (np.int64, 1)}
+
+    def _check_state(self) -> None:
+        super()._check_state()
+        m, d = self.bank_.shape
+        if m < 1 or d != self.mean_.shape[0] or self.bank_index_.shape != (m,):
+            raise ValueError(f"array 'bank_' {self.bank_.shape} must hold >= 1 row of {self.mean_.shape[0]} "
+                             f"features, one 'bank_index_' entry each (got {self.bank_index_.shape})")
+        if not 1 <= self.k_ <= m:
+            raise ValueError(f"parameter 'k_' must be in 1..{m} (the bank rows), got {self.k_}")
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("_bank_cache", None)
         return state
-
-    def __setstate__(self, state: dict) -> None:
-        state.pop("nn_", None)  # bundles saved before the matrix-product search kept a sklearn index
-        state.setdefault("bank", "random")  # ... and their bank was a random subsample
-        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return (f"KNNDetector(k={self.k}, max_bank={self.max_bank}, bank={self.bank!r}, "
@@ -253,15 +335,21 @@ class KNNDetector(_Base):
 def kcenter_greedy(Z: np.ndarray, m: int, first: int) -> np.ndarray:
     """Indices of ``m`` rows of ``Z`` chosen by greedy k-center (farthest point first), in the order
     chosen, starting at row ``first``. Stops early when every row is already in (or a duplicate of) the
-    chosen set. Cost: ``m`` passes over ``Z`` (one matrix-vector product each, ~1 ms for 20,000 x 192)."""
+    chosen set. Cost: ``m`` passes over ``Z`` (one matrix-vector product each, ~1 ms for 20,000 x 192).
+
+    Squared distances come in the expanded form ``|a|^2 + |b|^2 - 2 a.b`` (float32), whose rounding
+    depends on the BLAS: a copy of a chosen row can be ~1e-7 x the squared norms away (OpenBLAS on AMD:
+    4.8e-7). A row counts as a duplicate when its squared distance is at most ``1e-5 * (1 + max |z|^2)``.
+    """
     X = np.ascontiguousarray(Z, dtype=np.float32)
     sq = np.einsum("ij,ij->i", X, X)
+    tol = 1e-5 * (1.0 + float(sq.max()))
     chosen = [first]
     mind = np.maximum(sq + sq[first] - 2.0 * (X @ X[first]), 0.0)  # squared distance to the chosen set
     mind[first] = -1.0
     for _ in range(m - 1):
         j = int(np.argmax(mind))
-        if mind[j] <= 0.0:
+        if mind[j] <= tol:
             break
         chosen.append(j)
         np.minimum(mind, np.maximum(sq + sq[j] - 2.0 * (X @ X[j]), 0.0), out=mind)
@@ -270,9 +358,16 @@ def kcenter_greedy(Z: np.ndarray, m: int, first: int) -> np.ndarray:
 
 
 class IForestDetector(_Base):
-    """scikit-learn IsolationForest, sign flipped once here so higher = more anomalous."""
+    """scikit-learn IsolationForest, sign flipped once here so higher = more anomalous.
+
+    ``fit`` grows scikit-learn's forest (kept as ``model_`` for inspection) and keeps its trees as plain
+    node arrays (``nodes_``, :mod:`detector.iforest_walk`) and the path-length normaliser
+    (``denominator_``); scoring reads only these, so a fitted and a loaded detector score through the
+    same code, bit for bit as ``IsolationForest.score_samples``.
+    """
 
     name = "iforest"
+    _SCALARS = {**_Base._SCALARS, "denominator_": float}
 
     def __init__(self, n_estimators: int = 100, max_samples: int | str = 256, contamination: float = 0.01,
                  random_state: int = 0) -> None:
@@ -284,11 +379,50 @@ class IForestDetector(_Base):
     def fit(self, X: np.ndarray) -> "IForestDetector":
         Z = self._scale_fit(X)
         ms = self.max_samples if isinstance(self.max_samples, str) else min(int(self.max_samples), len(Z))
-        self.model_ = IsolationForest(n_estimators=self.n_estimators, max_samples=ms,
-                                      random_state=self.random_state, n_jobs=1).fit(Z)
-        self.__dict__.pop("_forest_cache", None)  # the fast path's arrays belong to the previous forest
+        self._set_forest(IsolationForest(n_estimators=self.n_estimators, max_samples=ms,
+                                         random_state=self.random_state, n_jobs=1).fit(Z))
         self._finish_fit(-self._score_samples(Z))
         return self
+
+    def _set_forest(self, model: IsolationForest) -> None:
+        """Keep the fitted ``model``'s trees as node arrays (input columns folded into ``feature``)."""
+        from sklearn.ensemble._iforest import _average_path_length
+
+        # trees fitted on a column subset read their input through it (IsolationForest._compute_score_samples)
+        subsample = any(len(cols) != model.n_features_in_ for cols in model.estimators_features_)
+        trees, off = [], [0]
+        for i, (est, cols) in enumerate(zip(model.estimators_, model.estimators_features_)):
+            t = est.tree_
+            # the depth value scikit-learn adds for a row ending in a node (its own per-tree arrays when
+            # present; else the same expression from the public tree arrays)
+            try:
+                value = model._decision_path_lengths[i] + model._average_path_length_per_tree[i] - 1.0
+            except AttributeError:
+                value = t.compute_node_depths() + _average_path_length(t.n_node_samples) - 1.0
+            feature = np.where(t.children_left == -1, 0, t.feature)
+            trees.append((t.children_left, t.children_right, np.asarray(cols)[feature] if subsample else feature,
+                          t.threshold, value))
+            off.append(off[-1] + t.node_count)
+        nodes = {"offsets": np.asarray(off)}
+        for j, name in enumerate(iforest_walk.NODE_ARRAYS[1:]):
+            nodes[name] = np.concatenate([tree[j] for tree in trees])
+        self.nodes_, self.tree_depths_ = iforest_walk.check_nodes(nodes, model.n_features_in_)
+        self.denominator_ = float(len(model.estimators_) * _average_path_length([model.max_samples_])[0])
+        self.model_ = model
+        self.__dict__.pop("_forest_cache", None)  # the walk layout belongs to the previous forest
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        params, arrays = super().state()
+        return params, {**arrays, **self.nodes_}
+
+    @classmethod
+    def from_state(cls, params: dict, arrays: dict) -> "IForestDetector":
+        own = {k: v for k, v in arrays.items() if k not in iforest_walk.NODE_ARRAYS}
+        det = super().from_state(params, own)
+        det.nodes_, det.tree_depths_ = iforest_walk.check_nodes(arrays, det.mean_.shape[0])
+        if not det.denominator_ >= 0.0 or not np.isfinite(det.denominator_):
+            raise ValueError(f"parameter 'denominator_' must be a finite number >= 0, got {det.denominator_}")
+        return det
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted()
@@ -297,13 +431,13 @@ class IForestDetector(_Base):
             return np.zeros(0)
         return -self._score_samples(X, scaled=False)  # the one sign flip
 
-    # Rows per block of the fast path: a block (and its column-major copy, 1.5 MB at 192 features)
-    # stays in cache while all the trees walk it. 2048-4096 measured best on LUFlow embeddings.
+    # Rows per block of the fast path: a block stays in cache while all the trees walk it.
+    # 2048-4096 measured best on LUFlow embeddings.
     SCORE_BLOCK = 2048
     # Threads for the tree walk of large inputs (one contiguous row range each; the scores do not depend
     # on the count). 2 = the cores of the target machine; 1 turns it off.
     SCORE_THREADS = 2
-    # The compiled walk of detector.iforest_walk (same scores, ~2.5x less CPU); False = sklearn's tree.apply.
+    # The compiled walk of detector.iforest_walk; False = its NumPy walk over the node arrays (same scores).
     COMPILED = iforest_walk.available()
 
     def _score_samples(self, Z: np.ndarray, scaled: bool = True) -> np.ndarray:
@@ -313,68 +447,46 @@ class IForestDetector(_Base):
         float32 arithmetic as :meth:`_scale`, without two input-sized temporaries).
 
         sklearn walks one tree over all rows, then the next: with wide rows every tree re-reads the
-        whole input from memory (~135 ns per row and tree on LUFlow embeddings). Here each block of
-        rows is copied column-major (the rows at one split read one contiguous column) and walked by
-        every tree while it is in cache; with numba (:data:`COMPILED`) the compiled walk of
-        :mod:`detector.iforest_walk` does the same another ~2.5x faster. Per row the arithmetic is
-        sklearn's, in its order: tree depths added tree by tree, then
+        whole input from memory. Here each block of rows is walked by every tree while it is in cache:
+        with numba (:data:`COMPILED`) by the compiled walk over complete trees, else (or for trees deeper
+        than :data:`detector.iforest_walk.MAX_DEPTH`) by the NumPy walk over the node arrays. Per row the
+        arithmetic is sklearn's, in its order: tree depths added tree by tree, then
         ``2 ** -(depth / (n_trees * c(max_samples)))``.
         """
-        forest = self._forest()
-        if forest is None:  # a scikit-learn without the private arrays used below: its own path
-            return self.model_.score_samples(Z if scaled else (Z - self.mean_) / self.scale_)
-        trees, leaf_depth, features, denominator, complete = forest
-        n, B = Z.shape[0], self.SCORE_BLOCK
+        kind, layout = self._forest()
+        n, B, denominator = Z.shape[0], self.SCORE_BLOCK, self.denominator_
         depths = np.zeros(n)
 
         def walk(lo: int, hi: int) -> None:
             """Depths of rows ``lo:hi`` (each thread writes its own rows of ``depths``)."""
-            if complete is not None:  # the compiled walk (detector.iforest_walk), GIL released
-                iforest_walk.walk(Z[lo:hi], self.mean_, self.scale_, scaled, *complete, depths[lo:hi])
+            if kind == "complete":  # the compiled walk (detector.iforest_walk), GIL released
+                iforest_walk.walk(Z[lo:hi], self.mean_, self.scale_, scaled, *layout, depths[lo:hi])
                 return
-            buf = np.empty((min(B, hi - lo), Z.shape[1]), dtype=np.float32, order="F")
+            buf = np.empty((min(B, hi - lo), Z.shape[1]), dtype=np.float32)
             for start in range(lo, hi, B):
                 rows = Z[start:min(start + B, hi)]
-                block = buf[:len(rows)]  # column-major, reused: no fresh pages per block
+                block = buf[:len(rows)]  # reused: no fresh pages per block
                 if scaled:
                     block[:] = rows
                 else:
                     np.divide(np.subtract(rows, self.mean_, out=block), self.scale_, out=block)
-                acc = depths[start:start + len(rows)]  # a view: += writes into depths
-                for tree, leaf, feat in zip(trees, leaf_depth, features):
-                    acc += leaf[tree.apply(block if feat is None else np.asfortranarray(block[:, feat]))]
+                iforest_walk.walk_nodes(block, layout, depths[start:start + len(rows)])
 
         Z = np.ascontiguousarray(Z, dtype=np.float32)
-        _in_row_ranges(walk, n, B, self.SCORE_THREADS)  # both walks release the GIL
+        _in_row_ranges(walk, n, B, self.SCORE_THREADS)  # both walks release the GIL (NumPy: mostly)
+        # sklearn's own rule: a zero normaliser (max_samples of one) is exactly 0.0, and every score 1
         return -(2 ** -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0))
 
-    def _forest(self):
-        """``(trees, leaf depth per node, feature subset or None, denominator, complete layout or None)``,
-        built at first use (the complete layout: :func:`detector.iforest_walk.complete_forest`).
-
-        Not pickled (``__getstate__``): saved detectors keep their format and older ones load as they
-        are. ``None`` when the fitted IsolationForest lacks the private arrays (another sklearn).
-        """
-        cached = self.__dict__.get("_forest_cache", False)
-        if cached is not False:
-            return cached
-        m = self.model_
-        try:
-            from sklearn.ensemble._iforest import _average_path_length
-
-            # sklearn adds decision_path_length[leaf] + average_path_length[leaf] - 1.0 per tree;
-            # the same expression, computed once per node, gives the same float.
-            leaf_depth = [np.asarray(d + a - 1.0, dtype=np.float64)
-                          for d, a in zip(m._decision_path_lengths, m._average_path_length_per_tree)]
-            subsample = m._max_features != m.n_features_in_
-            features = [np.asarray(f) if subsample else None for f in m.estimators_features_]
-            trees = [e.tree_ for e in m.estimators_]
-            denominator = len(m.estimators_) * _average_path_length([m._max_samples])
-            complete = iforest_walk.complete_forest(trees, leaf_depth, features) if self.COMPILED else None
-            cached = (trees, leaf_depth, features, denominator, complete)
-        except (AttributeError, ImportError):
-            cached = None
-        self._forest_cache = cached
+    def _forest(self) -> tuple[str, tuple]:
+        """``("complete", layout)`` for the compiled walk (:func:`detector.iforest_walk.complete_forest`) or
+        ``("nodes", layout)`` for the NumPy walk (:func:`detector.iforest_walk.node_walk`), built at first
+        use (the bundle's warm-up builds it before the first window); not pickled."""
+        cached = self.__dict__.get("_forest_cache")
+        if cached is None:
+            complete = iforest_walk.complete_forest(self.nodes_, self.tree_depths_) if self.COMPILED else None
+            cached = (("complete", complete) if complete is not None
+                      else ("nodes", iforest_walk.node_walk(self.nodes_, self.tree_depths_)))
+            self._forest_cache = cached
         return cached
 
     def __getstate__(self) -> dict:
@@ -459,6 +571,52 @@ class FusionDetector(_Base):
             X = np.asarray(X, dtype=np.float32)
             emb, raw = X[:, :-self.raw_dim], X[:, -self.raw_dim:]
         return self._parts(self.knn_.decision_function(emb), self.forest_.decision_function(raw))
+
+    _SCALARS = {**_Base._SCALARS, "n_features_in_": int}
+    _ARRAYS = {"decision_scores_": (np.float64, 1)}
+    PARTS = {"knn": ("knn_", KNNDetector), "forest": ("forest_", IForestDetector)}
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """As :meth:`_Base.state`, plus each part's ``(params, arrays)``: params under ``knn_`` / ``forest_``,
+        arrays prefixed ``knn.`` / ``forest.``."""
+        params, arrays = super().state()
+        params.update(centers_=[float(c) for c in self.centers_], spreads_=[float(c) for c in self.spreads_])
+        for prefix, (attr, _) in self.PARTS.items():
+            p, a = getattr(self, attr).state()
+            params[attr] = p
+            arrays.update({f"{prefix}.{k}": v for k, v in a.items()})
+        return params, arrays
+
+    @classmethod
+    def from_state(cls, params: dict, arrays: dict) -> "FusionDetector":
+        params = dict(params) if isinstance(params, dict) else params
+        parts, sums = {}, {}
+        for prefix, (attr, part_cls) in cls.PARTS.items():
+            if not isinstance(params, dict) or attr not in params:
+                raise ValueError(f"fusion parameters lack the {prefix} part ({attr!r})")
+            own = {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
+            try:
+                parts[attr] = part_cls.from_state(params.pop(attr), own)
+            except ValueError as exc:
+                raise ValueError(f"fusion {prefix} part: {exc}") from None
+        for name in ("centers_", "spreads_"):
+            v = params.pop(name, None)
+            if not (isinstance(v, list) and len(v) == 2):
+                raise ValueError(f"parameter {name!r} must be a list of two numbers, got {v!r}")
+            sums[name] = [_state_number({name: x}, name) for x in v]
+        det = super().from_state(params, {k: v for k, v in arrays.items() if "." not in k})
+        det.__dict__.update(parts)
+        det.__dict__.update(sums)
+        emb, raw = det.knn_.mean_.shape[0], det.forest_.mean_.shape[0]
+        if raw != det.raw_dim or emb + raw != det.n_features_in_:
+            raise ValueError(f"fusion parts fitted on {emb} + {raw} features, parameters say "
+                             f"{det.n_features_in_ - det.raw_dim} + {det.raw_dim}")
+        if not all(np.isfinite(det.centers_)) or not all(x > 0 and np.isfinite(x) for x in det.spreads_):
+            raise ValueError("parameters 'centers_' / 'spreads_' must be finite, spreads > 0")
+        return det
+
+    def _check_state(self) -> None:
+        pass  # the parts are checked by their own from_state; the widths in from_state
 
     def _parts(self, s_knn: np.ndarray, s_forest: np.ndarray) -> dict[str, np.ndarray]:
         return {"knn": (np.asarray(s_knn) - self.centers_[0]) / self.spreads_[0],

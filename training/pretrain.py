@@ -603,6 +603,38 @@ def _labels(graphs: list) -> np.ndarray:
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
 
 
+def _plain(x):
+    """``x`` with every container, number and string as plain Python (tensors kept): what
+    ``torch.load(weights_only=True)`` reads back; anything else (a NumPy scalar) as a float."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v) for v in x)
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return float(x)
+
+
+def save_checkpoint(trainer: "Pretrainer", path: Path) -> None:
+    """``trainer.state_dict()`` to ``path`` (via a temporary file): tensors and plain containers of numbers
+    and strings only, so :func:`load_checkpoint` reads it with ``weights_only=True``."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(_plain(trainer.state_dict()), tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint of :func:`save_checkpoint` (``weights_only=True``: nothing in it is executed);
+    ValueError naming the file and the fix when it is not one."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, a refused object: all "unusable"
+        raise ValueError(f"{path} is not a readable training checkpoint ({type(exc).__name__}): delete it and "
+                         f"train without --resume") from None
+
+
 def _pretrain_and_select(cfg: TrainConfig, graphs: list, val: tuple, ckpt: Path | None, progress: bool,
                          resume: bool) -> dict:
     """Pretrain one encoder with ``cfg.objective`` and pick its detector input/detector on the held-back period."""
@@ -613,7 +645,7 @@ def _pretrain_and_select(cfg: TrainConfig, graphs: list, val: tuple, ckpt: Path 
     model = STGNN(mcfg)
     trainer = Pretrainer(model, cfg)
     if resume and ckpt is not None and ckpt.is_file():
-        trainer.load_state_dict(torch.load(ckpt, weights_only=False))
+        trainer.load_state_dict(load_checkpoint(ckpt))
         log.info("resumed from %s at epoch %d", ckpt, trainer.epoch)
     t_pre = time.perf_counter()
     epoch_times = []
@@ -628,8 +660,7 @@ def _pretrain_and_select(cfg: TrainConfig, graphs: list, val: tuple, ckpt: Path 
                 f"{k}={v:.4f}" for k, v in rec.items() if isinstance(v, float)), flush=True)
         if ckpt is not None:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(trainer.state_dict(), ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)
+            save_checkpoint(trainer, ckpt)
     pretrain_s = time.perf_counter() - t_pre
     # Embeddings: training windows, then (state continuing) the held-back windows.
     val_graphs, labels, held_back, cont, classes = val
@@ -691,7 +722,7 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
     model, trainer, sel, y_val = run["model"], run["trainer"], run["sel"], run["y_val"]
     if ckpt_path is not None and len(objectives) > 1:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(trainer.state_dict(), ckpt_path)
+        save_checkpoint(trainer, ckpt_path)
     pretrain_s, epoch_times, n_va = run["pretrain_s"], run["epoch_times"], run["n_val"]
     parts, chosen = sel["chosen"]["flow_parts"], sel["chosen"]["detector"]
     det, va_s = sel["fitted"]

@@ -1,4 +1,9 @@
-"""FraudBundle: a trained transaction model on disk, and its streaming scorer."""
+"""FraudBundle: a trained transaction model on disk, and its streaming scorer.
+
+``MODEL_DIR``: ``config.json`` (kind, model config, threshold, window, label delay), ``weights.pt``
+(state_dict, loaded with ``weights_only=True``), ``builder_state.npz`` (optional history, loaded with
+``allow_pickle=False``) and ``manifest.json`` (:mod:`detector.model_files`, checked before anything is read).
+"""
 from __future__ import annotations
 
 import json
@@ -12,6 +17,7 @@ import numpy as np
 import torch
 
 from detector.fraud.model import FraudModel, FraudModelConfig, config_dict
+from detector.model_files import ModelDirError, remove_manifest, verify_manifest, write_manifest
 from ingest.hetero import DAY, HeteroGraphBuilder, ts_seconds
 
 log = logging.getLogger(__name__)
@@ -19,6 +25,9 @@ log = logging.getLogger(__name__)
 WEIGHTS = "weights.pt"
 CONFIG = "config.json"
 STATE = "builder_state.npz"
+
+
+_RETRAIN = "retrain the model (graphsentry train --kind transactions --out DIR)"
 
 
 @dataclass
@@ -49,37 +58,74 @@ class FraudBundle:
         return float(self.config["threshold"])
 
     def save(self, model_dir: str | os.PathLike) -> Path:
+        """Write the bundle (a bundle already there is replaced); ``config.json`` last, atomically,
+        after ``manifest.json`` (:mod:`detector.model_files`)."""
         d = Path(model_dir)
         d.mkdir(parents=True, exist_ok=True)
+        remove_manifest(d)  # until the new manifest is written, the directory is refused
         torch.save(self.model.state_dict(), d / WEIGHTS)
         cfg = dict(self.config)
         cfg["kind"] = "transactions"
         cfg["model"] = config_dict(self.model.cfg)
-        (d / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True, default=float))
         if self.builder_state is not None:
             st = dict(self.builder_state)
             keys = {"cust_keys": np.array(st.pop("cust_keys"), dtype=object).astype(str),
                     "term_keys": np.array(st.pop("term_keys"), dtype=object).astype(str)}
             np.savez_compressed(d / STATE, **{k: np.asarray(v) for k, v in st.items()}, **keys)
+        else:
+            (d / STATE).unlink(missing_ok=True)  # a replaced bundle's history is not this one's
+        data = json.dumps(cfg, indent=2, sort_keys=True, default=float).encode()
+        write_manifest(d, pending={CONFIG: data})
+        tmp = d / (CONFIG + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(d / CONFIG)
         return d
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike) -> "FraudBundle":
+        """The bundle saved in ``model_dir``, checked against its manifest before anything is read;
+        :class:`~detector.model_files.ModelDirError` naming the file that is wrong."""
         d = Path(model_dir)
-        cfg = json.loads((d / CONFIG).read_text())
-        if cfg.get("kind") != "transactions":
-            raise ValueError(f"{d}: config.json kind={cfg.get('kind')!r}, expected 'transactions'")
-        model = FraudModel(FraudModelConfig(**cfg["model"]))
-        model.load_state_dict(torch.load(d / WEIGHTS, map_location="cpu", weights_only=True))
+        if not (d / CONFIG).is_file():
+            raise FileNotFoundError(f"{d} is not a model directory (no config.json)")
+        verify_manifest(d)
+        try:
+            cfg = json.loads((d / CONFIG).read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelDirError(f"{d / CONFIG} is not JSON ({exc}): {_RETRAIN}") from None
+        if not isinstance(cfg, dict) or cfg.get("kind") != "transactions":
+            kind = cfg.get("kind") if isinstance(cfg, dict) else None
+            raise ValueError(f"{d}: config.json kind={kind!r}, expected 'transactions'")
+        try:
+            model = FraudModel(FraudModelConfig(**cfg["model"]))
+            float(cfg["threshold"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelDirError(f"{d / CONFIG} is not a transaction model's config ({type(exc).__name__}: "
+                                f"{exc}): {_RETRAIN}") from None
+        try:
+            weights = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, a refused object: all "broken"
+            raise ModelDirError(f"{d / WEIGHTS} is not a readable weights file ({type(exc).__name__}): "
+                                f"{_RETRAIN}") from None
+        try:
+            model.load_state_dict(weights)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            lines = str(exc).strip().splitlines()
+            raise ModelDirError(f"{d / WEIGHTS} does not fit the model in config.json "
+                                f"({' '.join(x.strip() for x in lines[1:3]) or lines[:1]}): {_RETRAIN}") from None
         model.eval()
         state = None
         if (d / STATE).exists():
-            with np.load(d / STATE, allow_pickle=False) as z:
-                state = {k: z[k] for k in z.files}
-            state["cust_keys"] = [str(k) for k in state["cust_keys"]]
-            state["term_keys"] = [str(k) for k in state["term_keys"]]
-            state["label_delay_s"] = float(state["label_delay_s"])
-            state["watermark"] = float(state["watermark"])
+            try:
+                with np.load(d / STATE, allow_pickle=False) as z:
+                    state = {k: z[k] for k in z.files}
+                state["cust_keys"] = [str(k) for k in state["cust_keys"]]
+                state["term_keys"] = [str(k) for k in state["term_keys"]]
+                state["label_delay_s"] = float(state["label_delay_s"])
+                state["watermark"] = float(state["watermark"])
+            except Exception as exc:  # noqa: BLE001 - truncated zip, missing keys, object arrays: all "broken"
+                raise ModelDirError(f"{d / STATE} is not a readable builder state ({type(exc).__name__}: {exc}): "
+                                    f"{_RETRAIN}") from None
         return cls(model=model, config=cfg, builder_state=state)
 
     def stream_scorer(self, *, use_labels: bool = True, resume_state: bool | str = "auto") -> "FraudStreamScorer":

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from detector.bundle import ModelBundle, load_bundle
+from detector.model_files import write_manifest
 from training.pretrain import TrainConfig, make_windows, train_bundle
 from training.synthetic import synthetic_flows
 
@@ -24,7 +25,10 @@ def trained(tmp_path_factory):
 def test_directory_contents(trained):
     b, d, table = trained
     names = {p.name for p in d.iterdir()}
-    assert {"config.json", "weights.pt", "preprocessor.json", "detector.pkl", "checkpoint.pt"} <= names
+    assert names == {"config.json", "weights.pt", "preprocessor.json", "detector.npz", "manifest.json", "checkpoint.pt"}
+    # the manifest lists the bundle's files; checkpoint.pt (training state, read by train --resume only) is not
+    listed = json.loads((d / "manifest.json").read_text())["files"]
+    assert sorted(listed) == ["config.json", "detector.npz", "preprocessor.json", "weights.pt"]
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["kind"] == "flows" and cfg["threshold"] == pytest.approx(b.threshold)
     assert cfg["calibration"]["target_fpr"] == 0.01
@@ -81,6 +85,7 @@ def test_load_refuses_a_knowledge_block_of_another_width(trained, tmp_path):
     ModelBundle.load(copy)  # the same artifact: loads
     cfg["kg"]["width"] += 7
     (copy / "config.json").write_text(json.dumps(cfg))
+    write_manifest(copy)  # an edited config.json is refused by the manifest first
     with pytest.raises(ValueError, match="knowledge feature columns"):
         ModelBundle.load(copy)
 

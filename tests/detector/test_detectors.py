@@ -127,6 +127,25 @@ def test_coreset_is_greedy_k_center():
     assert len(kcenter_greedy(np.repeat(Z[:3], 10, axis=0), 20, first=0)) == 3
 
 
+def test_coreset_counts_rows_within_float_noise_as_duplicates():
+    """Copies of a row that the expanded-form distance puts ~5e-7 apart (what another BLAS gives for exact
+    copies: OpenBLAS on AMD) are duplicates: three distinct rows give three picks, not ``m``."""
+    from detector.detectors import kcenter_greedy
+
+    rng = np.random.default_rng(12)
+    base = (rng.normal(size=(3, 8)) * 5).astype(np.float32)  # squared norms ~200
+    Z = np.repeat(base, 10, axis=0)
+    Z += rng.normal(scale=2.5e-4, size=Z.shape).astype(np.float32)  # squared distances ~1e-6 between copies
+    d2 = ((Z[:, None].astype(np.float64) - Z[None]) ** 2).sum(-1)
+    copies = np.repeat(np.arange(3), 10)
+    same = copies[:, None] == copies[None]
+    assert d2[same & (d2 > 0)].min() > 1e-7 and d2[same].max() < 1e-5  # noise above an exact 0, far below the gap
+    assert len(kcenter_greedy(Z, 20, first=0)) == 3
+    # rows that differ by more than the tolerance are still picked: one pick per cluster of the noisy copies
+    wide = np.repeat(base, 10, axis=0) + rng.normal(scale=0.5, size=Z.shape).astype(np.float32)
+    assert len(kcenter_greedy(wide, 20, first=0)) == 20
+
+
 def test_knn_kernel_compiled_equals_numpy_path():
     from detector import knn_kernel
 
@@ -204,21 +223,41 @@ def test_knn_large_inputs_threaded_equal_one_thread():
     np.testing.assert_array_equal(det.decision_function(Q), threaded)
 
 
-def test_knn_pickle_round_trip_and_older_pickles():
+def test_knn_state_and_pickle_round_trip():
+    import json
     import pickle
 
     X = np.random.default_rng(8).normal(size=(300, 4))
-    det = KNNDetector(max_bank=50).fit(X)
-    again = pickle.loads(pickle.dumps(det))
+    det = KNNDetector(max_bank=50, k=4).fit(X)
+    params, arrays = det.state()
+    assert sorted(arrays) == ["bank_", "bank_index_", "decision_scores_", "mean_", "scale_"]
+    back = KNNDetector.from_state(json.loads(json.dumps(params)), arrays)  # params survive JSON
+    assert (back.k, back.max_bank, back.bank, back.k_, back.threshold_) == (4, 50, "coreset", det.k_, det.threshold_)
+    np.testing.assert_array_equal(back.decision_function(X), det.decision_function(X))
+    again = pickle.loads(pickle.dumps(det))  # in memory: the bank tensor cache is not carried
     assert "_bank_cache" not in again.__dict__
     np.testing.assert_array_equal(again.decision_function(X), det.decision_function(X))
-    # a detector pickled before the coreset bank: a sklearn index and no `bank` attribute
-    state = {k: v for k, v in det.__dict__.items() if k not in ("bank", "_bank_cache")}
-    state["nn_"] = object()
-    old = KNNDetector.__new__(KNNDetector)
-    old.__setstate__(state)
-    assert old.bank == "random" and not hasattr(old, "nn_")
-    np.testing.assert_array_equal(old.decision_function(X), det.decision_function(X))
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda p, a: a.pop("bank_"), "array 'bank_' is missing"),
+    (lambda p, a: a.update(bank_=a["bank_"][:, :3]), r"'bank_' \(50, 3\) must hold"),
+    (lambda p, a: a.update(mean_=a["mean_"].reshape(2, 2)), "'mean_' must be 1-D"),
+    (lambda p, a: a.update(scale_=np.zeros(4, np.float32)), "scales > 0"),
+    (lambda p, a: a.update(bank_=np.full_like(a["bank_"], np.nan)), "non-finite"),
+    (lambda p, a: a.update(bank_=a["bank_"].astype(np.int64)), "must be 2-D float32"),
+    (lambda p, a: p.update(k_=51), r"'k_' must be in 1..50"),
+    (lambda p, a: p.update(k_=2.5), "'k_' must be an integer"),
+    (lambda p, a: p.pop("threshold_"), "'threshold_' must be a number"),
+    (lambda p, a: p.update(leaf_size=3), "unknown knn parameters: leaf_size"),
+    (lambda p, a: p.update(k=0), "k must be an integer >= 1"),
+])
+def test_knn_from_state_refuses_state_that_cannot_score(change, match):
+    det = KNNDetector(max_bank=50).fit(np.random.default_rng(8).normal(size=(300, 4)))
+    params, arrays = det.state()
+    change(params, arrays)
+    with pytest.raises(ValueError, match=match):
+        KNNDetector.from_state(params, arrays)
 
 
 def test_knn_on_identical_rows_keeps_one_bank_row():
@@ -284,6 +323,28 @@ def test_fusion_shapes_and_pickle_round_trip():
     again = pickle.loads(pickle.dumps(det))
     np.testing.assert_array_equal(again.decision_function(ben), det.decision_function(ben))
     assert make_detector("fusion", raw_dim=4).raw_dim == 4
+
+
+def test_fusion_state_round_trip_and_refusals():
+    """The parts' params nest under knn_/forest_, their arrays are prefixed knn./forest.; a loaded fusion
+    scores (both parts) as the fitted one; parts of the wrong width are refused."""
+    import json
+
+    train, ben, *_ = _two_views()
+    det = FusionDetector(raw_dim=4, max_bank=64, n_estimators=20).fit(train)
+    params, arrays = det.state()
+    assert {"knn.bank_", "forest.threshold", "forest.children_left", "decision_scores_"} <= set(arrays)
+    assert params["knn_"]["k_"] == det.knn_.k_ and params["forest_"]["denominator_"] == det.forest_.denominator_
+    back = FusionDetector.from_state(json.loads(json.dumps(params)), arrays)
+    for key, value in back.part_scores(ben).items():
+        np.testing.assert_array_equal(value, det.part_scores(ben)[key])
+    bad = dict(params, raw_dim=5)
+    with pytest.raises(ValueError, match="fusion parts fitted on 12 \\+ 4 features"):
+        FusionDetector.from_state(bad, arrays)
+    with pytest.raises(ValueError, match="fusion forest part: array 'mean_' is missing"):
+        FusionDetector.from_state(params, {k: v for k, v in arrays.items() if k != "forest.mean_"})
+    with pytest.raises(ValueError, match="'spreads_' must be a list of two numbers"):
+        FusionDetector.from_state(dict(params, spreads_=[1.0]), arrays)
 
 
 def test_fusion_on_factored_rows_equals_the_dense_rows():

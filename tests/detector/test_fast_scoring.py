@@ -1,5 +1,6 @@
-"""The fast paths of scoring: IForestDetector's blocked tree walk (scikit-learn's ``tree.apply`` per block,
-or the compiled walk of ``detector.iforest_walk``) equals sklearn's ``score_samples``;
+"""The fast paths of scoring: IForestDetector's tree walks over its node arrays (the compiled walk of
+``detector.iforest_walk``, or its NumPy walk) equal sklearn's ``score_samples``, also after a round trip
+through ``state`` / ``from_state``;
 ``STGNN.embed_many`` (encoder on the union of a group's graphs) equals ``embed`` window by window."""
 import pickle
 
@@ -20,9 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # (a detector fitted by the training pipeline, on real flow embeddings: tests/detector/test_scoring_batch.py)
 
-@pytest.fixture(params=[True, False], ids=["compiled", "tree_apply"])
+@pytest.fixture(params=[True, False], ids=["compiled", "numpy_walk"])
 def walk_kind(request, monkeypatch):
-    """Run the test with the compiled walk and with the blocked ``tree.apply`` walk."""
+    """Run the test with the compiled walk and with the NumPy walk over the node arrays."""
     if request.param and not iforest_walk.available():
         pytest.skip("numba is not installed: no compiled walk")
     monkeypatch.setattr(IForestDetector, "COMPILED", request.param)
@@ -30,7 +31,7 @@ def walk_kind(request, monkeypatch):
 
 
 def _sklearn_decision(det: IForestDetector, X: np.ndarray) -> np.ndarray:
-    """The reference: what ``decision_function`` returned before the fast path."""
+    """The reference: scikit-learn's own scoring of the forest the detector was fitted with."""
     return -det.model_.score_samples(det._scale(X))
 
 
@@ -41,7 +42,7 @@ def test_fast_iforest_equals_sklearn_score_samples(n_features, max_samples, n_es
     X = np.vstack([rng.normal(size=(2500, n_features)), rng.normal(loc=3.0, size=(100, n_features)),
                    train[:50]])  # unseen, shifted, and training rows
     det = IForestDetector(n_estimators=n_estimators, max_samples=max_samples).fit(train)
-    assert (det._forest()[4] is not None) == walk_kind  # the walk under test is the one used
+    assert (det._forest()[0] == "complete") == walk_kind  # the walk under test is the one used
     ref = _sklearn_decision(det, X)
     np.testing.assert_allclose(det.decision_function(X), ref, rtol=0, atol=1e-12)
     monkeypatch.setattr(IForestDetector, "SCORE_BLOCK", 7)  # many blocks, a ragged last one
@@ -54,63 +55,104 @@ def test_fast_iforest_equals_sklearn_score_samples(n_features, max_samples, n_es
 
 
 def test_fast_iforest_feature_subsampling_forest(walk_kind):
-    """A forest fitted with max_features < 1 (trees see a column subset) takes the same path as sklearn."""
+    """A forest fitted with max_features < 1 (trees see a column subset) reads the input's own columns."""
     rng = np.random.default_rng(3)
     train, X = rng.normal(size=(800, 12)), rng.normal(scale=1.5, size=(900, 12))
     det = IForestDetector(n_estimators=20).fit(train)
-    det.model_ = IsolationForest(n_estimators=20, max_samples=128, max_features=0.5, random_state=0).fit(
-        det._scale(train))
-    det.__dict__.pop("_forest_cache", None)
-    assert det._forest()[2][0] is not None  # the per-tree column subsets are used
+    det._set_forest(IsolationForest(n_estimators=20, max_samples=128, max_features=0.5, random_state=0).fit(
+        det._scale(train)))
+    assert len(det.model_.estimators_features_[0]) == 6  # the per-tree column subsets are folded in
     np.testing.assert_allclose(det.decision_function(X), _sklearn_decision(det, X), rtol=0, atol=1e-12)
+    back = IForestDetector.from_state(*det.state())
+    np.testing.assert_array_equal(back.decision_function(X), det.decision_function(X))
 
 
-def test_fast_iforest_pickle_refit_and_fallback(walk_kind):
+def test_fast_iforest_state_pickle_refit_and_public_arrays(walk_kind):
     rng = np.random.default_rng(5)
     X = rng.normal(size=(600, 6))
     det = IForestDetector(n_estimators=25).fit(X)
     s = det.decision_function(X)
     assert "_forest_cache" in det.__dict__
-    # saved detectors keep their format: the cache is not pickled, and a detector pickled before the
-    # fast path existed (no cache attribute) scores the same
-    back = pickle.loads(pickle.dumps(det))
-    assert "_forest_cache" not in back.__dict__
+    # a loaded detector (node arrays only, no sklearn forest) scores bit for bit as the fitted one
+    params, arrays = det.state()
+    back = IForestDetector.from_state(params, arrays)
+    assert not hasattr(back, "model_") and "_forest_cache" not in back.__dict__
     np.testing.assert_array_equal(back.decision_function(X), s)
-    # refitting drops the arrays of the previous forest
+    np.testing.assert_array_equal(back.decision_scores_, det.decision_scores_)
+    # pickled in memory: the walk layout is not carried, the scores are the same
+    again = pickle.loads(pickle.dumps(det))
+    assert "_forest_cache" not in again.__dict__
+    np.testing.assert_array_equal(again.decision_function(X), s)
+    # refitting drops the layout of the previous forest
     det.fit(X[::-1] * 2.0)
     np.testing.assert_allclose(det.decision_function(X), _sklearn_decision(det, X), rtol=0, atol=1e-12)
-    # an IsolationForest without the private arrays (another sklearn): sklearn's own path
-    ref = _sklearn_decision(det, X)
-
-    class PublicOnly:
-        def __init__(self, forest):
-            self.score_samples = forest.score_samples
-
-    det.model_ = PublicOnly(det.model_)
-    det.__dict__.pop("_forest_cache", None)
-    assert det._forest() is None
-    np.testing.assert_array_equal(det.decision_function(X), ref)
+    # a forest without sklearn's private per-tree arrays: the same node values from the public tree arrays
+    m = det.model_
+    ref = {k: v.copy() for k, v in det.nodes_.items()}
+    del m._decision_path_lengths, m._average_path_length_per_tree
+    det._set_forest(m)
+    for k in ref:
+        np.testing.assert_array_equal(det.nodes_[k], ref[k])
 
 
 def test_complete_forest_layout_and_deep_trees(monkeypatch):
-    """Shallow leaves become pass-through chains; a tree deeper than MAX_DEPTH keeps sklearn's walk."""
+    """Shallow leaves become pass-through chains; a tree deeper than MAX_DEPTH takes the NumPy walk."""
     if not iforest_walk.available():
         pytest.skip("numba is not installed: no compiled walk")
     rng = np.random.default_rng(11)
     train = np.vstack([rng.normal(size=(40, 4)), np.zeros((20, 4))])  # duplicates end in shallow leaves
     det = IForestDetector(n_estimators=10, max_samples=60).fit(train)
-    trees, leaf_depth, features, _, complete = det._forest()
-    feat, thr, value = complete
+    kind, (feat, thr, value) = det._forest()
+    trees = [e.tree_ for e in det.model_.estimators_]
     depth = max(t.max_depth for t in trees)
+    assert kind == "complete" and list(det.tree_depths_) == [t.max_depth for t in trees]
     assert feat.shape == thr.shape == (10, 2 ** depth - 1) and value.shape == (10, 2 ** depth)
     assert any(t.max_depth < depth or (t.children_left == -1).sum() < 2 ** depth for t in trees)
     assert np.isinf(thr).any()  # pass-through slots exist and are used
     X = np.vstack([rng.normal(scale=2.0, size=(500, 4)), np.zeros((5, 4))])
     np.testing.assert_allclose(det.decision_function(X), _sklearn_decision(det, X), rtol=0, atol=1e-12)
-    monkeypatch.setattr(iforest_walk, "MAX_DEPTH", depth - 1)  # now "too deep": the tree.apply walk
+    monkeypatch.setattr(iforest_walk, "MAX_DEPTH", depth - 1)  # now "too deep": the NumPy walk
     det.__dict__.pop("_forest_cache", None)
-    assert det._forest()[4] is None
+    assert det._forest()[0] == "nodes"
     np.testing.assert_allclose(det.decision_function(X), _sklearn_decision(det, X), rtol=0, atol=1e-12)
+
+
+def _broken(nodes: dict, name: str, fn) -> dict:
+    out = {k: v.copy() for k, v in nodes.items()}
+    out[name] = fn(out[name])
+    return out
+
+
+def test_check_nodes_refuses_arrays_that_are_not_a_forest():
+    """Node arrays from a file are checked before a walk reads them (the compiled walk has no bounds checks)."""
+    det = IForestDetector(n_estimators=3, max_samples=32).fit(np.random.default_rng(0).normal(size=(100, 4)))
+    nodes = det.nodes_
+    inner = np.flatnonzero(nodes["children_left"] != -1)
+    first_leaf = int(np.flatnonzero(nodes["children_left"] == -1)[0])
+
+    def cycle(a):
+        a[inner[1]] = 0  # a child pointing back at the root
+        return a
+
+    def two_parents(a):
+        a[0] = a[inner[1]]  # the root's left child is also another node's left child
+        return a
+
+    cases = [
+        (_broken(nodes, "feature", lambda a: np.where(a == a[0], 4, a)), "column outside 0..3"),
+        (_broken(nodes, "children_left", cycle), "not after its parent"),
+        (_broken(nodes, "children_left", two_parents), "exactly one parent"),
+        (_broken(nodes, "children_right", lambda a: np.where(np.arange(len(a)) == first_leaf, 1, a)), "one child"),
+        (_broken(nodes, "offsets", lambda a: a[:-1]), "offsets"),
+        (_broken(nodes, "threshold", lambda a: a[:-1]), "'threshold' has"),
+        (_broken(nodes, "value", lambda a: a.astype(np.int64)), "'value' must be 1-D float"),
+        ({k: v for k, v in nodes.items() if k != "children_right"}, "missing: children_right"),
+    ]
+    for bad, match in cases:
+        with pytest.raises(ValueError, match=match):
+            iforest_walk.check_nodes(bad, 4)
+    checked, depths = iforest_walk.check_nodes(nodes, 4)
+    assert len(depths) == 3 and (depths >= 1).all()
 
 
 # --- batched encoder -------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from detector.bundle import load_bundle
 from detector.fraud.bundle import FraudBundle
+from detector.model_files import ModelDirError, write_manifest
 from detector.fraud.data import read_transactions, tumbling
 from detector.fraud.model import FraudModel, FraudModelConfig
 from ingest.hetero import HeteroGraphBuilder
@@ -73,8 +75,43 @@ def test_saved_history_resumes_only_after_its_end(table, tmp_path):
 
 def test_wrong_kind_is_rejected(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"kind": "flows"}))
+    with pytest.raises(ModelDirError, match="no manifest.json"):  # checked before anything is read
+        FraudBundle.load(tmp_path)
+    write_manifest(tmp_path)
     with pytest.raises(ValueError, match="transactions"):
         FraudBundle.load(tmp_path)
+
+
+def test_manifest_covers_the_bundle_and_refuses_changes(table, tmp_path):
+    """Every file of the saved bundle is listed; a changed, missing or extra file is refused by name."""
+    import shutil
+
+    d = _bundle(table).save(tmp_path / "m")
+    listed = json.loads((d / "manifest.json").read_text())["files"]
+    assert sorted(listed) == ["builder_state.npz", "config.json", "weights.pt"]
+    assert load_bundle(d).kind == "transactions"
+    for name, damage in (("builder_state.npz", lambda p: p.write_bytes(p.read_bytes()[:-10])),
+                         ("weights.pt", lambda p: p.unlink()),
+                         ("config.json", lambda p: p.write_text(p.read_text().replace("0.5", "0.25")))):
+        copy = tmp_path / f"c-{name}"
+        shutil.copytree(d, copy)
+        damage(copy / name)
+        with pytest.raises(ModelDirError, match=name.replace(".", r"\.")):
+            FraudBundle.load(copy)
+    extra = tmp_path / "extra"
+    shutil.copytree(d, extra)
+    (extra / "notes.txt").write_text("x")
+    with pytest.raises(ModelDirError, match="notes.txt is not part of the saved model"):
+        load_bundle(extra)
+
+
+def test_truncated_builder_state_behind_a_matching_manifest_is_refused(table, tmp_path):
+    """A broken file that the manifest agrees with (rewritten after the damage) still fails at load, by name."""
+    d = _bundle(table).save(tmp_path / "m")
+    (d / "builder_state.npz").write_bytes((d / "builder_state.npz").read_bytes()[:200])
+    write_manifest(d)
+    with pytest.raises(ModelDirError, match="builder_state.npz is not a readable builder state"):
+        FraudBundle.load(d)
 
 
 def test_score_file_keeps_every_record_and_flags_late_ones(table, tmp_path):
