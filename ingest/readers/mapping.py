@@ -95,51 +95,134 @@ class Mapping:
             raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
 
 
+def _scalar_text(v: Any) -> Any:
+    """Column names and tokens are text; YAML reads ``1`` or ``1.5`` as numbers."""
+    return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def _schema():
+    """The mapping-file schema (pydantic, built on first use): unknown keys refused at every level."""
+    global _SCHEMA
+    if _SCHEMA is not None:
+        return _SCHEMA
+    from typing import Annotated, Literal
+
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+    Text = Annotated[str, BeforeValidator(_scalar_text)]
+
+    class TsSpec(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        unit: Text = "auto"
+        format: Text | None = None
+        utc_offset_hours: float = Field(0.0, ge=-24, le=24)
+
+    class MappingFile(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        kind: Literal["flows", "transactions"] = "flows"
+        columns: dict[Text, Text] = Field(default_factory=dict)
+        delimiter: Text = ","
+        quoted: bool = True
+        skip_lines: int = Field(0, ge=0)
+        null_tokens: list[Text] = Field(default_factory=lambda: list(NULL_TOKENS))
+        ts: Annotated[TsSpec | None, BeforeValidator(lambda v: {"unit": v} if isinstance(v, str) else v)] = None
+        duration_unit: Literal["s", "ms", "us"] = "s"
+        label_map: dict[Text, Literal[0, 1, 2] | None] | None = None
+        label_default: Literal[0, 1, 2] | None = None
+        attack_template: Text = "{}"
+        attack_ignore: list[Text] = Field(default_factory=list)
+        constants: dict[Text, Any] = Field(default_factory=dict)
+        name: Text = "mapped"
+
+    _SCHEMA = (MappingFile, TsSpec)
+    return _SCHEMA
+
+
+_SCHEMA = None
+
+
+def _mapping_problems(exc: Any, where: str) -> ValueError:
+    """One line per problem: ``FILE: columns.ts=...: ...`` / ``unknown key 'colums' ...; valid keys: ...``."""
+    import difflib
+
+    model, ts_model = _schema()
+    lines = []
+    for e in exc.errors(include_url=False):
+        loc = [x for x in e["loc"] if x != "TsSpec"]
+        path = ".".join(str(x) for x in loc)
+        if e["type"] == "extra_forbidden":
+            valid = sorted((ts_model if loc[:1] == ["ts"] else model).model_fields)
+            near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            parent = f" in {'.'.join(str(x) for x in loc[:-1])}" if len(loc) > 1 else ""
+            lines.append(f"{where}unknown mapping key {str(loc[-1])!r}{parent}{hint}; valid keys: {', '.join(valid)}")
+        else:
+            lines.append(f"{where}{path}={e['input']!r}: {e['msg']}")
+    return ValueError("\n".join(dict.fromkeys(lines)))
+
+
+def _parse_mapping_file(path: str) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if path.endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ValueError(f"{path}: not valid YAML{at}: {problem}") from None
+
+
 def load_mapping(src: Any) -> Mapping:
-    """A :class:`Mapping` from a YAML/JSON file path, a dict, or a Mapping."""
+    """A :class:`Mapping` from a YAML/JSON file path, a dict, or a Mapping.
+
+    The keys are validated by a schema (unknown keys refused, also inside ``ts``; types and
+    values checked); a problem is a ``ValueError``, one line each, naming the file and the key.
+    """
+    from pydantic import ValidationError
+
     if isinstance(src, Mapping):
         return src
+    where = ""
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-        if path.endswith(".json"):
-            cfg = json.loads(text)
-        else:
-            import yaml
-            cfg = yaml.safe_load(text)
+        where = f"{path}: "
+        cfg = _parse_mapping_file(path)
     elif isinstance(src, dict):
         cfg = dict(src)
     else:
         raise ValueError(f"mapping must be a file path or a dict, got {type(src).__name__}")
     if not isinstance(cfg, dict):
-        raise ValueError("mapping config must be a mapping of keys to values")
-    known = {"kind", "columns", "delimiter", "quoted", "skip_lines", "null_tokens", "ts", "duration_unit",
-             "label_map", "label_default", "attack_template", "attack_ignore", "constants", "name"}
-    extra = set(cfg) - known
-    if extra:
-        raise ValueError(f"unknown mapping keys {sorted(extra)}; known: {sorted(known)}")
-    ts = cfg.get("ts") or {}
-    if isinstance(ts, str):
-        ts = {"unit": ts}
-    unit = ts.get("unit", "auto")
-    fmt = ts.get("format")
+        raise ValueError(f"{where}mapping config must be a mapping of keys to values (kind, columns, ...), "
+                         f"got {type(cfg).__name__}")
+    model, _ = _schema()
+    try:
+        m = model.model_validate(cfg)
+    except ValidationError as exc:
+        raise _mapping_problems(exc, where) from None
+    unit, fmt, offset = (m.ts.unit, m.ts.format, m.ts.utc_offset_hours) if m.ts is not None else ("auto", None, 0.0)
     if unit not in _UNITS | {"auto", "iso"} and fmt is None:
         fmt, unit = unit, "iso"  # "ts: {unit: '%d/%m/%Y %H:%M'}" reads as a format
-    delim = cfg.get("delimiter", ",")
+    delim = m.delimiter
     if delim in ("\\t", "tab"):
         delim = "\t"
-    return Mapping(
-        kind=cfg.get("kind", "flows"), columns=dict(cfg.get("columns") or {}), delimiter=delim,
-        quoted=bool(cfg.get("quoted", True)), skip_lines=int(cfg.get("skip_lines", 0)),
-        null_tokens=tuple(cfg.get("null_tokens", NULL_TOKENS)), ts_unit=unit, ts_format=fmt,
-        utc_offset_hours=float(ts.get("utc_offset_hours", 0.0)),
-        duration_unit=cfg.get("duration_unit", "s"),
-        label_map={str(k): v for k, v in (cfg.get("label_map") or {}).items()} or None,
-        label_default=cfg.get("label_default"), attack_template=cfg.get("attack_template", "{}"),
-        attack_ignore=tuple(str(x) for x in cfg.get("attack_ignore", ())),
-        constants=dict(cfg.get("constants") or {}), name=cfg.get("name", "mapped"),
-    )
+    try:
+        return Mapping(
+            kind=m.kind, columns=dict(m.columns), delimiter=delim, quoted=m.quoted, skip_lines=m.skip_lines,
+            null_tokens=tuple(m.null_tokens), ts_unit=unit, ts_format=fmt, utc_offset_hours=float(offset),
+            duration_unit=m.duration_unit, label_map=dict(m.label_map) if m.label_map else None,
+            label_default=m.label_default, attack_template=m.attack_template,
+            attack_ignore=tuple(m.attack_ignore), constants=dict(m.constants), name=m.name,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None
 
 
 def _ts(arr: pa.Array, m: Mapping, check: RowCheck) -> pa.Array:

@@ -426,3 +426,71 @@ def test_config_checker_cli(tmp_path):
     assert r.returncode == 2
     assert r.stdout == f"{good}: ok\n"
     assert f"{bad}: unknown key 'prot' in metrics (did you mean 'port'?)" in r.stderr
+
+
+# --- the other config users give: column-mapping files (`--mapping`) ------------------------------------
+
+MAP_OK = {"columns": {"ts": "a", "src_ip": "b", "dst_ip": "c"}}
+
+
+@pytest.mark.parametrize("extra, line", [
+    ({"colums": {"ts": "a"}}, "unknown mapping key 'colums' (did you mean 'columns'?); valid keys: attack_ignore, "
+                              "attack_template, columns, constants, delimiter, duration_unit, kind"),
+    ({"ts": {"unti": "ms"}}, "unknown mapping key 'unti' in ts (did you mean 'unit'?); valid keys: format, unit, "
+                             "utc_offset_hours"),
+    ({"skip_lines": -1}, "skip_lines=-1: Input should be greater than or equal to 0"),
+    ({"kind": "payments"}, "kind='payments': Input should be 'flows' or 'transactions'"),
+    ({"duration_unit": "min"}, "duration_unit='min': Input should be 's', 'ms' or 'us'"),
+    ({"label_map": {"Botnet": 5}}, "label_map.Botnet=5: Input should be 0, 1 or 2"),
+    ({"ts": {"utc_offset_hours": 30}}, "ts.utc_offset_hours=30: Input should be less than or equal to 24"),
+])
+def test_mapping_schema_refuses_unknown_keys_and_bad_values(extra, line):
+    from ingest.readers.mapping import load_mapping
+
+    with pytest.raises(ValueError) as e:
+        load_mapping({**MAP_OK, **extra})
+    assert str(e.value).startswith(line), str(e.value)
+
+
+def test_mapping_file_errors_name_the_file_and_keep_the_interface(tmp_path):
+    from ingest.readers.mapping import Mapping, load_mapping
+
+    m = load_mapping(_write(tmp_path, "ok.yaml", "columns: {ts: 1, src_ip: b, dst_ip: c}\nts: ms\ndelimiter: tab\n"
+                                                 "label_map: {0: 0, Botnet: 1}\n"))
+    assert isinstance(m, Mapping) and m.columns["ts"] == "1" and m.ts_unit == "ms" and m.delimiter == "\t"
+    assert m.label_map == {"0": 0, "Botnet": 1}
+    assert load_mapping(m) is m
+    bad = _write(tmp_path, "bad.yaml", "columns:\n  ts: [a\n")
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: not valid YAML (line 3, column 1)")):
+        load_mapping(bad)
+    bad = _write(tmp_path, "bad.json", '{"columns": {')
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: not valid JSON (line 1, column 14)")):
+        load_mapping(bad)
+    typo = _write(tmp_path, "typo.yaml", "columns: {ts: a, src_ip: b, dst_ip: c}\nts: {unit: s, utc_ofset_hours: 3}\n")
+    with pytest.raises(ValueError, match=re.escape(f"{typo}: unknown mapping key 'utc_ofset_hours' in ts")):
+        load_mapping(typo)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'req.yaml'}: mapping for flows must map required")):
+        load_mapping(_write(tmp_path, "req.yaml", "columns: {ts: a}\n"))
+
+
+def test_mapping_examples_in_the_docs_validate():
+    from ingest.readers.mapping import load_mapping
+
+    found = 0
+    for m in re.finditer(r"```ya?ml\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        data = yaml.safe_load(m.group(1))
+        if isinstance(data, dict) and "columns" in data:
+            load_mapping(data)
+            found += 1
+    assert found >= 1
+
+
+def test_cli_bad_mapping_is_exit_2_and_one_line(tmp_path):
+    csv = _write(tmp_path, "x.csv", "a,b,c\n1,2,3\n")
+    m = _write(tmp_path, "m.yaml", "columns: {ts: a, src_ip: b, dst_ip: c}\nts: {unti: s}\n")
+    exe = Path(sys.executable).parent / "graphsentry"
+    r = subprocess.run([str(exe), "ingest", str(csv), "--mapping", str(m), "--out", str(tmp_path / "o.parquet")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == [f"graphsentry ingest: error: {m}: unknown mapping key 'unti' in ts "
+                                     f"(did you mean 'unit'?); valid keys: format, unit, utc_offset_hours"]
