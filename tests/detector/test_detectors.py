@@ -129,7 +129,7 @@ def test_coreset_is_greedy_k_center():
 
 def test_coreset_counts_rows_within_float_noise_as_duplicates():
     """Copies of a row that the expanded-form distance puts ~5e-7 apart (what another BLAS gives for exact
-    copies: OpenBLAS on AMD) are duplicates: three distinct rows give three picks, not ``m``."""
+    copies: OpenBLAS on AMD) are duplicates: three distinct rows give three picks (exact equality: more)."""
     from detector.detectors import kcenter_greedy
 
     rng = np.random.default_rng(12)
