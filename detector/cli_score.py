@@ -89,4 +89,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"{n} records -> {args.out}: {scored} scored, {n - scored} unscorable, {alerts} alerts, "
           f"{malformed} malformed input lines (dead-lettered), {n / max(dt, 1e-9):.0f} records/s",
           file=sys.stderr)
+    _warn_if_misfit(bundle, args.model, alerts, scored)
     return 0
+
+
+def _warn_if_misfit(bundle, model_dir: str, flagged: int, scored: int) -> None:
+    """One warning line when far more records are flagged than the model was calibrated for."""
+    from detector.fit_check import check_fit
+
+    target = getattr(getattr(bundle, "calibration", None), "target_fpr", None)
+    v = check_fit(flagged, scored, target)
+    if not v.fits:
+        msg = v.message(str(model_dir).rstrip("/"))
+        print(f"warning: {msg}", file=sys.stderr)

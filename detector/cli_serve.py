@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--config", help="YAML (.yaml/.yml) or TOML (.toml) config file")
     p.add_argument("--print-config", action="store_true", help="print the effective config (secrets redacted) and exit")
     p.add_argument("--model", help="model directory or pointer file (overrides model.path)")
-    p.add_argument("--input", nargs="+", metavar="PATH", help="file source: files/directories (overrides source)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="file source: files/directories to read (overrides source; none: the config's source)")
+    p.add_argument("--input", nargs="+", metavar="PATH", dest="input_alias", help=argparse.SUPPRESS)
     p.add_argument("--follow", action="store_true", help="file source: keep tailing the inputs")
     p.add_argument("--summary-json", metavar="FILE", help="write the run summary as JSON here")
     p.set_defaults(func=_serve)
@@ -40,18 +43,43 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     r.set_defaults(func=_replay)
 
 
+def _quiet_kafka_client() -> None:
+    """kafka-python logs every failed connection attempt (ERROR); our own lines say what we wait for.
+    Its messages show with -vv (DEBUG) only."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+def _daemon_log_level() -> None:
+    """A daemon reports what it does: INFO from graphsentry's own loggers unless the CLI asked for
+    more (-v/-vv); the root logger's level stays as the top-level CLI set it for other libraries."""
+    root = logging.getLogger()
+    if root.getEffectiveLevel() > logging.INFO:
+        for name in ("detector", "ingest", "training", "knowledge"):
+            lg = logging.getLogger(name)
+            if lg.level == logging.NOTSET or lg.level > logging.INFO:
+                lg.setLevel(logging.INFO)
+    _quiet_kafka_client()
+    if not root.handlers:
+        from detector.logs import configure_logging
+
+        configure_logging(root.getEffectiveLevel() if root.level != logging.NOTSET else logging.WARNING)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from detector.daemon import dump_config, load_config, run_daemon
 
     over: dict = {}
     if args.model:
         over.setdefault("model", {})["path"] = args.model
-    if args.input:
-        over["source"] = {"type": "file", "paths": list(args.input), "follow": bool(args.follow)}
+    paths = list(args.inputs or []) + list(getattr(args, "input_alias", None) or [])
+    if paths:
+        over["source"] = {"type": "file", "paths": paths, "follow": bool(args.follow)}
     cfg = load_config(args.config, overrides=over or None)
     if args.print_config:
         sys.stdout.write(dump_config(cfg))
         return 0
+    _daemon_log_level()
     summary = run_daemon(cfg)
     print(summary.text())
     if args.summary_json:
@@ -61,24 +89,48 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ingest.kafka_io import ensure_topics, make_producer, parse_speed, replay
+    from ingest.kafka_io import (client_options, describe_error, ensure_topics, kafka_errors, make_producer,
+                                 parse_speed, probe, replay)
     from ingest.tail import read_files
 
     speed = parse_speed(args.speed)
     cfg = {"bootstrap": args.bootstrap}
-    ensure_topics(args.bootstrap, {args.topic: args.partitions})
-    from kafka import KafkaConsumer
+    for path in args.inputs:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"input not found: {path}")
 
-    c = KafkaConsumer(bootstrap_servers=args.bootstrap)
+    def unreachable(exc: BaseException) -> ValueError:
+        return ValueError(f"cannot reach Kafka at {args.bootstrap}: {describe_error(exc, args.bootstrap)}; "
+                          "start the broker or fix --bootstrap")
+
+    _quiet_kafka_client()
+    errors = kafka_errors()
+    why = probe(args.bootstrap, timeout=3.0)  # nothing listening: say so at once
+    if why:
+        raise ValueError(f"cannot reach Kafka at {args.bootstrap}: {why}; start the broker or fix --bootstrap")
     try:
-        n_parts = len(c.partitions_for_topic(args.topic) or []) or args.partitions
-    finally:
-        c.close()
-    producer = make_producer(cfg, linger_ms=20, batch_size=1 << 20, max_request_size=16 << 20)
+        ensure_topics(args.bootstrap, {args.topic: args.partitions})
+        from kafka import KafkaConsumer
+
+        c = KafkaConsumer(**client_options(cfg))
+        try:
+            n_parts = len(c.partitions_for_topic(args.topic) or []) or args.partitions
+        finally:
+            c.close()
+        producer = make_producer(cfg, linger_ms=20, batch_size=1 << 20, max_request_size=16 << 20)
+    except errors as exc:
+        raise unreachable(exc) from None
     try:
         counts = replay(read_files(args.inputs, format=args.input_format), producer, args.topic, n_parts,
                         fmt=args.fmt, speed=speed, arrow_batch=args.arrow_batch)
+    except errors as exc:
+        raise ValueError(f"lost Kafka at {args.bootstrap} while publishing to {args.topic}: "
+                         f"{describe_error(exc, args.bootstrap)}; records up to the failure may be on the topic — "
+                         "start the broker and replay again") from None
     finally:
-        producer.close()
+        try:
+            producer.close(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
     print(json.dumps({"topic": args.topic, "partitions": n_parts, "format": args.fmt, **counts}))
     return 0

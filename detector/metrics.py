@@ -83,6 +83,24 @@ class Metrics:
         self.paused = Gauge("graphsentry_source_paused", "1 while the source is paused for backpressure", registry=r)
         self.model_info = Info("graphsentry_model", "Version of the model currently scoring", registry=r)
         self.up = Gauge("graphsentry_up", "1 while the daemon pipeline runs", registry=r)
+        self.broker_up = Gauge(
+            "graphsentry_broker_up", "1 while every Kafka client of the daemon reaches its broker, 0 while one waits",
+            registry=r,
+        )
+        self.broker_reconnects = Counter(
+            "graphsentry_broker_reconnects_total", "Times the daemon got its Kafka broker back after an outage",
+            registry=r,
+        )
+        self.flagged_ratio = Gauge(
+            "graphsentry_flagged_ratio",
+            "Share of recently scored records above the alert threshold (the fit-check window of records)",
+            registry=r,
+        )
+        self.fit_warnings = Counter(
+            "graphsentry_fit_warnings_total",
+            "Times the flagged share was far above the model's calibrated rate (the model does not fit the traffic)",
+            registry=r,
+        )
 
     def set_model(self, version: str, path: str = "", target_fpr: float | None = None) -> None:
         self.model_info.info({"version": str(version), "path": str(path)})

@@ -354,23 +354,33 @@ def _raw_text(raw: bytes | None) -> str:
 
 
 def client_options(cfg: dict[str, Any]) -> dict[str, Any]:
-    """kafka-python keyword options from a config mapping: bootstrap + security passthrough + extras."""
+    """kafka-python keyword options from a config mapping: bootstrap + security passthrough + extras.
+
+    A client gives up bootstrapping after ``kafka.connect_timeout_s`` (default 5 s) instead of
+    kafka-python's 30 s, so callers notice an absent broker soon and can say so (and retry).
+    """
     opts: dict[str, Any] = {"bootstrap_servers": cfg["bootstrap"]}
     for k in SECURITY_KEYS:
         if cfg.get(k) not in (None, ""):
             opts[k] = cfg[k]
+    opts["bootstrap_timeout_ms"] = int(float(cfg.get("connect_timeout_s") or 5.0) * 1000)
     opts.update(cfg.get("client_options") or {})
     return opts
 
 
 def make_producer(cfg: dict[str, Any], **extra: Any):
-    """A kafka-python producer with acks=all (alerts and dead letters must be durable)."""
+    """A kafka-python producer with acks=all (alerts and dead letters must be durable).
+
+    ``send`` blocks at most 10 s for topic metadata (kafka-python's default is 60 s), so a
+    thread that sends while the broker is away gets an error it can report and retry.
+    """
     from kafka import KafkaProducer
 
     opts = client_options(cfg)
     opts.setdefault("acks", "all")
     opts.setdefault("linger_ms", 5)
     opts.setdefault("retries", 5)
+    opts.setdefault("max_block_ms", 10000)
     opts.update(extra)
     return KafkaProducer(**opts)
 
@@ -394,6 +404,242 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], cfg: dict[str, Any] | 
         admin.close()
 
 
+# --------------------------------------------------------------------------------------------
+# broker availability: waiting, retrying, saying so
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker did not answer or did not acknowledge in time; the operation may be retried."""
+
+
+class StoppedWaiting(Exception):
+    """A stop was requested while waiting for the broker."""
+
+
+def probe(bootstrap: str, timeout: float = 2.0) -> str | None:
+    """None when some bootstrap server accepts a TCP connection, else why not (one line)."""
+    import socket
+
+    reasons = []
+    for hp in str(bootstrap).split(","):
+        hp = hp.strip()
+        host, _, port = hp.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+                return None
+        except (OSError, ValueError) as exc:
+            why = str(getattr(exc, "strerror", None) or exc)
+            reasons.append(f"{hp}: {why[:1].lower() + why[1:]}")
+    if len(reasons) == 1:
+        return reasons[0].split(": ", 1)[1]
+    return "; ".join(reasons) or "no bootstrap servers"
+
+
+def describe_error(exc: BaseException, bootstrap: str | None = None) -> str:
+    """A one-line reason for a Kafka failure (the TCP view first when the broker is not listening)."""
+    if bootstrap and not isinstance(exc, KafkaUnavailable):
+        why = probe(bootstrap, timeout=1.0)
+        if why:
+            return why
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    if isinstance(exc, KafkaUnavailable):
+        return text or name
+    return f"{name}: {text}" if text and not text.startswith(name) else (text or name)
+
+
+def kafka_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "Kafka is not there (yet)": retry them."""
+    from kafka.errors import KafkaError
+
+    errs: tuple[type[BaseException], ...] = (KafkaError, KafkaUnavailable, OSError)
+    try:
+        from confluent_kafka import KafkaException
+
+        errs += (KafkaException,)
+    except ImportError:
+        pass
+    return errs
+
+
+class Backoff:
+    """Capped exponential backoff: first, 2*first, ... up to cap; :meth:`reset` starts over."""
+
+    def __init__(self, first: float = 1.0, cap: float = 30.0) -> None:
+        self.first, self.cap = float(first), float(cap)
+        self._next = self.first
+
+    def next(self) -> float:
+        d = self._next
+        self._next = min(self._next * 2, self.cap)
+        return d
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class BrokerHealth:
+    """Which parts of a daemon wait for Kafka (consumer, alert sink, dead-letter producer, setup).
+
+    Drives the ``graphsentry_broker_up`` gauge (1 when no part waits), counts reconnections
+    (``graphsentry_broker_reconnects_total``: all parts back after an outage) and writes the log
+    lines: WARNING ``waiting for Kafka at HOST:PORT (topic T): REASON; retry in Ns`` while a part
+    waits, INFO ``Kafka at HOST:PORT is back ...`` when it recovers.
+    """
+
+    def __init__(self, bootstrap: str, metrics: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.bootstrap, self.metrics, self.clock = bootstrap, metrics, clock
+        self._lock = threading.Lock()
+        self._down: dict[str, float] = {}   # part -> since (monotonic)
+        self._ever_up = False
+        self.reconnects = 0
+        self._set_gauge(0)
+
+    def _set_gauge(self, v: int) -> None:
+        if self.metrics is not None and hasattr(self.metrics, "broker_up"):
+            self.metrics.broker_up.set(v)
+
+    @property
+    def is_up(self) -> bool:
+        with self._lock:
+            return self._ever_up and not self._down
+
+    def waiting(self) -> dict[str, float]:
+        """part -> seconds it has been waiting."""
+        now = self.clock()
+        with self._lock:
+            return {p: now - t for p, t in self._down.items()}
+
+    def down(self, part: str, topic: str | None, reason: str, retry_in: float | None) -> None:
+        with self._lock:
+            first = part not in self._down
+            self._down.setdefault(part, self.clock())
+        self._set_gauge(0)
+        where = f" (topic {topic})" if topic else ""
+        retry = f"; retry in {retry_in:.0f}s" if retry_in is not None else ""
+        log.warning("waiting for Kafka at %s%s: %s%s", self.bootstrap, where, reason, retry,
+                    extra={"event": "broker_down" if first else "broker_waiting", "part": part,
+                           "bootstrap": self.bootstrap, "topic": topic, "reason": reason, "retry_in_s": retry_in})
+
+    def up(self, part: str) -> None:
+        with self._lock:
+            since = self._down.pop(part, None)
+            all_up = not self._down
+            was_up = self._ever_up
+            self._ever_up = self._ever_up or all_up
+        if since is not None:
+            log.info("Kafka at %s is back for the %s after %.1f s of waiting; resuming", self.bootstrap, part,
+                     self.clock() - since, extra={"event": "broker_up", "part": part, "bootstrap": self.bootstrap,
+                                                  "waited_s": round(self.clock() - since, 3)})
+        if all_up:
+            self._set_gauge(1)
+            if since is not None and was_up:
+                self.reconnects += 1
+                if self.metrics is not None and hasattr(self.metrics, "broker_reconnects"):
+                    self.metrics.broker_reconnects.inc()
+
+
+def retry_kafka(fn: Callable[[], Any], health: BrokerHealth | None, part: str, topic: str | None,
+                stop: threading.Event | None = None, first: float = 1.0, cap: float = 30.0,
+                bootstrap: str | None = None) -> Any:
+    """``fn()`` until it does not raise a Kafka/connection error, waiting with capped exponential
+    backoff in between and reporting to ``health``; raises :class:`StoppedWaiting` on ``stop``."""
+    errors = kafka_errors()
+    b = Backoff(first, cap)
+    bs = bootstrap or (health.bootstrap if health is not None else None)
+    while True:
+        if stop is not None and stop.is_set():
+            raise StoppedWaiting(part)
+        try:
+            out = fn()
+        except errors as exc:
+            if stop is not None and stop.is_set():
+                raise StoppedWaiting(part) from exc
+            d = b.next()
+            reason = describe_error(exc, bs)
+            if health is not None:
+                health.down(part, topic, reason, d)
+            else:
+                log.warning("waiting for Kafka at %s%s: %s; retry in %.0fs", bs, f" (topic {topic})" if topic else "",
+                            reason, d)
+            if stop is not None:
+                if stop.wait(d):
+                    raise StoppedWaiting(part) from exc
+            else:
+                time.sleep(d)
+            continue
+        if health is not None:
+            health.up(part)
+        return out
+
+
+class AckedProducer:
+    """Producer sends that end acknowledged exactly once (as far as the client can tell).
+
+    :meth:`send` never blocks long and never raises for an absent broker: what could not be handed
+    to the client waits here. :meth:`flush` waits up to ``flush_timeout`` for every acknowledgement;
+    messages the broker refused or that expired are sent again (only those), and it raises
+    :class:`KafkaUnavailable` while anything is unacknowledged — calling ``flush`` again later
+    continues where it stopped, without re-sending what is merely in flight.
+    """
+
+    def __init__(self, producer, bootstrap: str = "", flush_timeout: float = 10.0) -> None:
+        self.producer, self.bootstrap, self.flush_timeout = producer, bootstrap, float(flush_timeout)
+        self._inflight: list[tuple[tuple, Any]] = []
+        self._unsent: list[tuple] = []
+        self._last_error: BaseException | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._inflight) + len(self._unsent)
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+        msg = (topic, value, key, partition)
+        try:
+            fut = self.producer.send(topic, value=value, key=key, partition=partition)
+        except kafka_errors() as exc:
+            self._unsent.append(msg)
+            self._last_error = exc
+            return
+        self._inflight.append((msg, fut))
+
+    def flush(self) -> None:
+        if not self._inflight and not self._unsent:
+            return
+        unsent, self._unsent = self._unsent, []
+        for i, m in enumerate(unsent):
+            self.send(*m)
+            if self._unsent:  # still no broker: keep the rest for the next flush, in order
+                self._unsent.extend(unsent[i + 1:])
+                raise KafkaUnavailable(f"{len(self._unsent)} messages not sent yet "
+                                       f"({describe_error(self._last_error, self.bootstrap)})")
+        try:
+            self.producer.flush(timeout=self.flush_timeout)
+        except kafka_errors() as exc:
+            raise KafkaUnavailable(f"{len(self._inflight)} messages not acknowledged within "
+                                   f"{self.flush_timeout:.0f}s ({describe_error(exc, self.bootstrap)})") from exc
+        still, failed = [], []
+        for m, f in self._inflight:
+            if not f.is_done:
+                still.append((m, f))
+            elif f.failed():
+                failed.append(m)
+                self._last_error = f.exception
+        self._inflight = still
+        for m in failed:  # refused or expired: the broker does not have them, send again
+            self.send(*m)
+        if failed or still:
+            raise KafkaUnavailable(f"{len(failed)} messages refused, {len(still)} still in flight "
+                                   f"({describe_error(self._last_error or KafkaUnavailable('timeout'), self.bootstrap)}); "
+                                   "they are sent again")
+
+    def close(self, timeout: float = 10.0) -> None:
+        try:
+            self.producer.close(timeout=timeout)
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def partition_for(key: bytes, n_partitions: int) -> int:
     """The partition kafka-python's default partitioner picks for ``key`` (murmur2, positive)."""
     from kafka.partitioner.default import murmur2
@@ -405,11 +651,14 @@ class KafkaDeadLetter:
     """Dead-letter sink on a Kafka topic with the DeadLetter interface (``add``/``counts``/``close``).
 
     Each message is JSON: ``{source, line, reason, raw, ts}``; ``flush()`` waits for the acks so the
-    daemon can commit offsets of the bad messages only after they are safely dead-lettered.
+    daemon can commit offsets of the bad messages only after they are safely dead-lettered (it raises
+    :class:`KafkaUnavailable` while some are not; a later flush re-sends only those).
     """
 
-    def __init__(self, producer, topic: str, on_add: Callable[[str], None] | None = None) -> None:
+    def __init__(self, producer, topic: str, on_add: Callable[[str], None] | None = None,
+                 bootstrap: str = "", flush_timeout: float = 2.0) -> None:
         self.producer, self.topic = producer, topic
+        self._acked = AckedProducer(producer, bootstrap, flush_timeout)
         self.counts: dict[str, int] = {}
         self._on_add = on_add
         self._logged = 0
@@ -417,18 +666,28 @@ class KafkaDeadLetter:
     def add(self, source: str, line: Any, reason: str, raw: Any) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
         if self._logged < 5:  # the first few, then only counts: a flood of garbage must not flood logs
-            log.warning("dead-letter %s: %s (line %s)", reason, source, line)
+            log.warning("dead-letter %s: %s (line %s)%s", reason, source, line,
+                        "; further dead letters are only counted (graphsentry_dead_letter_total)"
+                        if self._logged == 4 else "",
+                        extra={"event": "dead_letter", "reason": reason, "source": source})
             self._logged += 1
         if self._on_add:
             self._on_add(reason)
         msg = {"source": source, "line": line, "reason": reason, "raw": raw, "ts": time.time()}
-        self.producer.send(self.topic, json.dumps(msg, default=str).encode())
+        self._acked.send(self.topic, json.dumps(msg, default=str).encode())
+
+    @property
+    def pending(self) -> int:
+        return self._acked.pending
 
     def flush(self) -> None:
-        self.producer.flush()
+        self._acked.flush()
 
     def close(self) -> None:
-        self.producer.flush()
+        try:
+            self._acked.flush()
+        finally:
+            self._acked.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,6 +804,7 @@ class KafkaSource:
         self, cfg: dict[str, Any], out: "queue.Queue[SourceBatch | None]", tracker: OffsetTracker,
         metrics=None, dead_letter: Any = None, kind: str = "flows", fmt: str = "auto",
         stop_at_end: bool = False, commit_interval: float = 1.0, on_assign: Callable[[], None] | None = None,
+        health: BrokerHealth | None = None, backoff_cap: float = 30.0,
     ) -> None:
         self.cfg, self.out, self.tracker, self.metrics = cfg, out, tracker, metrics
         self.dead_letter, self.kind, self.fmt = dead_letter, kind, fmt
@@ -567,6 +827,15 @@ class KafkaSource:
         self.handed: dict[tuple[str, int], tuple[int, int]] = {}
         self.error: BaseException | None = None
         self.reconnects = 0
+        self.health = health
+        self.backoff_cap = float(backoff_cap)
+        self._broker_down_since: float | None = None   # monotonic time the broker went missing
+        self._unhealthy_since: float | None = None     # first failed check of the current streak
+        self._down_backoff = Backoff(1.0, self.backoff_cap)
+        self._next_down_log = 0.0
+        self._revoked_pending: set[tuple[str, int]] = set()
+        self._assign_seen = False
+        self.redelivered_dropped = 0  # re-delivered messages already held in memory (not handed on twice)
         self.pauses = 0  # times the partitions were paused for backpressure
         self.max_depth = 0
         self.consumer = None
@@ -605,17 +874,10 @@ class KafkaSource:
                 # callback on its IO thread, where a blocking commit is refused; the periodic commits
                 # (commit_interval) keep the re-read small.
                 tps = {(tp.topic, tp.partition) for tp in revoked}
-                src.tracker.forget(tps)
-                for tp in tps:
-                    src._last_commit.pop(tp, None)
-                src.assigned -= tps
-                log.info("partitions revoked: %s", sorted(tps))
+                src._on_revoked(tps)
 
             def on_partitions_assigned(self, assigned):
-                src.assigned = {(tp.topic, tp.partition) for tp in assigned}
-                log.info("partitions assigned: %s", sorted(src.assigned))
-                if src._on_assign:
-                    src._on_assign()
+                src._on_assigned({(tp.topic, tp.partition) for tp in assigned})
 
         opts = client_options(self.cfg)
         opts.update(
@@ -627,10 +889,99 @@ class KafkaSource:
             heartbeat_interval_ms=int(self.cfg.get("heartbeat_interval_ms", 3000)),
             max_partition_fetch_bytes=int(self.cfg.get("max_partition_fetch_bytes", 8388608)),
             reconnect_backoff_max_ms=int(self.cfg.get("reconnect_backoff_max_ms", 2000)),
+            request_timeout_ms=int(self.cfg.get("request_timeout_ms", 30000)),
         )
         c = KafkaConsumer(**opts)
         c.subscribe([self.topic], listener=Listener())
         return c
+
+    # rebalances -------------------------------------------------------------------------
+    def _on_revoked(self, tps: set[tuple[str, int]]) -> None:
+        """A partition taken away may come straight back (a broker restart makes the group rejoin):
+        its state is kept until the next assignment shows whether it did (:meth:`_settle_rebalance`)."""
+        self._revoked_pending |= tps
+        self.assigned -= tps
+        log.info("partitions revoked: %s", sorted(tps), extra={"event": "partitions_revoked"})
+
+    def _on_assigned(self, tps: set[tuple[str, int]]) -> None:
+        self.assigned = set(tps)
+        self._assign_seen = True
+        log.info("partitions assigned: %s", sorted(self.assigned), extra={"event": "partitions_assigned"})
+        if self._on_assign:
+            self._on_assign()
+
+    def _settle_rebalance(self) -> None:
+        """After revoke+assign: forget partitions another member owns now; keep reading the ones that
+        came back where this source stopped (records it holds are not read and scored twice)."""
+        if not self._revoked_pending or not self._assign_seen:
+            return
+        revoked, self._revoked_pending, self._assign_seen = self._revoked_pending, set(), False
+        lost = {tp for tp in revoked if tp not in self.assigned}
+        for tp in revoked - lost:
+            if tp not in self.handed:
+                continue
+            try:
+                committed = self._committed(tp)
+            except Exception as exc:  # noqa: BLE001 - unknown: behave as if the partition moved
+                log.info("partition %s came back but its committed offset is unknown (%s); re-reading it", tp, exc)
+                lost.add(tp)
+                continue
+            mine = self._last_commit.get(tp)
+            if committed is not None and committed != mine:
+                lost.add(tp)  # another member committed in between: its view wins
+                continue
+            nxt = self.handed[tp][1] + 1
+            try:
+                self._seek(tp, nxt)
+            except Exception as exc:  # noqa: BLE001 - the offset filter in the poll loop still drops re-reads
+                log.debug("seek %s to %d failed: %s", tp, nxt, exc)
+            log.info("partition %s/%d came back after a rebalance; continuing at offset %d", tp[0], tp[1], nxt)
+        if lost:
+            self.tracker.forget(lost)
+            for tp in lost:
+                self._last_commit.pop(tp, None)
+                self.handed.pop(tp, None)
+
+    # broker availability ----------------------------------------------------------------
+    def _check_broker(self, now: float) -> bool:
+        """True while the broker answers; reports transitions to ``health`` (logs, gauge)."""
+        try:
+            ok = self._broker_ok()
+        except Exception:  # noqa: BLE001
+            ok = False
+        if ok:
+            self._unhealthy_since = None
+            if self._broker_down_since is not None:
+                self._broker_down_since = None
+                self._down_backoff.reset()
+                self.reconnects += 1
+                if self.health is not None:
+                    self.health.up("consumer")
+                else:
+                    log.info("Kafka at %s is back; resuming", self.cfg["bootstrap"])
+            return True
+        if self._unhealthy_since is None:
+            self._unhealthy_since = now
+        # the client rediscovers a coordinator by itself in well under 2 s; only longer is an outage
+        if now - self._unhealthy_since < 2.0:
+            return self._broker_down_since is None
+        if self._broker_down_since is None:
+            self._broker_down_since = now
+            self._next_down_log = now
+        if now >= self._next_down_log:
+            d = self._down_backoff.next()
+            self._next_down_log = now + d
+            reason = probe(self.cfg["bootstrap"], timeout=1.0) or "group coordinator not reachable"
+            if self.health is not None:
+                self.health.down("consumer", self.topic, reason, d)
+            else:
+                log.warning("waiting for Kafka at %s (topic %s): %s; retry in %.0fs", self.cfg["bootstrap"],
+                            self.topic, reason, d)
+        return False
+
+    @property
+    def broker_up(self) -> bool:
+        return self.consumer is not None and self._broker_down_since is None
 
     def _commit(self) -> None:
         """Commit every durable offset of an assigned partition that moved since the last commit."""
@@ -638,9 +989,19 @@ class KafkaSource:
                 if tp in self.assigned and self._last_commit.get(tp) != off}
         if not todo or self.consumer is None:
             return
-        try:
-            if self.dead_letter is not None and hasattr(self.dead_letter, "flush"):
+        if self.dead_letter is not None and hasattr(self.dead_letter, "flush"):
+            try:
                 self.dead_letter.flush()  # bad messages must be in the DLQ before their offsets are committed
+            except Exception as exc:  # noqa: BLE001 - not committed now; the next commit tries again
+                if self.health is not None:
+                    self.health.down("dead-letter producer", getattr(self.dead_letter, "topic", None),
+                                     describe_error(exc), self.commit_interval)
+                else:
+                    log.warning("dead letters not acknowledged (%s); offsets not committed yet", exc)
+                return
+            if self.health is not None and "dead-letter producer" in self.health.waiting():
+                self.health.up("dead-letter producer")
+        try:
             self._commit_offsets(todo)
             self._last_commit.update(todo)
             self._committed_log.update(todo)
@@ -733,14 +1094,25 @@ class KafkaSource:
     def _run(self) -> None:
         """The one poll loop of both backends: connect, poll -> decode -> queue, commit, lag, drain."""
         retryable = self._connect_errors()
+        backoff = Backoff(1.0, self.backoff_cap)
         while not self._stop_reading.is_set() and self.consumer is None:
             try:
                 self.consumer = self._make_consumer()
             except retryable as exc:
-                log.warning("no Kafka consumer for %s yet (%s); retrying", self.cfg["bootstrap"], exc)
-                self._stop_reading.wait(1.0)
+                d = backoff.next()
+                reason = describe_error(exc, self.cfg["bootstrap"])
+                if self.health is not None:
+                    self.health.down("consumer", self.topic, reason, d)
+                else:
+                    log.warning("waiting for Kafka at %s (topic %s): %s; retry in %.0fs", self.cfg["bootstrap"],
+                                self.topic, reason, d)
+                self._stop_reading.wait(d)
         if self.consumer is None:
             return
+        if self.health is not None:
+            self.health.up("consumer")
+        next_check = time.monotonic()
+        broker_ok = True
         next_commit = time.monotonic() + self.commit_interval
         next_lag = time.monotonic()
         idle_polls = 0
@@ -750,6 +1122,10 @@ class KafkaSource:
                 self._drain_tick()
             else:
                 self._backpressure()
+                mono = time.monotonic()
+                if mono >= next_check:
+                    broker_ok = self._check_broker(mono)
+                    next_check = mono + 0.5
                 try:
                     chunks = self._poll_chunks()
                 except retryable as exc:
@@ -758,9 +1134,15 @@ class KafkaSource:
                     log.warning("poll failed (%s); retrying", exc)
                     self._stop.wait(0.5)
                     continue
+                self._settle_rebalance()
+                if chunks and not broker_ok:
+                    broker_ok = self._check_broker(time.monotonic())
                 now = time.time()
                 for c in chunks:
                     if (c.topic, c.partition) not in self.assigned:
+                        continue
+                    c = self._drop_redelivered(c)
+                    if c is None:
                         continue
                     dec = decode_messages(c.values, self.fmt, self.kind, self.dead_letter,
                                           source=f"kafka:{c.topic}/{c.partition}")
@@ -782,20 +1164,55 @@ class KafkaSource:
                              self.handed, ends)
                     self._stop_reading.set()
             mono = time.monotonic()
-            if mono >= next_commit:
+            if mono >= next_commit and broker_ok:  # a commit to an absent broker would only block
                 self._commit()
                 next_commit = mono + self.commit_interval
-            if mono >= next_lag and not self._stop_reading.is_set():
+            if mono >= next_lag and not self._stop_reading.is_set() and broker_ok:
                 # every 5 s once partitions are assigned; until then retry soon
                 next_lag = mono + (5.0 if self._update_lag() else 0.5)
         # Final commit of everything durable, in this thread (the consumer is not thread-safe).
-        self._commit()
+        if self._broker_down_since is None:
+            self._commit()
+        else:
+            log.warning("Kafka at %s unreachable at shutdown: offsets not committed; a restart re-reads "
+                        "from the last commit", self.cfg["bootstrap"])
         try:
             self._close()
         except Exception:  # noqa: BLE001
             pass
 
+    def _drop_redelivered(self, c: "_Polled") -> "_Polled | None":
+        """Messages at or below the last offset already handed on for this partition are held in
+        memory (a re-fetch after a reconnect or a rebalance that gave the partition back): drop them."""
+        h = self.handed.get((c.topic, c.partition))
+        if h is None or c.first_offset > h[1]:
+            return c
+        offs = c.offsets if c.offsets is not None else list(range(c.first_offset, c.last_offset + 1))
+        keep = [i for i, o in enumerate(offs) if o > h[1]]
+        self.redelivered_dropped += len(offs) - len(keep)
+        if not keep:
+            return None
+        return _Polled(c.topic, c.partition, [c.values[i] for i in keep], offs[keep[0]], offs[keep[-1]],
+                       c.max_ts_ms, [offs[i] for i in keep])
+
     # backend adapter (kafka-python here; ConfluentSource overrides these) -------------------
+    def _broker_ok(self) -> bool:
+        """Whether the group coordinator is known and connected (kafka-python)."""
+        coord = getattr(self.consumer, "_coordinator", None)
+        if coord is None or not hasattr(coord, "coordinator_unknown"):
+            return probe(self.cfg["bootstrap"], timeout=0.5) is None
+        return not coord.coordinator_unknown()
+
+    def _committed(self, tp: tuple[str, int]) -> int | None:
+        from kafka.structs import TopicPartition
+
+        return self.consumer.committed(TopicPartition(*tp), timeout_ms=5000)
+
+    def _seek(self, tp: tuple[str, int], offset: int) -> None:
+        from kafka.structs import TopicPartition
+
+        self.consumer.seek(TopicPartition(*tp), offset)
+
     def _connect_errors(self) -> tuple[type[BaseException], ...]:
         from kafka.errors import KafkaError
 
@@ -804,20 +1221,21 @@ class KafkaSource:
     def _poll_chunks(self) -> list["_Polled"]:
         polled = self.consumer.poll(timeout_ms=200, max_records=self.max_poll_records)
         return [_Polled(tp.topic, tp.partition, [m.value for m in msgs], msgs[0].offset, msgs[-1].offset,
-                        max((m.timestamp or 0 for m in msgs), default=0))
+                        max((m.timestamp or 0 for m in msgs), default=0), [m.offset for m in msgs])
                 for tp, msgs in polled.items() if msgs]
 
     def _commit_offsets(self, todo: dict[tuple[str, int], int]) -> None:
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
-        self.consumer.commit({TopicPartition(*tp): OffsetAndMetadata(off, "", -1) for tp, off in todo.items()})
+        self.consumer.commit({TopicPartition(*tp): OffsetAndMetadata(off, "", -1) for tp, off in todo.items()},
+                             timeout_ms=5000)
 
     def _positions(self) -> dict[tuple[str, int], tuple[int, int]]:
         """(position, end offset) of every assigned partition."""
         from kafka.structs import TopicPartition
 
         tps = [TopicPartition(*tp) for tp in self.assigned]
-        ends = self.consumer.end_offsets(tps)
+        ends = self.consumer.end_offsets(tps, timeout_ms=2000)
         out = {}
         for tp in tps:
             try:
@@ -858,6 +1276,7 @@ class _Polled:
     first_offset: int
     last_offset: int
     max_ts_ms: int  # newest producer timestamp, 0 when none
+    offsets: list | None = None  # every message's offset (None: first..last without gaps)
 
 
 def iter_topic(
@@ -1014,23 +1433,25 @@ class ConfluentSource(KafkaSource):
         for k, ck in _CONFLUENT_KEYS.items():
             if self.cfg.get(k) not in (None, ""):
                 conf[ck] = self.cfg[k]
-        conf.update(self.cfg.get("client_options") or {})
-        c = Consumer(conf)
         src = self
 
+        def on_error(err):  # librdkafka reports "all brokers down" here (it reconnects by itself)
+            from confluent_kafka import KafkaError
+
+            if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+                src._rd_down = True
+            log.debug("librdkafka: %s", err)
+
+        conf["error_cb"] = on_error
+        conf.update(self.cfg.get("client_options") or {})
+        c = Consumer(conf)
+
         def on_assign(consumer, partitions):
-            src.assigned = {(p.topic, p.partition) for p in partitions}
-            log.info("partitions assigned: %s", sorted(src.assigned))
-            if src._on_assign:
-                src._on_assign()
+            src._on_assigned({(p.topic, p.partition) for p in partitions})
 
         def on_revoke(consumer, partitions):
             src._commit()  # allowed here: same thread, before the partitions go
-            tps = {(p.topic, p.partition) for p in partitions}
-            src.tracker.forget(tps)
-            for tp in tps:
-                src._last_commit.pop(tp, None)
-            src.assigned -= tps
+            src._on_revoked({(p.topic, p.partition) for p in partitions})
 
         c.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke)
         return c
@@ -1048,9 +1469,31 @@ class ConfluentSource(KafkaSource):
                 log.warning("consume error: %s", m.error())
                 continue
             by_tp.setdefault((m.topic(), m.partition()), []).append(m)
+        if by_tp:
+            self._rd_down = False
         return [_Polled(t, p, [m.value() for m in ms], ms[0].offset(), ms[-1].offset(),
-                        max(m.timestamp()[1] for m in ms))
+                        max(m.timestamp()[1] for m in ms), [m.offset() for m in ms])
                 for (t, p), ms in by_tp.items()]
+
+    _rd_down = False
+
+    def _broker_ok(self) -> bool:
+        if not self._rd_down:
+            return True
+        self.consumer.list_topics(self.topic, timeout=1.0)  # raises while no broker answers
+        self._rd_down = False
+        return True
+
+    def _committed(self, tp: tuple[str, int]) -> int | None:
+        from confluent_kafka import TopicPartition
+
+        off = self.consumer.committed([TopicPartition(*tp)], timeout=5)[0].offset
+        return off if off >= 0 else None
+
+    def _seek(self, tp: tuple[str, int], offset: int) -> None:
+        from confluent_kafka import TopicPartition
+
+        self.consumer.seek(TopicPartition(tp[0], tp[1], offset))
 
     def _commit_offsets(self, todo: dict[tuple[str, int], int]) -> None:
         from confluent_kafka import TopicPartition

@@ -27,10 +27,15 @@ log = logging.getLogger(__name__)
 
 
 class AlertSink:
-    """Base class: ``required`` sinks must flush before offsets are committed."""
+    """Base class: ``required`` sinks must flush before offsets are committed.
+
+    ``resumable_flush``: after a failed ``flush()`` the sink still holds what was not written, so
+    the daemon retries ``flush()`` alone (writing the alerts again would duplicate them).
+    """
 
     name = "sink"
     required = True
+    resumable_flush = False
 
     def write(self, alerts: list[dict]) -> None:
         raise NotImplementedError
@@ -151,28 +156,34 @@ def read_alert_store(path: str | os.PathLike) -> list[dict]:
 
 
 class KafkaAlertSink(AlertSink):
-    name = "kafka"
+    """Alerts on a topic. ``flush`` returns once the broker acknowledged every alert; while it is
+    away ``flush`` raises after ``flush_timeout`` and a later ``flush`` goes on with the alerts still
+    unacknowledged only (none is sent twice, none is dropped)."""
 
-    def __init__(self, producer, topic: str, required: bool = True) -> None:
+    name = "kafka"
+    resumable_flush = True
+
+    def __init__(self, producer, topic: str, required: bool = True, bootstrap: str = "",
+                 flush_timeout: float = 10.0) -> None:
+        from ingest.kafka_io import AckedProducer
+
         self.producer, self.topic, self.required = producer, topic, required
-        self._futures: list = []
+        self.bootstrap = bootstrap
+        self._acked = AckedProducer(producer, bootstrap, flush_timeout)
 
     def write(self, alerts: list[dict]) -> None:
         for a in alerts:
-            self._futures.append(self.producer.send(
-                self.topic, json.dumps(a, separators=(",", ":"), default=str).encode(),
-                key=source_id(a).encode(),
-            ))
+            self._acked.send(self.topic, json.dumps(a, separators=(",", ":"), default=str).encode(),
+                             key=source_id(a).encode())
 
     def flush(self) -> None:
-        self.producer.flush()
-        futs, self._futures = self._futures, []
-        for f in futs:
-            f.get(timeout=30)  # raises if the broker did not acknowledge: offsets will not be committed
+        self._acked.flush()  # raises while the broker has not acknowledged: offsets are not committed
 
     def close(self) -> None:
-        self.flush()
-        self.producer.close()
+        try:
+            self.flush()
+        finally:
+            self._acked.close()
 
 
 class AlertmanagerSink(AlertSink):
@@ -238,7 +249,8 @@ def make_sink(spec: dict[str, Any], kafka_cfg: dict[str, Any] | None = None) -> 
         if spec.get("bootstrap"):
             cfg["bootstrap"] = spec["bootstrap"]
         return KafkaAlertSink(make_producer(cfg), spec.get("topic", "graphsentry-alerts"),
-                              required=True if req is None else bool(req))
+                              required=True if req is None else bool(req), bootstrap=str(cfg.get("bootstrap", "")),
+                              flush_timeout=float(spec.get("flush_timeout") or 10.0))
     if kind == "alertmanager":
         return AlertmanagerSink(spec.get("url", "http://127.0.0.1:9093"),
                                 required=False if req is None else bool(req))

@@ -39,6 +39,7 @@ import pyarrow as pa
 from detector.alerts import build_alerts, make_sink
 from detector.alerts.sinks import AlertSink
 from detector.metrics import Metrics, MetricsServer
+from ingest.kafka_io import StoppedWaiting
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +201,16 @@ class ModelWatcher:
             try:
                 m = self.loader(self.path)
             except Exception as exc:  # noqa: BLE001 - a broken new model must not stop the old one
-                log.error("model reload from %s failed (%s); keeping the current model", self.path, exc)
+                log.error("model reload from %s failed (%s); keeping the current model", self.path, exc,
+                          extra={"event": "model_reload_failed", "path": str(self.path)})
                 self.metrics.model_reloads.labels("failed").inc()
                 self._fp = fp  # do not retry the same broken directory every interval
                 continue
             self._fp = fp
             with self._lock:
                 self._pending = m
-            log.info("new model %s loaded; swapping at the next window boundary", m.version)
+            log.info("new model %s loaded from %s; swapping at the next window boundary", m.version, m.path,
+                     extra={"event": "model_reload_loaded", "model_version": m.version})
 
 
 # ------------------------------------------------------------------------------------------
@@ -380,6 +383,16 @@ class Daemon:
         self._ready = threading.Event()
         self._errors: list[BaseException] = []
         self._flagged = 0
+        self.health = None  # BrokerHealth when a Kafka client is in play
+        p = config.get("pipeline") or {}
+        from detector.fit_check import FitWindow
+
+        # pipeline.fit_check_records: records the running fit check looks back over (0 turns it off)
+        self._fit = FitWindow(size=int(_opt(p, "fit_check_records", 10_000) or 0) or 1,
+                              min_records=int(_opt(p, "fit_check_min_records", 2000)))
+        self._fit_enabled = int(_opt(p, "fit_check_records", 10_000) or 0) > 0
+        self._fit_warned_at: float | None = None
+        self._late_logged_at = 0.0
         from collections import deque
 
         self.e2a_samples: deque = deque(maxlen=100_000)  # raw event-to-alert latencies (summary, benchmarks)
@@ -393,13 +406,36 @@ class Daemon:
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set() and not self.stop_event.is_set()
+        """Reading and scoring: the source is set up (Kafka: partitions assigned), no stop requested,
+        and no Kafka client waits for its broker."""
+        return (self._ready.is_set() and not self.stop_event.is_set()
+                and (self.health is None or self.health.is_up))
+
+    def _kafka_in_play(self) -> bool:
+        from detector.alerts.sinks import KafkaAlertSink
+
+        return (self.cfg["source"]["type"] == "kafka"
+                or any(s.get("type") == "kafka" for s in self.cfg["alerts"]["sinks"] if self._extra_sinks is None)
+                or any(isinstance(s, KafkaAlertSink) for s in (self._extra_sinks or [])))
+
+    def _backoff_cap(self) -> float:
+        return float(_opt(self.cfg.get("kafka") or {}, "retry_backoff_max_s", 30.0))
 
     # -- setup ---------------------------------------------------------------------------
     def _make_sinks(self) -> list[AlertSink]:
         if self._extra_sinks is not None:
             return list(self._extra_sinks)
-        return [make_sink(s, self.cfg["kafka"]) for s in self.cfg["alerts"]["sinks"]]
+        from ingest.kafka_io import retry_kafka
+
+        out = []
+        for spec in self.cfg["alerts"]["sinks"]:
+            if spec.get("type") == "kafka":  # the broker may not be there yet: wait for it
+                out.append(retry_kafka(lambda spec=spec: make_sink(spec, self.cfg["kafka"]), self.health,
+                                       "alert sink", spec.get("topic", "graphsentry-alerts"), self.stop_event,
+                                       cap=self._backoff_cap(), bootstrap=spec.get("bootstrap")))
+            else:
+                out.append(make_sink(spec, self.cfg["kafka"]))
+        return out
 
     def _make_windower(self):
         from ingest.windows import EventTimeWindower, Tumbling
@@ -452,23 +488,34 @@ class Daemon:
         return t
 
     def _kafka_source(self, q_in: "queue.Queue"):
-        from ingest.kafka_io import KafkaDeadLetter, OffsetTracker, ensure_topics, make_producer, source_class
+        from kafka.errors import TopicAuthorizationFailedError
+
+        from ingest.kafka_io import (KafkaDeadLetter, OffsetTracker, ensure_topics, make_producer, retry_kafka,
+                                     source_class)
 
         k = self.cfg["kafka"]
+        cls = source_class(k.get("backend"))
         self.tracker = OffsetTracker()
         dl = None
+        cap = self._backoff_cap()
         if k.get("dead_letter_topic"):
-            try:
-                ensure_topics(k["bootstrap"], {k["dead_letter_topic"]: 1}, k)
-            except Exception as exc:  # noqa: BLE001 - the producer creates it on first send where allowed
-                log.warning("could not create dead-letter topic: %s", exc)
-            dl = KafkaDeadLetter(make_producer(k), k["dead_letter_topic"],
-                                 on_add=lambda r: self.metrics.dead_letter.labels(r).inc())
+            dlt = k["dead_letter_topic"]
+
+            def create() -> None:
+                try:
+                    ensure_topics(k["bootstrap"], {dlt: 1}, k)
+                except TopicAuthorizationFailedError as exc:  # not ours to create: the producer may still send
+                    log.warning("may not create dead-letter topic %s (%s); sending to it anyway", dlt, exc)
+
+            retry_kafka(create, self.health, "dead-letter topic", dlt, self.stop_event, cap=cap)
+            dl = retry_kafka(lambda: KafkaDeadLetter(make_producer(k), dlt, bootstrap=k["bootstrap"],
+                                                     on_add=lambda r: self.metrics.dead_letter.labels(r).inc()),
+                             self.health, "dead-letter producer", dlt, self.stop_event, cap=cap)
         self._kafka_dl = dl
-        src = source_class(k.get("backend"))(k, q_in, self.tracker, self.metrics, dl, kind=self.cfg["source"]["kind"],
-                          fmt=k["format"], stop_at_end=bool(k.get("stop_at_end")),
-                          commit_interval=float(k.get("commit_interval", 1.0)),
-                          on_assign=self._ready.set)
+        src = cls(k, q_in, self.tracker, self.metrics, dl, kind=self.cfg["source"]["kind"],
+                  fmt=k["format"], stop_at_end=bool(k.get("stop_at_end")),
+                  commit_interval=float(k.get("commit_interval", 1.0)),
+                  on_assign=self._ready.set, health=self.health, backoff_cap=cap)
         self.source = src
         return src.start()
 
@@ -483,6 +530,11 @@ class Daemon:
                 m.late.inc(b.num_rows)
                 self.summary.late += b.num_rows
                 self._mark_done(b.column("row").to_numpy())
+            if late and time.monotonic() - self._late_logged_at >= 60.0:  # at most one line a minute
+                self._late_logged_at = time.monotonic()
+                log.warning("%d records arrived after their window closed (late, not scored; %d so far); "
+                            "raise window.lateness if this persists", sum(b.num_rows for b in late),
+                            self.summary.late, extra={"event": "late_records", "late_total": self.summary.late})
             if windower.invalid:
                 inv, windower.invalid = windower.invalid, []
                 for b in inv:
@@ -576,8 +628,11 @@ class Daemon:
             if watcher is not None:
                 new = watcher.take()
                 if new is not None:  # between windows: this window and later ones use the new model
-                    log.info("model swap %s -> %s", model.version, new.version)
+                    log.info("model swap %s -> %s", model.version, new.version,
+                             extra={"event": "model_swapped", "model_version": new.version, "previous": model.version})
                     model = self._model = new
+                    self._fit.reset()
+                    self._fit_warned_at = None
                     m.set_model(new.version, new.path, new.target_fpr)
                     m.model_reloads.labels("ok").inc()
                     self.summary.model_reloads += 1
@@ -614,7 +669,8 @@ class Daemon:
         rows_local = w.table.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
         if isinstance(ws, BaseException):
             # One bad window must not kill a weeks-long daemon: its records are counted and dead-lettered.
-            log.error("scoring window [%s, %s) failed (%r); its records are dead-lettered", w.start, w.end, ws)
+            log.error("scoring window [%s, %s) failed (%r); its records are dead-lettered", w.start, w.end, ws,
+                      extra={"event": "scoring_failed", "records": int(w.table.num_rows)})
             m.malformed.labels("scoring_error").inc(w.table.num_rows)
             self._mark_done(rows_local)
             return
@@ -625,7 +681,8 @@ class Daemon:
         info = {"window_start": float(w.start), "window_end": float(w.end), "records": int(w.table.num_rows),
                 "alerts": len(wa.alerts), "flagged": wa.flagged, "model_version": model.version,
                 "rows": ref.tolist() if self.cfg["pipeline"].get("audit_rows") else None}
-        self._write_durably(sinks, wa.alerts, info)
+        if not self._write_durably(sinks, wa.alerts, info):
+            return  # not durable (given up at shutdown): records stay undone, offsets uncommitted
         now = time.time()
         # Event-to-alert: from the arrival of the alert's earliest flagged record to durable write.
         for a, fp in zip(wa.alerts, wa.first_pos):
@@ -647,30 +704,85 @@ class Daemon:
         self.summary.alerts += len(wa.alerts)
         self.summary.flagged_records += wa.flagged
         self._mark_done(rows_local)
+        self._check_fit(model, int(wa.flagged), int(w.table.num_rows))
 
-    def _write_durably(self, sinks: list[AlertSink], alerts: list[dict], info: dict) -> None:
-        """Write + flush every sink; retry required sinks until they succeed or we are told to stop hard."""
+    def _check_fit(self, model: Any, flagged: int, records: int) -> None:
+        """Flagged share over the recent records against the model's calibrated rate (gauge, warning)."""
+        from detector.fit_check import check_fit
+
+        self._fit.add(flagged, records)
+        self.metrics.flagged_ratio.set(self._fit.share)
+        if not self._fit_enabled or model.target_fpr is None:
+            return  # nothing to compare with: a model without a calibrated target
+        v = check_fit(self._fit.flagged, self._fit.records, model.target_fpr, self._fit.min_records)
+        if v.fits or not v.enough:
+            if v.enough and self._fit_warned_at is not None:
+                log.info("flagged share back to %.1f%% (target %.1f%%)", 100 * v.share, 100 * v.target_fpr,
+                         extra={"event": "fit_ok", "flagged_ratio": v.share, "target_fpr": v.target_fpr})
+                self._fit_warned_at = None
+            return
+        now = time.monotonic()
+        every = float(_opt(self.cfg.get("pipeline") or {}, "fit_warn_interval", 600.0))
+        if self._fit_warned_at is not None and now - self._fit_warned_at < every:
+            return
+        self._fit_warned_at = now
+        self.metrics.fit_warnings.inc()
+        log.warning("model %s: %s", model.version, v.message(model.path or "MODEL"),
+                    extra={"event": "model_misfit", "flagged_ratio": v.share, "target_fpr": v.target_fpr,
+                           "records": v.records, "model_version": model.version})
+
+    def _write_durably(self, sinks: list[AlertSink], alerts: list[dict], info: dict) -> bool:
+        """Write + flush every sink; retry required sinks until they succeed. False when a required
+        sink still failed after a stop request and ``pipeline.stop_grace`` seconds (its window's
+        offsets then stay uncommitted: a restart re-reads them)."""
+        from ingest.kafka_io import KafkaUnavailable
+
         for s in sinks:
             delay = 0.5
+            written = False
+            failing_since = None
+            part = f"alert sink {s.name}"
             while True:
                 try:
-                    if hasattr(s, "record_window"):
-                        s.record_window(info)
-                    if alerts:
-                        s.write(alerts)
-                    s.flush()
+                    if not written or not getattr(s, "resumable_flush", False):
+                        if hasattr(s, "record_window"):
+                            s.record_window(info)
+                        if alerts:
+                            s.write(alerts)
+                        written = True
+                    s.flush()  # a resumable sink keeps what failed and goes on with it here
+                    if failing_since is not None:
+                        if self.health is not None and isinstance(last_exc, KafkaUnavailable):
+                            self.health.up(part)
+                        else:
+                            log.info("sink %s recovered after %.1f s", s.name, time.monotonic() - failing_since,
+                                     extra={"event": "sink_recovered", "sink": s.name})
                     break
                 except Exception as exc:  # noqa: BLE001
+                    last_exc = exc
+                    failing_since = failing_since or time.monotonic()
                     self.metrics.sink_errors.labels(s.name).inc()
                     if not s.required:
-                        log.warning("optional sink %s failed (%s); alerts of this window not sent there", s.name, exc)
+                        log.warning("optional sink %s failed (%s); alerts of this window not sent there", s.name, exc,
+                                    extra={"event": "sink_failed", "sink": s.name})
                         break
                     if self._hard_stop.is_set():
                         raise RuntimeError(f"required sink {s.name} failing at shutdown: {exc}") from exc
-                    log.warning("required sink %s failed (%s); retrying in %.1fs (offsets not committed)",
-                                s.name, exc, delay)
+                    grace = float(_opt(self.cfg.get("pipeline") or {}, "stop_grace", 30.0))
+                    if self.stop_event.is_set() and time.monotonic() - failing_since >= grace:
+                        log.error("stopping while required sink %s still fails (%s): the alerts of window [%s, %s) "
+                                  "are not written and its offsets not committed (a restart re-reads them)",
+                                  s.name, exc, info.get("window_start"), info.get("window_end"),
+                                  extra={"event": "sink_given_up", "sink": s.name})
+                        return False
+                    if self.health is not None and isinstance(exc, KafkaUnavailable):
+                        self.health.down(part, getattr(s, "topic", None), str(exc), delay)
+                    else:
+                        log.warning("required sink %s failed (%s); retrying in %.1fs (offsets not committed)",
+                                    s.name, exc, delay, extra={"event": "sink_retry", "sink": s.name})
                     time.sleep(delay)
                     delay = min(delay * 2, 10.0)
+        return True
 
     # -- run -----------------------------------------------------------------------------
     def run(self) -> DaemonSummary:
@@ -698,8 +810,15 @@ class Daemon:
             if cfg["model"].get("watch") and cfg["model"].get("path") and self._model.path:
                 watcher = ModelWatcher(cfg["model"]["path"], self.loader, float(cfg["model"]["watch_interval"]),
                                        self.metrics).start()
-            sinks = self._make_sinks()
-            self.summary.sinks = [_describe(s) for s in sinks]
+            is_kafka = cfg["source"]["type"] == "kafka"
+            if self._kafka_in_play():
+                from ingest.kafka_io import BrokerHealth
+
+                self.health = BrokerHealth(cfg["kafka"]["bootstrap"], self.metrics)
+            else:
+                self.metrics.broker_up.set(1)  # no Kafka client: nothing to wait for
+            # Metrics (and /readyz, false until the source is set up) first: while the daemon waits for
+            # its broker below, an operator can see that it does.
             if cfg["metrics"].get("enabled"):
                 try:
                     server = MetricsServer(self.metrics, cfg["metrics"]["host"], int(cfg["metrics"]["port"]),
@@ -710,10 +829,12 @@ class Daemon:
                                      f"({exc.strerror}); set metrics.port (0 = any free port) or "
                                      "metrics.enabled: false") from exc
                 self.summary.metrics_url = f"http://{server.host}:{server.port}/metrics"
+            self._log_startup()
+            sinks = self._make_sinks()
+            self.summary.sinks = [_describe(s) for s in sinks]
             self.metrics.up.set(1)
             q_in: queue.Queue = queue.Queue(maxsize=int(cfg["pipeline"]["queue_size"]))
             q_win: queue.Queue = queue.Queue(maxsize=int(cfg["pipeline"]["window_queue_size"]))
-            is_kafka = cfg["source"]["type"] == "kafka"
             self._file_thread = threading.Thread(target=lambda: None)
             if is_kafka:
                 self._kafka_source(q_in)
@@ -727,10 +848,16 @@ class Daemon:
                                   name="scoring", daemon=True)
             wt.start()
             st.start()
-            # Main thread: wait for a stop signal or the end of the pipeline.
+            # Main thread: wait for a stop signal or the end of the pipeline; log progress now and then.
+            every = float(_opt(cfg["pipeline"], "progress_interval", 30.0) or 0)
+            next_progress = time.monotonic() + every if every > 0 else float("inf")
+            self._progress_prev = (time.monotonic(), 0, 0)
             while wt.is_alive() or st.is_alive():
                 if self.stop_event.wait(0.2):
                     break
+                if time.monotonic() >= next_progress:
+                    next_progress = time.monotonic() + every
+                    self._log_progress()
                 if self.source is not None and self.source.error is not None:
                     self._errors.append(self.source.error)
                 if self._errors:
@@ -749,10 +876,15 @@ class Daemon:
                 self.stopped_by = self.stopped_by or "end of input"
             wt.join()
             st.join()
+            if every > 0:
+                self._log_progress(final=True)
             if self.source is not None:
                 self.source.stop()  # final commit of what is durable, in the consumer's own thread
                 self.source.join(30)
                 self.summary.committed = {f"{t}/{p}": o for (t, p), o in self.source.committed_offsets().items()}
+        except StoppedWaiting:
+            log.info("stopped (%s) while waiting for Kafka; nothing was read", self.stopped_by or "stop",
+                     extra={"event": "stopped_waiting"})
         finally:
             self._hard_stop.set()
             if watcher is not None:
@@ -792,6 +924,59 @@ class Daemon:
             raise RuntimeError(f"daemon failed: {self._errors[0]!r}") from self._errors[0]
         return s
 
+    def _log_startup(self) -> None:
+        from detector.alerts.sinks import AlertSink as _AS  # noqa: F401
+
+        cfg, m = self.cfg, self._model
+        try:
+            from importlib.metadata import version as _v
+
+            ver = _v("graphsentry")
+        except Exception:  # noqa: BLE001
+            ver = "unknown"
+        if cfg["source"]["type"] == "kafka":
+            k = cfg["kafka"]
+            src = f"kafka {k['bootstrap']} topic {k['topic']} group {k.get('group_id')} ({k.get('backend')})"
+        else:
+            s = cfg["source"]
+            src = f"files {', '.join(map(str, s.get('paths') or []))}{' (following)' if s.get('follow') else ''}"
+        if self._extra_sinks is not None:
+            sinks = [_describe(x) for x in self._extra_sinks]
+        else:
+            sinks = [f"{x.get('type')}: {x.get('path') or x.get('topic') or x.get('url') or ''}".rstrip(": ")
+                     for x in cfg["alerts"]["sinks"]]
+        metrics = self.summary.metrics_url or "off"
+        log.info("graphsentry %s serving: model %s (%s), source %s, sinks [%s], metrics %s, window %ss "
+                 "(lateness %ss)", ver, m.version, m.path or "injected", src, "; ".join(sinks), metrics,
+                 cfg["window"]["size"], cfg["window"]["lateness"],
+                 extra={"event": "startup", "version": ver, "model_version": m.version, "model_path": m.path,
+                        "source": src, "sinks": sinks, "metrics": metrics})
+
+    def _log_progress(self, final: bool = False) -> None:
+        s, m = self.summary, self.metrics
+        now = time.monotonic()
+        t0, n0, k0 = getattr(self, "_progress_prev", (now, 0, 0))
+        dt = max(now - t0, 1e-9)
+        rate = (s.records_scored - k0) / dt
+        self._progress_prev = (now, s.records_in, s.records_scored)
+        lag = None
+        if self.source is not None:
+            lag = 0.0
+            for metric in m.registry.collect():
+                if metric.name == "graphsentry_consumer_lag":
+                    lag = sum(x.value for x in metric.samples)
+        malformed = sum(v for k, v in _malformed(m).items())
+        waiting = self.health.waiting() if self.health is not None else {}
+        log.info("%s: read %d, scored %d (%.0f/s), alerts %d, flagged %.2f%% of the last %d, late %d, malformed %d%s%s",
+                 "final" if final else "progress", s.records_in, s.records_scored, rate, s.alerts,
+                 100 * self._fit.share, self._fit.records, s.late, malformed,
+                 f", lag {lag:.0f}" if lag is not None else "",
+                 f", waiting for Kafka ({', '.join(sorted(waiting))})" if waiting else "",
+                 extra={"event": "progress", "records_in": s.records_in, "records_scored": s.records_scored,
+                        "records_per_s": round(rate, 1), "alerts": s.alerts, "late": s.late,
+                        "malformed": malformed, "flagged_ratio": round(self._fit.share, 6), "consumer_lag": lag,
+                        "waiting_for": sorted(waiting)})
+
     def _guard(self, fn: Callable, *args: Any) -> None:
         try:
             fn(*args)
@@ -802,6 +987,22 @@ class Daemon:
 
 
 _IDLE = object()
+
+
+def _opt(section: dict, key: str, default: Any) -> Any:
+    """An optional config value with a safe default (keys the config schema may not list yet)."""
+    v = section.get(key) if isinstance(section, dict) else None
+    return default if v is None else v
+
+
+def _malformed(m: Metrics) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for metric in m.registry.collect():
+        if metric.name == "graphsentry_malformed":
+            for smp in metric.samples:
+                if smp.name.endswith("_total"):
+                    out[smp.labels["reason"]] = int(smp.value)
+    return out
 
 
 def _describe(s: AlertSink) -> str:
