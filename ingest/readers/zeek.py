@@ -131,10 +131,14 @@ def normalise_zeek(batch: pa.RecordBatch, lines: np.ndarray | None, ctx: FileCon
     else:
         ts = epoch_to_ts(f, check)
     cols: dict[str, Any] = {"ts": ts}
-    cols["src_ip"] = require_text(_col(batch, "id.orig_h", "id_orig_h", "src_ip"), check, "missing_src_ip", tokens)
-    cols["dst_ip"] = require_text(_col(batch, "id.resp_h", "id_resp_h", "dst_ip"), check, "missing_dst_ip", tokens)
-    cols["src_port"] = parse_int(_col(batch, "id.orig_p", "id_orig_p"), check, "bad_src_port", pa.int32(), 0, 65535, tokens)
-    cols["dst_port"] = parse_int(_col(batch, "id.resp_p", "id_resp_p"), check, "bad_dst_port", pa.int32(), 0, 65535, tokens)
+    def need(*names: str) -> pa.Array:  # a column the header lacks is all null (its rows fail below)
+        c = _col(batch, *names)
+        return pa.nulls(n, pa.string()) if c is None else c
+
+    cols["src_ip"] = require_text(need("id.orig_h", "id_orig_h", "src_ip"), check, "missing_src_ip", tokens)
+    cols["dst_ip"] = require_text(need("id.resp_h", "id_resp_h", "dst_ip"), check, "missing_dst_ip", tokens)
+    cols["src_port"] = parse_int(need("id.orig_p", "id_orig_p"), check, "bad_src_port", pa.int32(), 0, 65535, tokens)
+    cols["dst_port"] = parse_int(need("id.resp_p", "id_resp_p"), check, "bad_dst_port", pa.int32(), 0, 65535, tokens)
     for name, src in (("uid", "uid"), ("service", "service"), ("conn_state", "conn_state"), ("history", "history")):
         c = _col(batch, src)
         if c is not None:
