@@ -243,6 +243,15 @@ def _load_detector(d: Path, det_cls, params: dict, width: int):
     return det
 
 
+def model_kind(directory: str | Path) -> str:
+    """``flows`` or ``transactions``: what the model directory scores (its manifest checked first)."""
+    d = Path(directory)
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"{d} is not a model directory (no config.json)")
+    verify_manifest(d)
+    return str(_read_config(d).get("kind", "flows"))
+
+
 def load_bundle(directory: str | Path):
     """Load any model directory: flows -> :class:`ModelBundle`, transactions -> ``FraudBundle``."""
     d = Path(directory)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from ingest.cli_ingest import require_parent
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -13,7 +14,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         "train", help="pretrain the spatio-temporal GNN on flows and write a model directory",
         description="Self-supervised (contrastive) pretraining on earlier windows, detectors fitted on the "
                     "training embeddings, alert threshold calibrated on the latest held-back windows.")
-    p.add_argument("--data", nargs="+", required=True, metavar="INPUT", help="training inputs")
+    _inputs_argument(p, "training inputs")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
     p.add_argument("--format", default="auto", help="input format (default: auto-detect)")
     p.add_argument("--mapping", default=None, help="column mapping file for generic CSV/JSON inputs")
@@ -63,7 +64,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "Records labelled malicious are left out (unless --all-records); unlabelled attacks in the "
                     "inputs raise the threshold.")
     c.add_argument("--model", required=True, metavar="MODEL_DIR", help="the model to recalibrate (left unchanged)")
-    c.add_argument("--data", nargs="+", required=True, metavar="INPUT", help="recent traffic to calibrate on")
+    _inputs_argument(c, "recent traffic to calibrate on")
     c.add_argument("--out", required=True, metavar="NEW_MODEL_DIR", help="model directory to write")
     c.add_argument("--format", default="auto", help="input format (default: auto-detect)")
     c.add_argument("--target-fpr", type=float, default=None, help="default: the model's own target")
@@ -97,6 +98,20 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     e.add_argument("--name", default=None, help="split name for the report title")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=run_evaluate)
+
+
+def _inputs_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """Inputs are positional, as in every command; ``--data INPUT...`` stays as a hidden alias."""
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help=what)
+    p.add_argument("--data", nargs="+", dest="data_alias", default=[], help=argparse.SUPPRESS)
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """The positional inputs and those given with the ``--data`` alias; at least one."""
+    paths = [*args.inputs, *args.data_alias]
+    if not paths:
+        raise ValueError(f"no inputs: give the files to read, e.g. graphsentry {args.command} FILE... --out DIR")
+    return paths
 
 
 def read_table(paths: list[str], fmt: str = "auto"):
@@ -136,13 +151,15 @@ def _window_s(args: argparse.Namespace, kind: str) -> float:
 def run_train(args: argparse.Namespace) -> int:
     from training.pretrain import TrainConfig, train_bundle
 
+    args.data = _inputs(args)
+    require_parent(args.out, "--out")
     kind = input_kind(args.data, args.format, args.kind)
     if kind == "transactions":
         from training.fraud import train
 
         res = train(args.data, args.out, epochs=args.epochs, window_s=_window_s(args, kind), seed=args.seed,
                     hidden=args.hidden, progress=not args.no_progress)
-        print(json.dumps(res, default=float), file=sys.stderr)
+        print(json.dumps(res, default=float))
         return 0
     cfg = TrainConfig(window=_window_s(args, kind), epochs=args.epochs, objective=args.objective,
                       weighting=args.weighting, detector=args.detector, target_fpr=args.target_fpr,
@@ -163,17 +180,17 @@ def run_train(args: argparse.Namespace) -> int:
                       "flow_parts": bundle.model.config.flow_parts, "objective": m["objective"]["chosen"],
                       "validation_rule": m["detector_selection"]["rule"], "val_attacks": m["val_attacks"],
                       "train_flows": m["train_flows"], "val_flows": m["val_flows"],
-                      "removed_malicious": m["removed_malicious"], "seconds": m["total_seconds"]}), file=sys.stderr)
+                      "removed_malicious": m["removed_malicious"], "seconds": m["total_seconds"]}))
     return 0
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    from detector.bundle import model_kind
     from training.recalibrate import recalibrate
 
-    cfg = Path(args.model) / "config.json"
-    if not cfg.is_file():
-        raise FileNotFoundError(f"{args.model} is not a model directory (no config.json)")
-    if json.loads(cfg.read_text()).get("kind", "flows") != "flows":
+    args.data = _inputs(args)
+    require_parent(args.out, "--out")
+    if model_kind(args.model) != "flows":
         raise ValueError("calibrate recalibrates flow models; transaction models are retrained (graphsentry train)")
     table, reader = read_table(args.data, args.format)
     if getattr(reader, "kind", "flows") != "flows":
@@ -181,11 +198,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     res = recalibrate(args.model, table, args.out, target_fpr=args.target_fpr, benign_only=args.benign_only)
     print(f"{args.out}: threshold {res['previous_threshold']:.6g} -> {res['threshold']:.6g} on {res['used']} records "
           f"(the old threshold flagged {res['flagged_share_before']:.2%} of them, the new one "
-          f"{res['flagged_share_after']:.2%}; target {res['target_fpr']:.2%})", file=sys.stderr)
+          f"{res['flagged_share_after']:.2%}; target {res['target_fpr']:.2%})")
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    require_parent(args.report, "--report")
     kind = input_kind(args.train, args.format, args.kind)
     if kind == "transactions":
         from training.fraud import evaluate

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     _step("2/5 event-time windows and graphs", ["windows", str(TRAIN), "--window", "60s", "--lateness", "10s"])
     _step("3/5 attack knowledge graph (bundled artifact)", ["kg", "stats"])
     _step("4/5 pretrain on benign flows of the earlier day",
-          ["train", "--data", str(TRAIN), "--out", str(model), "--benign-only", "--epochs", str(args.epochs),
+          ["train", str(TRAIN), "--out", str(model), "--benign-only", "--epochs", str(args.epochs),
            # ip:port nodes (as E-GraphSAGE): with plain ip nodes the monitored host's benign flows inherit
            # the anomaly of the scans it receives on the later day (see the Model section of README.md)
            "--node-mode", "ipport", "--window", "5m", "--no-progress",
