@@ -244,9 +244,12 @@ class TailSource:
         st.inode = stat.st_ino
         if stat.st_size <= st.pos:
             return
-        with open(p, "rb") as f:
-            f.seek(st.pos)
-            data = f.read(stat.st_size - st.pos)
+        try:
+            with open(p, "rb") as f:
+                f.seek(st.pos)
+                data = f.read(stat.st_size - st.pos)
+        except FileNotFoundError:
+            raise OSError(f"vanished while being read ({stat.st_size - st.pos} bytes not read)") from None
         if st.pos == 0 and self._binary(data):
             st.skip, st.pos = True, stat.st_size
             _skip_file(p, "holds binary data, not a text log (a capture or archive needs its own suffix: "
