@@ -516,7 +516,7 @@ class BrokerHealth:
             self._down.setdefault(part, self.clock())
         self._set_gauge(0)
         where = f" (topic {topic})" if topic else ""
-        retry = f"; retry in {retry_in:.0f}s" if retry_in is not None else ""
+        retry = f"; retry in {retry_in:g}s" if retry_in is not None else ""
         log.warning("waiting for Kafka at %s%s: %s%s", self.bootstrap, where, reason, retry,
                     extra={"event": "broker_down" if first else "broker_waiting", "part": part,
                            "bootstrap": self.bootstrap, "topic": topic, "reason": reason, "retry_in_s": retry_in})
@@ -900,6 +900,7 @@ class KafkaSource:
         """A partition taken away may come straight back (a broker restart makes the group rejoin):
         its state is kept until the next assignment shows whether it did (:meth:`_settle_rebalance`)."""
         self._revoked_pending |= tps
+        self._assign_seen = False  # settle once the assignment that follows this revocation came
         self.assigned -= tps
         log.info("partitions revoked: %s", sorted(tps), extra={"event": "partitions_revoked"})
 
@@ -926,11 +927,13 @@ class KafkaSource:
                 log.info("partition %s came back but its committed offset is unknown (%s); re-reading it", tp, exc)
                 lost.add(tp)
                 continue
-            mine = self._last_commit.get(tp)
-            if committed is not None and committed != mine:
-                lost.add(tp)  # another member committed in between: its view wins
-                continue
             nxt = self.handed[tp][1] + 1
+            # A commit of ours may have reached the broker although the call failed (the outage), so
+            # anything up to what this source read is its own doing; beyond it, another member read
+            # further in between: its view wins.
+            if committed is not None and committed > nxt:
+                lost.add(tp)
+                continue
             try:
                 self._seek(tp, nxt)
             except Exception as exc:  # noqa: BLE001 - the offset filter in the poll loop still drops re-reads
