@@ -318,8 +318,8 @@ def epoch_to_ts(values: pa.Array, check: RowCheck, unit: str = "s", reason: str 
             check.flag(bad, reason)
             us = pc.if_else(bad, pa.scalar(0, pa.int64()), us)
             return pc.cast(us, pa.int64()).cast(TS_TYPE)
-        values = pc.cast(values, pa.float64())
-    f = pc.multiply(pc.cast(values, pa.float64()), scale)
+        values = pc.cast(values, pa.float64(), safe=False)  # beyond 2**53: rounded, then out of range below
+    f = pc.multiply(pc.cast(values, pa.float64(), safe=False), scale)
     bad = pc.invert(pc.fill_null(pc.and_kleene(pc.is_finite(f), pc.and_kleene(
         pc.greater_equal(f, 0.0), pc.less_equal(f, TS_MAX_S * 1e6))), False))
     check.flag(bad, reason)

@@ -70,12 +70,26 @@ def parse_header(head: bytes) -> dict[str, Any]:
 HEADER_FAIL_SHARE = 0.9
 
 
+def _common_width(head: bytes, meta: dict[str, Any], sample: int = 50) -> int | None:
+    """The column count that at least 90 % of the first data lines share (at least 3 of them), else None."""
+    counts: dict[int, int] = {}
+    lines = [ln for ln in head.split(b"\n")[:-1] if ln and not ln.startswith(b"#")][:sample]
+    for ln in lines:
+        k = ln.rstrip(b"\r").decode("utf-8", errors="replace").count(meta["separator"]) + 1
+        counts[k] = counts.get(k, 0) + 1
+    if len(lines) < 3:
+        return None
+    k, c = max(counts.items(), key=lambda kv: kv[1])
+    return k if c >= 0.9 * len(lines) else None
+
+
 def header_damage(head: bytes, rows_ok: int, malformed: dict[str, int]) -> str | None:
     """Why a Zeek log's header is the likely cause of its rows failing, or None.
 
     Only when (nearly) every row failed (``HEADER_FAIL_SHARE``) and the header shows a defect: no
     ``#separator`` line, a required field (ts, id.orig_h, id.resp_h) missing from ``#fields``,
-    ``#types`` missing or of another length, or rows whose column count differs from ``#fields``.
+    ``#types`` missing or of another length, or rows that agree on a column count other than the
+    one ``#fields`` names (the first data lines, at least three, 90 % of them).
     """
     bad = {k: v for k, v in malformed.items() if k not in FILE_REASONS and v}
     n_bad = sum(bad.values())
@@ -93,8 +107,9 @@ def header_damage(head: bytes, rows_ok: int, malformed: dict[str, int]) -> str |
         problems.append("no #types line")
     elif len(meta["types"]) != len(fields):
         problems.append(f"#fields names {len(fields)} columns but #types {len(meta['types'])}")
-    if bad.get("columns", 0) * 2 >= n_bad:
-        problems.append(f"rows do not have the {len(fields)} columns #fields names")
+    width = _common_width(head, meta)
+    if bad.get("columns", 0) * 2 >= n_bad and width is not None and width != len(fields):
+        problems.append(f"its rows have {width} columns, #fields names {len(fields)}")
     if not problems:
         return None
     return (f"{n_bad} of {n_bad + rows_ok} rows failed and its #fields header is the cause ("
