@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         example = EXAMPLES.get(" ".join(path))
         if example:
             sp.formatter_class = argparse.RawDescriptionHelpFormatter
-            sp.epilog = "example:\n" + "\n".join(f"  {line}" for line in example.splitlines())
+            text = "example:\n" + "\n".join(f"  {line}" for line in example.splitlines())
+            sp.epilog = f"{sp.epilog}\n\n{text}" if sp.epilog else text
     return parser
 
 
