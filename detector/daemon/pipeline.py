@@ -350,7 +350,7 @@ def _file_dead_letter(path: str | None, metrics: Metrics):
     """The readers' DeadLetter (they require that type), also counting into our metrics."""
     from ingest.deadletter import DeadLetter
 
-    class _Counting(DeadLetter):
+    class _Counting(DeadLetter):  # the base class logs the first few of each reason
         def add(self, source: str, line: Any, reason: str, raw: Any) -> None:
             metrics.malformed.labels(reason).inc()
             metrics.dead_letter.labels(reason).inc()
@@ -832,6 +832,8 @@ class Daemon:
             self._log_startup()
             sinks = self._make_sinks()
             self.summary.sinks = [_describe(s) for s in sinks]
+            if self.health is not None and not is_kafka:
+                self.health.up("setup")  # a Kafka sink only: it was created, the broker answered
             self.metrics.up.set(1)
             q_in: queue.Queue = queue.Queue(maxsize=int(cfg["pipeline"]["queue_size"]))
             q_win: queue.Queue = queue.Queue(maxsize=int(cfg["pipeline"]["window_queue_size"]))
