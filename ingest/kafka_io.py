@@ -551,7 +551,7 @@ def retry_kafka(fn: Callable[[], Any], health: BrokerHealth | None, part: str, t
         if stop is not None and stop.is_set():
             raise StoppedWaiting(part)
         try:
-            out = fn()
+            out = _attempt(fn, bs)
         except errors as exc:
             if stop is not None and stop.is_set():
                 raise StoppedWaiting(part) from exc
@@ -571,6 +571,16 @@ def retry_kafka(fn: Callable[[], Any], health: BrokerHealth | None, part: str, t
         if health is not None:
             health.up(part)
         return out
+
+
+def _attempt(fn: Callable[[], Any], bootstrap: str | None) -> Any:
+    """``fn()``, unless nothing listens on the bootstrap servers: then fail at once (a client would
+    spend its whole connect timeout finding that out) with the connection's own reason."""
+    if bootstrap:
+        why = probe(bootstrap, timeout=1.0)
+        if why and "refused" in why.lower():
+            raise KafkaUnavailable(why)
+    return fn()
 
 
 class AckedProducer:
@@ -1100,8 +1110,8 @@ class KafkaSource:
         backoff = Backoff(1.0, self.backoff_cap)
         while not self._stop_reading.is_set() and self.consumer is None:
             try:
-                self.consumer = self._make_consumer()
-            except retryable as exc:
+                self.consumer = _attempt(self._make_consumer, self.cfg["bootstrap"])
+            except retryable + (KafkaUnavailable,) as exc:
                 d = backoff.next()
                 reason = describe_error(exc, self.cfg["bootstrap"])
                 if self.health is not None:

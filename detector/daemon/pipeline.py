@@ -927,8 +927,6 @@ class Daemon:
         return s
 
     def _log_startup(self) -> None:
-        from detector.alerts.sinks import AlertSink as _AS  # noqa: F401
-
         cfg, m = self.cfg, self._model
         try:
             from importlib.metadata import version as _v

@@ -129,6 +129,7 @@ def test_broker_down_mid_stream_for_30s_loses_and_doubles_nothing(noida_broker, 
         assert readyz(d) is False and broker_up(d) == 0.0
         b.start()
         wait(lambda: broker_up(d) == 1.0 and readyz(d), 60, "broker back")
+        d.windower.idle_timeout = 2.0   # the outage part is over: close the last windows sooner (test time)
         publish(b.bootstrap, topic, 2, t.slice(half))
         wait(lambda: d.summary.records_scored + d.summary.late >= t.num_rows, 60, "all scored after the outage")
         wait(lambda: sum(d.source.committed_offsets().values()) >= t.num_rows, 30, "final commits")
