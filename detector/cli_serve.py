@@ -79,6 +79,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(dump_config(cfg))
         return 0
+    if getattr(args, "log_format", None) is None and cfg["log"]["format"] != "text":
+        from detector.logs import configure_logging
+
+        root = logging.getLogger()  # the config's log.format, unless --log-format was given
+        configure_logging(root.level if root.level != logging.NOTSET else logging.WARNING, cfg["log"]["format"])
     _daemon_log_level()
     summary = run_daemon(cfg)
     print(summary.text())

@@ -51,7 +51,7 @@ def _add_common(p: argparse.ArgumentParser, top: bool) -> None:
     p.add_argument("-v", "--verbose", action="count", help="more logging (-v info, -vv debug)",
                    **({"default": 0} if top else keep))
     p.add_argument("--log-format", choices=["text", "json"], help="log lines on stderr: text (default) or JSON lines",
-                   **({"default": "text"} if top else keep))
+                   **({"default": None} if top else keep))
 
 
 def _subparsers(p: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -121,7 +121,7 @@ def _nothing_readable():
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose, args.log_format)
+    configure_logging(args.verbose, args.log_format or "text")
     command = " ".join(x for x in (args.command, getattr(args, "kg_command", None),
                                    getattr(args, "fraud_command", None)) if x)
     try:

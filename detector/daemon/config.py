@@ -66,6 +66,7 @@ def _no_bool(v: Any) -> Any:
 PosFloat = Annotated[float, BeforeValidator(_no_bool), Field(gt=0)]
 NonNegFloat = Annotated[float, BeforeValidator(_no_bool), Field(ge=0)]
 PosInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=1)]
+NonNegInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]
 Port = Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=65535)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -140,7 +141,8 @@ class KafkaSection(_Section):
     heartbeat_interval_ms: PosInt = Field(3000, description="consumer heartbeat, ms (below the session timeout)")
     commit_interval: PosFloat = Field(1.0, description="seconds between offset commits of what is durable")
     stop_at_end: bool = Field(False, description="stop once every assigned partition is read to its end (tests, batch)")
-    retry_backoff_max: PosFloat = Field(30.0, description="longest wait, seconds, between retries to reach the broker")
+    retry_backoff_max_s: PosFloat = Field(30.0, description="longest wait, seconds, between retries to reach the broker")
+    connect_timeout_s: PosFloat = Field(5.0, description="seconds one attempt to reach the broker may take")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
         None, description="Kafka security protocol")
     sasl_mechanism: Literal["PLAIN", "GSSAPI", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
@@ -266,13 +268,21 @@ class PipelineSection(_Section):
     audit_rows: bool = Field(False, description="store every scored window's input rows in the SQLite store")
     merge_max_rows: PosInt = Field(200000, description="records held to merge Kafka partitions on event time")
     partition_idle: PosFloat = Field(10.0, description="wall seconds a silent partition may hold the others back")
+    progress_interval: NonNegFloat = Field(30.0, description="seconds between progress log lines (0: none)")
+    fit_check_records: NonNegInt = Field(
+        10000, description="recent scored records the model-fit check looks at (0: no check)")
+    fit_check_min_records: PosInt = Field(2000, description="records needed before the model-fit check can warn")
+    fit_warn_interval: PosFloat = Field(600.0, description="seconds between two model-fit warnings in the log")
+    stop_grace: NonNegFloat = Field(
+        30.0, description="seconds a required sink may keep failing after a stop before the daemon gives up "
+                          "(its offsets are not committed: a restart re-reads them)")
 
 
 class LogSection(_Section):
     """Daemon logging."""
 
-    format: Literal["text", "json"] = Field("text", description="log lines on stderr: text or JSON lines")
-    progress_interval: PosFloat = Field(30.0, description="seconds between progress log lines")
+    format: Literal["text", "json"] = Field(
+        "text", description="log lines on stderr: text or JSON lines (the --log-format flag wins)")
 
 
 class GraphsentryConfig(BaseModel):
@@ -574,7 +584,8 @@ def _merge(base: dict, layer: Mapping, label: str | None, origin: dict) -> None:
 
 def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
                 overrides: Mapping | None = None) -> dict:
-    """Effective config: defaults, then the file, then ``overrides``, then GRAPHSENTRY_* env vars.
+    """Effective config: defaults, then the file, then GRAPHSENTRY_* env vars, then ``overrides``
+    (the command-line flags: the most specific setting wins).
 
     Returns the validated config as a nested dict with every section and key. Raises
     :class:`ConfigError` (a ValueError) with one line per problem, FileNotFoundError for a
@@ -584,10 +595,10 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     origin: dict[tuple, str] = {}
     if path is not None:
         _merge(raw, load_file(path), str(path), origin)
-    if overrides:
-        _merge(raw, overrides, None, origin)
     env = os.environ if env is None else env
     _merge(raw, _env_layer(env, origin), None, {})
+    if overrides:
+        _merge(raw, overrides, None, origin)
     return _validate(raw, origin).model_dump()
 
 
@@ -748,7 +759,8 @@ alerts:
     - {type: sqlite, path: /var/lib/graphsentry/alerts.db}
     - {type: alertmanager, url: "http://alertmanager:9093"}
 metrics: {host: 0.0.0.0, port: 9109}
-log: {format: json, progress_interval: 60}
+log: {format: json}
+pipeline: {progress_interval: 60}
 ```
 """
 

@@ -54,8 +54,9 @@ def test_effective_config_has_every_section_and_key_with_defaults():
     for sec, keys in DEFAULTS.items():
         assert list(cfg[sec]) == list(keys), sec
     # the options the logging/broker work reads
-    assert cfg["log"] == {"format": "text", "progress_interval": 30.0}
-    assert cfg["kafka"]["retry_backoff_max"] == 30.0
+    assert cfg["log"] == {"format": "text"}
+    assert cfg["pipeline"]["progress_interval"] == 30.0 and cfg["pipeline"]["stop_grace"] == 30.0
+    assert cfg["kafka"]["retry_backoff_max_s"] == 30.0
     assert cfg["alerts"]["sinks"] == [{"type": "sqlite", "path": "out/alerts.db", "required": True}]
     # per-type sink defaults are explicit in the effective config
     cfg = load_config(overrides={**KAFKA, "alerts": {"sinks": [{"type": "alertmanager"}, {"type": "kafka"}]}}, env={})
@@ -124,7 +125,7 @@ def test_unknown_section_and_env_key_are_refused():
     ({"kafka": {"security_protocol": "TLS"}}, "kafka.security_protocol='TLS': Input should be 'PLAINTEXT'"),
     ({"kafka": {"bootstrap": "broker:90920"}}, "kafka.bootstrap='broker:90920': expected host:port"),
     ({"kafka": {"max_poll_records": 0}}, "kafka.max_poll_records=0: Input should be greater than or equal to 1"),
-    ({"kafka": {"retry_backoff_max": -1}}, "kafka.retry_backoff_max=-1: Input should be greater than 0"),
+    ({"kafka": {"retry_backoff_max_s": -1}}, "kafka.retry_backoff_max_s=-1: Input should be greater than 0"),
     ({"kafka": {"heartbeat_interval_ms": 20000}}, "kafka.heartbeat_interval_ms=20000 must be lower than "
                                                   "kafka.session_timeout_ms=10000"),
     ({"kafka": {"client_options": ["linger_ms=5"]}}, "kafka.client_options=['linger_ms=5']: must be a mapping"),
@@ -137,7 +138,7 @@ def test_unknown_section_and_env_key_are_refused():
     ({"pipeline": {"queue_size": 0}}, "pipeline.queue_size=0: Input should be greater than or equal to 1"),
     ({"pipeline": {"max_records": 1.5}}, "pipeline.max_records=1.5: Input should be a valid integer"),
     ({"log": {"format": "xml"}}, "log.format='xml': Input should be 'text' or 'json'"),
-    ({"log": {"progress_interval": 0}}, "log.progress_interval=0: Input should be greater than 0"),
+    ({"pipeline": {"progress_interval": -1}}, "pipeline.progress_interval=-1: Input should be greater than or equal to 0"),
     ({"window": 5}, "window=5: must be a mapping of keys (idle_timeout, lateness, size)"),
     ({"alerts": {"sinks": {"type": "sqlite"}}}, "alerts.sinks={'type': 'sqlite'}: must be a list of sinks"),
     ({"alerts": {"sinks": []}}, "alerts.sinks is empty: give at least one sink"),
@@ -237,8 +238,8 @@ def test_env_vars_are_typed_by_the_schema():
         "GRAPHSENTRY_SOURCE_PATHS": "a.log,b.log", "GRAPHSENTRY_METRICS_PORT": "9200",
         "GRAPHSENTRY_KAFKA_STOP_AT_END": "yes", "GRAPHSENTRY_WINDOW_SIZE": "45", "GRAPHSENTRY_WINDOW_IDLE_TIMEOUT": "null",
         "GRAPHSENTRY_KAFKA_SECURITY_PROTOCOL": "", "GRAPHSENTRY_KAFKA_CLIENT_OPTIONS": '{"linger_ms": 5}',
-        "GRAPHSENTRY_LOG_FORMAT": "json", "GRAPHSENTRY_LOG_PROGRESS_INTERVAL": "7.5",
-        "GRAPHSENTRY_KAFKA_RETRY_BACKOFF_MAX": "12", "GRAPHSENTRY_PIPELINE_MAX_RECORDS": "1000",
+        "GRAPHSENTRY_LOG_FORMAT": "json", "GRAPHSENTRY_PIPELINE_PROGRESS_INTERVAL": "7.5",
+        "GRAPHSENTRY_KAFKA_RETRY_BACKOFF_MAX_S": "12", "GRAPHSENTRY_PIPELINE_MAX_RECORDS": "1000",
     })
     assert cfg["source"]["paths"] == ["a.log", "b.log"]
     assert cfg["metrics"]["port"] == 9200 and isinstance(cfg["metrics"]["port"], int)
@@ -247,8 +248,8 @@ def test_env_vars_are_typed_by_the_schema():
     assert cfg["window"]["idle_timeout"] is None
     assert cfg["kafka"]["security_protocol"] is None
     assert cfg["kafka"]["client_options"] == {"linger_ms": 5}
-    assert cfg["log"] == {"format": "json", "progress_interval": 7.5}
-    assert cfg["kafka"]["retry_backoff_max"] == 12.0
+    assert cfg["log"] == {"format": "json"} and cfg["pipeline"]["progress_interval"] == 7.5
+    assert cfg["kafka"]["retry_backoff_max_s"] == 12.0
     assert cfg["pipeline"]["max_records"] == 1000
 
 
@@ -268,9 +269,10 @@ def test_bad_env_value_names_the_variable(name, value, line):
     assert str(e.value).splitlines()[-1 if "problems" not in str(e.value) else 1].startswith(line), str(e.value)
 
 
-def test_env_beats_the_file_and_overrides(tmp_path):
+def test_env_beats_the_file_and_flags_beat_env(tmp_path):
     f = _write(tmp_path, "c.yaml", "source: {type: kafka}\nkafka: {topic: from-file, group_id: g1}\n")
-    cfg = load_config(f, overrides={"kafka": {"topic": "from-flag"}}, env={"GRAPHSENTRY_KAFKA_GROUP_ID": "g2"})
+    cfg = load_config(f, overrides={"kafka": {"topic": "from-flag"}},
+                      env={"GRAPHSENTRY_KAFKA_GROUP_ID": "g2", "GRAPHSENTRY_KAFKA_TOPIC": "from-env"})
     assert cfg["kafka"]["topic"] == "from-flag" and cfg["kafka"]["group_id"] == "g2"
 
 
