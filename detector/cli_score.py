@@ -35,20 +35,12 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=run)
 
 
-def _model_kind(model_dir: str) -> str:
-    import json
-
-    cfg = Path(model_dir) / "config.json"
-    if not cfg.is_file():
-        raise FileNotFoundError(f"{model_dir} is not a model directory (no config.json)")
-    return json.loads(cfg.read_text()).get("kind", "flows")
-
-
 def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from detector.bundle import load_bundle
+    from detector.bundle import load_bundle, model_kind
+    from ingest.cli_ingest import require_parent
     from detector.scoring import score_batches
     from ingest.readers import open_inputs
     from ingest.schema import FLOW_SCHEMA, TX_SCHEMA
@@ -56,28 +48,29 @@ def run(args: argparse.Namespace) -> int:
     for path in args.inputs:
         if not Path(path).exists():
             raise FileNotFoundError(f"input not found: {path}")
-    if _model_kind(args.model) == "transactions":
+    require_parent(args.out, "--out")
+    require_parent(args.dead_letter, "--dead-letter")
+    if model_kind(args.model) == "transactions":
         # transaction models have their own scorer (detector.fraud, owned by the fraud area)
         from detector.fraud.scoring import score as fraud_score
 
         summary = fraud_score(args.model, args.inputs, args.out)
-        print(f"{args.out}: {summary}", file=sys.stderr)
+        print(f"{args.out}: {summary}")
         return 0
     bundle = load_bundle(args.model)
     t0 = time.perf_counter()
     # the detector's one-time costs overlap the reading of the first inputs (pyarrow parses without the GIL)
     warm = threading.Thread(target=bundle.warm_up, name="warm-up", daemon=True)
     warm.start()
-    reader = open_inputs(args.inputs, format=args.format, mapping=args.mapping, dead_letter=args.dead_letter)
-    if getattr(bundle, "kind", "flows") != getattr(reader, "kind", "flows"):
-        raise ValueError(f"model {args.model} scores {bundle.kind!r} but the inputs are {reader.kind!r}")
-    empty = TX_SCHEMA if getattr(reader, "kind", "flows") == "transactions" else FLOW_SCHEMA
-    try:
+    try:  # whatever fails, the warm-up thread ends before the process does (else: abort at exit)
+        reader = open_inputs(args.inputs, format=args.format, mapping=args.mapping, dead_letter=args.dead_letter)
+        if getattr(bundle, "kind", "flows") != getattr(reader, "kind", "flows"):
+            raise ValueError(f"model {args.model} scores {bundle.kind!r} but the inputs are {reader.kind!r}")
+        empty = TX_SCHEMA if getattr(reader, "kind", "flows") == "transactions" else FLOW_SCHEMA
         # scoring starts while the later inputs are still being read (read-ahead threads)
         out = score_batches(bundle, reader, stream_order=args.stream_order, schema=empty)
     finally:
         warm.join()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     # dictionaries only where values repeat (numbers and times gain nothing from one: ~2x faster write)
     pq.write_table(out, args.out, use_dictionary=["top_technique", "reason"])
     dt = time.perf_counter() - t0
@@ -87,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
     scored = out.column("reason").null_count  # null reason = scored
     alerts = int(pa.compute.sum(out.column("alert")).as_py() or 0) if n else 0
     print(f"{n} records -> {args.out}: {scored} scored, {n - scored} unscorable, {alerts} alerts, "
-          f"{malformed} malformed input lines (dead-lettered), {n / max(dt, 1e-9):.0f} records/s",
-          file=sys.stderr)
+          f"{malformed} malformed input lines (dead-lettered), {n / max(dt, 1e-9):.0f} records/s")
     _warn_if_misfit(bundle, args.model, alerts, scored)
     return 0
 
