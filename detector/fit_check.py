@@ -35,8 +35,9 @@ class FitVerdict:
         if self.fits or not self.enough:
             return ""
         return (f"{self.share:.1%} of {self.records} scored records flagged, against a calibrated target of "
-                f"{self.target_fpr:.1%}: this model does not fit this network: recalibrate on its benign traffic "
-                f"with `graphsentry calibrate --model {model} --data BENIGN_DATA --out {model}-recalibrated`, "
+                f"{self.target_fpr:.1%}: unless this is a large attack, this model does not fit this network: "
+                f"recalibrate on its benign traffic "
+                f"with `graphsentry calibrate BENIGN_DATA --model {model} --out {model}-recalibrated`, "
                 "or retrain")
 
 

@@ -18,7 +18,7 @@ def test_rule_needs_enough_records_and_a_share_far_above_the_target():
     v = check_fit(1800, 2000, 0.01)                               # 90% vs 1%
     assert not v.fits and v.share == pytest.approx(0.9)
     msg = v.message("models/m")
-    assert "90.0%" in msg and "1.0%" in msg and "graphsentry calibrate --model models/m" in msg
+    assert "90.0%" in msg and "1.0%" in msg and "graphsentry calibrate BENIGN_DATA --model models/m" in msg
     assert "does not fit this network" in msg and "\n" not in msg
     assert check_fit(40, 2000, 0.01).fits                         # 2%: above target, not 5x
     assert check_fit(110, 2000, 0.01).fits is False               # 5.5% > 5x1% and > 5%
@@ -57,7 +57,7 @@ def test_graphsentry_score_warns_when_the_model_flags_far_too_much(tmp_path, cap
     warn = [ln for ln in err.splitlines() if ln.startswith("warning:")]
     assert len(warn) == 1, err
     assert "of 3000 scored records flagged" in warn[0] and "target of 1.0%" in warn[0]
-    assert f"graphsentry calibrate --model {model}" in warn[0]
+    assert f"graphsentry calibrate BENIGN_DATA --model {model}" in warn[0]
     # On its own traffic (453 records, under the 2,000 needed to judge) it stays quiet.
     assert main(["score", str(IOT), "--model", str(model), "--out", str(tmp_path / "s2.parquet")]) == 0
     assert "warning:" not in capsys.readouterr().err
