@@ -219,6 +219,30 @@ window: {{idle_timeout: 1.0}}
     assert rc == 0, f"serve {name}: the good file beside the bad one must be scored\n{err}"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["empty.log", "random.bin", "elf-named.log", "a-directory", "missing.log"])
+def test_evaluate_and_fraud_refuse_unusable_inputs(corpus, name, tmp_path, capsys):
+    bad = str(corpus[name])
+    for argv in (["evaluate", "--train", bad, "--test", str(LATER), "--report", str(tmp_path / "r"), "--epochs", "1"],
+                 ["fraud", "train", bad, "--out", str(tmp_path / "fm"), "--epochs", "1", "--quiet"],
+                 ["fraud", "evaluate", bad, "--report", str(tmp_path / "fr"), "--folds", "1", "--quiet"],
+                 ["fraud", "score", bad, "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "fs.parquet")]):
+        rc, _, err = run_cli(argv, capsys)
+        check(rc, err, " ".join(argv[:2]) + f" {name}")
+        assert rc in (2, 3), f"{argv[:2]} {name}: nothing usable, expected exit 2 or 3, got {rc}\n{err}"
+
+
+@pytest.mark.parametrize("argv", [
+    ["kg", "stats", "samples"],                      # a directory that is not an artifact
+    ["kg", "build", "--data", "/nonexistent", "--out", "/tmp/gs-kg-out"],
+    ["kg", "explain", "not-a-technique"],
+])
+def test_kg_bad_inputs(argv, capsys):
+    rc, _, err = run_cli(argv, capsys)
+    check(rc, err, " ".join(argv))
+    assert rc == 2
+
+
 # -- model directories and configs ------------------------------------------------------------------
 
 

@@ -20,11 +20,11 @@ EXAMPLES: dict[str, str] = {
     "train": f"graphsentry train {_LOG} --out out/model --benign-only --epochs 1",
     "calibrate": f"graphsentry calibrate {_LATER} --model {_MODEL} --out out/model-recalibrated",
     "evaluate": f"graphsentry evaluate --train {_LOG} --test {_LATER} --report out/report --epochs 1",
-    "fraud": "graphsentry fraud train --data samples/fraud/fdh-style-sim-300c-60d.parquet --out out/fraud-model",
-    "fraud train": "graphsentry fraud train --data samples/fraud/fdh-style-sim-300c-60d.parquet --out out/fraud-model",
+    "fraud": "graphsentry fraud train samples/fraud/fdh-style-sim-300c-60d.parquet --out out/fraud-model",
+    "fraud train": "graphsentry fraud train samples/fraud/fdh-style-sim-300c-60d.parquet --out out/fraud-model",
     "fraud score": "graphsentry fraud score samples/fraud/fdh-style-sim-300c-60d.parquet --model out/fraud-model "
                    "--out out/fraud-scores.parquet",
-    "fraud evaluate": "graphsentry fraud evaluate --data samples/fraud/fdh-style-sim-300c-60d.parquet "
+    "fraud evaluate": "graphsentry fraud evaluate samples/fraud/fdh-style-sim-300c-60d.parquet "
                       "--report out/fraud-report --folds 1",
     "demo": "graphsentry demo --out out/demo",
 }
