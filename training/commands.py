@@ -14,7 +14,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         "train", help="pretrain the spatio-temporal GNN on flows and write a model directory",
         description="Self-supervised (contrastive) pretraining on earlier windows, detectors fitted on the "
                     "training embeddings, alert threshold calibrated on the latest held-back windows.")
-    _inputs_argument(p, "training inputs")
+    inputs_argument(p, "training inputs")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
     p.add_argument("--format", default="auto", help="input format (default: auto-detect)")
     p.add_argument("--mapping", default=None, help="column mapping file for generic CSV/JSON inputs")
@@ -64,7 +64,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "Records labelled malicious are left out (unless --all-records); unlabelled attacks in the "
                     "inputs raise the threshold.")
     c.add_argument("--model", required=True, metavar="MODEL_DIR", help="the model to recalibrate (left unchanged)")
-    _inputs_argument(c, "recent traffic to calibrate on")
+    inputs_argument(c, "recent traffic to calibrate on")
     c.add_argument("--out", required=True, metavar="NEW_MODEL_DIR", help="model directory to write")
     c.add_argument("--format", default="auto", help="input format (default: auto-detect)")
     c.add_argument("--target-fpr", type=float, default=None, help="default: the model's own target")
@@ -100,17 +100,18 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     e.set_defaults(func=run_evaluate)
 
 
-def _inputs_argument(p: argparse.ArgumentParser, what: str) -> None:
+def inputs_argument(p: argparse.ArgumentParser, what: str) -> None:
     """Inputs are positional, as in every command; ``--data INPUT...`` stays as a hidden alias."""
     p.add_argument("inputs", nargs="*", metavar="INPUT", help=what)
     p.add_argument("--data", nargs="+", dest="data_alias", default=[], help=argparse.SUPPRESS)
 
 
-def _inputs(args: argparse.Namespace) -> list[str]:
+def input_paths(args: argparse.Namespace) -> list[str]:
     """The positional inputs and those given with the ``--data`` alias; at least one."""
     paths = [*args.inputs, *args.data_alias]
     if not paths:
-        raise ValueError(f"no inputs: give the files to read, e.g. graphsentry {args.command} FILE... --out DIR")
+        what = " ".join(x for x in (args.command, getattr(args, "fraud_command", None)) if x)
+        raise ValueError(f"no inputs: give the files to read, e.g. graphsentry {what} FILE... --out DIR")
     return paths
 
 
@@ -151,7 +152,7 @@ def _window_s(args: argparse.Namespace, kind: str) -> float:
 def run_train(args: argparse.Namespace) -> int:
     from training.pretrain import TrainConfig, train_bundle
 
-    args.data = _inputs(args)
+    args.data = input_paths(args)
     require_parent(args.out, "--out")
     kind = input_kind(args.data, args.format, args.kind)
     if kind == "transactions":
@@ -188,7 +189,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from detector.bundle import model_kind
     from training.recalibrate import recalibrate
 
-    args.data = _inputs(args)
+    args.data = input_paths(args)
     require_parent(args.out, "--out")
     if model_kind(args.model) != "flows":
         raise ValueError("calibrate recalibrates flow models; transaction models are retrained (graphsentry train)")

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from training.commands import input_paths, inputs_argument
+
 
 def _duration(text: str) -> float:
     """'86400', '6h', '1d', '30m', '45s' -> seconds."""
@@ -26,7 +28,7 @@ def _duration(text: str) -> float:
 def _train(args: argparse.Namespace) -> int:
     from training.fraud import train
 
-    res = train(_inputs(args), args.out, epochs=args.epochs, window_s=args.window, seed=args.seed, hidden=args.hidden,
+    res = train(input_paths(args), args.out, epochs=args.epochs, window_s=args.window, seed=args.seed, hidden=args.hidden,
                 use_graph=not args.no_graph, lam=args.lam, label_delay_days=args.label_delay_days,
                 val_days=args.val_days, alert_rate=args.alert_rate, progress=not args.quiet)
     print(json.dumps(res, indent=2, default=float))
@@ -44,7 +46,7 @@ def _score(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from training.fraud import evaluate
 
-    rep = evaluate(_inputs(args), args.report, folds=args.folds, train_days=args.train_days, delay_days=args.delay_days,
+    rep = evaluate(input_paths(args), args.report, folds=args.folds, train_days=args.train_days, delay_days=args.delay_days,
                    test_days=args.test_days, window_s=args.window, epochs=args.epochs, hidden=args.hidden,
                    seed=args.seed, alert_rate=args.alert_rate, progress=not args.quiet,
                    ablations=tuple(a for a in args.ablations.split(",") if a),
@@ -52,19 +54,6 @@ def _evaluate(args: argparse.Namespace) -> int:
                    extras=tuple(x for x in args.extras.split(",") if x))
     print((__import__("pathlib").Path(args.report) / "report.md").read_text())
     return 0 if rep["summary"] else 1
-
-
-def _inputs_argument(p: argparse.ArgumentParser, what: str) -> None:
-    """Inputs are positional, as in every command; ``--data INPUT...`` stays as a hidden alias."""
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help=what)
-    p.add_argument("--data", nargs="+", dest="data_alias", default=[], help=argparse.SUPPRESS)
-
-
-def _inputs(args: argparse.Namespace) -> list[str]:
-    paths = [*args.inputs, *args.data_alias]
-    if not paths:
-        raise ValueError("no inputs: give the transaction files to read, e.g. graphsentry fraud train FILE... --out DIR")
-    return paths
 
 
 def register_fraud(subparsers: "argparse._SubParsersAction") -> None:
@@ -75,7 +64,7 @@ def register_fraud(subparsers: "argparse._SubParsersAction") -> None:
     sub.required = True
 
     t = sub.add_parser("train", help="train a transaction model (MODEL_DIR with config.json kind=transactions)")
-    _inputs_argument(t, "transaction files (FDH or TX_SCHEMA parquet/csv)")
+    inputs_argument(t, "transaction files (FDH or TX_SCHEMA parquet/csv)")
     t.add_argument("--out", required=True, metavar="MODEL_DIR", help="where to write the model")
     t.add_argument("--epochs", type=int, default=15, help="max epochs (early stopping on validation AP; default 15)")
     t.add_argument("--window", type=_duration, default=86400.0, help="window length, e.g. 1d, 6h (default 1d)")
@@ -101,7 +90,7 @@ def register_fraud(subparsers: "argparse._SubParsersAction") -> None:
     s.set_defaults(func=_score)
 
     e = sub.add_parser("evaluate", help="Fraud Detection Handbook protocol with rolling folds and baselines")
-    _inputs_argument(e, "transaction files, in any order (folds follow event time)")
+    inputs_argument(e, "transaction files, in any order (folds follow event time)")
     e.add_argument("--report", required=True, metavar="DIR", help="writes report.json and report.md")
     e.add_argument("--folds", type=int, default=3, help="rolling folds (default 3)")
     e.add_argument("--train-days", type=int, default=14, help="training days per fold (default 14)")
