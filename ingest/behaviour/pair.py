@@ -1,0 +1,124 @@
+"""Source->destination pair state: reconnection attempts, failure streak, inter-arrival regularity,
+upload/download volume, transfer-size regularity.
+
+Per pair (``src_ip|dst_ip``) the store keeps, updated flow by flow in event-time order:
+
+* a decayed attempt count (``tau_rate_s`` = 60 s: ~ attempts in the last minute);
+* the failure streak: consecutive failed flows (``columns.FAILED_STATES``), reset by any other flow;
+* the gaps between arrivals (flows closer than ``min_gap_s`` are one arrival) as a running mean and
+  variance (weight ``max(ew_alpha, 1/n)``: exact for the first 1/alpha gaps, then exponentially
+  forgetting), hence their coefficient of variation (std / mean): ~1 for Poisson arrivals, ~0 for a beacon;
+* decayed sums of src_bytes (up) and dst_bytes (down) (``tau_bytes_s`` = 1 h: ~ bytes per hour);
+* the running mean and variance of src_bytes per flow (transfer-size regularity).
+
+A pair silent for ``horizon_s`` starts over, and its next flow counts as a new destination.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ingest.behaviour.jit import jit
+
+__all__ = ["PAIR_FIELDS", "PAIR_FEATURES", "pair_update"]
+
+NAN = float("nan")
+PAIR_FIELDS = {
+    "last_ts": (np.float64, (), NAN), "first_ts": (np.float64, (), NAN), "arr_ts": (np.float64, (), NAN),
+    "n_flows": (np.float64, (), 0.0), "n_gaps": (np.float64, (), 0.0),
+    "gap_mean": (np.float64, (), 0.0), "gap_var": (np.float64, (), 0.0),
+    "streak": (np.float64, (), 0.0), "rate": (np.float64, (), 0.0),
+    "up": (np.float64, (), 0.0), "down": (np.float64, (), 0.0),
+    "size_mean": (np.float64, (), 0.0), "size_var": (np.float64, (), 0.0),
+}
+PAIR_FEATURES = (
+    "pair_new",          # 1: first flow of this pair in the store (never seen, evicted, or silent > horizon)
+    "pair_flows",        # flows of the pair so far, this one included
+    "pair_age_s",        # seconds since the pair's first flow
+    "pair_rate_1m",      # decayed attempt count, ~ attempts per minute
+    "pair_fail_streak",  # consecutive failed flows ending with this one (0 if this one did not fail)
+    "pair_gaps",         # inter-arrival gaps seen
+    "pair_gap_mean_s",   # running mean gap
+    "pair_gap_cv",       # std / mean of the gaps (1.0 until there are 2 gaps)
+    "pair_up_1h",        # decayed src_bytes, ~ bytes uploaded per hour
+    "pair_down_1h",      # decayed dst_bytes, ~ bytes downloaded per hour
+    "pair_size_mean",    # running mean of src_bytes per flow
+    "pair_size_cv",      # std / mean of src_bytes per flow (0 when the mean is 0)
+)
+
+
+def _pair_kernel(rows, slot, ts, failed, up, down, last_ts, first_ts, arr_ts, n_flows, n_gaps, gap_mean,
+                 gap_var, streak, rate, ups, downs, size_mean, size_var, p, out):  # pragma: no cover - numba
+    horizon, min_gap, alpha, tau_rate, tau_bytes = p[0], p[1], p[2], p[3], p[4]
+    for i in range(len(rows)):
+        r = rows[i]
+        s = slot[r]
+        t = ts[r]
+        new = n_flows[s] == 0 or t - last_ts[s] > horizon
+        if new:
+            first_ts[s] = t
+            arr_ts[s] = t
+            last_ts[s] = t
+            n_flows[s] = 0.0
+            n_gaps[s] = 0.0
+            gap_mean[s] = 0.0
+            gap_var[s] = 0.0
+            streak[s] = 0.0
+            rate[s] = 0.0
+            ups[s] = 0.0
+            downs[s] = 0.0
+            size_mean[s] = 0.0
+            size_var[s] = 0.0
+            dt = 0.0
+        else:
+            dt = t - last_ts[s]
+            if dt < 0.0:
+                dt = 0.0
+            g = t - arr_ts[s]
+            if g >= min_gap:
+                n_gaps[s] += 1.0
+                a = max(alpha, 1.0 / n_gaps[s])
+                d = g - gap_mean[s]
+                inc = a * d
+                gap_mean[s] += inc
+                gap_var[s] = (1.0 - a) * (gap_var[s] + d * inc)
+                arr_ts[s] = t
+            if t > last_ts[s]:
+                last_ts[s] = t
+        rate[s] = rate[s] * np.exp(-dt / tau_rate) + 1.0
+        fb = np.exp(-dt / tau_bytes)
+        ups[s] = ups[s] * fb + up[r]
+        downs[s] = downs[s] * fb + down[r]
+        if failed[r]:
+            streak[s] += 1.0
+        else:
+            streak[s] = 0.0
+        n_flows[s] += 1.0
+        a = max(alpha, 1.0 / n_flows[s])
+        d = up[r] - size_mean[s]
+        inc = a * d
+        size_mean[s] += inc
+        size_var[s] = (1.0 - a) * (size_var[s] + d * inc)
+        out[0, r] = 1.0 if new else 0.0
+        out[1, r] = n_flows[s]
+        out[2, r] = t - first_ts[s]
+        out[3, r] = rate[s]
+        out[4, r] = streak[s]
+        out[5, r] = n_gaps[s]
+        out[6, r] = gap_mean[s]
+        out[7, r] = np.sqrt(gap_var[s]) / gap_mean[s] if n_gaps[s] >= 2.0 and gap_mean[s] > 0.0 else 1.0
+        out[8, r] = ups[s]
+        out[9, r] = downs[s]
+        out[10, r] = size_mean[s]
+        out[11, r] = np.sqrt(size_var[s]) / size_mean[s] if size_mean[s] > 0.0 else 0.0
+
+
+_kernel = jit(_pair_kernel)
+
+
+def pair_update(arrays: dict, rows: np.ndarray, slot: np.ndarray, cols, params, out: np.ndarray) -> None:
+    """Advance the pairs of ``rows`` (in event-time order) and write PAIR_FEATURES into ``out`` [F, n]."""
+    p = np.array([params.horizon_s, params.min_gap_s, params.ew_alpha, params.tau_rate_s, params.tau_bytes_s])
+    a = arrays
+    _kernel(rows, slot, cols.ts, cols.failed, cols.up, cols.down, a["last_ts"], a["first_ts"], a["arr_ts"],
+            a["n_flows"], a["n_gaps"], a["gap_mean"], a["gap_var"], a["streak"], a["rate"], a["up"], a["down"],
+            a["size_mean"], a["size_var"], p, out)
