@@ -1,7 +1,8 @@
 """The shared-data evaluation suites behind reports/ and README.md (Model).
 
 Run one with ``python -m training.eval_suites NAME [--out reports] [--seed N]`` (NAME: stratosphere,
-iot23, luflow, cicids2017). Each writes ``reports/<NAME>[/<fold>]/report.{json,md}`` (+ PR/ROC PNGs)
+iot23, luflow, cicids2017; ``generalise``: the leave-one-network-out benchmark of training/generalise.py,
+with its own options). Each writes ``reports/<NAME>[/<fold>]/report.{json,md}`` (+ PR/ROC PNGs)
 using the harness in :mod:`training.evaluate`; ``summary`` tabulates the reports under ``--out``, and
 ``seeds`` compares ``ours`` with ``iforest_raw`` over runs in ``--out``/seed<N>/. Designs (all benign-only training, thresholds calibrated on
 the latest held-back training windows, no test labels in any choice):
@@ -179,8 +180,15 @@ SUITES = {"stratosphere": stratosphere, "iot23": iot23, "luflow": luflow, "cicid
 
 
 def main(argv=None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["generalise"]:  # leave-one-network-out benchmark: its own options (training/generalise.py)
+        from training.generalise import main as generalise_main
+
+        return generalise_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suite", choices=sorted(SUITES) + ["summary", "seeds"])
+    ap.add_argument("suite", choices=sorted(SUITES) + ["summary", "seeds", "generalise"])
     ap.add_argument("--out", default="reports")
     ap.add_argument("--window", type=float, default=300.0)
     ap.add_argument("--epochs", type=int, default=1)
