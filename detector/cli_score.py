@@ -4,6 +4,13 @@ Output contract (stable; outside evaluations rely on it): one Parquet row per in
 input order, columns ``row, uid, ts, score, alert, top_technique, reason``. ``reason`` is null when
 the record was scored and says why otherwise (``late``, ``invalid_ts``, ``error:<type>``); such
 records have a null ``score`` and ``alert = false``. They never vanish.
+
+``--grace DUR|N`` (docs/calibration.md): the first ``DUR`` of event time (``30m``, ``2h``, ``900s``) or the
+first ``N`` scored records (a bare integer) of the inputs, in event-time order, are the grace period. They are
+scored and written like the others, their ``alert`` decided by the model's trained threshold (no blind spot
+while the deployed threshold is unknown); after it the records are alerted window by window with the threshold
+deployed by :class:`detector.grace.GraceCalibrator` (``--grace-method``, default ``robust``), which then
+tracks slow drift within its bounds. The summary prints both thresholds.
 """
 from __future__ import annotations
 
@@ -32,7 +39,72 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--stream-order", action="store_true",
                    help="window records in input order with the model's allowed lateness, like the daemon "
                         "(late records get reason 'late'); default: event-time order, nothing is late")
+    p.add_argument("--grace", default=None, metavar="DUR|N",
+                   help="grace-period calibration: the first DUR of event time (e.g. 30m, 2h) or N records set "
+                        "the deployed threshold on this traffic, without labels (docs/calibration.md)")
+    p.add_argument("--grace-method", default="robust", choices=("robust", "quantile", "trained"),
+                   help="robust: entity-trimmed quantile (default); quantile: plain grace quantile; trained: off")
+    p.add_argument("--target-fpr", type=float, default=None,
+                   help="benign FPR the deployed threshold aims at (default: the model's)")
     p.set_defaults(func=run)
+
+
+def parse_grace(text: str) -> tuple[int | None, float | None]:
+    """``"5000"`` -> (5000 records, None); ``"30m"``/``"2h"``/``"90s"``/``"1d"`` -> (None, seconds)."""
+    import re
+
+    t = str(text).strip().lower()
+    if re.fullmatch(r"[0-9]+", t):
+        n = int(t)
+        if n < 1:
+            raise ValueError(f"--grace must be a positive record count or a duration, got {text!r}")
+        return n, None
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(s|m|h|d)", t)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"--grace must be N records (e.g. 5000) or a duration (e.g. 30m, 2h, 900s), got {text!r}")
+    return None, float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+class _EntityTap:
+    """Passes the reader's batches through, keeping each record's grace entity (in input order)."""
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+        self.parts: list = []
+
+    def __iter__(self):
+        from detector.grace import flow_entities
+
+        for b in self.reader:
+            self.parts.append(flow_entities(b))
+            yield b
+
+    def entities(self):
+        import numpy as np
+
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=object)
+
+
+def apply_grace(out, entities, calibrator, window: float):
+    """``out`` (the scores table) with ``alert`` decided by ``calibrator`` in event-time order, window by window
+    of ``window`` seconds (grace records keep the trained threshold's decision)."""
+    import numpy as np
+    import pyarrow as pa
+
+    score = out.column("score").to_numpy(zero_copy_only=False).astype(np.float64)  # NaN: unscored
+    ts = out.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
+    ok = np.flatnonzero(np.isfinite(score) & np.isfinite(ts))
+    order = ok[np.lexsort((ok, ts[ok]))]
+    alert = np.zeros(out.num_rows, dtype=bool)
+    if order.size:
+        bucket = np.floor(ts[order] / window)
+        edges = np.flatnonzero(np.diff(bucket)) + 1
+        for lo, hi in zip(np.r_[0, edges], np.r_[edges, order.size]):
+            sel = order[lo:hi]
+            alert[sel] = calibrator.process(score[sel], entities[sel], ts[sel])
+        calibrator.finish_grace()  # inputs shorter than the grace period: calibrated on what there was
+    i = out.schema.get_field_index("alert")
+    return out.set_column(i, out.schema.field("alert"), pa.array(alert, pa.bool_()))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         summary = fraud_score(args.model, args.inputs, args.out)
         print(f"{args.out}: {summary}")
         return 0
+    grace = parse_grace(args.grace) if args.grace is not None else None
     bundle = load_bundle(args.model)
     t0 = time.perf_counter()
     # the detector's one-time costs overlap the reading of the first inputs (pyarrow parses without the GIL)
@@ -67,10 +140,20 @@ def run(args: argparse.Namespace) -> int:
         if getattr(bundle, "kind", "flows") != getattr(reader, "kind", "flows"):
             raise ValueError(f"model {args.model} scores {bundle.kind!r} but the inputs are {reader.kind!r}")
         empty = TX_SCHEMA if getattr(reader, "kind", "flows") == "transactions" else FLOW_SCHEMA
+        tap = _EntityTap(reader) if grace is not None else None
         # scoring starts while the later inputs are still being read (read-ahead threads)
-        out = score_batches(bundle, reader, stream_order=args.stream_order, schema=empty)
+        out = score_batches(bundle, tap if tap is not None else reader, stream_order=args.stream_order,
+                            schema=empty)
     finally:
         warm.join()
+    cal = None
+    if grace is not None:
+        from detector.grace import GraceCalibrator
+
+        target = args.target_fpr if args.target_fpr is not None else bundle.calibration.target_fpr
+        cal = GraceCalibrator(float(bundle.threshold), float(target), grace_records=grace[0],
+                              grace_seconds=grace[1], method=args.grace_method)
+        out = apply_grace(out, tap.entities(), cal, float((bundle.window or {}).get("size", 60.0)))
     # dictionaries only where values repeat (numbers and times gain nothing from one: ~2x faster write)
     pq.write_table(out, args.out, use_dictionary=["top_technique", "reason"])
     dt = time.perf_counter() - t0
@@ -81,6 +164,14 @@ def run(args: argparse.Namespace) -> int:
     alerts = int(pa.compute.sum(out.column("alert")).as_py() or 0) if n else 0
     print(f"{n} records -> {args.out}: {scored} scored, {n - scored} unscorable, {alerts} alerts, "
           f"{malformed} malformed input lines (dead-lettered), {n / max(dt, 1e-9):.0f} records/s")
+    if cal is not None:
+        g = cal.summary()
+        after = "n/a" if cal.calibrated_threshold_ is None else f"{cal.calibrated_threshold_:.6g}"
+        print(f"threshold: trained {cal.trained_threshold:.6g}, deployed {after} after a grace period of "
+              f"{g['grace_records']} records ({args.grace_method}; {g['kept']} kept, trimmed entities: "
+              f"{', '.join(g['trimmed_entities']) or 'none'}), final {cal.threshold_:.6g}")
+        if cal.in_grace_ or cal.calibrated_threshold_ is None:
+            print("warning: no scored records to calibrate on; the trained threshold was used", file=sys.stderr)
     _warn_if_misfit(bundle, args.model, alerts, scored)
     return 0
 

@@ -101,6 +101,12 @@ class Metrics:
             "Times the flagged share was far above the model's calibrated rate (the model does not fit the traffic)",
             registry=r,
         )
+        # kind="trained": the loaded model's stored threshold; kind="deployed": the one alerts use (equal to it
+        # unless grace-period calibration moved it, docs/calibration.md)
+        self.threshold = Gauge(
+            "graphsentry_threshold", "Alert threshold: the model's trained one and the deployed one", ["kind"],
+            registry=r,
+        )
 
     def set_model(self, version: str, path: str = "", target_fpr: float | None = None) -> None:
         self.model_info.info({"version": str(version), "path": str(path)})

@@ -285,6 +285,26 @@ class LogSection(_Section):
         "text", description="log lines on stderr: text or JSON lines (the --log-format flag wins)")
 
 
+class CalibrationSection(_Section):
+    """Grace-period calibration of the deployed alert threshold on this network (docs/calibration.md)."""
+
+    grace: PosFloat | None = Field(
+        None, description="seconds of event time whose scores set the deployed threshold, without labels "
+                          "(null: off, the model's trained threshold is used)")
+    method: Literal["robust", "quantile", "trained"] = Field(
+        "robust", description="robust: entity-trimmed quantile; quantile: plain grace quantile; trained: never move")
+    target_fpr: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, lt=1)] | None = Field(
+        None, description="benign FPR the deployed threshold aims at (null: the model's)")
+    max_shift: PosFloat | None = Field(
+        50.0, description="the deployed threshold stays within trained ± max_shift × the grace scores' robust "
+                          "spread (null: unbounded)")
+    drift_rate: NonNegFloat = Field(
+        0.5, description="largest move per hour of event time after grace, in robust spreads (0: frozen)")
+    state_path: NonEmpty | None = Field(
+        None, description="JSON file the calibration state is kept in (written atomically; a restart resumes "
+                          "from it; null: not persisted)")
+
+
 class GraphsentryConfig(BaseModel):
     """The whole daemon config."""
 
@@ -298,6 +318,7 @@ class GraphsentryConfig(BaseModel):
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
     log: LogSection = Field(default_factory=LogSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
 
     @model_validator(mode="after")
     def _file_source_has_paths(self) -> "GraphsentryConfig":

@@ -396,6 +396,12 @@ class Daemon:
         from collections import deque
 
         self.e2a_samples: deque = deque(maxlen=100_000)  # raw event-to-alert latencies (summary, benchmarks)
+        # grace-period calibration (docs/calibration.md): the deployed threshold is daemon state
+        self._cal = None                          # detector.grace.GraceCalibrator, or None (off)
+        self._cal_reset = threading.Event()       # set by SIGHUP / reset_calibration(); applied between windows
+        self._cal_saved_at = 0.0
+        self._cal_dirty = False
+        self._cal_force = False                   # save at the next window whatever the time (grace just ended)
 
     # -- control -------------------------------------------------------------------------
     def stop(self, reason: str = "stop()") -> None:
@@ -403,6 +409,11 @@ class Daemon:
             self.stopped_by = reason
             log.info("stopping (%s): draining", reason)
         self.stop_event.set()
+
+    def reset_calibration(self) -> None:
+        """Forget the deployed threshold and start a new grace period (SIGHUP does this); applied by the
+        scoring thread before its next window, which also removes ``calibration.state_path``."""
+        self._cal_reset.set()
 
     @property
     def ready(self) -> bool:
@@ -634,8 +645,10 @@ class Daemon:
                     self._fit.reset()
                     self._fit_warned_at = None
                     m.set_model(new.version, new.path, new.target_fpr)
+                    self._setup_calibration(new)  # another model: its own grace period (or its saved state)
                     m.model_reloads.labels("ok").inc()
                     self.summary.model_reloads += 1
+            self._apply_reset(model)
             t0 = time.perf_counter()
             results = self._score_batch(model.scorer, batch)
             per_window = (time.perf_counter() - t0) / len(batch)
@@ -663,6 +676,128 @@ class Daemon:
                 out.append(exc)
         return out
 
+    # -- calibration (deployed threshold) ------------------------------------------------------
+    def _calibration_cfg(self) -> dict:
+        return self.cfg.get("calibration") or {}
+
+    def _new_calibrator(self, model: Any):
+        from detector.grace import GraceCalibrator
+
+        c = self._calibration_cfg()
+        if model.threshold is None:
+            raise ValueError("calibration.grace is set but the model has no threshold to start from")
+        target = c.get("target_fpr") if c.get("target_fpr") is not None else model.target_fpr
+        if target is None:
+            raise ValueError("calibration.grace is set but the model has no calibrated target FPR: "
+                             "set calibration.target_fpr")
+        return GraceCalibrator(float(model.threshold), float(target), grace_seconds=float(c["grace"]),
+                               method=c.get("method", "robust"), max_shift=c.get("max_shift", 50.0),
+                               drift_rate=float(c.get("drift_rate", 0.5)))
+
+    def _setup_calibration(self, model: Any, resume: bool = True) -> None:
+        """The calibrator for ``model``: resumed from ``state_path`` when it holds this model's state, else a
+        new grace period. Sets the threshold gauges."""
+        c = self._calibration_cfg()
+        self._cal = None
+        if c.get("grace") is not None:
+            path = c.get("state_path")
+            if resume and path and Path(path).exists():
+                try:
+                    st = json.loads(Path(path).read_text())
+                    from detector.grace import GraceCalibrator
+
+                    if st.get("model_version") == model.version and st.get("trained_threshold") == model.threshold:
+                        self._cal = GraceCalibrator.from_state(st["calibrator"])
+                        log.info("calibration resumed from %s: deployed threshold %.6g (%s)", path,
+                                 self._cal.threshold_, "in grace" if self._cal.in_grace_ else "calibrated",
+                                 extra={"event": "calibration_resumed", "threshold": self._cal.threshold_})
+                    else:
+                        log.info("calibration state %s belongs to model %s, not %s: new grace period", path,
+                                 st.get("model_version"), model.version)
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    log.warning("calibration state %s unreadable (%s): new grace period", path, exc)
+            if self._cal is None:
+                self._cal = self._new_calibrator(model)
+                self._cal_dirty = self._cal_force = True
+                log.info("calibration: grace period of %.0f s of event time starts (%s, trained threshold %.6g)",
+                         float(c["grace"]), self._cal.method, self._cal.trained_threshold,
+                         extra={"event": "grace_started"})
+        self._set_threshold_gauges(model)
+
+    def _set_threshold_gauges(self, model: Any) -> None:
+        m = self.metrics
+        if model.threshold is not None:
+            m.threshold.labels("trained").set(float(model.threshold))
+        dep = self._cal.threshold_ if self._cal is not None else model.threshold
+        if dep is not None:
+            m.threshold.labels("deployed").set(float(dep))
+
+    def _save_calibration(self, model: Any, force: bool = False) -> None:
+        """Write the calibration state to ``state_path`` atomically (tmp + fsync + rename); at most every 5 s
+        unless ``force``."""
+        path = self._calibration_cfg().get("state_path")
+        if self._cal is None or not path or not self._cal_dirty:
+            return
+        now = time.monotonic()
+        if not force and now - self._cal_saved_at < 5.0:
+            return
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"model_version": model.version, "trained_threshold": model.threshold,
+                           "saved_at": time.time(), "calibrator": self._cal.state()})
+        tmp = p.with_name(p.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+        self._cal_saved_at, self._cal_dirty, self._cal_force = now, False, False
+
+    def _apply_reset(self, model: Any) -> None:
+        if not self._cal_reset.is_set():
+            return
+        self._cal_reset.clear()
+        path = self._calibration_cfg().get("state_path")
+        if path:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        if self._calibration_cfg().get("grace") is None:
+            log.info("calibration reset requested but calibration.grace is off")
+            return
+        log.info("calibration reset: new grace period", extra={"event": "calibration_reset"})
+        self._setup_calibration(model, resume=False)
+
+    def _calibrate(self, w: Any, ws: Any) -> Any:
+        """``ws`` with its alerts decided by the deployed threshold (grace records: the trained one); the
+        window then feeds the calibrator. The bundle and the scorer are not changed."""
+        import copy
+
+        from detector.grace import flow_entities
+
+        table = w.table
+        rows = np.asarray(ws.rows, dtype=np.int64)
+        tab_rows = table.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
+        pos = np.clip(np.searchsorted(tab_rows, rows), 0, max(len(tab_rows) - 1, 0))
+        ents = flow_entities(table)[pos] if len(tab_rows) else np.zeros(0, dtype=object)
+        ts = (table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) / 1e6)[pos] \
+            if len(tab_rows) else np.zeros(0)
+        was_grace = self._cal.in_grace_
+        alerts = self._cal.process(np.asarray(ws.scores, dtype=np.float64), ents, ts)
+        out = copy.copy(ws)
+        out.alerts = alerts
+        out.threshold = float(self._cal.threshold_)
+        self._cal_dirty = True
+        if was_grace and not self._cal.in_grace_:
+            self._cal_force = True
+            g = self._cal.summary()
+            log.info("grace period over: deployed threshold %.6g (trained %.6g; %d records, %d kept, trimmed %s)",
+                     self._cal.threshold_, self._cal.trained_threshold, g["grace_records"], g["kept"],
+                     ", ".join(g["trimmed_entities"]) or "none",
+                     extra={"event": "threshold_deployed", "threshold": self._cal.threshold_})
+        return out
+
     def _emit_window(self, w: Any, ws: Any, model: Any, sinks: list[AlertSink], seconds: float) -> None:
         """Alerts of one scored window, durably written, then its records marked done."""
         m = self.metrics
@@ -675,8 +810,13 @@ class Daemon:
             self._mark_done(rows_local)
             return
         m.scoring_seconds.observe(seconds)
+        threshold = model.threshold
+        if self._cal is not None:
+            ws = self._calibrate(w, ws)
+            threshold = self._cal.threshold_
+            m.threshold.labels("deployed").set(float(threshold))
         ref, arrival = self.ledger.lookup(rows_local)
-        wa = build_alerts(w, ws, model_version=model.version, threshold=model.threshold, ref_rows=ref,
+        wa = build_alerts(w, ws, model_version=model.version, threshold=threshold, ref_rows=ref,
                           explain=model.explain)
         info = {"window_start": float(w.start), "window_end": float(w.end), "records": int(w.table.num_rows),
                 "alerts": len(wa.alerts), "flagged": wa.flagged, "model_version": model.version,
@@ -705,6 +845,8 @@ class Daemon:
         self.summary.flagged_records += wa.flagged
         self._mark_done(rows_local)
         self._check_fit(model, int(wa.flagged), int(w.table.num_rows))
+        if self._cal is not None:
+            self._save_calibration(model, force=self._cal_force)
 
     def _check_fit(self, model: Any, flagged: int, records: int) -> None:
         """Flagged share over the recent records against the model's calibrated rate (gauge, warning)."""
@@ -801,6 +943,11 @@ class Daemon:
             if self._model is None:
                 self._model = self.loader(cfg["model"]["path"])
             self.metrics.set_model(self._model.version, self._model.path, self._model.target_fpr)
+            self._setup_calibration(self._model)
+            if self.install_signals and threading.current_thread() is threading.main_thread() \
+                    and hasattr(signal, "SIGHUP"):
+                prev_handlers[signal.SIGHUP] = signal.getsignal(signal.SIGHUP)
+                signal.signal(signal.SIGHUP, lambda _s, _f: self.reset_calibration())
             mw = getattr(self._model, "window", None) or {}
             if cfg["window"].get("size") is None:       # not configured: the model's own windows
                 cfg["window"]["size"] = float(mw.get("size", 60.0))
@@ -878,6 +1025,8 @@ class Daemon:
                 self.stopped_by = self.stopped_by or "end of input"
             wt.join()
             st.join()
+            if self._cal is not None:
+                self._save_calibration(self._model, force=True)
             if every > 0:
                 self._log_progress(final=True)
             if self.source is not None:
