@@ -92,6 +92,24 @@ def test_poisson_never_periodic_over_seeds():
     assert act.max() < 0.5
 
 
+def test_repeating_retry_schedule_is_periodic():
+    """A bot retrying its C2 on a fixed schedule (gaps 7.2, 8.5, 16.6, 47.7 s, over and over, as IoT-23
+    capture 8's C&C flows do) has a high gap CV but repeats itself at lag 4: periodic."""
+    rng = np.random.default_rng(4)
+    gaps = np.tile([7.2, 8.5, 16.6, 47.7], 90) + rng.uniform(-0.1, 0.1, 360)
+    shuffled = rng.permutation(gaps)  # the same gaps in random order: no pattern
+    table = merge(flows(np.cumsum(gaps), "10.0.0.5", "203.0.113.7", port=50, state="S0"),
+                  flows(np.cumsum(shuffled), "10.0.0.6", "203.0.113.8", port=50, state="S0"))
+    feats = BehaviourState().update(table)
+    act = activation(feats, "periodic_beacon")
+    sched, rand = rows_of(table, "10.0.0.5"), rows_of(table, "10.0.0.6")
+    cv = feats.column("pair_gap_cv").to_numpy()
+    assert cv[sched[-1]] > 0.7  # the CV alone would miss it
+    assert feats.column("pair_gap_lag").to_numpy()[sched[-1]] == 4
+    assert act[sched[60:]].min() > 0.95  # after 15 minutes
+    assert act[rand].max() < 0.5
+
+
 def test_beacon_with_burst_of_flows_per_beat_is_one_arrival():
     """A beacon that opens two connections per beat (DNS-less HTTP + keep-alive) is still periodic."""
     base = np.arange(100) * 30.0

@@ -22,6 +22,7 @@ def feats(**cols) -> dict[str, np.ndarray]:
     n = len(next(iter(cols.values())))
     out = {name: np.zeros(n, dtype=np.float32) for name in FEATURE_NAMES}
     out["pair_gap_cv"][:] = 1.0
+    out["pair_gap_pattern"][:] = 1.0
     out["src_streak_age_s"][:] = 86_400.0
     for k, v in cols.items():
         assert k in out, k
