@@ -96,7 +96,7 @@ def test_refuses_too_little_data_and_the_same_directory(model, tmp_path):
 def test_cli(model, tmp_path, capsys):
     out = tmp_path / "cli"
     assert cli(["calibrate", "--model", str(model), "--data", str(LATER), "--out", str(out)]) == 0
-    assert "threshold" in capsys.readouterr().err
+    assert "threshold" in capsys.readouterr().out  # the summary is on stdout
     assert load_bundle(out).threshold != load_bundle(model).threshold
     # and the recalibrated model scores like any other
     assert cli(["score", "--model", str(out), str(LATER), "--out", str(tmp_path / "s.parquet")]) == 0
