@@ -26,6 +26,7 @@ flow is taken as simultaneous with it (no negative gaps). Checkpoints (:meth:`st
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,20 +130,30 @@ class BehaviourState:
         return self
 
     def save(self, directory: str | Path) -> None:
-        """``behaviour.json`` + ``behaviour.npz`` in ``directory`` (written to temporary names, then renamed)."""
+        """``behaviour.npz`` then ``behaviour.json`` in ``directory``, each written to a temporary name,
+        fsynced, then renamed (a crash leaves the previous checkpoint or the new one, per file; the JSON
+        carries ``flows_seen`` so a reader can tell a pair of files apart from a mixed one by comparing it
+        with the npz's ``meta.flows_seen``)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         meta, arrays = self.state()
-        tmp = d / "behaviour.npz.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        tmp.replace(d / "behaviour.npz")
-        (d / "behaviour.json.tmp").write_text(json.dumps(meta, indent=1))
-        (d / "behaviour.json.tmp").replace(d / "behaviour.json")
+        arrays["meta.flows_seen"] = np.array([self.flows_seen], dtype=np.int64)
+        for name, write in (("behaviour.npz", lambda f: np.savez(f, **arrays)),
+                            ("behaviour.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))):
+            tmp = d / (name + ".tmp")
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, d / name)
 
     @classmethod
     def load(cls, directory: str | Path) -> "BehaviourState":
         d = Path(directory)
         meta = json.loads((d / "behaviour.json").read_text())
         with np.load(d / "behaviour.npz", allow_pickle=False) as z:
-            return cls.from_state(meta, {k: z[k] for k in z.files})
+            arrays = {k: z[k] for k in z.files}
+        seen = arrays.pop("meta.flows_seen", None)
+        if seen is not None and int(seen[0]) != int(meta.get("flows_seen", -1)):
+            raise ValueError(f"{d}: behaviour.json and behaviour.npz are from different checkpoints")
+        return cls.from_state(meta, arrays)

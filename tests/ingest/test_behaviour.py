@@ -331,3 +331,29 @@ def test_rows_come_back_in_input_order():
     f2 = BehaviourState().update(shuffled)
     # same times are rare (uniform floats), so the shuffled batch gives each flow the same features
     assert f2.take(pa.array(np.argsort(perm))).equals(f1)
+
+
+def test_checkpoint_files_from_two_saves_are_refused(tmp_path):
+    rng = np.random.default_rng(8)
+    table = _mixed_stream(rng, n=3000)
+    state = BehaviourState()
+    state.update(table.slice(0, 1000))
+    state.save(tmp_path / "a")
+    state.update(table.slice(1000))
+    state.save(tmp_path / "b")
+    (tmp_path / "a" / "behaviour.json").write_bytes((tmp_path / "b" / "behaviour.json").read_bytes())
+    with pytest.raises(ValueError, match="different checkpoints"):
+        BehaviourState.load(tmp_path / "a")
+    assert BehaviourState.load(tmp_path / "b").flows_seen == 3000
+    assert not list(tmp_path.glob("*/*.tmp"))
+
+
+def test_batch_processed_in_steps_equals_one_step():
+    """A batch larger than capacity // 2 goes through in steps; with no eviction the features are the same."""
+    rng = np.random.default_rng(13)
+    table = _mixed_stream(rng, n=5000)  # 300 sources, <= 256 destinations, few hundred services and pairs
+    big = BehaviourState(BehaviourParams(capacity=200_000)).update(table)
+    small_state = BehaviourState(BehaviourParams(capacity=4000))  # steps of 2000 rows
+    small = small_state.update(table)
+    assert max(small_state.sizes().values()) < 4000 and small_state.stores["pair"].evicted == 0
+    assert small.equals(big)
