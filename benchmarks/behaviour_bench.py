@@ -54,7 +54,8 @@ def synthetic(n: int, sources: int, seed: int) -> pa.Table:
         "src_ip": pa.array(np.char.add("10.0.", (src // 250).astype(str)).astype(object) + "." +
                            (src % 250).astype(str).astype(object), pa.string()),
         "dst_ip": pa.array(np.char.add("198.", (dst // 65536).astype(str)).astype(object) + "." +
-                           ((dst // 256) % 256).astype(str).astype(object) + "." + (dst % 256).astype(str).astype(object),
+                           ((dst // 256) % 256).astype(str).astype(object) + "." +
+                           (dst % 256).astype(str).astype(object),
                            pa.string()),
         "dst_port": pa.array(port.astype(np.int32)),
         "proto": pa.array(np.where(np.isin(port, [53, 123]), "udp", "tcp").astype(object), pa.string()),
@@ -149,7 +150,8 @@ def main() -> int:
         st = run_update(False)
 
     def rate(ts):  # best of the repeats, wall and CPU
-        return {"wall_flows_per_s": round(n / min(t[0] for t in ts)), "cpu_flows_per_s": round(n / min(t[1] for t in ts))}
+        return {"wall_flows_per_s": round(n / min(t[0] for t in ts)),
+                "cpu_flows_per_s": round(n / min(t[1] for t in ts))}
 
     r_read, r_upd, r_full = rate(read), rate(upd), rate(full)
     out = {

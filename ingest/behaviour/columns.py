@@ -53,9 +53,11 @@ def _num(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _combine(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct int64 combination keys -> (first row of each distinct key, distinct index per row)."""
-    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-    return first, inv.astype(np.int64).ravel()
+    """int64 combination key per row -> (distinct keys in order of first appearance, index per row): a hash
+    pass (Arrow dictionary encoding), no sort."""
+    enc = pc.dictionary_encode(pa.array(key, type=pa.int64()))
+    return (enc.dictionary.to_numpy(zero_copy_only=False).astype(np.int64),
+            enc.indices.to_numpy(zero_copy_only=False).astype(np.int64))
 
 
 def batch_columns(table: pa.Table) -> BatchColumns:
@@ -95,16 +97,18 @@ def batch_columns(table: pa.Table) -> BatchColumns:
     keys: dict[str, tuple[list[str], np.ndarray]] = {}
     keys["src"] = (src_v.to_pylist(), src_c)
     # pair: src code x dst code
-    first, inv = _combine(src_c * max(len(dst_v), 1) + dst_c)
-    pk = pc.binary_join_element_wise(src_v.take(pa.array(src_c[first])), dst_v.take(pa.array(dst_c[first])), "|")
+    n_dst = max(len(dst_v), 1)
+    uniq, inv = _combine(src_c * n_dst + dst_c)
+    pk = pc.binary_join_element_wise(src_v.take(pa.array(uniq // n_dst)), dst_v.take(pa.array(uniq % n_dst)), "|")
     keys["pair"] = (pk.to_pylist(), inv)
     # service: dst code x port x proto code (the proto text itself, lower-cased)
     n_proto = max(len(proto_text), 1)
-    first, inv = _combine((dst_c * 65537 + port) * n_proto + pcode)
-    port_txt = pc.cast(pa.array(port[first] - 1), pa.string())
-    port_txt = pc.if_else(pc.equal(pa.array(port[first]), 0), pa.scalar("-"), port_txt)
-    svc = pc.binary_join_element_wise(dst_v.take(pa.array(dst_c[first])), port_txt, "|")
-    svc = pc.binary_join_element_wise(svc, proto_text.take(pa.array(pcode[first])), "/")
+    uniq, inv = _combine((dst_c * 65537 + port) * n_proto + pcode)
+    u_port = (uniq // n_proto) % 65537
+    port_txt = pc.cast(pa.array(u_port - 1), pa.string())
+    port_txt = pc.if_else(pc.equal(pa.array(u_port), 0), pa.scalar("-"), port_txt)
+    svc = pc.binary_join_element_wise(dst_v.take(pa.array(uniq // n_proto // 65537)), port_txt, "|")
+    svc = pc.binary_join_element_wise(svc, proto_text.take(pa.array(uniq % n_proto)), "/")
     keys["svc"] = (svc.to_pylist(), inv)
     return BatchColumns(ts=ts, failed=failed, up=_num(table, "src_bytes"), down=_num(table, "dst_bytes"),
                         port_key=port_key, keys=keys)

@@ -9,8 +9,10 @@ Per pair (``src_ip|dst_ip``) the store keeps, updated flow by flow in event-time
   variance (weight ``max(ew_alpha, 1/n)``: exact for the first 1/alpha gaps, then exponentially
   forgetting), hence their coefficient of variation (std / mean): ~1 for Poisson arrivals, ~0 for a beacon;
 * the last ``LAGS`` gaps (a ring buffer) and, per lag L = 1..LAGS, the running mean of |gap - the gap L
-  arrivals earlier|: small at some lag when the gaps repeat a pattern (a malware retry schedule such as
-  7 s, 8 s, 17 s, 48 s, again and again, has a high CV but a near-zero deviation at lag 4);
+  arrivals earlier|, each term capped at the mean gap (one missed beat or outage does not mask a pattern
+  for long; Poisson arrivals give ~0.63 x the mean gap at every lag). It is small at some lag when the
+  gaps repeat a pattern: a malware retry schedule such as 7 s, 8 s, 17 s, 48 s, again and again, has a
+  high CV but a near-zero deviation at lag 4;
 * decayed sums of src_bytes (up) and dst_bytes (down) (``tau_bytes_s`` = 1 h: ~ bytes per hour);
 * the running mean and variance of src_bytes per flow (transfer-size regularity).
 
@@ -54,7 +56,8 @@ PAIR_FEATURES = (
 
 
 def _pair_kernel(rows, slot, ts, failed, up, down, last_ts, first_ts, arr_ts, n_flows, n_gaps, gap_mean,
-                 gap_var, streak, rate, ups, downs, size_mean, size_var, ring, lag_dev, p, out):  # pragma: no cover - numba
+                 gap_var, streak, rate, ups, downs, size_mean, size_var, ring, lag_dev, p,
+                 out):  # pragma: no cover - numba
     horizon, min_gap, alpha, tau_rate, tau_bytes = p[0], p[1], p[2], p[3], p[4]
     for i in range(len(rows)):
         r = rows[i]
@@ -97,7 +100,8 @@ def _pair_kernel(rows, slot, ts, failed, up, down, last_ts, first_ts, arr_ts, n_
                 for lag in range(1, nl + 1):
                     if k > lag:
                         a = max(alpha, 1.0 / (k - lag))
-                        lag_dev[s, lag - 1] += a * (abs(g - ring[s, (k - 1 - lag) % nl]) - lag_dev[s, lag - 1])
+                        dev = min(abs(g - ring[s, (k - 1 - lag) % nl]), gap_mean[s])  # one outlier counts <= 1 mean
+                        lag_dev[s, lag - 1] += a * (dev - lag_dev[s, lag - 1])
                 ring[s, (k - 1) % nl] = g
             if t > last_ts[s]:
                 last_ts[s] = t
