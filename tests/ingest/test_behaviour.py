@@ -357,3 +357,18 @@ def test_batch_processed_in_steps_equals_one_step():
     small = small_state.update(table)
     assert max(small_state.sizes().values()) < 4000 and small_state.stores["pair"].evicted == 0
     assert small.equals(big)
+
+
+def test_python_fallback_kernels_give_the_same_features(monkeypatch):
+    """Without numba the kernels run as plain Python (ingest.behaviour.jit); both paths give the same bits."""
+    from ingest.behaviour import pair, service, source
+
+    table = _mixed_stream(np.random.default_rng(17), n=1500)
+    compiled = BehaviourState().update(table)
+    monkeypatch.setattr(pair, "_kernel", pair._pair_kernel)
+    monkeypatch.setattr(source, "_kernel", source._source_kernel)
+    monkeypatch.setattr(service, "_kernel", service._service_kernel)
+    python = BehaviourState().update(table)
+    for name in FEATURE_NAMES:
+        np.testing.assert_allclose(python.column(name).to_numpy(), compiled.column(name).to_numpy(),
+                                   rtol=1e-6, atol=1e-6, err_msg=name)
