@@ -55,7 +55,7 @@ def _up_ratio(f: Features, prefix: str = "pair") -> np.ndarray:
 def periodic_beacon(f: Features) -> np.ndarray:
     """A source->destination pair whose arrivals are regular over minutes to hours: >= 6 gaps (full at 12)
     whose coefficient of variation, or mean deviation from the gap 1-4 arrivals earlier relative to the mean
-    gap (a repeating retry pattern), is <= 0.1 (none above 0.35; Poisson arrivals have ~1 for both),
+    gap (a repeating retry pattern), is <= 0.1 (none above 0.35; Poisson arrivals have ~1 and ~0.63),
     spanning >= 5 min (full at 15 min)."""
     regularity = np.minimum(f["pair_gap_cv"], f["pair_gap_pattern"])
     return (ramp(f["pair_gaps"], 5, 12) * (1.0 - ramp(regularity, 0.1, 0.35))

@@ -65,7 +65,7 @@ def batch_columns(table: pa.Table) -> BatchColumns:
     ts = table.column("ts")
     ts = ts.combine_chunks() if isinstance(ts, pa.ChunkedArray) else ts
     if pa.types.is_timestamp(ts.type):
-        ts = ts.cast(pa.timestamp("us", tz=ts.type.tz)).cast(pa.int64())
+        ts = ts.cast(pa.timestamp("us", tz=ts.type.tz), safe=False).cast(pa.int64())
     ts = np.asarray(pc.fill_null(ts, 0).to_numpy(zero_copy_only=False), dtype=np.float64) / 1e6
 
     if "conn_state" in table.column_names:
