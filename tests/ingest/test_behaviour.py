@@ -211,6 +211,9 @@ def test_first_use_of_rare_port_fires_rarity_usual_port_does_not():
     techs = fired(feats)
     assert act[200] == 1.0 and "T1571" in techs[200].as_py()
     assert act[201] == 0.0 and act[:200].max() == 0.0
+    share = feats.column("src_port_share").to_numpy()
+    assert share[200] == 0.0 and share[201] > 0.95  # read before the flow is counted
+    np.testing.assert_allclose(feats.column("src_port_history").to_numpy()[:3], [0, 1, 2], rtol=1e-3)
     # a host without a port habit (random high ports, as P2P) gets no rarity from one more port
     ports = rng.integers(1024, 65535, 200)
     feats = BehaviourState().update(merge(flows(ts, "10.0.0.10", dsts, port=ports),
