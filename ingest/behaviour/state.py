@@ -10,8 +10,9 @@ the features of its entities *after* that flow, computed in event-time order.
 How the scorer uses it (the model's input width does not change; this is a side channel)::
 
     state = BehaviourState(BehaviourParams(capacity=200_000))   # or BehaviourState.load(dir)
-    for window in windows:                       # windows in event-time order
-        feats = state.update(window.table)       # pyarrow.Table, one row per flow, same order
+    for window in windows:                       # windows in event-time order; every flow fed ONCE
+        feats = state.update(window.table)       # (tumbling windows; with sliding ones, only the new rows)
+                                                 # -> pyarrow.Table, one row per flow, same order
         techs = knowledge.behaviour_predicates.fired(feats)   # per-flow ATT&CK ids (list<string>)
         # -> attach `techs` (and the predicate activations) to each alert's explanation, and raise a
         #    flow's alert score with behaviour_predicates.technique_scores(feats).max(axis=1) if wanted
@@ -20,7 +21,9 @@ How the scorer uses it (the model's input width does not change; this is a side 
 Semantics: within a batch, rows are processed in order of ``ts`` (stable: equal times keep input
 order). ``update(A); update(B)`` equals ``update(A + B)`` whenever B's flows are not earlier than A's
 (as consecutive windows are) and no key was evicted in between; a flow earlier than its entity's last
-flow is taken as simultaneous with it (no negative gaps). Checkpoints (:meth:`state` /
+flow is taken as simultaneous with it (no negative gaps). The first update in a fresh environment
+compiles the kernels (numba, cached on disk afterwards): a daemon should call ``update`` once on a
+tiny batch at startup, as the benchmark does. Checkpoints (:meth:`state` /
 :meth:`from_state`, :meth:`save` / :meth:`load`) are JSON + npz, no pickle, and restore exactly.
 """
 from __future__ import annotations
