@@ -20,7 +20,8 @@ cut is chosen by one vote per entity, so a single loud entity cannot move it by 
    the entities' median scores plus ``k`` times the median of their within-entity spreads (``1.4826 * MAD``).
 
 Entities with fewer than ``min_entity_records`` grace records are pooled into one entity (a vertical scan
-over many ports then still counts as one). Trimming never leaves fewer than ``1 - max_trim`` of the records;
+over many ports then still counts as one); an entity (the pool included) with fewer than that many records
+does not vote, but is judged against the cut like the others. Trimming never leaves fewer than ``1 - max_trim`` of the records;
 otherwise nothing is trimmed (logged as ``trim_skipped``). The quantile of what is left is then clamped to
 ``trained ± max_shift * scale_`` (``scale_``: the robust spread, ``1.4826 * MAD``, of the kept grace scores).
 All bounds are additive in score units because scores can be negative (standardised detectors), so a
@@ -296,13 +297,17 @@ class GraceCalibrator:
         names, inv = np.unique(pooled.astype(str), return_inverse=True)
         groups = [s[inv == i] for i in range(names.size)]
         med = np.array([np.median(g) for g in groups])
-        suspect_anchor = med > self.trained_threshold
-        if suspect_anchor.sum() * 2 <= names.size:   # the trained threshold fits most of the network
+        # voters: entities with enough records (a pool of a few stray records does not vote; it is still judged)
+        votes = np.array([g.size >= self.min_entity_records for g in groups])
+        if not votes.any():
+            votes[:] = True
+        suspect_anchor = med[votes] > self.trained_threshold
+        if suspect_anchor.sum() * 2 <= votes.sum():   # the trained threshold fits most of the network
             cut, kind = self.trained_threshold, "trained"
-        elif names.size > 1:
+        elif votes.sum() > 1:
             # one vote per entity: the typical entity's median plus k typical within-entity spreads
-            spread = float(np.median([robust_scale(g) for g in groups]))
-            cut, kind = float(np.median(med)) + self.k * spread, "mad"
+            spread = float(np.median([robust_scale(g) for g, v in zip(groups, votes) if v]))
+            cut, kind = float(np.median(med[votes])) + self.k * spread, "mad"
         else:
             cut, kind = math.inf, "mad"
         suspect = med > cut

@@ -8,7 +8,7 @@ Cases: every IoT-23 capture held out in turn (the model is trained benign-only, 
 ``grace-frac`` of the records (at least 1,000, at most half the capture) is the grace period, whose *labels are
 never read* by the calibrators; the later records are the test. Three thresholds are applied to the same test
 scores, window by window in event time as the daemon does (alerts of a window decided with the threshold in
-force before it, then the window feeds the calibrator's drift tracking):
+force (grace records: the trained one), then the window feeds the calibrator's drift tracking):
 
 (a) ``trained``: the model's stored threshold; (b) ``quantile``: plain conformal 1 - target_fpr quantile of the
 grace scores (:class:`detector.grace.GraceCalibrator` ``method="quantile"``); (c) ``robust``: entity-trimmed
@@ -99,8 +99,8 @@ def _apply(method: str, z: dict, info: dict, n_grace: int) -> tuple[np.ndarray, 
     bucket = np.floor(ts / win)
     edges = np.flatnonzero(np.diff(bucket)) + 1
     for lo, hi in zip(np.r_[0, edges], np.r_[edges, s.size]):
-        alerts[lo:hi] = cal.alerts(s[lo:hi])   # the threshold in force before this window
-        cal.update(s[lo:hi], ent[lo:hi], ts[lo:hi])
+        # grace records: the trained threshold; after grace: the threshold in force (as the daemon does)
+        alerts[lo:hi] = cal.process(s[lo:hi], ent[lo:hi], ts[lo:hi])
     return alerts, cal
 
 
@@ -182,7 +182,16 @@ def markdown(rep: dict) -> str:
             + " / ".join(_f(m[k]["recall"]) for k in METHODS) + f" | {trimmed} | {verdict(r)} |")
     lines += ["", f"Target FPR {rep['cases'][0]['target_fpr'] if rep['cases'] else 'n/a'}. 'n/a': the test part "
               "has no records of that class. Thresholds after grace; the robust threshold then drifts within its "
-              "bounds (final values in report.json)."]
+              "bounds (final values in report.json).", "",
+              "Honesty notes: the robust method's defaults (k = 3, min_entity_records = 5, max_trim = 0.9, "
+              "max_shift = 50, drift_rate = 0.5, the half-of-the-entities rule) were set before any of these runs "
+              "and were not tuned on their labels. One rule was changed after a first run of this script: a pool "
+              "of small entities with fewer than min_entity_records records no longer votes on whether the trained "
+              "threshold is trusted (in 8-1 a two-record pool had tipped the vote); 8-1 is therefore not an "
+              "independent test of that rule. The entity key (source|service) was chosen after looking at the "
+              "composition of the IoT-23 captures (one infected device is the source of all their flows). A "
+              "loss is a case where the robust threshold's test FPR exceeds twice the target or its recall is "
+              "more than 0.05 below the best of the three; losses are listed as such."]
     return "\n".join(lines) + "\n"
 
 
@@ -198,6 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=float, default=300.0)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--code", default=None, help="commit to record (runs from a clean export of a commit)")
     ap.add_argument("--cache", default=None, help="directory for per-case scores (.npz), reused when present")
     a = ap.parse_args(argv)
     if not (DATA / "iot23").exists():
@@ -205,7 +215,7 @@ def main(argv=None) -> int:
         return 0
     cfg = TrainConfig(window=a.window, epochs=a.epochs, benign_only=True, seed=a.seed)
     rep = {"grace_frac": a.grace_frac, "window": a.window, "epochs": a.epochs, "seed": a.seed,
-           "code": _git_head(), "cases": []}
+           "code": a.code or _git_head(), "cases": []}
     want = [c for c in a.captures.split(",") if c]
     cache = Path(a.cache) if a.cache else None
     for name, train, test in _cases(want):

@@ -182,3 +182,80 @@ def test_grace_seconds_needs_timestamps():
     cal = GraceCalibrator(TRAINED, TARGET, grace_seconds=60.0)
     with pytest.raises(ValueError, match="ts"):
         cal.update(np.ones(3), None, None)
+
+
+# -- graphsentry score --grace ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,want", [("5000", (5000, None)), ("30m", (None, 1800.0)), ("2h", (None, 7200.0)),
+                                       ("900s", (None, 900.0)), ("1.5d", (None, 129600.0))])
+def test_parse_grace(text, want):
+    from detector.cli_score import parse_grace
+
+    assert parse_grace(text) == want
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "30x", "m", "0s", ""])
+def test_parse_grace_refuses(text):
+    from detector.cli_score import parse_grace
+
+    with pytest.raises(ValueError, match="--grace"):
+        parse_grace(text)
+
+
+def test_apply_grace_alerts_in_event_time_with_trained_then_deployed():
+    import pyarrow as pa
+
+    from detector.cli_score import apply_grace
+    from detector.scoring import scores_schema
+
+    rng = np.random.default_rng(8)
+    s, ent, ts = benign(rng, 6000, rate=2.0)              # 3,000 s, trained threshold far too low
+    perm = rng.permutation(s.size)                          # the input is not in time order
+    s[perm[:10]] = np.nan                                   # unscored records never alert
+    out = pa.table({"row": pa.array(np.arange(s.size)), "uid": pa.nulls(s.size, pa.string()),
+                    "ts": pa.array((ts[perm] * 1e6).astype(np.int64)).cast(pa.timestamp("us", tz="UTC")),
+                    "score": pa.array(s[perm], mask=np.isnan(s[perm])), "alert": pa.array(np.zeros(s.size, bool)),
+                    "top_technique": pa.nulls(s.size, pa.string()), "reason": pa.nulls(s.size, pa.string())},
+                   schema=scores_schema())
+    cal = GraceCalibrator(TRAINED, TARGET, grace_seconds=900.0, method="robust")
+    got = apply_grace(out, ent[perm], cal, window=60.0).column("alert").to_numpy(zero_copy_only=False)
+    t_in = ts[perm]
+    grace = t_in < ts[0] + 900.0
+    finite = np.isfinite(s[perm])
+    assert got[grace & finite].mean() > 0.9               # grace: the trained threshold decided
+    assert got[~grace & finite].mean() <= 2 * TARGET       # after: the deployed one
+    assert not got[~finite].any()
+    assert cal.n_grace_ == int((grace & finite).sum())
+
+
+@pytest.mark.slow
+def test_score_cli_grace_end_to_end(samples, tmp_path, capsys):
+    """`graphsentry train` then `graphsentry score --grace` on the bundled Stratosphere samples."""
+    import pyarrow.parquet as pq
+
+    from training.cli import main
+
+    train_in = samples / "stratosphere" / "008-zeek-mixed.conn.log.labeled"
+    test_in = samples / "stratosphere" / "010-zeek-mixed.conn.log.labeled"
+    if not (train_in.exists() and test_in.exists()):
+        pytest.skip("no bundled Stratosphere samples")
+    model = tmp_path / "model"
+    assert main(["train", "--data", str(train_in), "--out", str(model), "--epochs", "1", "--window", "30m",
+                 "--no-progress", "--hidden", "16", "--objective", "contrastive", "--benign-only"]) == 0
+    capsys.readouterr()
+    assert main(["score", "--model", str(model), str(test_in), "--out", str(tmp_path / "plain.parquet")]) == 0
+    assert main(["score", "--model", str(model), str(test_in), "--out", str(tmp_path / "g.parquet"),
+                 "--grace", "300"]) == 0
+    text = capsys.readouterr().out
+    assert "threshold: trained" in text and "deployed" in text and "after a grace period of 300 records" in text
+    plain, g = pq.read_table(tmp_path / "plain.parquet"), pq.read_table(tmp_path / "g.parquet")
+    assert g.num_rows == plain.num_rows and g.column("row").equals(plain.column("row"))
+    assert g.column("score").equals(plain.column("score"))   # scores unchanged, only the decision moves
+    # the earliest 300 scored records keep the trained threshold's decision
+    sc = g.column("score").to_numpy(zero_copy_only=False)
+    ts = g.column("ts").cast("int64").to_numpy()
+    ok = np.flatnonzero(np.isfinite(sc))
+    first = ok[np.lexsort((ok, ts[ok]))][:300]
+    a_plain = plain.column("alert").to_numpy(zero_copy_only=False)
+    a_g = g.column("alert").to_numpy(zero_copy_only=False)
+    assert np.array_equal(a_plain[first], a_g[first])
