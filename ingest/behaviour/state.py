@@ -22,8 +22,8 @@ Semantics: within a batch, rows are processed in order of ``ts`` (stable: equal 
 order). ``update(A); update(B)`` equals ``update(A + B)`` whenever B's flows are not earlier than A's
 (as consecutive windows are) and no key was evicted in between; a flow earlier than its entity's last
 flow is taken as simultaneous with it (no negative gaps). The first update in a fresh environment
-compiles the kernels (numba, cached on disk afterwards): a daemon should call ``update`` once on a
-tiny batch at startup, as the benchmark does. Checkpoints (:meth:`state` /
+compiles the kernels (numba, cached on disk afterwards): a daemon calls :meth:`warm_up` at startup
+(a throwaway state; its own state is untouched). Checkpoints (:meth:`state` /
 :meth:`from_state`, :meth:`save` / :meth:`load`) are JSON + npz, no pickle, and restore exactly.
 """
 from __future__ import annotations
@@ -105,6 +105,15 @@ class BehaviourState:
             service_update(self.stores["svc"].arrays, rows, slots["svc"], cols, self.params, out[_V0:])
         self.flows_seen += n
         return pa.Table.from_arrays([pa.array(out[j]) for j in range(len(FEATURE_NAMES))], schema=FEATURES_SCHEMA)
+
+    @staticmethod
+    def warm_up() -> None:
+        """Compile (or load from the numba cache) the kernels on a throwaway state of two flows."""
+        ts = pa.array([0, 1_000_000], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        BehaviourState(BehaviourParams(capacity=4)).update(pa.table({
+            "ts": ts, "src_ip": ["0.0.0.1", "0.0.0.1"], "dst_ip": ["0.0.0.2", "0.0.0.2"],
+            "dst_port": pa.array([1, 1], pa.int32()), "proto": ["tcp", "tcp"], "conn_state": ["S0", "SF"],
+            "src_bytes": [0, 1], "dst_bytes": [0, 1]}))
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of the field arrays at full capacity, per kind (keys and their dictionary come on top)."""
