@@ -375,3 +375,19 @@ def test_python_fallback_kernels_give_the_same_features(monkeypatch):
     for name in FEATURE_NAMES:
         np.testing.assert_allclose(python.column(name).to_numpy(), compiled.column(name).to_numpy(),
                                    rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_minimal_columns_nulls_and_record_batches():
+    """Only ts/src_ip/dst_ip present, or every optional column null (formats without them): no failure,
+    no port, zero bytes; a RecordBatch gives what the same Table gives; an empty batch gives no rows."""
+    ts = pa.array(np.round((T0 + np.arange(20.0) * 60) * 1e6).astype(np.int64)).cast(pa.timestamp("us", tz="UTC"))
+    minimal = pa.table({"ts": ts, "src_ip": ["10.0.0.1"] * 20, "dst_ip": ["10.0.0.2"] * 20})
+    full_nulls = conform(minimal.append_column("row", pa.array(np.arange(20))), FLOW_SCHEMA)  # others null
+    a = BehaviourState().update(minimal)
+    b = BehaviourState().update(full_nulls)
+    c = BehaviourState().update(full_nulls.to_batches()[0])
+    assert a.equals(b) and b.equals(c)
+    assert a.num_rows == 20 and a.column("flow_failed").to_numpy().max() == 0
+    assert a.column("pair_up_1h").to_numpy().max() == 0 and a.column("pair_gaps").to_numpy()[-1] == 19
+    empty = BehaviourState().update(full_nulls.slice(0, 0))
+    assert empty.num_rows == 0 and empty.column_names == list(FEATURE_NAMES)
