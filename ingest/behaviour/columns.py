@@ -1,9 +1,10 @@
 """The columns behaviour state needs from a flow batch (FLOW_SCHEMA), as numpy arrays, and the entity
 keys of each row, vectorised.
 
-Entity keys are strings (the store's keys): a source host ``src_ip``; a pair ``src_ip|dst_ip``; a
-destination service ``dst_ip|port/proto``. Each kind comes as (distinct keys of the batch, key index
-per row): string work runs once per distinct key (Arrow joins), never once per row.
+Entity keys are 64-bit hashes (:mod:`ingest.behaviour.hashing`): a source host hashes its ``src_ip``; a
+pair mixes the ``src_ip`` and ``dst_ip`` hashes; a destination service mixes the ``dst_ip`` hash with
+the port and the lower-cased protocol text. Strings are hashed once per distinct value (Arrow dictionary
+encoding), then per row by index. Each kind comes as (distinct key hashes of the batch, index per row).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from ingest.behaviour.hashing import hash_strings, mix
 
 __all__ = ["FAILED_STATES", "BatchColumns", "batch_columns", "PROTO_CODES"]
 
@@ -29,7 +32,7 @@ class BatchColumns:
     up: np.ndarray          # float64 src_bytes (null -> 0)
     down: np.ndarray        # float64 dst_bytes (null -> 0)
     port_key: np.ndarray    # int64 (dst_port + 1) + 65537 * proto code
-    keys: dict[str, tuple[list[str], np.ndarray]]  # kind -> (distinct keys, index per row)
+    keys: dict[str, tuple[np.ndarray, np.ndarray]]  # kind -> (distinct key hashes, index per row)
 
 
 def _strings(table: pa.Table, name: str) -> pa.Array:
@@ -52,15 +55,15 @@ def _num(table: pa.Table, name: str) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _combine(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int64 combination key per row -> (distinct keys in order of first appearance, index per row): a hash
+def _distinct(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint64 key hash per row -> (distinct hashes in order of first appearance, index per row): one hash
     pass (Arrow dictionary encoding), no sort."""
-    enc = pc.dictionary_encode(pa.array(key, type=pa.int64()))
-    return (enc.dictionary.to_numpy(zero_copy_only=False).astype(np.int64),
+    enc = pc.dictionary_encode(pa.array(h, type=pa.uint64()))
+    return (enc.dictionary.to_numpy(zero_copy_only=False).astype(np.uint64),
             enc.indices.to_numpy(zero_copy_only=False).astype(np.int64))
 
 
-def batch_columns(table: pa.Table) -> BatchColumns:
+def batch_columns(table: pa.Table, seed: int = 0) -> BatchColumns:
     n = table.num_rows
     ts = table.column("ts")
     ts = ts.combine_chunks() if isinstance(ts, pa.ChunkedArray) else ts
@@ -94,21 +97,10 @@ def batch_columns(table: pa.Table) -> BatchColumns:
 
     src_c, src_v = _encode(_strings(table, "src_ip"))
     dst_c, dst_v = _encode(_strings(table, "dst_ip"))
-    keys: dict[str, tuple[list[str], np.ndarray]] = {}
-    keys["src"] = (src_v.to_pylist(), src_c)
-    # pair: src code x dst code
-    n_dst = max(len(dst_v), 1)
-    uniq, inv = _combine(src_c * n_dst + dst_c)
-    pk = pc.binary_join_element_wise(src_v.take(pa.array(uniq // n_dst)), dst_v.take(pa.array(uniq % n_dst)), "|")
-    keys["pair"] = (pk.to_pylist(), inv)
-    # service: dst code x port x proto code (the proto text itself, lower-cased)
-    n_proto = max(len(proto_text), 1)
-    uniq, inv = _combine((dst_c * 65537 + port) * n_proto + pcode)
-    u_port = (uniq // n_proto) % 65537
-    port_txt = pc.cast(pa.array(u_port - 1), pa.string())
-    port_txt = pc.if_else(pc.equal(pa.array(u_port), 0), pa.scalar("-"), port_txt)
-    svc = pc.binary_join_element_wise(dst_v.take(pa.array(uniq // n_proto // 65537)), port_txt, "|")
-    svc = pc.binary_join_element_wise(svc, proto_text.take(pa.array(uniq % n_proto)), "/")
-    keys["svc"] = (svc.to_pylist(), inv)
+    h_src = hash_strings(src_v, seed)[src_c]  # per row, from one hash per distinct address
+    h_dst = hash_strings(dst_v, seed)[dst_c]
+    h_proto = hash_strings(proto_text, seed)[pcode]
+    keys = {"src": _distinct(h_src), "pair": _distinct(mix(h_src, h_dst)),
+            "svc": _distinct(mix(h_dst, mix(port.astype(np.uint64), h_proto)))}
     return BatchColumns(ts=ts, failed=failed, up=_num(table, "src_bytes"), down=_num(table, "dst_bytes"),
                         port_key=port_key, keys=keys)

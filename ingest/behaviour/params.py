@@ -19,6 +19,7 @@ class BehaviourParams:
     tau_svc_s: float = 600.0     # decay of a service's flow and failure counts
     top_ports: int = 8           # ports remembered per host (bounded top-k of decayed counts)
     age_cap_s: float = 86_400.0  # ages (time since a failure streak) are capped here; "never" = the cap
+    hash_seed: int = 0x5EED      # seed of the entity-key hashes (e.g. from a seeded generator); kept in checkpoints
 
     def to_json(self) -> dict:
         return asdict(self)

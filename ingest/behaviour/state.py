@@ -46,7 +46,7 @@ __all__ = ["BehaviourState", "FEATURE_NAMES", "FEATURES_SCHEMA"]
 
 FEATURE_NAMES: tuple[str, ...] = ("flow_failed",) + PAIR_FEATURES + SOURCE_FEATURES + SERVICE_FEATURES
 FEATURES_SCHEMA = pa.schema([pa.field(n, pa.float32(), nullable=False) for n in FEATURE_NAMES])
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: keys held as 64-bit hashes
 KINDS = ("pair", "src", "svc")
 _P0 = 1
 _S0 = _P0 + len(PAIR_FEATURES)
@@ -79,7 +79,7 @@ class BehaviourState:
         n = table.num_rows
         if n == 0:
             return FEATURES_SCHEMA.empty_table()
-        cols = batch_columns(table)
+        cols = batch_columns(table, self.params.hash_seed)
         order = np.argsort(cols.ts, kind="stable")
         out = np.zeros((len(FEATURE_NAMES), n), dtype=np.float32)
         out[0] = cols.failed
@@ -90,12 +90,13 @@ class BehaviourState:
             rows = order[start:start + step]
             for kind in KINDS:
                 keys, inv = cols.keys[kind]
-                code = inv if step >= n else inv[rows]
-                used = np.arange(len(keys)) if step >= n else np.unique(code)
-                got, _ = self.stores[kind].lookup([keys[i] for i in used.tolist()] if step < n else keys)
-                if step >= n:
+                if step >= n:  # the whole batch in one step (the usual case)
+                    got, _ = self.stores[kind].lookup(keys)
                     slots[kind] = got[inv]
                 else:
+                    code = inv[rows]
+                    used = np.unique(code)
+                    got, _ = self.stores[kind].lookup(keys[used])
                     lut = np.full(len(keys), -1, dtype=np.int64)
                     lut[used] = got
                     slots[kind][rows] = lut[code]
@@ -116,7 +117,7 @@ class BehaviourState:
             "src_bytes": [0, 1], "dst_bytes": [0, 1]}))
 
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes of the field arrays at full capacity, per kind (keys and their dictionary come on top)."""
+        """Bytes at full capacity per kind: field arrays, index and bookkeeping (``bytes_per_slot x capacity``)."""
         return {k: s.bytes_per_slot() * s.capacity for k, s in self.stores.items()}
 
     # ------------------------------------------------------------------ checkpoint (JSON + npz, no pickle)

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from ingest.behaviour import FEATURE_NAMES, BehaviourParams, BehaviourState
+from ingest.behaviour.hashing import hash_text
 from ingest.behaviour.store import EntityStore
 from ingest.schema import FLOW_SCHEMA, conform
 from knowledge.behaviour_predicates import BEHAVIOUR_PREDICATE_NAMES, compute_behaviour_predicates, fired
@@ -225,18 +226,37 @@ def test_first_use_of_rare_port_fires_rarity_usual_port_does_not():
 
 
 def test_entity_store_evicts_least_recently_seen_and_keeps_capacity():
+    h = dict(zip("abcdefvwxyz", hash_text("abcdefvwxyz", seed=1).tolist()))
     store = EntityStore(4, {"last_ts": (np.float64, (), np.nan)})
-    slots, fresh = store.lookup(["a", "b", "c", "d"])
+    slots, fresh = store.lookup(np.array([h[k] for k in "abcd"], dtype=np.uint64))
     assert fresh.all() and len(store) == 4
     store.arrays["last_ts"][slots] = [4.0, 1.0, 3.0, 2.0]
     # "b" (1.0) and "d" (2.0) are the least recently seen; "b" is in use by this call, so "d" and "c" go
-    slots2, fresh2 = store.lookup(["b", "e", "f"])
+    slots2, fresh2 = store.lookup(np.array([h[k] for k in "bef"], dtype=np.uint64))
     assert fresh2.tolist() == [False, True, True] and slots2[0] == slots[1]
-    assert len(store) == 4 and "d" not in store and "c" not in store and "a" in store and "b" in store
+    assert len(store) == 4 and h["d"] not in store and h["c"] not in store and h["a"] in store and h["b"] in store
     with pytest.raises(ValueError):
-        store.lookup(["v", "w", "x", "y", "z"])
+        store.lookup(np.array([h[k] for k in "vwxyz"], dtype=np.uint64))
     assert len(store) <= 4
     assert store.evicted == 2
+
+
+def test_entity_store_index_survives_churn():
+    """Many evictions (tombstones, index rebuilds): every held key is found at its slot, no other key is."""
+    rng = np.random.default_rng(6)
+    store = EntityStore(1000, {"last_ts": (np.float64, (), np.nan), "tag": (np.uint64, (), 0)})
+    t = 0.0
+    for _ in range(50):
+        keys = np.unique(rng.integers(0, 2**63, 700, dtype=np.uint64))
+        slots, fresh = store.lookup(keys)
+        store.arrays["tag"][slots[fresh]] = keys[fresh]
+        store.arrays["last_ts"][slots] = t = t + 1.0
+        assert len(store) <= 1000
+        assert np.array_equal(store.arrays["tag"][slots], keys)  # each key sees its own row
+    held = store.state("k")[1]["k.hash"]
+    again, fresh = store.lookup(held)
+    assert not fresh.any() and np.array_equal(store.arrays["tag"][again], held)
+    assert store.evicted == 50 * 700 - len(held) and len(held) == 1000  # every key was new (random 63-bit)
 
 
 def test_behaviour_state_capacity_keeps_most_recent_sources():
@@ -246,7 +266,9 @@ def test_behaviour_state_capacity_keeps_most_recent_sources():
     state = BehaviourState(BehaviourParams(capacity=cap))
     state.update(flows(ts, srcs, "192.0.2.80", port=80))
     assert state.sizes() == {"pair": cap, "src": cap, "svc": 1}
-    assert all(s in state.stores["src"] for s in srcs[-cap:])
+    held = hash_text(srcs, state.params.hash_seed)
+    assert all(h in state.stores["src"] for h in held[-cap:].tolist())
+    assert not any(h in state.stores["src"] for h in held[:-cap].tolist())
     assert state.stores["src"].evicted == 900
     # an evicted source comes back as new: its next flow is a new destination again
     feats = state.update(flows([2000.0], srcs[0], "192.0.2.80", port=80))
