@@ -8,8 +8,8 @@ Every split holds one *network* out of training entirely and trains ONE generic 
 * ``iot23/<capture>`` and ``stratosphere/<capture>``: one Zeek capture (one device / host) is the test set;
   the model trains on every other IoT-23 and Stratosphere capture together (one generic Zeek model).
   Cross-capture: captures are different devices and dates, so this is not a forecast in time.
-* ``luflow/later-days``: LUFlow days before the latest gap of at least 3 days without data train, the
-  days after it test; test records less than 3 days after the last training record are dropped, so the
+* ``luflow/later-days``: LUFlow days before the first gap of at least 3 days without data train, the
+  days after it test (only 2020-12-16 of those holds labelled attacks in the shared copy); test records less than 3 days after the last training record are dropped, so the
   gap holds on the records' own timestamps.
 * ``cicids2017/<family>``: benign flows split in time (earliest 70 % train, latest 30 % test); the
   training table also holds the attack flows of every *other* family up to the cut, the test table the
@@ -140,13 +140,14 @@ def luflow_days(data: Path) -> list[tuple[dt.date, Path]]:
 
 
 def luflow_cut(days: list[dt.date], gap_days: float = GAP_DAYS) -> int | None:
-    """Index of the first test day: after the latest run of >= ``gap_days`` days without data that leaves
-    at least one day on each side (None when there is none)."""
-    best = None
+    """Index of the first test day: after the *first* run of >= ``gap_days`` days without data (None when
+    there is none). The first, not the latest: in the shared copy only the days up to 2020-12-16 hold
+    labelled attacks (2020-12-17 onwards are all benign), so a later cut would leave a test set without
+    attacks; the benign-only later days still count for the benign FPR."""
     for i in range(1, len(days)):
         if (days[i] - days[i - 1]).days - 1 >= gap_days:
-            best = i
-    return best
+            return i
+    return None
 
 
 def _slug(s: str) -> str:
@@ -401,12 +402,13 @@ def run(out: Path, patterns: str | None = None, max_train: int = 150_000, max_te
     d = Path(out) / "splits"
     d.mkdir(parents=True, exist_ok=True)
     cache: dict = {}
-    run_meta = {"commit": git_head(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    run_meta = {"commit": git_head(), "uncommitted_code": _dirty(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "cores": os.cpu_count(), "torch_threads": _torch_threads(),
                 "machine": os.environ.get("GENERALISE_MACHINE") or platform.node(),
                 "caps": {"max_train": max_train, "max_test": max_test,
                          "sampling": "even stride over the time-sorted records (never random rows)"},
-                "config": asdict(cfg), "methods": list(methods), "seed": seed, "epochs": epochs}
+                "config": asdict(cfg), "methods": list(methods), "seed": seed, "epochs": epochs,
+                "versions": _versions()}
     for spec in specs:
         print(f"== {spec.name}", flush=True)
         t0 = time.perf_counter()
@@ -421,6 +423,32 @@ def run(out: Path, patterns: str | None = None, max_train: int = 150_000, max_te
         (d / f"{spec.name.replace('/', '__')}.json").write_text(json.dumps(rep, indent=2, default=str))
         render(Path(out))
     return render(Path(out))
+
+
+def _dirty() -> list[str] | None:
+    """Code files that differ from the commit (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "status", "--porcelain", "--", "training", "detector", "ingest", "knowledge"],
+                           capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if r.returncode != 0:
+        return None
+    return [ln[3:] for ln in r.stdout.splitlines() if ln[3:].endswith(".py")]
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for p in ("torch", "numpy", "scikit-learn", "pyarrow", "pyod"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            out[p] = None
+    return out
 
 
 def _torch_threads() -> int:
@@ -489,7 +517,11 @@ def render(out: Path) -> dict:
               "splits": reps}
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / "report.md").write_text(markdown(report))
+    md = markdown(report)
+    notes = out / "NOTES.md"   # hand-written provenance notes (no figures), appended verbatim when present
+    if notes.is_file():
+        md += "\n" + notes.read_text()
+    (out / "report.md").write_text(md)
     return report
 
 
@@ -530,6 +562,15 @@ def markdown(report: dict) -> str:
         eps = f"{o.get('n_detected')}/{o.get('n_episodes')} / {_f(o.get('fpr'), 4)}" if o else "n/a"
         L.append(f"| {r['split']} | {r.get('held_out')} | {r['verdict']['auprc_winner'] or 'n/a'} | {eps} | "
                  f"{r['verdict']['text']} |")
+    att = [r for r in report["splits"] if any((x.get("auprc") is not None) for x in (r.get("results") or {}).values())]
+    wins: dict = {}
+    for r in att:
+        wins[r["verdict"]["auprc_winner"]] = wins.get(r["verdict"]["auprc_winner"], 0) + 1
+    eps = [r for r in report["splits"] if r["verdict"].get("ours_goal") is not None]
+    L += ["", f"AUPRC wins over the {len(att)} splits with attacks: "
+              + (", ".join(f"{m} {n}" for m, n in sorted(wins.items(), key=lambda t: -t[1])) or "none") + ". "
+              f"`ours` reaches >= {EPISODE_GOAL:.0%} of the episodes at benign FPR <= {FPR_GOAL:.0%} on "
+              f"{sum(r['verdict']['ours_goal'] for r in eps)} of {len(eps)} splits with episodes."]
     w = report["worst_split"]
     L += ["", "**Worst split** per method (lowest AUPRC, lowest episode recall, highest benign FPR):", "",
           "| method | worst AUPRC | worst episode recall | worst benign FPR |", "|---|---|---|---|"]

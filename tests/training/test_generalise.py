@@ -22,11 +22,11 @@ def test_select_patterns():
     assert len(g.select(specs, None)) == 5
 
 
-def test_luflow_cut_takes_the_latest_gap_of_three_days():
-    d = [dt.date(2020, 7, 8), dt.date(2020, 7, 9), dt.date(2020, 7, 11), dt.date(2020, 12, 16),
-         dt.date(2020, 12, 18), dt.date(2020, 12, 22), dt.date(2020, 12, 24), dt.date(2020, 12, 27)]
-    # 12-18 -> 12-22: 3 days without data (the 26th -> 27th and 24th -> 27th gaps are shorter)
-    assert g.luflow_cut(d) == 5
+def test_luflow_cut_takes_the_first_gap_of_three_days():
+    d = [dt.date(2020, 7, 8), dt.date(2020, 7, 9), dt.date(2020, 7, 11), dt.date(2020, 7, 13),
+         dt.date(2020, 12, 16), dt.date(2020, 12, 18), dt.date(2020, 12, 22), dt.date(2020, 12, 24)]
+    # 07-13 -> 12-16 is the first run of >= 3 days without data (07-11 -> 07-13 has only one)
+    assert g.luflow_cut(d) == 4
     assert g.luflow_cut([dt.date(2020, 1, 1), dt.date(2020, 1, 3)]) is None
 
 
