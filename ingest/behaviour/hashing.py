@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ingest.behaviour.jit import jit
 
@@ -51,14 +52,14 @@ def hash_strings(arr: pa.Array, seed: int) -> np.ndarray:
         arr = arr.combine_chunks()
     if not pa.types.is_string(arr.type):
         arr = arr.cast(pa.string())
+    if arr.null_count:  # a null's offsets may span arbitrary bytes in Arrow: hash it as ""
+        arr = pc.fill_null(arr, "")
     n = len(arr)
     out = np.empty(n, dtype=np.uint64)
     if n == 0:
         return out
     bufs = arr.buffers()
     offsets = np.frombuffer(bufs[1], dtype=np.int32)[arr.offset:arr.offset + n + 1]
-    if arr.null_count:  # a null's offsets span no bytes in Arrow, so it hashes as ""; make that explicit
-        offsets = offsets.copy()
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, dtype=np.uint8)
     _hash_kernel(offsets, data, np.uint64(seed), out)
     return out

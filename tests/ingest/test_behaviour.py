@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from ingest.behaviour import FEATURE_NAMES, BehaviourParams, BehaviourState
-from ingest.behaviour.hashing import hash_text
+from ingest.behaviour.hashing import hash_strings, hash_text
 from ingest.behaviour.store import EntityStore
 from ingest.schema import FLOW_SCHEMA, conform
 from knowledge.behaviour_predicates import BEHAVIOUR_PREDICATE_NAMES, compute_behaviour_predicates, fired
@@ -413,3 +413,11 @@ def test_minimal_columns_nulls_and_record_batches():
     assert a.column("pair_up_1h").to_numpy().max() == 0 and a.column("pair_gaps").to_numpy()[-1] == 19
     empty = BehaviourState().update(full_nulls.slice(0, 0))
     assert empty.num_rows == 0 and empty.column_names == list(FEATURE_NAMES)
+
+
+def test_key_hashes_ignore_slicing_and_nulls_and_depend_on_the_seed():
+    arr = pa.array(["pad", "10.0.0.1", None, "2001:db8::1"])
+    got = hash_strings(arr.slice(1), seed=3)
+    assert got.tolist() == hash_text(["10.0.0.1", "", "2001:db8::1"], seed=3).tolist()
+    assert len(set(got.tolist())) == 3
+    assert hash_text(["10.0.0.1"], seed=4)[0] != got[0]
