@@ -6,6 +6,12 @@ up to 10x slower (measured: E-GraphSAGE layer forward+backward on 60 edges,
 24 ms with 2 threads vs 2.2 ms with 1 under load). Training, offline scoring and
 evaluation therefore run single-threaded unless ``GRAPHSENTRY_TORCH_THREADS``
 says otherwise.
+
+The thread count is part of what defines a trained model: MKL picks other GEMM
+kernels for another count on small odd-sized matrices, so training with 1 and
+with 2 threads gives weights that differ at float level (~1e-6 after one epoch).
+The same count gives the same model bit for bit; training records it in
+``metrics["reproducibility"]`` (docs/reproducibility.md).
 """
 from __future__ import annotations
 

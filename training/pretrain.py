@@ -16,9 +16,17 @@ Protocol (time-ordered, label-free apart from the optional ``benign_only`` filte
    per-attack-class partial AUROC at low benign FPR (:func:`val_score`) is chosen, near-ties going
    to the most stable benign threshold; otherwise the benign-only threshold-transfer rule
    picks the detector on the issue's embedding ``src,dst,edge``. Test data never enters.
+   Comparisons are made on rounded values with a fixed preference order for ties (:func:`pick_best`),
+   so float noise cannot flip the choice between candidates that score the same.
+
+Reproducibility (docs/reproducibility.md): the same commit, data, config (seed included), torch thread
+count (``GRAPHSENTRY_TORCH_THREADS``, default 1) and library versions give the same model bit for bit,
+whatever ``PYTHONHASHSEED`` and whatever else ran before in the process; ``metrics["reproducibility"]``
+records the thread count and versions.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -127,9 +135,38 @@ class TrainConfig:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (called again before every encoder is built,
+    so each objective of ``objective="auto"`` starts from the same state whatever ran before it in the
+    process). Samplers of the run itself do not draw from these: the contrastive views and anchor samples
+    use :attr:`Pretrainer.gen`, subsamples ``np.random.default_rng(cfg.seed)``, detectors ``random_state``."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_torch():
+    """Run the block with ``torch.use_deterministic_algorithms(True, warn_only=True)``, then restore the
+    previous setting. On CPU torch's kernels are deterministic for a fixed thread count already; this makes
+    any op without a deterministic implementation say so (a warning) instead of varying silently."""
+    was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+
+
+def runtime_info(threads: int) -> dict:
+    """What a bit-for-bit reproduction of a run needs besides the commit, data and train config (stored in
+    ``metrics["reproducibility"]``): the torch thread count (MKL picks other GEMM kernels for another
+    thread count on small odd-sized matrices such as a window's edges x hidden: measured 1.7e-6 on the
+    weights after one epoch on the Stratosphere sample, 1 vs 2 threads, which longer training can grow)
+    and the numeric library versions (instruction-set dispatch and rounding differ between them)."""
+    import sklearn
+
+    return {"torch_threads": int(threads), "torch": torch.__version__, "numpy": np.__version__,
+            "sklearn": sklearn.__version__, "deterministic_algorithms": True}
 
 
 def as_table(tables) -> pa.Table:
@@ -400,12 +437,46 @@ def _val_max_fpr(cfg: "TrainConfig", n_benign: int) -> float:
     return float(min(1.0, max(base, 10.0 / max(n_benign, 1))))
 
 
+# Noise floor of the validation rule's comparisons: scores and drifts are rounded to this many decimals
+# before they are compared, and the tie band is at least TIE_REL x the best score. Float noise (summation
+# order, a BLAS path) is ~1e-7 and below; a flow crossing a threshold moves a score by ~1/n_flows >> 1e-9.
+ROUND_DIGITS = 9
+TIE_REL = 1e-3
+
+
+def _comparable(x) -> float:
+    """``x`` rounded to :data:`ROUND_DIGITS` decimals; None/NaN as -inf (never the best, never tied)."""
+    if x is None:
+        return float("-inf")
+    x = float(x)
+    return float("-inf") if math.isnan(x) else round(x, ROUND_DIGITS)
+
+
 def pick_best(scores: dict[str, float], drift: dict[str, float], tol: float) -> str:
-    """Highest score; candidates within ``tol`` of it are tied and the smallest drift wins, then key order."""
+    """The candidate the validation rule keeps, independent of float noise and of dict order:
+
+    1. every score is rounded to :data:`ROUND_DIGITS` decimals (None/NaN count as -inf);
+    2. candidates within ``max(tol, TIE_REL * |best|)`` of the best rounded score are tied;
+    3. among the tied, the smallest benign threshold drift wins (drift rounded the same way, so two
+       drifts equal up to float noise are equal);
+    4. remaining ties go to the fixed preference order: the order of ``scores``' keys, which callers
+       build from :data:`OBJECTIVE_CANDIDATES`, :data:`FLOW_CANDIDATES` x :data:`DETECTOR_CANDIDATES`.
+
+    So the choice can only change when a score or drift moves by more than the rounding, i.e. when the
+    models really differ; two candidates that score the same up to noise always resolve the same way.
+    """
     keys = list(scores)
-    top = max(scores.values())
-    tied = [k for k in keys if scores[k] >= top - tol]
-    return min(tied, key=lambda k: (drift.get(k, float("inf")), keys.index(k)))
+    if not keys:
+        raise ValueError("no candidate to pick from")
+    sc = {k: _comparable(scores[k]) for k in keys}
+    top = max(sc.values())
+    if top == float("-inf"):
+        tied = keys
+    else:
+        band = round(max(tol, TIE_REL * abs(top)), ROUND_DIGITS)
+        tied = [k for k in keys if sc[k] >= round(top - band, ROUND_DIGITS)]
+    dr = {k: (-_comparable(-drift[k]) if k in drift and drift[k] is not None else float("inf")) for k in tied}
+    return min(tied, key=lambda k: (dr[k], keys.index(k)))
 
 
 def select_flow_detector(tr_blocks: dict, va_blocks: dict, y_val: np.ndarray, cfg: TrainConfig,
@@ -473,7 +544,7 @@ def select_flow_detector(tr_blocks: dict, va_blocks: dict, y_val: np.ndarray, cf
         best = pick_best({k: results[k]["val_score"] for k in keys}, drift, cfg.val_tol)
     else:
         rule = "min |FPR on later benign val at train 1-target quantile - target| (no labelled attacks held back)"
-        best = min(keys, key=lambda k: (drift[k], k.split("|")[1]))
+        best = min(keys, key=lambda k: (round(drift[k], ROUND_DIGITS), k.split("|")[1], keys.index(k)))
     parts, det_name = best.split("|")
     return {"rule": rule, "chosen": {"flow_parts": parts, "detector": det_name}, "candidates": results,
             "drift": drift, "fitted": fitted[best], "score": results[best]["val_score"]}
@@ -511,7 +582,7 @@ def train_bundle(tables, cfg: TrainConfig, out_dir: str | Path | None = None, pr
     """Train encoder + detectors + threshold on ``tables`` (canonical flow records); save when ``out_dir``."""
     from detector.runtime import torch_threads
 
-    with torch_threads():
+    with torch_threads(), deterministic_torch():
         return _train_bundle(tables, cfg, out_dir, progress, resume, extra_meta, prepared)
 
 
@@ -739,6 +810,7 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
         "val_attacks": int((y_val == 1).sum()),
         "detector_selection": {"rule": sel["rule"], "drift": drift, "chosen": chosen, "flow_parts": parts,
                                "candidates": sel["candidates"]},
+        "reproducibility": runtime_info(torch.get_num_threads()),
     }
     bundle = ModelBundle(model, det, calib, pipeline,
                          window={"size": cfg.window, "lateness": min(cfg.window, 60.0)},
