@@ -169,7 +169,7 @@ def markdown(rep: dict) -> str:
         "verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in rep["cases"]:
         m = r["methods"]
-        trimmed = ", ".join(m["robust"]["trimmed_entities"][:4]) or "none"
+        trimmed = ", ".join(e.replace("|", "\\|") for e in m["robust"]["trimmed_entities"][:4]) or "none"
         if len(m["robust"]["trimmed_entities"]) > 4:
             trimmed += f" (+{len(m['robust']['trimmed_entities']) - 4})"
         if m["robust"]["trim_skipped"]:
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     for name, train, test in _cases(want):
         z = _score_case(name, train, test, cfg, cache)
         rep["cases"].append(run_case(name, z, a.grace_frac))
-        print(markdown(rep).splitlines()[-3], flush=True)
+        print([ln for ln in markdown(rep).splitlines() if ln.startswith("| ")][-1], flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(rep, indent=2, default=float))
