@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import threading
 import time
@@ -170,6 +171,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"threshold: trained {cal.trained_threshold:.6g}, deployed {after} after a grace period of "
               f"{g['grace_records']} records ({args.grace_method}; {g['kept']} kept, trimmed entities: "
               f"{', '.join(g['trimmed_entities']) or 'none'}), final {cal.threshold_:.6g}")
+        if cal.undersized_ and cal.method != "trained":
+            print(f"warning: the grace period kept only {cal.n_kept_} records; a {cal.target_fpr:g} target needs "
+                  f"about {math.ceil(10 / cal.target_fpr)} for a stable threshold (use a longer --grace)",
+                  file=sys.stderr)
         if cal.in_grace_ or cal.calibrated_threshold_ is None:
             print("warning: no scored records to calibrate on; the trained threshold was used", file=sys.stderr)
     _warn_if_misfit(bundle, args.model, alerts, scored)

@@ -397,9 +397,16 @@ class GraceCalibrator:
         obj._drift.extend(float(x) for x in state["drift"])
         return obj
 
+    @property
+    def undersized_(self) -> bool:
+        """Fewer kept grace records than ``10 / target_fpr`` (the project's rule for a quantile at that rate:
+        about 10 expected exceedances); the deployed threshold is then a noisy estimate."""
+        return not self.in_grace_ and self.n_kept_ < math.ceil(10.0 / self.target_fpr)
+
     def summary(self) -> dict:
         """A short JSON-able description (logs, CLI summary, reports)."""
         return {"method": self.method, "trained": self.trained_threshold, "deployed": self.threshold_,
+                "undersized": self.undersized_,
                 "in_grace": self.in_grace_, "grace_records": self.n_grace_, "kept": self.n_kept_,
                 "trimmed_entities": self.trimmed_entities_[:20], "cut_kind": self.cut_kind_,
                 "trim_skipped": self.trim_skipped_, "scale": self.scale_}

@@ -796,6 +796,10 @@ class Daemon:
                      self._cal.threshold_, self._cal.trained_threshold, g["grace_records"], g["kept"],
                      ", ".join(g["trimmed_entities"]) or "none",
                      extra={"event": "threshold_deployed", "threshold": self._cal.threshold_})
+            if self._cal.undersized_ and self._cal.method != "trained":
+                log.warning("the grace period kept only %d records: a %g target needs about %d for a stable "
+                            "threshold (raise calibration.grace)", self._cal.n_kept_, self._cal.target_fpr,
+                            int(np.ceil(10 / self._cal.target_fpr)))
         return out
 
     def _emit_window(self, w: Any, ws: Any, model: Any, sinks: list[AlertSink], seconds: float) -> None:

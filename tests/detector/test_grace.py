@@ -80,6 +80,9 @@ def test_clean_grace_robust_equals_plain_quantile():
     r = GraceCalibrator(TRAINED, TARGET, grace_records=6000, method="robust").update(s, ent, ts).finish_grace()
     q = GraceCalibrator(TRAINED, TARGET, grace_records=6000, method="quantile").update(s, ent, ts).finish_grace()
     assert r.trimmed_entities_ == []
+    assert not r.undersized_                       # 6,000 >= 10 / 0.01
+    small = GraceCalibrator(TRAINED, TARGET, grace_records=300).update(s[:300], ent[:300], ts[:300]).finish_grace()
+    assert small.undersized_ and small.summary()["undersized"]
     assert r.threshold_ == pytest.approx(q.threshold_) == pytest.approx(conformal_quantile(s, TARGET))
 
 
