@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,6 +15,8 @@ import torch
 from detector.pipeline import window_groups
 from detector.runtime import torch_threads
 from detector.tensors import FactoredRows
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +32,12 @@ class WindowScores:
     window_start: float = 0.0
     window_end: float = 0.0
     threshold: float = float("nan")
+    # Long-horizon behaviour (ingest.behaviour, a side channel: never enters scores or alerts); None when
+    # the scorer runs without it. [E] object: per flow, a tuple of the ATT&CK ids fired
+    # (knowledge.behaviour_predicates.fired; () where none); [E, T] float32: technique scores, columns
+    # knowledge.behaviour_predicates.TECHNIQUES.
+    behaviour_techniques: np.ndarray | None = None
+    behaviour_scores: np.ndarray | None = None
 
     @property
     def num_alerts(self) -> int:
@@ -42,6 +52,138 @@ class FlowScores:
     scores: np.ndarray                    # [E] float64
     alerts: np.ndarray                    # [E] bool, scores > bundle threshold
     top_technique: np.ndarray             # [E] object, str | None
+    behaviour_techniques: np.ndarray | None = None  # [E] object, tuple of ids (as WindowScores)
+    behaviour_scores: np.ndarray | None = None      # [E, T] float32 (as WindowScores)
+
+
+def behaviour_top(scores: np.ndarray | None) -> np.ndarray | None:
+    """Per flow, the fired behaviour technique with the highest score (ties: the first in
+    ``knowledge.behaviour_predicates.TECHNIQUES``), None where none fired: ``[E]`` object."""
+    if scores is None:
+        return None
+    from knowledge.behaviour_predicates import FIRE_THRESHOLD, TECHNIQUES
+
+    out = np.empty(len(scores), dtype=object)
+    if len(scores) and scores.shape[1]:
+        best = np.argmax(scores, axis=1)
+        hit = scores[np.arange(len(scores)), best] >= FIRE_THRESHOLD
+        out[hit] = np.asarray(TECHNIQUES, dtype=object)[best[hit]]
+    return out
+
+
+class _Behaviour:
+    """The scorer's long-horizon behaviour state (:class:`ingest.behaviour.BehaviourState`) fed with every
+    flow exactly once, in window order.
+
+    Tumbling windows are disjoint: each window's rows are fed whole. A window that starts before the
+    previous one ended (sliding windows) shares rows with it: only its rows not in the previous window
+    (by ``row``) are fed, and the shared rows get the results they had there. The new rows of consecutive
+    windows given together (a scoring group) go through ONE ``update`` (its per-call cost is most of the
+    cost at a few hundred flows per window): the same features as one update per window, since each
+    window's flows are not earlier than the previous window's, unless the store evicts keys within the
+    group (``BehaviourState.update``). Windows that fail here get None (logged) and scoring goes on."""
+
+    # what BehaviourState.update reads (the rest of the table is not copied into the group's batch)
+    COLUMNS = ("ts", "src_ip", "dst_ip", "dst_port", "proto", "conn_state", "src_bytes", "dst_bytes")
+
+    def __init__(self, params=None) -> None:
+        from ingest.behaviour import BehaviourParams, BehaviourState
+        from knowledge.behaviour_predicates import FIRE_THRESHOLD, TECHNIQUES
+
+        if isinstance(params, dict):
+            params = BehaviourParams.from_json(params)
+        self.state = BehaviourState(params if isinstance(params, BehaviourParams) else None)
+        self.threshold = FIRE_THRESHOLD
+        self.n_tech = len(TECHNIQUES)
+        # every set of fired techniques as a tuple, indexed by its bit code (2^T entries, T = 6 today)
+        self.tuples = np.empty(1 << self.n_tech, dtype=object)
+        for code in range(1 << self.n_tech):
+            self.tuples[code] = tuple(t for j, t in enumerate(TECHNIQUES) if code >> j & 1)
+        self.bits = (1 << np.arange(self.n_tech)).astype(np.int64)
+        # the last window fed: (end, rows sorted, their positions in it or None, its scores)
+        self.prev = None
+        self.errors = 0
+
+    def windows(self, windows) -> list:
+        """Per window, ``(techniques [E] object, scores [E, T] float32)`` for the rows of its table in
+        order (None for a window that failed)."""
+        try:
+            return self._windows(windows)
+        except Exception as exc:  # noqa: BLE001 - a side channel must not cost the windows their scores
+            self.errors += 1
+            self.prev = None
+            if self.errors <= 3:
+                log.warning("behaviour state failed on windows [%s, %s): %r", windows[0].start, windows[-1].end, exc)
+            return [None] * len(windows)
+
+    def _windows(self, windows) -> list:
+        import pyarrow as pa
+
+        from knowledge.behaviour_predicates import compute_behaviour_predicates, technique_scores
+
+        plans: list = []   # per window: None (empty) or (rows, known mask | None, index into previous | None)
+        fresh: list = []   # the rows to feed, window by window
+        end = self.prev[0] if self.prev is not None else None
+        p_rows = self.prev[1] if self.prev is not None else None
+        for w in windows:
+            table = w.table
+            if table.num_rows == 0:
+                plans.append(None)
+                continue
+            rows = table.column("row").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            known = at = None
+            if end is not None and float(w.start) < end and len(p_rows):  # overlapping (sliding) windows
+                at = np.clip(np.searchsorted(p_rows, rows), 0, len(p_rows) - 1)
+                known = p_rows[at] == rows
+                if not known.any():
+                    known = at = None
+            names = table.schema.names
+            cols = [c for c in self.COLUMNS if c in names]
+            if known is None:
+                fresh.append(table.select(cols))
+            elif not known.all():
+                fresh.append(table.select(cols).filter(pa.array(~known, pa.bool_())))
+            plans.append((rows, known, at))
+            end, p_rows = float(w.end), np.sort(rows)
+        if fresh:
+            batch = fresh[0] if len(fresh) == 1 else pa.concat_tables(fresh, promote_options="permissive")
+            new_scores = technique_scores(compute_behaviour_predicates(self.state.update(batch)))
+        else:
+            new_scores = np.zeros((0, self.n_tech), dtype=np.float32)
+        out: list = []
+        used = 0
+        prev = self.prev
+        for w, plan in zip(windows, plans):
+            if plan is None:
+                out.append((np.zeros(0, dtype=object), np.zeros((0, self.n_tech), dtype=np.float32)))
+                continue
+            rows, known, at = plan
+            n = len(rows)
+            if known is None:
+                scores = new_scores[used:used + n]
+                used += n
+            else:
+                scores = np.empty((n, self.n_tech), dtype=np.float32)
+                _end, _rows, pos, p_scores = prev
+                scores[known] = p_scores[at[known] if pos is None else pos[at[known]]]
+                k = int((~known).sum())
+                scores[~known] = new_scores[used:used + k]
+                used += k
+            out.append((self.tuples[(scores >= self.threshold).astype(np.int64) @ self.bits], scores))
+            if n > 1 and not bool(np.all(rows[1:] > rows[:-1])):  # windows hold rows in `row` order; in case not
+                o = np.argsort(rows, kind="stable")
+                prev = (float(w.end), rows[o], o, scores)
+            else:
+                prev = (float(w.end), rows, None, scores)
+        self.prev = prev
+        return out
+
+
+class _Built(list):
+    """:meth:`StreamScorer._build_group`'s per-window builds, with the group's behaviour results
+    (``behaviour[k]``: ``(techniques, scores)`` or None) alongside."""
+
+    behaviour: list | None = None
 
 
 class StreamScorer:
@@ -50,17 +192,53 @@ class StreamScorer:
     Each scorer owns a private copy of the model, so two scorers never share state.
     """
 
-    def __init__(self, bundle) -> None:
+    # Default of the long-horizon behaviour side channel (WindowScores.behaviour_*), when neither the
+    # constructor, the bundle (a ``behaviour`` attribute) nor GRAPHSENTRY_BEHAVIOUR (0/off/false/no) says.
+    BEHAVIOUR = True
+
+    def __init__(self, bundle, behaviour=None) -> None:
+        """``behaviour``: keep an :class:`ingest.behaviour.BehaviourState` across the windows and give each
+        flow its fired behaviour techniques (``WindowScores.behaviour_techniques``; scores and alerts are
+        never changed): True/False, or the state's ``BehaviourParams`` (or their JSON dict) to turn it on
+        with them. None: the bundle's ``behaviour`` attribute if it has one, else the environment variable
+        ``GRAPHSENTRY_BEHAVIOUR``, else :attr:`BEHAVIOUR`."""
         self.bundle = bundle
         self.model = copy.deepcopy(bundle.model).eval()
         self.model.reset_state()
         self.stream = bundle.pipeline.stream()
         self.windows = 0
+        if behaviour is None:
+            behaviour = getattr(bundle, "behaviour", None)
+        if behaviour is None:
+            env = os.environ.get("GRAPHSENTRY_BEHAVIOUR", "").strip().lower()
+            behaviour = (env not in ("0", "off", "false", "no")) if env else self.BEHAVIOUR
+        self.behaviour_params = None if isinstance(behaviour, bool) else behaviour
+        self.behaviour_enabled = bool(behaviour is not False)
+        self._behaviour: _Behaviour | None = None  # made on the first window (imports numba)
+
+    @property
+    def behaviour(self):
+        """The :class:`ingest.behaviour.BehaviourState` of this stream (None when off or not started)."""
+        return self._behaviour.state if self._behaviour is not None else None
 
     def reset(self) -> None:
         """Forget the stream (new capture, replay from the start)."""
         self.model.reset_state()
         self.stream = self.bundle.pipeline.stream()
+        self._behaviour = None
+
+    def _behave(self, windows) -> list | None:
+        """Behaviour results of consecutive windows (fed in order), or None when off."""
+        if not self.behaviour_enabled:
+            return None
+        if self._behaviour is None:
+            try:
+                self._behaviour = _Behaviour(self.behaviour_params)
+            except Exception as exc:  # noqa: BLE001 - e.g. bad params: score without it, say so
+                log.warning("behaviour state unavailable (%r); scoring without it", exc)
+                self.behaviour_enabled = False
+                return None
+        return self._behaviour.windows(windows)
 
     @torch.no_grad()
     def embed_window(self, window):
@@ -74,7 +252,7 @@ class StreamScorer:
         thr = float(self.bundle.threshold)
         return WindowScores(np.zeros(0, np.int64), e, np.zeros(0, bool), [], e, [], window.start, window.end, thr)
 
-    def _finish(self, window, data, kb, scores: np.ndarray) -> WindowScores:
+    def _finish(self, window, data, kb, scores: np.ndarray, behaviour=None) -> WindowScores:
         thr = float(self.bundle.threshold)
         n_rows = window.table.num_rows
         alerts = scores > thr
@@ -96,6 +274,8 @@ class StreamScorer:
             rows=data.edge_row.numpy().astype(np.int64), scores=scores, alerts=alerts, top_technique=top,
             node_scores=node_scores, node_key=list(data.node_key), window_start=float(window.start),
             window_end=float(window.end), threshold=thr,
+            behaviour_techniques=behaviour[0] if behaviour is not None else None,
+            behaviour_scores=behaviour[1] if behaviour is not None else None,
         )
 
     def _decide(self, flow: np.ndarray) -> np.ndarray:
@@ -104,11 +284,12 @@ class StreamScorer:
     def score_window(self, window) -> WindowScores:
         if window.table.num_rows == 0:
             return self._empty(window)
+        beh = self._behave([window])
         # Small graphs: single-threaded torch (detector/runtime.py), as offline scoring; also for
         # callers such as the daemon that do not set it. Switching costs about a microsecond.
         with torch_threads():
             data, kb, _z, flow = self.embed_window(window)
-        return self._finish(window, data, kb, self._decide(flow.numpy()))
+        return self._finish(window, data, kb, self._decide(flow.numpy()), beh[0] if beh else None)
 
     # Detectors whose decision_function scores each row on its own, so one call over a group equals one per
     # window (the forest bit for bit; kNN up to the float rounding of its distance matrix product).
@@ -211,14 +392,16 @@ class StreamScorer:
         """Per window: ``(data, kb)``, an exception (its build failed) or None (an empty window).
 
         One ``build_many`` call for the group; when it fails, each window is built alone, so an
-        error stays with its window. Touches only the graph stream's state (see :meth:`score_windows`).
+        error stays with its window. Touches only the graph stream's and the behaviour state (see
+        :meth:`score_windows`); the group's behaviour results go in the returned list's ``behaviour``.
         """
         live = [w for w in windows if w.table.num_rows]
         try:
             built = iter(self.stream.build_many(live, factored_kb=self.FACTORED_KB)) if live else iter(())
         except Exception:  # noqa: BLE001 - one window at a time
             built = None
-        res: list = []
+        res = _Built()
+        res.behaviour = self._behave(windows)
         for w in windows:
             if not w.table.num_rows:
                 res.append(None)
@@ -235,9 +418,10 @@ class StreamScorer:
     def _score_built(self, windows, built: list) -> list:
         """Embed, detect and finish one group whose graphs :meth:`_build_group` built."""
         res: list = [None] * len(windows)
+        beh = getattr(built, "behaviour", None) or [None] * len(windows)
         for k, data, kb, s in self._embed_decide(windows, built, res):
             try:
-                res[k] = self._finish(windows[k], data, kb, s)
+                res[k] = self._finish(windows[k], data, kb, s, beh[k])
             except Exception as exc:  # noqa: BLE001
                 res[k] = exc
         return [self._empty(w) if r is None else r for w, r in zip(windows, res)]
@@ -260,7 +444,12 @@ class StreamScorer:
                 tops.append(np.full(len(s), None, dtype=object))
         self.windows += len(done)
         rows = torch.cat([d.edge_row for _k, d, _kb, _s in done]).numpy().astype(np.int64, copy=False)
-        return FlowScores(rows, scores, scores > thr, np.concatenate(tops)), failed
+        fs = FlowScores(rows, scores, scores > thr, np.concatenate(tops))
+        beh = getattr(built, "behaviour", None)
+        if beh is not None and all(beh[k] is not None for k, *_ in done):
+            fs.behaviour_techniques = np.concatenate([beh[k][0] for k, *_ in done])
+            fs.behaviour_scores = np.concatenate([beh[k][1] for k, *_ in done])
+        return fs, failed
 
     def _embed_decide(self, windows, built: list, res: list) -> list:
         """``[(k, data, kb, scores), ...]`` for the windows of the group that embedded and scored, in
@@ -359,7 +548,14 @@ class _Results:
         self.rows.append(fs.rows)
         self.scores.append(fs.scores)
         self.alerts.append(fs.alerts)
-        self.tops.append(fs.top_technique)
+        top = fs.top_technique
+        if fs.behaviour_scores is not None and fs.alerts.any():
+            # an alert without a knowledge technique gets its best fired behaviour technique, if any
+            need = fs.alerts & np.equal(top, None)
+            if need.any():
+                top = top.copy()
+                top[need] = behaviour_top(fs.behaviour_scores[need])
+        self.tops.append(top)
 
     def fail(self, table, reason: str) -> None:
         self.failed.append((_rows_of(table), reason))

@@ -8,6 +8,13 @@ million flagged flows from one host in one window is one alert, not a million.
 The finding id is a hash of (window start, source endpoint, technique) — not of the model or the
 wall clock — so re-scoring the same window after a crash (at-least-once delivery) overwrites the
 same alert in idempotent sinks (SQLite, Alertmanager) instead of duplicating it.
+
+Long-horizon behaviour (``ws.behaviour_techniques`` / ``ws.behaviour_scores`` from the scorer's
+:class:`ingest.behaviour.BehaviourState`, docs/behaviour.md): a flagged record whose window gave it no
+knowledge technique takes its best fired behaviour technique (``unmapped["technique_source"]`` says
+which); every finding lists the behaviour techniques fired on its records in
+``unmapped["behaviour_techniques"]`` and those of its best record in ``evidences[0].data.behaviour``.
+Which records are flagged never depends on them (the scores and the threshold decide).
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from ingest.schema import is_transactions
+from knowledge.behaviour_predicates import TECHNIQUES as BEHAVIOUR_TECHNIQUES
 
 OCSF_VERSION = "1.3.0"
 CLASS_UID = 2004          # Detection Finding
@@ -98,6 +106,7 @@ def build_alerts(
     pos = np.clip(pos, 0, max(len(tab_rows) - 1, 0))
     scores = np.asarray(ws.scores, dtype=np.float64)
     techs = list(ws.top_technique) if getattr(ws, "top_technique", None) is not None else [None] * len(ws_rows)
+    beh = _BehaviourView(ws, len(ws_rows))
     # Only flagged records are looked at: convert just those rows to Python (windows can be large).
     sel = np.unique(pos[alerts_mask])
     sub = table.take(pa.array(sel))
@@ -114,7 +123,7 @@ def build_alerts(
     groups: dict[tuple[str, str], list[int]] = {}
     for k in np.flatnonzero(alerts_mask):
         p = int(pos[k])
-        groups.setdefault((str(src[p]), techs[k] or NO_TECHNIQUE), []).append(int(k))
+        groups.setdefault((str(src[p]), techs[k] or beh.best(int(k)) or NO_TECHNIQUE), []).append(int(k))
     out = []
     first_pos: list[int] = []
     for (s, tech), ks in groups.items():
@@ -146,6 +155,8 @@ def build_alerts(
                 ex = None
             if ex:
                 evidence["data"]["knowledge"] = ex
+        if beh.on:
+            evidence["data"]["behaviour"] = beh.evidence(best)
         attacks = [] if tech == NO_TECHNIQUE else [{"technique": {"uid": tech}, "version": "18.1"}]
         first_seen = float(min(ts[p] for p in ps))
         last_seen = float(max(ts[p] for p in ps))
@@ -184,7 +195,47 @@ def build_alerts(
                 "model_version": model_version,
             },
         })
+        if beh.on:
+            u = out[-1]["unmapped"]
+            u["behaviour_techniques"] = beh.union(ks)
+            u["technique_source"] = (None if tech == NO_TECHNIQUE else
+                                     "knowledge" if any(techs[k] for k in ks) else "behaviour")
     return WindowAlerts(out, int(alerts_mask.sum()), int(alerts_mask.sum()) - len(out), first_pos)
+
+
+class _BehaviourView:
+    """The window's behaviour results per flow index ``k`` (off when the scorer gave none)."""
+
+    def __init__(self, ws: Any, n: int) -> None:
+        techs = getattr(ws, "behaviour_techniques", None)
+        scores = getattr(ws, "behaviour_scores", None)
+        self.on = techs is not None and len(techs) == n
+        self.techs = techs
+        self.scores = np.asarray(scores, dtype=np.float32) if self.on and scores is not None else None
+        if self.scores is not None and self.scores.shape != (n, len(BEHAVIOUR_TECHNIQUES)):
+            self.scores = None
+
+    def fired(self, k: int) -> tuple:
+        return tuple(self.techs[k] or ()) if self.on else ()
+
+    def best(self, k: int) -> str | None:
+        """The fired technique with the highest score (ties: the first in ``TECHNIQUES`` order)."""
+        ids = self.fired(k)
+        if not ids:
+            return None
+        if self.scores is None:
+            return ids[0]
+        return max(ids, key=lambda t: (float(self.scores[k, BEHAVIOUR_TECHNIQUES.index(t)]),
+                                       -BEHAVIOUR_TECHNIQUES.index(t)) if t in BEHAVIOUR_TECHNIQUES else (-1.0, 0))
+
+    def union(self, ks: list[int]) -> list[str]:
+        return sorted({t for k in ks for t in self.fired(k)})
+
+    def evidence(self, k: int) -> dict:
+        ev: dict[str, Any] = {"techniques": list(self.fired(k))}
+        if self.scores is not None:
+            ev["scores"] = {t: round(float(v), 4) for t, v in zip(BEHAVIOUR_TECHNIQUES, self.scores[k]) if v > 0}
+        return ev
 
 
 def _endpoint(ident: Any, port: Any, is_tx: bool) -> dict:
