@@ -277,18 +277,19 @@ def _baseline(name: str, Xtr: np.ndarray, Xte: np.ndarray, seed: int) -> tuple[n
         det = HBOS().fit(Xtr)
         return det.decision_scores_, det.decision_function(Xte)
     if name == "ecod":
-        from pyod.models.ecod import ECOD
-
         import warnings
 
-        warnings.filterwarnings("ignore", message="Precision loss occurred in moment calculation")
-        det = ECOD(n_jobs=1).fit(Xtr)
+        from pyod.models.ecod import ECOD
+
         # PyOD's ECOD ranks the rows it scores together with its training rows (transductive: a burst of
         # identical attack flows scored at once looks "common"); small chunks keep the test rows from moving
         # the empirical distributions (as a stream would be scored)
         k = max(1, min(ECOD_CHUNK, len(Xtr) // 100))
-        te = np.concatenate([det.decision_function(Xte[i:i + k])
-                             for i in range(0, len(Xte), k)]) if len(Xte) else np.zeros(0)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Precision loss occurred in moment calculation")
+            det = ECOD(n_jobs=1).fit(Xtr)
+            te = np.concatenate([det.decision_function(Xte[i:i + k])
+                                 for i in range(0, len(Xte), k)]) if len(Xte) else np.zeros(0)
         return det.decision_scores_, te
     raise ValueError(f"unknown baseline {name!r}")
 
