@@ -454,6 +454,15 @@ def validate(cfg: Mapping) -> dict:
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last silently)."""
 
+    @classmethod
+    def parse(cls, text: str) -> Any:
+        """The one document in ``text``, built with safe constructors only (plain data, no objects)."""
+        loader = cls(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+
     def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML API
         seen: dict = {}
         for key_node, _ in node.value:
@@ -508,7 +517,7 @@ def load_file(path: str | os.PathLike) -> dict:
             raise ConfigError([f"{p}: not valid TOML: {msg}"]) from None
     else:
         try:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+            data = _UniqueKeyLoader.parse(text)
         except yaml.YAMLError as exc:
             raise _yaml_error(p, exc) from None
     if data is None or data == {}:
