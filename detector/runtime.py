@@ -41,13 +41,9 @@ def torch_threads(n: int | None = None):
 
 def compiled(fn):
     """``fn`` compiled by numba with the GIL released (the scorer calls kernels from two threads),
-    cached on disk where numba finds a writable place, else compiled in memory at its first call in
-    each process; None where numba is not installed (callers keep a NumPy/torch path)."""
-    try:
-        from numba import njit
-    except ImportError:  # pragma: no cover - numba is a pinned dependency
-        return None
-    try:
-        return njit(nogil=True, cache=True)(fn)
-    except RuntimeError:  # pragma: no cover - "cannot cache function": no writable cache location
-        return njit(nogil=True)(fn)
+    cached on disk where numba finds a writable place (:func:`ingest.jit.jit`); None where numba is not
+    installed (callers keep a NumPy/torch path)."""
+    from ingest.jit import jit
+
+    out = jit(fn)
+    return None if out is fn else out

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.behaviour.jit import jit
+from ingest.jit import jit
 
 __all__ = ["hash_strings", "mix", "hash_text"]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ingest.behaviour.jit import jit
+from ingest.jit import jit
 
 __all__ = ["PAIR_FIELDS", "PAIR_FEATURES", "pair_update"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ingest.behaviour.jit import jit
+from ingest.jit import jit
 
 __all__ = ["source_fields", "SOURCE_FEATURES", "source_update"]
 

@@ -385,7 +385,7 @@ def test_batch_processed_in_steps_equals_one_step():
 
 
 def test_python_fallback_kernels_give_the_same_features(monkeypatch):
-    """Without numba the kernels run as plain Python (ingest.behaviour.jit); both paths give the same bits."""
+    """Without numba the kernels run as plain Python (ingest.jit); both paths give the same bits."""
     from ingest.behaviour import pair, service, source
 
     table = _mixed_stream(np.random.default_rng(17), n=1500)

@@ -1,7 +1,9 @@
-"""numba compilation of the behaviour kernels, with the plain-Python function as the fallback.
+"""numba compilation of a kernel, with the plain-Python function as the fallback: the one place the
+packages compile (``detector.runtime.compiled`` uses it too).
 
 numba is a pinned dependency, so the compiled path is the one that runs; the fallback keeps the package
-importable (and correct, ~100x slower) on a platform without a numba wheel.
+importable (and correct, ~100x slower) on a platform without a numba wheel. Compiled with the GIL released
+(kernels run on several threads), cached on disk where numba finds a writable place.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ __all__ = ["jit"]
 
 
 def jit(fn):
+    """``fn`` compiled by numba, or ``fn`` itself where numba is not installed."""
     try:
         from numba import njit
     except ImportError:  # pragma: no cover - no numba wheel: the Python loop
