@@ -51,19 +51,22 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def parse_grace(text: str) -> tuple[int | None, float | None]:
-    """``"5000"`` -> (5000 records, None); ``"30m"``/``"2h"``/``"90s"``/``"1d"`` -> (None, seconds)."""
-    import re
+    """``"5000"`` -> (5000 records, None); a duration (``"30m"``, ``"2h"``, ``"90s"``, ``"1d"``, as
+    :func:`ingest.windows.parse_duration` reads them) -> (None, seconds)."""
+    from ingest.windows import parse_duration
 
-    t = str(text).strip().lower()
-    if re.fullmatch(r"[0-9]+", t):
-        n = int(t)
-        if n < 1:
+    t = str(text).strip()
+    if t.isdigit():
+        if int(t) < 1:
             raise ValueError(f"--grace must be a positive record count or a duration, got {text!r}")
-        return n, None
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(s|m|h|d)", t)
-    if not m or float(m.group(1)) <= 0:
+        return int(t), None
+    try:
+        seconds = parse_duration(t)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
         raise ValueError(f"--grace must be N records (e.g. 5000) or a duration (e.g. 30m, 2h, 900s), got {text!r}")
-    return None, float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return None, seconds
 
 
 class _EntityTap:
