@@ -221,6 +221,14 @@ class StreamScorer:
         """The :class:`ingest.behaviour.BehaviourState` of this stream (None when off or not started)."""
         return self._behaviour.state if self._behaviour is not None else None
 
+    def restore_behaviour(self, state) -> None:
+        """Continue from a saved :class:`ingest.behaviour.BehaviourState` (a daemon restart): the next
+        windows are fed into ``state`` as if this scorer had built it. No-op when behaviour is off."""
+        if not self.behaviour_enabled:
+            return
+        self._behaviour = _Behaviour(state.params)
+        self._behaviour.state = state
+
     def reset(self) -> None:
         """Forget the stream (new capture, replay from the start)."""
         self.model.reset_state()
