@@ -58,6 +58,7 @@ GAP_DAYS = 3.0
 CIC_TRAIN_FRAC = 0.7
 EPISODE_GOAL = 0.9      # verdict: ours detects >= 90 % of the episodes ...
 FPR_GOAL = 0.01         # ... at a benign FPR <= 1 %
+GRACE_FRAC = 0.25       # after_grace: the earliest quarter of the test records is the unlabelled grace period
 ECOD_CHUNK = 2000       # ECOD ranks test rows against training rows + the rows scored with them: chunks of at
                         # most this and 1 % of the training rows keep it (nearly) inductive
 
@@ -303,8 +304,10 @@ def evaluate(split: Split, cfg, methods=METHODS, cache: dict | None = None) -> d
 
 
 def _evaluate(split: Split, cfg, methods, cache) -> dict:
+    from detector.grace import flow_entities
     from training.episodes import episode_metrics
     from training.evaluate import TestGraphs, metrics
+    from training.grace_eval import after_grace
     from training.pretrain import fingerprint, prepare, train_bundle
 
     t0 = time.perf_counter()
@@ -319,6 +322,8 @@ def _evaluate(split: Split, cfg, methods, cache) -> dict:
     ts = ts_seconds(test)
     src = np.asarray(test.column("src_ip").to_pylist(), dtype=object)
     dst = np.asarray(test.column("dst_ip").to_pylist(), dtype=object)
+    order = np.lexsort((test.column("row").to_numpy(), test.column("ts").cast(pa.int64()).to_numpy()))
+    ent = flow_entities(test).astype(str)
     res: dict = {}
     Xtr = Xte = None
     for m in methods:
@@ -350,6 +355,9 @@ def _evaluate(split: Split, cfg, methods, cache) -> dict:
         r = metrics(labels, attacks, s, thr)
         flagged = np.where(np.isnan(s), -np.inf, s) > thr
         r.update(episode_metrics(ts, src, dst, labels, flagged))
+        # the operating point a deployment gets: robust grace calibration on the test's own first records
+        r["after_grace"] = after_grace(s[order], ts[order], ent[order], labels[order], src[order], dst[order],
+                                       thr, cfg.target_fpr, cfg.window, GRACE_FRAC)
         r.update(info)
         r["threshold"] = thr
         r["seconds"] = round(time.perf_counter() - tm, 1)
@@ -466,26 +474,39 @@ def load_splits(out: Path) -> list[dict]:
     return sorted(reps, key=lambda r: (GROUP_ORDER.get(r.get("group"), 9), r["split"]))
 
 
+def _goal(x: dict | None) -> bool | None:
+    """>= EPISODE_GOAL of the episodes at benign FPR <= FPR_GOAL (None without episodes)."""
+    if not x or not x.get("n_episodes"):
+        return None
+    return bool(x["episode_recall"] >= EPISODE_GOAL and x["fpr"] is not None and x["fpr"] <= FPR_GOAL)
+
+
 def verdict(rep: dict) -> dict:
-    """Which method wins AUPRC; does ours reach >= 90 % of the episodes at a benign FPR <= 1 %."""
+    """Which method wins AUPRC; does ours reach >= 90 % of the episodes at a benign FPR <= 1 %, at its
+    trained threshold and after the grace period (the deployed operating point)."""
     res = rep.get("results") or {}
     if rep.get("error"):
-        return {"auprc_winner": None, "ours_goal": None, "text": f"failed: {rep['error']}"}
+        return {"auprc_winner": None, "ours_goal": None, "ours_goal_grace": None, "text": f"failed: {rep['error']}"}
     auprc = {m: r["auprc"] for m, r in res.items() if r.get("auprc") is not None}
     win = max(auprc, key=auprc.get) if auprc else None
     o = res.get("ours")
-    goal = None
-    if o is not None and o.get("n_episodes"):
-        goal = bool(o["episode_recall"] >= EPISODE_GOAL and o["fpr"] is not None and o["fpr"] <= FPR_GOAL)
+    goal = _goal(o)
+    g = (o or {}).get("after_grace")
+    goal_g = _goal(g)
     parts = [f"AUPRC won by {win}" if win else "no attacks in the test set: AUPRC undefined"]
     if o is not None:
         if goal is None:
-            parts.append(f"ours: no episodes; benign FPR {_f(o.get('fpr'), 4)} "
-                         f"({'within' if o.get('fpr') is not None and o['fpr'] <= FPR_GOAL else 'above'} 1 %)")
+            fpr = g["fpr"] if g else o.get("fpr")
+            parts.append(f"ours: no episodes; benign FPR {'after grace ' if g else ''}{_f(fpr, 4)} "
+                         f"({'within' if fpr is not None and fpr <= FPR_GOAL else 'above'} 1 %)")
         else:
             parts.append(f"ours {'REACHES' if goal else 'MISSES'} >= {EPISODE_GOAL:.0%} episodes at FPR <= "
-                         f"{FPR_GOAL:.0%} ({o['n_detected']}/{o['n_episodes']} episodes, FPR {_f(o['fpr'], 4)})")
-    return {"auprc_winner": win, "ours_goal": goal, "text": "; ".join(parts)}
+                         f"{FPR_GOAL:.0%} at the trained threshold ({o['n_detected']}/{o['n_episodes']} episodes, "
+                         f"FPR {_f(o['fpr'], 4)})")
+            if goal_g is not None:
+                parts.append(f"after grace {'REACHES' if goal_g else 'MISSES'} ({g['n_detected']}/{g['n_episodes']} "
+                             f"episodes, FPR {_f(g['fpr'], 4)})")
+    return {"auprc_winner": win, "ours_goal": goal, "ours_goal_grace": goal_g, "text": "; ".join(parts)}
 
 
 def worst(reps: list[dict], methods) -> dict:
@@ -540,6 +561,12 @@ def _runs(reps: list[dict]) -> list[dict]:
     return out
 
 
+def _grace_cell(g: dict | None) -> str:
+    if not g:
+        return "n/a"
+    return f"{_f(g.get('recall'))} / {_f(g.get('fpr'), 4)} / {g.get('n_detected')}/{g.get('n_episodes')}"
+
+
 def markdown(report: dict) -> str:
     L = ["# Leave one network out: development benchmark", "",
          "Written by `python -m training.eval_suites generalise` (training/generalise.py); do not edit by hand. "
@@ -555,13 +582,16 @@ def markdown(report: dict) -> str:
                  f"({r.get('torch_threads')} torch threads), epochs {r.get('epochs')}, seed {r.get('seed')}, "
                  f"caps: train {c.get('max_train')} / test {c.get('max_test')} flows ({c.get('sampling')}); "
                  f"{len(r['splits'])} split(s)")
-    hdr = ("| method | AUROC | AUPRC | recall | benign FPR | episodes detected | TTFA median (s) | threshold | s |",
-           "|---|---|---|---|---|---|---|---|---|")
-    L += ["", "## Summary", "", "| split | held out | AUPRC winner | ours: episodes / FPR | verdict |", "|---|---|---|---|---|"]
+    hdr = ("| method | AUROC | AUPRC | recall | benign FPR | episodes detected | TTFA median (s) | threshold | "
+           "after grace: recall / FPR / episodes | s |", "|---|---|---|---|---|---|---|---|---|---|")
+    L += ["", "## Summary", "", "| split | held out | AUPRC winner | ours: episodes / FPR (trained threshold) | "
+          "ours after grace: episodes / FPR | verdict |", "|---|---|---|---|---|---|"]
     for r in report["splits"]:
         o = (r.get("results") or {}).get("ours") or {}
+        g = o.get("after_grace")
         eps = f"{o.get('n_detected')}/{o.get('n_episodes')} / {_f(o.get('fpr'), 4)}" if o else "n/a"
-        L.append(f"| {r['split']} | {r.get('held_out')} | {r['verdict']['auprc_winner'] or 'n/a'} | {eps} | "
+        geps = f"{g.get('n_detected')}/{g.get('n_episodes')} / {_f(g.get('fpr'), 4)}" if g else "n/a"
+        L.append(f"| {r['split']} | {r.get('held_out')} | {r['verdict']['auprc_winner'] or 'n/a'} | {eps} | {geps} | "
                  f"{r['verdict']['text']} |")
     att = [r for r in report["splits"] if any((x.get("auprc") is not None) for x in (r.get("results") or {}).values())]
     wins: dict = {}
@@ -571,7 +601,9 @@ def markdown(report: dict) -> str:
     L += ["", f"AUPRC wins over the {len(att)} splits with attacks: "
               + (", ".join(f"{m} {n}" for m, n in sorted(wins.items(), key=lambda t: -t[1])) or "none") + ". "
               f"`ours` reaches >= {EPISODE_GOAL:.0%} of the episodes at benign FPR <= {FPR_GOAL:.0%} on "
-              f"{sum(r['verdict']['ours_goal'] for r in eps)} of {len(eps)} splits with episodes."]
+              f"{sum(r['verdict']['ours_goal'] for r in eps)} of {len(eps)} splits with episodes at its trained "
+              f"threshold, and on {sum(bool(r['verdict'].get('ours_goal_grace')) for r in eps)} after the grace "
+              f"period (robust calibration on the earliest {GRACE_FRAC:.0%} of the test records, no labels)."]
     w = report["worst_split"]
     L += ["", "**Worst split** per method (lowest AUPRC, lowest episode recall, highest benign FPR):", "",
           "| method | worst AUPRC | worst episode recall | worst benign FPR |", "|---|---|---|---|"]
@@ -602,7 +634,7 @@ def markdown(report: dict) -> str:
         for m, x in r["results"].items():
             L.append(f"| {m} | {_f(x['auroc'])} | {_f(x['auprc'])} | {_f(x['recall'])} | {_f(x['fpr'], 4)} | "
                      f"{x['n_detected']}/{x['n_episodes']} ({_f(x['episode_recall'])}) | {_f(x['ttfa_median_s'], 1)} | "
-                     f"{x['threshold']:.4g} | {x['seconds']} |")
+                     f"{x['threshold']:.4g} | {_grace_cell(x.get('after_grace'))} | {x['seconds']} |")
         L += ["", f"Verdict: {r['verdict']['text']}."]
     return "\n".join(L) + "\n"
 

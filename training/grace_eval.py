@@ -90,18 +90,47 @@ def _score_case(name: str, train: pa.Table, test: pa.Table, cfg, cache: Path | N
     return z
 
 
-def _apply(method: str, z: dict, info: dict, n_grace: int) -> tuple[np.ndarray, GraceCalibrator]:
-    """Alerts of every record (grace ones with the trained threshold) and the calibrator after the run."""
-    s, ts, ent = z["score"], z["ts"], z["entity"]
-    cal = GraceCalibrator(info["threshold"], info["target_fpr"], grace_records=n_grace, method=method)
+def grace_alerts(scores: np.ndarray, ts: np.ndarray, ent: np.ndarray, threshold: float, target_fpr: float,
+                 window: float, n_grace: int, method: str = "robust") -> tuple[np.ndarray, GraceCalibrator]:
+    """Alerts of records given in event-time order, decided window by window as the daemon does (grace
+    records: the trained ``threshold``; later ones: the threshold in force), and the calibrator after the run."""
+    cal = GraceCalibrator(threshold, target_fpr, grace_records=n_grace, method=method)
+    s = np.where(np.isnan(scores), -np.inf, scores)
     alerts = np.zeros(s.size, dtype=bool)
-    win = info["window"]
-    bucket = np.floor(ts / win)
+    bucket = np.floor(ts / window)
     edges = np.flatnonzero(np.diff(bucket)) + 1
     for lo, hi in zip(np.r_[0, edges], np.r_[edges, s.size]):
-        # grace records: the trained threshold; after grace: the threshold in force (as the daemon does)
         alerts[lo:hi] = cal.process(s[lo:hi], ent[lo:hi], ts[lo:hi])
     return alerts, cal
+
+
+def grace_size(n: int, frac: float = 0.25) -> int:
+    """Records in the grace period: ``frac`` of them, at least 1,000, at most half."""
+    return min(max(int(round(frac * n)), 1000), n // 2)
+
+
+def after_grace(scores, ts, ent, labels, src, dst, threshold: float, target_fpr: float, window: float,
+                frac: float = 0.25, method: str = "robust") -> dict:
+    """Operating point after an unlabelled grace period on the earliest ``frac`` of the records (inputs in
+    event-time order; labels only measure): benign FPR, recall and attack episodes on the later records."""
+    from training.episodes import episode_metrics
+
+    n = len(scores)
+    n_grace = grace_size(n, frac)
+    alerts, cal = grace_alerts(np.asarray(scores, np.float64), ts, ent, threshold, target_fpr, window, n_grace, method)
+    after = np.arange(n) >= n_grace
+    r = _rates(alerts[after], labels[after])
+    ep = episode_metrics(ts[after], src[after], dst[after], labels[after], alerts[after])
+    r.update({"method": method, "grace_records": int(n_grace), "threshold": float(cal.threshold_),
+              "n_episodes": ep["n_episodes"], "n_detected": ep["n_detected"], "episode_recall": ep["episode_recall"],
+              "ttfa_median_s": ep["ttfa_median_s"]})
+    return r
+
+
+def _apply(method: str, z: dict, info: dict, n_grace: int) -> tuple[np.ndarray, GraceCalibrator]:
+    """Alerts of every record (grace ones with the trained threshold) and the calibrator after the run."""
+    return grace_alerts(z["score"], z["ts"], z["entity"], info["threshold"], info["target_fpr"], info["window"],
+                        n_grace, method)
 
 
 def _rates(alerts: np.ndarray, label: np.ndarray) -> dict:
@@ -114,7 +143,7 @@ def _rates(alerts: np.ndarray, label: np.ndarray) -> dict:
 def run_case(name: str, z: dict, frac: float) -> dict:
     info = json.loads(str(z["info"]))
     n = int(z["score"].size)
-    n_grace = min(max(int(round(frac * n)), 1000), n // 2)
+    n_grace = grace_size(n, frac)
     label = z["label"]
     test = np.arange(n) >= n_grace
     rep = {"case": name, "records": n, "grace_records": n_grace, "test_records": int(test.sum()),

@@ -116,7 +116,11 @@ def test_end_to_end_on_the_samples(samples, tmp_path):
                   "ttfa_median_s"):
             assert k in r, (m, k)
         assert r["n_episodes"] > 0 and 0.0 <= r["fpr"] <= 1.0
+        ag = r["after_grace"]   # grace = the earliest records of the test (at least 1,000, at most half)
+        assert ag["grace_records"] == 600 and ag["method"] == "robust"
+        assert 0.0 <= ag["fpr"] <= 1.0 and 0 <= ag["n_detected"] <= ag["n_episodes"]
+    assert split["verdict"]["ours_goal_grace"] in (True, False, None)
     assert set(rep["worst_split"]) == set(g.METHODS)
     assert split["verdict"]["auprc_winner"] in g.METHODS
     md = (out / "report.md").read_text()
-    assert "Worst split" in md and "stratosphere/010-zeek-mixed" in md
+    assert "Worst split" in md and "stratosphere/010-zeek-mixed" in md and "after grace" in md
