@@ -76,11 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module in (ingest_cli, knowledge_cli, detector_cli, training_commands):
         module.register(sub)
-    from training import demo
+    from training import demo, registry_cli
     from training.fraud.cli import register_fraud
 
     register_fraud(sub)
     demo.register(sub)
+    registry_cli.register(sub)
     for path, sp in _subparsers(parser):
         _add_common(sp, top=False)
         example = EXAMPLES.get(" ".join(path))

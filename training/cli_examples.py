@@ -27,4 +27,12 @@ EXAMPLES: dict[str, str] = {
     "fraud evaluate": "graphsentry fraud evaluate samples/fraud/fdh-style-sim-300c-60d.parquet "
                       "--report out/fraud-report --folds 1",
     "demo": "graphsentry demo --out out/demo",
+    "models": "graphsentry models list --registry out/registry",
+    "models list": "graphsentry models list --registry out/registry --json",
+    "models show": "graphsentry models show champion --registry out/registry --verify",
+    "models register": f"graphsentry models register {_MODEL} --registry out/registry --promote --reason 'first model'",
+    "models promote": "graphsentry models promote v0002 --registry out/registry --reason 'gate passed'",
+    "models rollback": "graphsentry models rollback --registry out/registry --reason 'too many alerts'",
+    "models diff": "graphsentry models diff previous champion --registry out/registry",
+    "models verify": "graphsentry models verify champion --registry out/registry",
 }
