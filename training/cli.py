@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_fraud(sub)
     demo.register(sub)
+    __import__("training.archive_cli").archive_cli.register(sub)  # graphsentry archive (one line: no merge conflicts)
     registry_cli.register(sub)
     for path, sp in _subparsers(parser):
         _add_common(sp, top=False)

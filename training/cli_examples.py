@@ -27,6 +27,9 @@ EXAMPLES: dict[str, str] = {
     "fraud evaluate": "graphsentry fraud evaluate samples/fraud/fdh-style-sim-300c-60d.parquet "
                       "--report out/fraud-report --folds 1",
     "demo": "graphsentry demo --out out/demo",
+    "archive": "graphsentry archive --from-kafka 127.0.0.1:9092 --topic graphsentry-flows --out out/archive "
+               "--max-bytes 20GB --max-age 30d\n"
+               f"graphsentry archive --from-files {_LOG} --out out/archive",
     "models": "graphsentry models list --registry out/registry",
     "models list": "graphsentry models list --registry out/registry --json",
     "models show": "graphsentry models show champion --registry out/registry --verify",

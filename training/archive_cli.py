@@ -1,0 +1,323 @@
+"""``graphsentry archive``: fill the retraining archive from a Kafka topic or from capture files.
+
+``--from-kafka BOOTSTRAP --topic T`` consumes canonical records in the daemon's message formats
+(JSON per record, Arrow IPC batches; decoded by :mod:`ingest.kafka_io`, the daemon's own consumer
+source), writes them to an :class:`ingest.archive.ArchiveWriter` with their Kafka positions
+(score/alert null: nothing scored them) and commits offsets only after the archive flushed them.
+A second run over the same records (same group, or another group) archives nothing twice.
+
+``--from-files INPUT...`` reads capture files with :func:`ingest.readers.open_inputs`; each record's
+position is ``("file:<absolute path>", 0, row)``, so archiving the same file again adds nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import queue
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "ki": 1024, "kib": 1024, "mi": 1024 ** 2, "mib": 1024 ** 2, "gi": 1024 ** 3, "gib": 1024 ** 3,
+          "ti": 1024 ** 4, "tib": 1024 ** 4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"500MB"``, ``"20GiB"``, ``"1.5G"`` or a bare number of bytes."""
+    m = _SIZE.match(str(text))
+    unit = (m.group(2) or "").lower() if m else None
+    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise ValueError(f"invalid size {text!r}: use a positive number with an optional unit "
+                         "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 20GB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    """Add ``archive``."""
+    p = subparsers.add_parser(
+        "archive", help="archive canonical records (Parquet, date/hour partitions) for retraining",
+        description="Append records to a retraining archive (Parquet zstd, Hive-partitioned by event "
+                    "date/hour; see docs/archive.md): from a Kafka topic in the daemon's message formats "
+                    "(offsets committed only after the archive is flushed; nothing archived twice) or "
+                    "from capture files.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers HOST:PORT[,...]")
+    src.add_argument("--from-files", nargs="+", metavar="INPUT", help="capture files (any reader format)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the archive directory")
+    p.add_argument("--topic", help="--from-kafka: the topic of canonical records")
+    p.add_argument("--group", default="graphsentry-archive", help="consumer group (default graphsentry-archive)")
+    p.add_argument("--format", dest="fmt", default="auto", choices=["auto", "json", "arrow"],
+                   help="--from-kafka: message format (default auto: per message)")
+    p.add_argument("--input-format", default="auto", help="--from-files: reader format (default auto)")
+    p.add_argument("--kind", default="flows", choices=["flows", "transactions"], help="record kind (default flows)")
+    p.add_argument("--max-bytes", help="retention: keep the archive below this size, e.g. 20GB (whole oldest hours go)")
+    p.add_argument("--max-age", help="retention: delete hours older than this, e.g. 30d (event time vs now)")
+    p.add_argument("--until-idle", type=float, metavar="S",
+                   help="--from-kafka: stop after S seconds without a new record (default: run until stopped)")
+    p.add_argument("--flush-interval", type=float, default=5.0, metavar="S",
+                   help="--from-kafka: flush (and then commit) at least every S seconds (default 5)")
+    p.add_argument("--dead-letter", metavar="FILE", help="JSON-lines file for records that could not be decoded")
+    p.set_defaults(func=_archive)
+
+
+def _writer(args: argparse.Namespace):
+    from ingest.archive import ArchiveWriter
+    from ingest.windows import parse_duration
+
+    max_bytes = parse_size(args.max_bytes) if args.max_bytes else None
+    max_age = parse_duration(args.max_age) if args.max_age else None
+    if max_age is not None and max_age <= 0:
+        raise ValueError(f"--max-age {args.max_age!r}: must be above 0 (e.g. 30d)")
+    return ArchiveWriter(args.out, max_bytes=max_bytes, max_age=max_age, kind=args.kind)
+
+
+def _archive(args: argparse.Namespace) -> int:
+    if args.until_idle is not None and args.until_idle <= 0:
+        raise ValueError(f"--until-idle {args.until_idle}: give a positive number of seconds")
+    if args.flush_interval <= 0:
+        raise ValueError(f"--flush-interval {args.flush_interval}: give a positive number of seconds")
+    if args.from_kafka is not None:
+        if not args.topic:
+            raise ValueError("--from-kafka needs --topic TOPIC")
+        summary = archive_kafka(args)
+    else:
+        summary = archive_files(args)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# files
+
+
+def archive_files(args: argparse.Namespace) -> dict[str, Any]:
+    from ingest.deadletter import DeadLetter
+    from ingest.readers import NothingReadable, open_inputs
+
+    for path in args.from_files:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"input not found: {path}")
+        if Path(path).is_dir():
+            raise ValueError(f"input {path} is a directory: give the capture files in it")
+    dl = DeadLetter(args.dead_letter)
+    writer = _writer(args)
+    read = kept = 0
+    try:
+        for path in args.from_files:
+            topic = f"file:{Path(path).resolve()}"
+            for batch in open_inputs([path], format=args.input_format, dead_letter=dl, allow_nothing=True):
+                read += batch.num_rows
+                rows = batch.column("row").to_numpy(zero_copy_only=False)
+                kept += writer.write(batch, positions={"topic": topic, "partition": 0, "offset": rows})
+        writer.close()
+    finally:
+        dl.close() if hasattr(dl, "close") else None
+    rejected = sum(dl.counts.values())
+    if read == 0 and rejected:
+        raise NothingReadable(f"nothing readable in {len(args.from_files)} input(s): {rejected} records/files "
+                              f"rejected {dict(dl.counts)}; check the files and --input-format")
+    return {"out": str(args.out), "records_read": read, "archived": kept, "rejected": dict(dl.counts),
+            **{k: v for k, v in writer.stats.to_dict().items() if k != "rows_written"}}
+
+
+# ------------------------------------------------------------------------------------------
+# Kafka
+
+
+def _runs_source():
+    """The daemon's Kafka source, with each poll split so that every decoded row's offset is known."""
+    from ingest.kafka_io import KafkaSource, _Polled
+
+    class RunSource(KafkaSource):
+        """Polls split into runs: consecutive JSON messages (one record each when well-formed) and
+        single non-JSON (Arrow) messages. The run's offsets and values wait in ``runs`` (keyed by
+        topic, partition, last offset) until the archiver takes them."""
+
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.runs: dict[tuple[str, int, int], tuple[list[int], list]] = {}
+
+        def _poll_chunks(self) -> list:
+            out = []
+            for c in super()._poll_chunks():
+                offs = c.offsets if c.offsets is not None else list(range(c.first_offset, c.last_offset + 1))
+                i = 0
+                while i < len(c.values):
+                    v = c.values[i]
+                    j = i + 1
+                    if v is not None and v[:1] == b"{":
+                        while j < len(c.values) and c.values[j] is not None and c.values[j][:1] == b"{":
+                            j += 1
+                    run_offs = offs[i:j]
+                    self.runs[(c.topic, c.partition, run_offs[-1])] = (run_offs, c.values[i:j])
+                    out.append(_Polled(c.topic, c.partition, c.values[i:j], run_offs[0], run_offs[-1],
+                                       c.max_ts_ms, run_offs))
+                    i = j
+            return out
+
+    return RunSource
+
+
+def _row_positions(item, run: tuple[list[int], list] | None, fmt: str, kind: str):
+    """(table, offsets, indexes) of a SourceBatch: each row's message offset and index in it."""
+    import pyarrow as pa
+
+    from ingest.kafka_io import decode_messages
+
+    t = item.table
+    n = t.num_rows
+    if run is None:  # no record of the run (should not happen): only a one-message run maps exactly
+        if item.first_offset == item.last_offset:
+            return t, np.full(n, item.first_offset, np.int64), np.arange(n, dtype=np.int64)
+        raise RuntimeError(f"no offsets for {item.topic}/{item.partition} {item.first_offset}..{item.last_offset}")
+    offs, values = run
+    keep = [k for k, o in enumerate(offs) if o >= item.first_offset]  # a re-delivery filter keeps a suffix
+    offs, values = [offs[k] for k in keep], [values[k] for k in keep]
+    if len(offs) == 1:
+        return t, np.full(n, offs[0], np.int64), np.arange(n, dtype=np.int64)
+    if n == len(offs):  # JSON run, every message one record, in order
+        return t, np.asarray(offs, np.int64), np.zeros(n, np.int64)
+    # Some JSON messages of the run were bad (already dead-lettered by the source): find which rows
+    # came from which message by halving (bad messages are rare; no dead letters a second time).
+    tables, o_out, i_out = [], [], []
+
+    def split(lo: int, hi: int) -> None:
+        dec = decode_messages(values[lo:hi], fmt, kind).table
+        if dec.num_rows == hi - lo or hi - lo == 1:
+            tables.append(dec)
+            if hi - lo == 1:
+                o_out.append(np.full(dec.num_rows, offs[lo], np.int64))
+                i_out.append(np.arange(dec.num_rows, dtype=np.int64))
+            else:
+                o_out.append(np.asarray(offs[lo:hi], np.int64))
+                i_out.append(np.zeros(hi - lo, np.int64))
+            return
+        mid = (lo + hi) // 2
+        split(lo, mid)
+        split(mid, hi)
+
+    split(0, len(values))
+    table = pa.concat_tables(tables) if tables else t.slice(0, 0)
+    return table, np.concatenate(o_out) if o_out else np.empty(0, np.int64), \
+        np.concatenate(i_out) if i_out else np.empty(0, np.int64)
+
+
+def archive_kafka(args: argparse.Namespace) -> dict[str, Any]:
+    from detector.cli_serve import _quiet_kafka_client
+    from ingest.deadletter import DeadLetter
+    from ingest.kafka_io import OffsetTracker, client_options, describe_error, kafka_errors, probe
+
+    bootstrap = args.from_kafka
+
+    def unreachable(why: str) -> ValueError:
+        return ValueError(f"cannot reach Kafka at {bootstrap}: {why}; start the broker or fix --from-kafka")
+
+    _quiet_kafka_client()
+    why = probe(bootstrap, timeout=3.0)
+    if why:
+        raise unreachable(why)
+    cfg = {"bootstrap": bootstrap, "topic": args.topic, "group_id": args.group, "auto_offset_reset": "earliest",
+           "session_timeout_ms": 10000, "heartbeat_interval_ms": 1000}
+    try:
+        from kafka import KafkaConsumer
+
+        c = KafkaConsumer(**client_options(cfg))
+        try:
+            parts = c.partitions_for_topic(args.topic)
+        finally:
+            c.close()
+    except kafka_errors() as exc:
+        raise unreachable(describe_error(exc, bootstrap)) from None
+    if not parts:
+        raise ValueError(f"topic {args.topic!r} not found at {bootstrap}: check --topic")
+
+    writer = _writer(args)
+    dl = DeadLetter(args.dead_letter)
+    q: "queue.Queue" = queue.Queue(maxsize=64)
+    tracker = OffsetTracker()
+    src = _runs_source()(cfg, q, tracker, dead_letter=dl, kind=args.kind, fmt=args.fmt, commit_interval=0.5)
+    stop = threading.Event()
+    prev = None
+    if threading.current_thread() is threading.main_thread():
+        prev = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    read = kept = 0
+    next_row = 0
+    undone: list[np.ndarray] = []
+    src.start()
+    last_data = None
+    next_flush = time.monotonic() + args.flush_interval
+    assign_deadline = time.monotonic() + 60.0
+
+    def flush() -> None:
+        writer.flush()  # durable first ...
+        if undone:
+            tracker.done_rows(np.concatenate(undone))  # ... then the source may commit these offsets
+            undone.clear()
+
+    try:
+        while not stop.is_set():
+            try:
+                item = q.get(timeout=0.2)
+            except queue.Empty:
+                item = False
+            now = time.monotonic()
+            if item is None:  # the source ended (an error, or stopped)
+                break
+            if item is not False:
+                run = src.runs.pop((item.topic, item.partition, item.last_offset), None)
+                table, offs, idx = _row_positions(item, run, args.fmt, args.kind)
+                n = table.num_rows
+                tracker.add(item.topic, item.partition, item.first_offset, item.last_offset, next_row, next_row + n)
+                if n:
+                    read += n
+                    kept += writer.write(table, positions={"topic": item.topic, "partition": item.partition,
+                                                           "offset": offs, "index": idx})
+                    undone.append(np.arange(next_row, next_row + n, dtype=np.int64))
+                    next_row += n
+                last_data = now
+            if src.assigned and last_data is None:
+                last_data = now  # the idle clock starts once partitions are assigned
+            if now >= next_flush or writer.pending_rows >= 200_000:
+                flush()
+                next_flush = now + args.flush_interval
+            if args.until_idle is not None and last_data is not None and now - last_data >= args.until_idle \
+                    and q.empty():
+                break
+            if last_data is None and now > assign_deadline:
+                raise ValueError(f"no partition of {args.topic!r} was assigned to group {args.group!r} within 60 s "
+                                 "(another member holds them?): try another --group")
+        flush()
+        if src.error is not None:
+            raise ValueError(f"Kafka consumer failed: {describe_error(src.error, bootstrap)}")
+    finally:
+        try:
+            writer.flush()
+            if undone:
+                tracker.done_rows(np.concatenate(undone))
+        finally:
+            src.stop()  # its thread makes the final commit of what is durable
+            src.join(30)
+            dl.close() if hasattr(dl, "close") else None
+            if prev is not None:
+                signal.signal(signal.SIGTERM, prev)
+    rejected = sum(dl.counts.values())
+    if read == 0 and rejected:
+        from ingest.readers import NothingReadable
+
+        raise NothingReadable(f"no message of {args.topic!r} could be decoded ({rejected} rejected "
+                              f"{dict(dl.counts)}); check --format and what the producer writes")
+    committed = {f"{t}/{p}": o for (t, p), o in sorted(src.committed_offsets().items())}
+    return {"out": str(args.out), "topic": args.topic, "group": args.group, "records_read": read, "archived": kept,
+            "rejected": dict(dl.counts), "committed": committed,
+            **{k: v for k, v in writer.stats.to_dict().items() if k != "rows_written"}}
