@@ -38,9 +38,9 @@ def _fmt(v: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def table(rows: list[list[Any]], header: list[str]) -> str:
-    """A plain-text table: columns padded to their widest cell."""
-    cells = [header] + [[_fmt(c) for c in r] for r in rows]
+def table(rows: list[list[Any]], header: list[str], width: int = 40) -> str:
+    """A plain-text table: columns padded to their widest cell (cells cut at ``width`` characters)."""
+    cells = [header] + [[_fmt(c, width) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
@@ -89,7 +89,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if metrics:
         lines += ["", "metrics", table([[k, v] for k, v in sorted(metrics.items())], ["KEY", "VALUE"])]
     lines += ["", "files", table([[n, e.get("size"), e.get("sha256")] for n, e in sorted(info["files"].items())],
-                                 ["FILE", "SIZE", "SHA256"])]
+                                 ["FILE", "SIZE", "SHA256"], width=64)]
     _print(args, info, "\n".join(lines))
     return 0
 
