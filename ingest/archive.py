@@ -281,6 +281,7 @@ class ArchiveWriter:
         self._own_low: dict[tuple[str, int], list[np.ndarray]] = {}        # keys written here at or below the mark
         self._protected: set[tuple[str, int]] = set()
         self._closed = False
+        self._broken: BaseException | None = None
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"archive {self.root} is a file: give a directory for the archive")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -310,13 +311,7 @@ class ArchiveWriter:
                     log.warning("archive journal %s unreadable (%s); ignored", j, exc)
                     self.stats.bad_files += 1
                     continue
-                for tmp, final in pairs:
-                    tmp_p, final_p = self.root / tmp, self.root / final
-                    if tmp_p.exists():
-                        os.replace(tmp_p, final_p)
-                        _fsync_dir(final_p.parent)
-                        self.stats.recovered_files += 1
-                j.unlink()
+                self.stats.recovered_files += self._roll_forward(j, pairs)
             for j in jdir.glob("*.tmp"):
                 j.unlink()
             _fsync_dir(jdir)
@@ -382,6 +377,8 @@ class ArchiveWriter:
         """
         if self._closed:
             raise ValueError("archive writer is closed")
+        if self._broken is not None:
+            raise OSError(f"archive writer failed ({self._broken}); open the archive again")
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         n = table.num_rows
@@ -476,6 +473,8 @@ class ArchiveWriter:
     # -- flushing -------------------------------------------------------------------------
     def flush(self) -> list[Path]:
         """Make every buffered record durable (fsynced files, atomically visible); returns the new files."""
+        if self._broken is not None:
+            raise OSError(f"archive writer failed ({self._broken}); open the archive again")
         if not self._buf:
             return []
         table = pa.concat_tables(self._buf) if len(self._buf) > 1 else self._buf[0]
@@ -504,12 +503,23 @@ class ArchiveWriter:
                     os.fsync(f.fileno())
                 size = tmp.stat().st_size
                 written.append((tmp, final, _FileInfo(final, part, size, ranges), chunk.num_rows))
-            self._commit(written)
+            journal = self._journal(written)
         except BaseException:
             for tmp, _final, _info, _n in written:
                 if tmp.exists():
                     tmp.unlink()
             raise
+        interrupted: BaseException | None = None
+        try:
+            self._rename(written, journal)
+        except BaseException as exc:  # noqa: BLE001 - the journal decided this flush: finish it now
+            try:
+                self._roll_forward(journal, json.loads(journal.read_text())["renames"])
+            except BaseException as exc2:  # noqa: BLE001
+                self._broken = exc2
+                raise OSError(f"archive flush failed half-way ({exc2}); the next open of {self.root} finishes "
+                              "it: restart") from exc
+            interrupted = None if isinstance(exc, Exception) else exc
         self._buf, self._buffered = [], 0
         self._protected = {info.part for _t, _f, info, _n in written}
         for _tmp, final, info, rows in written:
@@ -518,6 +528,8 @@ class ArchiveWriter:
             self.stats.bytes_written += info.size
             self.stats.rows_written += rows
         self.stats.flushes += 1
+        if interrupted is not None:
+            raise interrupted  # the files are all visible; the interruption still stops the caller
         self._retention()
         return [final for _t, final, _i, _n in written]
 
@@ -536,9 +548,9 @@ class ArchiveWriter:
                                                                           row["kafka_offset_max"])
         return out
 
-    def _commit(self, written: list) -> None:
-        """The journal, then the renames: all the files of a flush become visible, or (after a crash
-        before the journal) none of them."""
+    def _journal(self, written: list) -> Path:
+        """The journal of a flush's renames, durable (temp + rename). From here on the flush happens:
+        if the renames do not finish now, the next open finishes them."""
         jdir = self.root / "_journal"
         jdir.mkdir(exist_ok=True)
         stamp = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}"
@@ -551,6 +563,9 @@ class ArchiveWriter:
             os.fsync(f.fileno())
         os.replace(jtmp, journal)
         _fsync_dir(jdir)
+        return journal
+
+    def _rename(self, written: list, journal: Path) -> None:
         dirs = set()
         for tmp, final, _i, _n in written:
             os.replace(tmp, final)
@@ -560,7 +575,20 @@ class ArchiveWriter:
             _fsync_dir(d)
         _fsync_dir(self.root)
         journal.unlink()
-        _fsync_dir(jdir)
+        _fsync_dir(journal.parent)
+
+    def _roll_forward(self, journal: Path, pairs: list) -> int:
+        """Rename every temporary file ``journal`` names that is still there; remove the journal."""
+        n = 0
+        for tmp, final in pairs:
+            tmp_p, final_p = self.root / tmp, self.root / final
+            if tmp_p.exists():
+                os.replace(tmp_p, final_p)
+                _fsync_dir(final_p.parent)
+                n += 1
+        journal.unlink()
+        _fsync_dir(journal.parent)
+        return n
 
     # -- retention ------------------------------------------------------------------------
     def _retention(self) -> None:
