@@ -53,6 +53,7 @@ HISTORY = "history.jsonl"
 LOCK = ".lock"
 _VERSION = re.compile(r"^v(\d{4,})$")
 _NOT_COPIED = ("checkpoint.pt", "checkpoint.tmp")  # training state: no loader reads it, and it is large
+_READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
 
 class RegistryError(ValueError):
@@ -117,14 +118,16 @@ def _installed_knowledge() -> dict | None:
         return None
     if not isinstance(m, dict) or not m.get("hash"):
         return None
-    return {"version": m.get("version"), "hash": m.get("hash"), "source": "installed artifact (knowledge/artifacts/default)"}
+    return {"version": m.get("version"), "hash": m.get("hash"),
+            "source": "installed artifact (knowledge/artifacts/default)"}
 
 
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise RegistryError(f"{path} cannot be read as JSON ({exc}); restore it from a backup of the registry") from None
+        raise RegistryError(f"{path} cannot be read as JSON ({exc}); "
+                            f"restore it from a backup of the registry") from None
     if not isinstance(data, dict):
         raise RegistryError(f"{path} is not a JSON object; restore it from a backup of the registry")
     return data
@@ -282,11 +285,12 @@ class Registry:
         va, vb = self.version_of(a), self.version_of(b)
         da, db = self.versions_dir / va, self.versions_dir / vb
         ca, cb = _read_json(da / "config.json"), _read_json(db / "config.json")
-        skip = ("metrics", "train_config", "created", "detector_state")
+        skip = ("metrics", "train_config", "created")
         config = _differences({k: v for k, v in ca.items() if k not in skip},
                               {k: v for k, v in cb.items() if k not in skip})
         train = _differences(ca.get("train_config") or {}, cb.get("train_config") or {})
-        ma, mb = flatten(_read_json(da / METADATA).get("metrics") or {}), flatten(_read_json(db / METADATA).get("metrics") or {})
+        ma = flatten(_read_json(da / METADATA).get("metrics") or {})
+        mb = flatten(_read_json(db / METADATA).get("metrics") or {})
         metrics = [{"key": k, "a": ma.get(k), "b": mb.get(k), "differs": ma.get(k) != mb.get(k)}
                    for k in sorted(set(ma) | set(mb))
                    if not isinstance(ma.get(k), (list, dict)) and not isinstance(mb.get(k), (list, dict))]
@@ -323,7 +327,7 @@ class Registry:
 
     def _append(self, event: str, reason: str | None = None, **fields: Any) -> dict:
         ev = {"time": _now(), "event": event, "user": _user(), **fields, "reason": reason}
-        line = (json.dumps(ev, sort_keys=False) + "\n").encode()
+        line = (json.dumps(ev) + "\n").encode()
         fd = os.open(self.root / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
@@ -398,10 +402,15 @@ class Registry:
                 (staging / METADATA).write_text(json.dumps(meta, indent=2, default=str) + "\n")
                 write_manifest(staging)  # now covering registry.json too
                 verify_manifest(staging)
-                for p in staging.iterdir():
-                    os.chmod(p, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                for p in staging.iterdir():  # on disk before the rename publishes the version
+                    os.chmod(p, _READ_ONLY)
+                    fd = os.open(p, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
                 _fsync_dir(staging)
-                os.chmod(staging, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+                os.chmod(staging, _READ_ONLY | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
                 os.rename(staging, self.versions_dir / version)
                 _fsync_dir(self.versions_dir)
             except BaseException:
@@ -459,15 +468,30 @@ class Registry:
             self._append("set-alias", reason, alias=alias, version=version, was=old)
         return version
 
-    def promote(self, ref: str, reason: str | None = None) -> str:
-        """``champion`` := ``ref`` (checked against its manifest first), ``previous`` := the old champion.
-        A ``challenger`` alias pointing to the promoted version is removed."""
+    def check_loads(self, ref: str) -> None:
+        """Load a version the way the daemon will (:func:`detector.bundle.load_bundle`: manifest, formats,
+        knowledge artifact width); :class:`RegistryError` naming the version when it cannot be loaded."""
+        version = self.version_of(ref)
+        from detector.bundle import load_bundle
+
+        try:
+            load_bundle(self.versions_dir / version)
+        except ValueError as exc:
+            raise RegistryError(f"{version} cannot be loaded here, so a daemon would keep its current model: "
+                                f"{' '.join(str(exc).split())}") from None
+
+    def promote(self, ref: str, reason: str | None = None, check_load: bool = True) -> str:
+        """``champion`` := ``ref``, ``previous`` := the old champion. ``ref`` is checked against its manifest
+        first and, with ``check_load``, loaded (:meth:`check_loads`). A ``challenger`` alias pointing to the
+        promoted version is removed."""
         with self.lock():
             version = self.version_of(ref)
             old = self.alias("champion")
             if old == version:
                 raise RegistryError(f"{version} is already the champion of {self.root}: nothing to promote")
             self.verify(version)
+            if check_load:
+                self.check_loads(version)
             if old is not None:
                 self._point("previous", old)
             self._point("champion", version)
@@ -476,9 +500,9 @@ class Registry:
             self._append("promote", reason, version=version, champion=version, previous=old)
         return version
 
-    def rollback(self, reason: str | None = None) -> str:
-        """``champion`` := ``previous`` (checked first), ``previous`` := the champion before that one in the
-        history (or unset). Refused when there is no previous champion."""
+    def rollback(self, reason: str | None = None, check_load: bool = True) -> str:
+        """``champion`` := ``previous`` (checked first, like :meth:`promote`), ``previous`` := the champion
+        before that one in the history (or unset). Refused when there is no previous champion."""
         with self.lock():
             self._require()
             stack = self._champions()
@@ -496,6 +520,8 @@ class Registry:
                 if target is None:
                     raise RegistryError(f"{self.root} has no previous champion to roll back to")
             self.verify(target)
+            if check_load:
+                self.check_loads(target)
             self._point("champion", target)
             self._point("previous", below)
             self._append("rollback", reason, version=target, champion=target, previous=below, was=current)

@@ -112,7 +112,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     version = reg.register(args.model_dir, meta, reason=args.reason)
     out = {"version": version, "path": str(reg.resolve(version))}
     if args.promote:
-        reg.promote(version, reason=args.reason or "registered with --promote")
+        reg.promote(version, reason=args.reason or "registered with --promote", check_load=not args.no_load_check)
     elif args.challenger:
         reg.set_alias("challenger", version, reason=args.reason or "registered with --challenger")
     out["aliases"] = [a for a, v in reg.aliases().items() if v == version]
@@ -124,7 +124,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     reg = _registry(args)
     old = reg.alias("champion") if reg.versions_dir.is_dir() else None
-    version = reg.promote(args.version, reason=args.reason)
+    version = reg.promote(args.version, reason=args.reason, check_load=not args.no_load_check)
     _print(args, {"champion": version, "previous": old},
            f"champion: {version} (was {old or 'none'}); a daemon on {reg.root / 'champion'} loads it at its next poll")
     return 0
@@ -133,7 +133,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     reg = _registry(args)
     old = reg.alias("champion") if reg.versions_dir.is_dir() else None
-    version = reg.rollback(reason=args.reason)
+    version = reg.rollback(reason=args.reason, check_load=not args.no_load_check)
     prev = reg.alias("previous")
     _print(args, {"champion": version, "previous": prev, "was": old},
            f"champion: {version} (was {old}); previous: {prev or 'none'}")
@@ -199,11 +199,17 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     sp.add_argument("--parent", metavar="VERSION", help="the version it was trained from (default: the champion)")
     sp.add_argument("--metadata", metavar="JSON", help="more metadata as a JSON object (gate, data, metrics, ...)")
     sp.add_argument("--reason", help="why (recorded in history.jsonl)")
+    sp.add_argument("--no-load-check", action="store_true",
+                    help="only check checksums before moving the champion, do not load the model")
     sp = add("promote", cmd_promote, "make a version the champion (the old one becomes previous)")
     sp.add_argument("version", metavar="VERSION|ALIAS")
     sp.add_argument("--reason", help="why (recorded in history.jsonl)")
+    sp.add_argument("--no-load-check", action="store_true",
+                    help="only check checksums before moving the champion, do not load the model")
     sp = add("rollback", cmd_rollback, "make the previous champion the champion again")
     sp.add_argument("--reason", help="why (recorded in history.jsonl)")
+    sp.add_argument("--no-load-check", action="store_true",
+                    help="only check checksums before moving the champion, do not load the model")
     sp = add("diff", cmd_diff, "what differs between two versions: config, metrics, files")
     sp.add_argument("a", metavar="A", help="version or alias")
     sp.add_argument("b", metavar="B", help="version or alias")

@@ -75,8 +75,9 @@ def test_register_twice_records_versions_and_metadata(tiny_model, other_model, t
     reg = Registry(tmp_path / "reg")
     v1 = reg.register(tiny_model)
     assert reg.promote(v1) == "v0001"
-    v2 = reg.register(other_model, {"gate": {"decision": "pass", "auprc_margin": 0.01}, "metrics": {"holdout_auprc": 0.5},
-                                    "data": {"archive": "out/archive"}}, reason="retrained")
+    v2 = reg.register(other_model, {"gate": {"decision": "pass", "auprc_margin": 0.01},
+                                    "metrics": {"holdout_auprc": 0.5}, "data": {"archive": "out/archive"}},
+                      reason="retrained")
     assert (v1, v2) == ("v0001", "v0002") and reg.versions() == ["v0001", "v0002"]
     meta = reg.metadata(v2)
     cfg = json.loads((other_model / "config.json").read_text())
@@ -113,7 +114,8 @@ def test_versions_are_immutable_and_a_changed_dir_gets_a_new_version(tiny_model,
     _retuned(tiny_model, tmp_path / "changed", 50.0)
     v2 = reg.register(tmp_path / "changed")
     assert v2 == "v0002" and reg.metadata(v2)["content_sha256"] != before
-    assert reg.metadata(v1)["content_sha256"] == before and json.loads((d / "config.json").read_text())["threshold"] != 50.0
+    assert reg.metadata(v1)["content_sha256"] == before
+    assert json.loads((d / "config.json").read_text())["threshold"] != 50.0
     assert reg.metadata(reg.register(src))["content_sha256"] == before   # same files: same content hash, v0003
 
 
@@ -184,6 +186,25 @@ def test_verify_detects_tampering_and_promotion_refuses_it(tiny_model, tmp_path)
         reg.verify("champion")
 
 
+def test_promotion_refuses_a_version_the_daemon_could_not_load(tiny_model, tmp_path):
+    """Checksums fine, but trained for another knowledge artifact: the daemon would refuse it, so does promote."""
+    other = tmp_path / "other-kg"
+    shutil.copytree(tiny_model, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["kg"]["width"] += 1
+    (other / "config.json").write_text(json.dumps(cfg))
+    write_manifest(other)
+    reg = Registry(tmp_path / "reg")
+    v1, v2 = reg.register(tiny_model), reg.register(other)
+    reg.promote(v1)
+    assert set(reg.verify(v2)) >= {"config.json"}
+    with pytest.raises(RegistryError, match=f"{v2} cannot be loaded here"):
+        reg.promote(v2)
+    assert reg.aliases() == {"champion": v1}
+    assert reg.promote(v2, check_load=False) == v2                  # an operator who knows better
+    assert reg.rollback() == v1
+
+
 _HOLD_LOCK = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
@@ -236,7 +257,7 @@ def test_promotion_swaps_the_alias_atomically(tiny_model, other_model, tmp_path)
     try:
         time.sleep(0.3)
         for i in range(100):
-            reg.promote(v2 if i % 2 == 0 else v1)
+            reg.promote(v2 if i % 2 == 0 else v1, check_load=False)
     finally:
         stop.touch()
         out = reader.communicate(timeout=30)[0]
