@@ -412,3 +412,43 @@ def test_daemon_on_champion_follows_promotion_and_rollback(tiny_model, other_mod
     assert not th.is_alive()
     assert d.summary.model_reloads == 2 and d.metrics.value("graphsentry_model_reloads_total", {"result": "ok"}) == 2
     assert d.summary.model_version.startswith(v1)
+
+
+@pytest.mark.xfail(reason="detector/daemon/pipeline.py: ModelWatcher takes its baseline fingerprint after the first "
+                          "load (Daemon.run builds it after self.loader(...)); a promotion landing during that load "
+                          "is never picked up. Fix: baseline = model_fingerprint(self._model.path)", strict=False)
+def test_daemon_picks_up_a_promotion_made_while_it_starts(tmp_path):
+    sys.path.insert(0, str(REPO / "tests" / "detector"))
+    from daemon_helpers import load_fanout, write_fanout_model
+    from detector.daemon import Daemon, load_config
+
+    reg = Registry(tmp_path / "reg")
+    for name in ("a", "b"):
+        write_manifest(write_fanout_model(tmp_path / name, threshold=3, version=name))
+    v1, v2 = reg.register(tmp_path / "a"), reg.register(tmp_path / "b")
+    reg.promote(v1, check_load=False)
+    loaded = []
+
+    def loader(path):
+        m = load_fanout(path)
+        loaded.append(m.version)
+        if len(loaded) == 1:
+            reg.promote(v2, check_load=False)      # lands while the daemon loads its first model
+        return m
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "conn.log").write_text(SAMPLE.read_text())
+    cfg = load_config(overrides={
+        "source": {"paths": [str(tmp_path / "logs")], "follow": True, "poll_interval": 0.1},
+        "window": {"size": 600.0, "lateness": 0.0, "idle_timeout": 0.3},
+        "alerts": {"sinks": [{"type": "sqlite", "path": str(tmp_path / "alerts.db")}]}, "metrics": {"port": 0},
+        "model": {"path": str(tmp_path / "reg" / "champion"), "watch": True, "watch_interval": 0.1}}, env={})
+    d = Daemon(cfg, loader=loader, install_signals=False)
+    th = threading.Thread(target=d.run)
+    th.start()
+    try:
+        _wait(lambda: len(loaded) >= 2, 3)
+    finally:
+        d.stop("test")
+        th.join(30)
+    assert loaded == ["a", "b"]
