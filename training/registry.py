@@ -376,6 +376,8 @@ class Registry:
             raise RegistryError(f"{src} is already a version of this registry: promote it instead "
                                 f"(graphsentry models promote VERSION)")
         verify_manifest(src)
+        if self.root.exists() and not self.root.is_dir():
+            raise RegistryError(f"{self.root} is a file, not a registry directory: give another --registry")
         if not self.root.exists():
             if not self.root.parent.is_dir():
                 raise RegistryError(f"{self.root.parent} does not exist: create it, or give another --registry")
