@@ -9,6 +9,8 @@ Layout (docs/model-directory.md)::
       weights.pt         STGNN state_dict (node memory is not saved: scoring starts from an empty state)
       preprocessor.json  fitted FlowPreprocessor
       detector.npz       the detector's fitted arrays (np.savez; loaded with allow_pickle=False)
+      technique.json     optional: the technique channel (detector.technique_detector; JSON, bounds as
+                         lists); absent in older bundles and with ``TrainConfig(technique=False)``: channel off
       manifest.json      size + sha256 of each file (detector.model_files), checked before anything is read
 
 Nothing loaded runs code: JSON, ``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``. A
@@ -58,7 +60,7 @@ class ModelBundle:
 
     def __init__(self, model: STGNN, detector, calibration: Calibration, pipeline: FeaturePipeline,
                  window: dict | None = None, detector_name: str = "knn", fingerprint: dict | None = None,
-                 metrics: dict | None = None, extra: dict | None = None) -> None:
+                 metrics: dict | None = None, extra: dict | None = None, technique=None) -> None:
         self.model = model.eval()
         self.detector = detector
         self.calibration = calibration
@@ -69,6 +71,9 @@ class ModelBundle:
         self.metrics = metrics or {}
         self.extra = extra or {}
         self.path: Path | None = None
+        # the technique channel (detector.technique_detector.TechniqueDetector) fused into the scores by
+        # detector.scoring; None: off (an older bundle, or trained with TrainConfig.technique=False)
+        self.technique = technique
 
     @property
     def threshold(self) -> float:
@@ -126,6 +131,10 @@ class ModelBundle:
         self.pipeline.pre.save(str(d / "preprocessor.json"))
         with open(d / "detector.npz", "wb") as f:
             np.savez(f, **arrays)
+        if self.technique is not None:
+            (d / TECHNIQUE_FILE).write_text(json.dumps(self.technique.to_json()))
+        else:
+            (d / TECHNIQUE_FILE).unlink(missing_ok=True)
         cfg = self.config
         cfg["detector_state"] = {"class": self.detector.name, "params": params}
         data = json.dumps(cfg, indent=2, default=str).encode()
@@ -188,10 +197,12 @@ class ModelBundle:
                 window=cfg.get("window"), detector_name=cfg.get("detector", "knn"),
                 fingerprint=cfg.get("fingerprint"), metrics=cfg.get("metrics"),
                 extra={k: v for k, v in cfg.items() if k not in known})
+        b.technique = _load_technique(d, pcfg, kf)
         b.path = d
         return b
 
 
+TECHNIQUE_FILE = "technique.json"
 _RETRAIN = "retrain the model (graphsentry train --out DIR)"
 
 
@@ -240,6 +251,26 @@ def _load_detector(d: Path, det_cls, params: dict, width: int):
                             f"this model: {exc}: {_RETRAIN}") from None
     if np.shape(probe) != (2,) or not np.isfinite(probe).all():
         raise ModelDirError(f"{path} gives no finite scores for a probe of width {width}: {_RETRAIN}")
+    return det
+
+
+def _load_technique(d: Path, pcfg: PipelineConfig, kf):
+    """The technique channel of ``technique.json`` (None when the file is absent: an older bundle, channel
+    off). Its knowledge columns must be the installed artifact's techniques, in order."""
+    path = d / TECHNIQUE_FILE
+    if not path.is_file():
+        return None
+    from detector.technique_detector import TechniqueDetector
+
+    try:
+        det = TechniqueDetector.from_json(json.loads(path.read_text()))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelDirError(f"{path} is not a technique channel ({exc}): {_RETRAIN}") from None
+    have = [c.split(":", 1)[1] for c in det.columns_ if c.startswith("knowledge:")]
+    want = list(getattr(kf, "tech_ids", None) or []) if pcfg.knowledge and kf is not None else []
+    if have != want:
+        raise ModelDirError(f"{path} was fitted on {len(have)} knowledge techniques, the installed knowledge "
+                            f"artifact gives {len(want)} (or others): {_RETRAIN}")
     return det
 
 

@@ -38,6 +38,11 @@ class WindowScores:
     # knowledge.behaviour_predicates.TECHNIQUES.
     behaviour_techniques: np.ndarray | None = None
     behaviour_scores: np.ndarray | None = None
+    # Technique channel (detector.technique_detector; None when the bundle has none): [E] float64 its
+    # score (fires above its own threshold), [E] bool the flows alerted only because it lifted their score
+    # (their embedding score was at or below the threshold; their top_technique is the channel's).
+    technique_scores: np.ndarray | None = None
+    technique_raised: np.ndarray | None = None
 
     @property
     def num_alerts(self) -> int:
@@ -54,6 +59,8 @@ class FlowScores:
     top_technique: np.ndarray             # [E] object, str | None
     behaviour_techniques: np.ndarray | None = None  # [E] object, tuple of ids (as WindowScores)
     behaviour_scores: np.ndarray | None = None      # [E, T] float32 (as WindowScores)
+    technique_scores: np.ndarray | None = None      # [E] float64 (as WindowScores)
+    technique_raised: np.ndarray | None = None      # [E] bool (as WindowScores)
 
 
 def behaviour_top(scores: np.ndarray | None) -> np.ndarray | None:
@@ -179,6 +186,83 @@ class _Behaviour:
         return out
 
 
+def _named(top: np.ndarray, fired: np.ndarray, names: np.ndarray) -> np.ndarray:
+    """``top`` (object array, changed in place) with the technique channel's technique where it fired."""
+    top[fired] = names[fired]
+    return top
+
+
+class _TechniqueChannel:
+    """The bundle's technique detector (:mod:`detector.technique_detector`) applied to a window's flows:
+    its activations are the knowledge block's technique columns (``kb.edge[:, kb.tech_slice]``) and the
+    behaviour technique scores (``WindowScores.behaviour_scores``), in the detector's column order
+    (``knowledge:*`` then ``behaviour:*``). The two ranges are scored apart (:meth:`TechniqueDetector.partial`)
+    and joined by a maximum (ties to the knowledge column), so a group's knowledge rows shared by
+    ``transform_many`` are scored once per distinct row (cached on them), and both scoring paths give the
+    same values. Missing evidence (no knowledge block, behaviour off) scores -1: it never fires."""
+
+    def __init__(self, det) -> None:
+        from knowledge.behaviour_predicates import TECHNIQUES
+
+        self.det = det
+        cols = list(det.columns_)
+        self.nk = sum(1 for c in cols if c.startswith("knowledge:"))
+        beh = cols[self.nk:]
+        self.nb = len(beh)
+        if beh and beh != [f"behaviour:{t}" for t in TECHNIQUES]:
+            log.warning("technique channel: behaviour columns %s differ from this version's %s; scoring "
+                        "without them", beh, list(TECHNIQUES))
+            self.nb = 0
+
+    @classmethod
+    def of(cls, bundle) -> "_TechniqueChannel | None":
+        det = getattr(bundle, "technique", None)
+        return cls(det) if det is not None else None
+
+    def _knowledge(self, kb, n: int) -> tuple[np.ndarray, np.ndarray]:
+        det = self.det
+        if kb is None or self.nk == 0 or getattr(kb, "n_tech", -1) != self.nk:
+            return np.full(n, -1.0), np.zeros(n, dtype=np.int64)
+        rows = getattr(kb, "_rows", None)
+        if getattr(kb, "_edge", True) is None and rows is not None:  # a transform_many block: shared rows
+            shared, idx = rows
+            cache = getattr(shared, "_technique", None)
+            if cache is None or cache[0] is not det:
+                cache = (det, *det.partial(shared.rows[:, kb.tech_slice], 0))
+                shared._technique = cache
+            return cache[1][idx], cache[2][idx]
+        return det.partial(kb.edge[:, kb.tech_slice], 0)
+
+    errors = 0
+
+    def fuse(self, scores: np.ndarray, kb, behaviour: np.ndarray | None, threshold: float) -> tuple:
+        """``(fused scores, channel scores, channel technique [E] object, fired [E] bool, raised [E] bool)``
+        for one window's flows (``scores``: the embedding detector's). A failure leaves the scores as they
+        are (logged): the channel only ever adds alerts."""
+        try:
+            return self._fuse(scores, kb, behaviour, threshold)
+        except Exception as exc:  # noqa: BLE001 - a side channel must not cost the window its scores
+            self.errors += 1
+            if self.errors <= 3:
+                log.warning("technique channel failed on a window: %r", exc)
+            n = len(scores)
+            return (np.asarray(scores, dtype=np.float64), np.full(n, -1.0), np.full(n, None, dtype=object),
+                    np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
+
+    def _fuse(self, scores: np.ndarray, kb, behaviour: np.ndarray | None, threshold: float) -> tuple:
+        from detector.technique_detector import fuse
+
+        det, n = self.det, len(scores)
+        s, j = self._knowledge(kb, n)
+        if self.nb and behaviour is not None and len(behaviour) == n and behaviour.shape[1] == self.nb:
+            sb, jb = det.partial(behaviour, self.nk)
+            better = sb > s
+            s, j = np.where(better, sb, s), np.where(better, jb, j)
+        fused, raised = fuse(scores, s, det.threshold_, threshold, det.lift_gap_)
+        fired = s > det.threshold_
+        return fused, s, det.name_of(s, j), fired, raised
+
+
 class _Built(list):
     """:meth:`StreamScorer._build_group`'s per-window builds, with the group's behaviour results
     (``behaviour[k]``: ``(techniques, scores)`` or None) alongside."""
@@ -215,6 +299,7 @@ class StreamScorer:
         self.behaviour_params = None if isinstance(behaviour, bool) else behaviour
         self.behaviour_enabled = bool(behaviour is not False)
         self._behaviour: _Behaviour | None = None  # made on the first window (imports numba)
+        self.technique = _TechniqueChannel.of(bundle)
 
     @property
     def behaviour(self):
@@ -263,6 +348,10 @@ class StreamScorer:
     def _finish(self, window, data, kb, scores: np.ndarray, behaviour=None) -> WindowScores:
         thr = float(self.bundle.threshold)
         n_rows = window.table.num_rows
+        tech = self.technique.fuse(scores, kb, behaviour[1] if behaviour is not None else None, thr) \
+            if self.technique is not None else None
+        if tech is not None:
+            scores = tech[0]
         alerts = scores > thr
         n = int(data.num_nodes)
         node_scores = np.full(n, -np.inf)
@@ -277,6 +366,8 @@ class StreamScorer:
                 top = [None] * n_rows
         else:
             top = [None] * n_rows
+        if tech is not None and tech[3].any():
+            top = _named(np.asarray(top, dtype=object), tech[3], tech[2]).tolist()
         self.windows += 1
         return WindowScores(
             rows=data.edge_row.numpy().astype(np.int64), scores=scores, alerts=alerts, top_technique=top,
@@ -284,6 +375,8 @@ class StreamScorer:
             window_end=float(window.end), threshold=thr,
             behaviour_techniques=behaviour[0] if behaviour is not None else None,
             behaviour_scores=behaviour[1] if behaviour is not None else None,
+            technique_scores=tech[1] if tech is not None else None,
+            technique_raised=tech[4] if tech is not None else None,
         )
 
     def _decide(self, flow: np.ndarray) -> np.ndarray:
@@ -443,17 +536,29 @@ class StreamScorer:
         if not done:
             return None, failed
         thr = float(self.bundle.threshold)
-        scores = done[0][3] if len(done) == 1 else np.concatenate([s for *_, s in done])
-        tops = []
+        beh = getattr(built, "behaviour", None)
+        tops, techs = [], []
         for _k, data, kb, s in done:
             try:
                 tops.append(kb.top_technique_array())
             except Exception:  # noqa: BLE001 - no technique for this window (as _finish)
                 tops.append(np.full(len(s), None, dtype=object))
+            if self.technique is not None:  # window by window, as _finish (a group's kb rows: computed once)
+                b = beh[_k] if beh is not None else None
+                techs.append(self.technique.fuse(s, kb, b[1] if b is not None else None, thr))
+        if techs:
+            for t, (_k, _d, _kb, s), top in zip(techs, done, tops):
+                if t[3].any():
+                    _named(top, t[3], t[2])
+            scores = np.concatenate([t[0] for t in techs])
+        else:
+            scores = done[0][3] if len(done) == 1 else np.concatenate([s for *_, s in done])
         self.windows += len(done)
         rows = torch.cat([d.edge_row for _k, d, _kb, _s in done]).numpy().astype(np.int64, copy=False)
         fs = FlowScores(rows, scores, scores > thr, np.concatenate(tops))
-        beh = getattr(built, "behaviour", None)
+        if techs:
+            fs.technique_scores = np.concatenate([t[1] for t in techs])
+            fs.technique_raised = np.concatenate([t[4] for t in techs])
         if beh is not None and all(beh[k] is not None for k, *_ in done):
             fs.behaviour_techniques = np.concatenate([beh[k][0] for k, *_ in done])
             fs.behaviour_scores = np.concatenate([beh[k][1] for k, *_ in done])

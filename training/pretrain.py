@@ -102,6 +102,8 @@ class TrainConfig:
     knn_bank: str = "coreset"          # kNN memory bank: coreset (greedy k-center) | random (uniform subsample)
     knn_bank_size: int = 512           # kNN bank rows (scoring cost per flow grows with it)
     gradnorm_every: int = 4            # GradNorm weight update every k steps (second-order grads are costly)
+    technique: bool = True             # fit the technique channel (detector.technique_detector, technique.json):
+                                       # per-technique benign bounds fused into the scores; False: embedding only
     impl: str = field(default_factory=default_impl)
 
     def __post_init__(self) -> None:
@@ -799,6 +801,13 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
     det, va_s = sel["fitted"]
     calib = calibrate_threshold(va_s[y_val != 1], cfg.target_fpr)  # non-malicious held-back flows only
     det.threshold_ = calib.threshold
+    technique = None
+    if cfg.technique:  # after the detector: its held-back benign scores give the lift's unit
+        from detector.technique_detector import fit_channel
+
+        technique = fit_channel(graphs, train_w, prep.val_graphs, val_w, prep.val_labels, pipeline.kf,
+                                cfg.target_fpr, va_s[y_val != 1], calib.threshold,
+                                max_rows=max(cfg.max_fit_flows, 100_000), seed=cfg.seed)
     drift = sel["drift"]
     metrics = {
         "records_in": n_in, "removed_malicious": removed, "train_windows": len(train_w), "val_windows": len(val_w),
@@ -812,10 +821,14 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
                                "candidates": sel["candidates"]},
         "reproducibility": runtime_info(torch.get_num_threads()),
     }
+    if technique is not None:
+        metrics["technique"] = {"threshold": technique.threshold_, "calibration_fpr": technique.calibration_fpr_,
+                                "fit_flows": technique.n_fit_, "calibration_flows": technique.n_calibration_,
+                                "columns": len(technique.columns_)}
     bundle = ModelBundle(model, det, calib, pipeline,
                          window={"size": cfg.window, "lateness": min(cfg.window, 60.0)},
                          detector_name=chosen, fingerprint=fingerprint(table), metrics=metrics,
-                         extra={"train_config": asdict(cfg), **(extra_meta or {})})
+                         extra={"train_config": asdict(cfg), **(extra_meta or {})}, technique=technique)
     if out_dir is not None:
         bundle.save(out_dir)
     return bundle
