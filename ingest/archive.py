@@ -704,7 +704,7 @@ class ArchiveScan:
         schema = pq.read_schema(files[0]).remove_metadata()
         cols = self.columns
         if cols is not None:
-            missing = [c for c in cols if c not in schema.names and c not in ("date", "hour")]
+            missing = [c for c in cols if c not in schema.names]
             if missing:
                 raise ValueError(f"columns {missing} are not in the archive; it has {schema.names}")
         dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet",
