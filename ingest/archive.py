@@ -232,6 +232,19 @@ def _column(value: Any, n: int, typ: pa.DataType) -> pa.Array:
     return arr.cast(typ) if arr.type != typ else arr
 
 
+def chunk_positions(n: int, first: int, last: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(offsets, indexes)`` of the ``n`` records decoded from the messages ``first..last`` of one
+    partition, when they are known exactly: one message (offset ``first``, indexes ``0..n-1``), or one
+    record per message without a gap (``n == last - first + 1``: offsets ``first..last``, index 0).
+    None otherwise (a bad message or a multi-record message among several): decode such chunks per
+    run of messages, as ``graphsentry archive --from-kafka`` does, to know each record's position."""
+    if first == last:
+        return np.full(n, first, np.int64), np.arange(n, dtype=np.int64)
+    if n == last - first + 1:
+        return np.arange(first, last + 1, dtype=np.int64), np.zeros(n, np.int64)
+    return None
+
+
 # ------------------------------------------------------------------------------------------
 # the writer
 
@@ -387,11 +400,16 @@ class ArchiveWriter:
             self._schema = archive_schema(self.kind)
         base = TX_SCHEMA if self.kind == "transactions" else FLOW_SCHEMA
         canon = conform(table.select([c for c in table.column_names if c in base.names]), base)
+        def given(value: Any, name: str) -> Any:  # the argument, else the table's own column, else None
+            if value is not None:
+                return value
+            return table.column(name) if name in table.column_names else None
+
         cols = {
-            "score": _column(scores if scores is not None else table.column("score") if "score" in table.column_names else None, n, pa.float64()),
-            "alert": _column(alerts if alerts is not None else table.column("alert") if "alert" in table.column_names else None, n, pa.bool_()),
-            "alert_id": _column(alert_ids if alert_ids is not None else table.column("alert_id") if "alert_id" in table.column_names else None, n, pa.string()),
-            "model_version": _column(model_version if model_version is not None else table.column("model_version") if "model_version" in table.column_names else None, n, pa.string()),
+            "score": _column(given(scores, "score"), n, pa.float64()),
+            "alert": _column(given(alerts, "alert"), n, pa.bool_()),
+            "alert_id": _column(given(alert_ids, "alert_id"), n, pa.string()),
+            "model_version": _column(given(model_version, "model_version"), n, pa.string()),
         }
         if positions is None and "kafka_offset" in table.column_names:
             positions = {"topic": table.column("kafka_topic") if "kafka_topic" in table.column_names else None,

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import ingest.archive as archive_mod
-from ingest.archive import EXTRA_FIELDS, ArchiveWriter, parse_time, read_archive
+from ingest.archive import EXTRA_FIELDS, ArchiveWriter, chunk_positions, parse_time, read_archive
 from ingest.schema import FLOW_SCHEMA, conform
 
 T0 = int(datetime(2026, 12, 1, 22, 30, tzinfo=timezone.utc).timestamp())  # 22:30 UTC
@@ -312,3 +312,17 @@ def test_parse_time(value, expected):
 def test_parse_time_refuses_nonsense():
     with pytest.raises(ValueError, match="invalid time"):
         parse_time("last tuesday")
+
+
+def test_chunk_positions():
+    off, idx = chunk_positions(3, 40, 40)               # one Arrow message of three records
+    assert off.tolist() == [40, 40, 40] and idx.tolist() == [0, 1, 2]
+    off, idx = chunk_positions(3, 7, 9)                 # three JSON messages, one record each
+    assert off.tolist() == [7, 8, 9] and idx.tolist() == [0, 0, 0]
+    assert chunk_positions(2, 7, 9) is None             # one of them was bad: which one is not known
+
+
+def test_empty_write_is_a_no_op(tmp_path):
+    w = ArchiveWriter(tmp_path)
+    assert w.write(flows(0), scores=[], positions=pos([])) == 0
+    assert w.flush() == [] and w.stats.flushes == 0
