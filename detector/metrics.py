@@ -108,6 +108,21 @@ class Metrics:
             registry=r,
         )
 
+        # long-horizon behaviour state (ingest.behaviour, docs/daemon-operations.md): keys held per entity kind
+        # (pair, src, svc; each bounded by its capacity) and the least recently seen keys evicted to stay so
+        self.behaviour_keys = Gauge(
+            "graphsentry_behaviour_keys", "Keys held in the long-horizon behaviour state, by entity kind", ["kind"],
+            registry=r,
+        )
+        self.behaviour_evictions = Counter(
+            "graphsentry_behaviour_evictions", "Behaviour-state keys evicted (least recently seen) to stay within "
+            "capacity, by entity kind", ["kind"], registry=r,
+        )
+        self.behaviour_checkpoints = Counter(
+            "graphsentry_behaviour_checkpoints", "Behaviour-state checkpoints written (ok) or failed", ["result"],
+            registry=r,
+        )
+
     def set_model(self, version: str, path: str = "", target_fpr: float | None = None) -> None:
         self.model_info.info({"version": str(version), "path": str(path)})
         if target_fpr is not None:

@@ -273,6 +273,14 @@ class PipelineSection(_Section):
         10000, description="recent scored records the model-fit check looks at (0: no check)")
     fit_check_min_records: PosInt = Field(2000, description="records needed before the model-fit check can warn")
     fit_warn_interval: PosFloat = Field(600.0, description="seconds between two model-fit warnings in the log")
+    behaviour_state_dir: NonEmpty | None = Field(
+        None, description="directory the scorer's long-horizon behaviour state is checkpointed in, with the source "
+                          "positions it covers (Kafka offsets are then committed only up to a saved state); a "
+                          "restart resumes from it (null: not persisted, a restart starts it fresh)")
+    behaviour_checkpoint_interval: PosFloat = Field(
+        30.0, description="seconds between two behaviour checkpoints (with behaviour_state_dir, also between offset "
+                          "commits); one more at shutdown")
+    behaviour_checkpoints_kept: PosInt = Field(3, description="behaviour checkpoints kept (the newest)")
     stop_grace: NonNegFloat = Field(
         30.0, description="seconds a required sink may keep failing after a stop before the daemon gives up "
                           "(its offsets are not committed: a restart re-reads them)")

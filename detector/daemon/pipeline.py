@@ -12,6 +12,11 @@ Threads and queues::
 * Delivery: every record gets a daemon-local row number; a record is *done* once the window it
   landed in was scored and every required sink flushed (or once it was found late/invalid and
   counted). Kafka offsets are committed only up to the first record that is not done.
+* Behaviour state (``pipeline.behaviour_state_dir``): the scorer's long-horizon state is checkpointed with the
+  source positions it covers, at clean instants (every record before them done, none after), at most
+  every ``pipeline.behaviour_checkpoint_interval`` seconds and at shutdown; Kafka offsets are then committed only up
+  to the newest checkpoint's positions. A restart loads the checkpoint whose positions are where the source
+  resumed, so re-read records are counted once (docs/daemon-operations.md, "Behaviour state across restarts").
 * Hot reload: a watcher thread loads a changed model directory beside the running one; the score
   thread swaps it in between two windows, so each window is scored by exactly one model.
 * Shutdown (SIGTERM/SIGINT or a finite source's end): stop reading, drain the queues, score the
@@ -39,7 +44,7 @@ import pyarrow as pa
 from detector.alerts import build_alerts, make_sink
 from detector.alerts.sinks import AlertSink
 from detector.metrics import Metrics, MetricsServer
-from ingest.kafka_io import StoppedWaiting
+from ingest.kafka_io import OffsetTracker, StoppedWaiting
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +364,274 @@ def _file_dead_letter(path: str | None, metrics: Metrics):
     return _Counting(path)
 
 
+# ------------------------------------------------------------------------------------------
+# long-horizon behaviour state, checkpointed with the source positions it covers
+
+
+class DoneFrontier:
+    """Per input stream (a Kafka partition ``"topic/partition"``, or ``"file"``), where the done records end.
+
+    The window stage registers every chunk it gets (daemon-local rows ``start .. start+n`` and the source
+    positions ``first .. last`` they came from); the pipeline marks rows done. A stream's *position* is the
+    source position of its first record not done: what a restart resumes from once it is committed. A
+    chunk whose rows map one to one onto its positions (``n == last - first + 1``: JSON messages without
+    a gap or a bad one; every file chunk) is followed record by record; any other chunk as a whole (its
+    position stays at its first offset until every row of it is done).
+
+    :meth:`snapshot` also says whether the done records of every stream are exactly those before its
+    position (*clean*: nothing done beyond it). Only then does a behaviour state that holds the scored
+    records match the positions: a restart re-reads from them precisely the records the state has not
+    seen. Scoring windows in event-time order keeps it clean as long as each stream is in event-time order.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._starts: list[int] = []          # row start of each open segment with rows (ascending)
+        self._segs: list[list] = []           # those segments
+        self._by_key: dict[str, list[list]] = {}   # key -> its open segments, in order
+        self._base: dict[str, int] = {}       # key -> position after its last finished segment
+        self.first: dict[str, int] = {}       # key -> the first position registered by this process
+
+    # a segment: [key, row_start, n, first, last, exact, done mask, n_done]
+    def add(self, key: str, row_start: int, n: int, first: int, last: int) -> None:
+        n, first, last = int(n), int(first), int(last)
+        seg = [key, int(row_start), n, first, last, n == last - first + 1, np.zeros(n, dtype=bool), 0]
+        with self._lock:
+            self.first.setdefault(key, first)
+            self._by_key.setdefault(key, []).append(seg)
+            if n:
+                self._starts.append(int(row_start))
+                self._segs.append(seg)
+            self._settle(key)
+
+    def done(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        with self._lock:
+            if not self._segs:
+                return
+            idx = np.searchsorted(np.asarray(self._starts, dtype=np.int64), rows, side="right") - 1
+            touched = set()
+            for j in np.unique(idx[idx >= 0]):
+                seg = self._segs[j]
+                off = rows[idx == j] - seg[1]
+                off = off[(off >= 0) & (off < seg[2])]
+                if off.size:
+                    seg[6][off] = True
+                    seg[7] = int(seg[6].sum())
+                    touched.add(seg[0])
+            if not touched:
+                return
+            keep = [(s, g) for s, g in zip(self._starts, self._segs) if g[7] < g[2]]
+            self._starts = [s for s, _ in keep]
+            self._segs = [g for _, g in keep]
+            for key in touched:
+                self._settle(key)
+
+    def _settle(self, key: str) -> None:
+        segs = self._by_key.get(key, [])
+        k = 0
+        while k < len(segs) and segs[k][7] >= segs[k][2]:
+            self._base[key] = segs[k][4] + 1
+            k += 1
+        if k:
+            del segs[:k]
+
+    def _position(self, key: str) -> tuple[int | None, bool]:
+        segs = self._by_key.get(key) or []
+        if not segs:
+            return self._base.get(key), True
+        s = segs[0]
+        clean = all(g[7] == 0 for g in segs[1:])
+        if s[5]:
+            i = int(np.argmin(s[6]))  # the first row not done (a segment held here has one)
+            clean = clean and not bool(s[6][i:].any())
+            return s[3] + i, clean
+        return s[3], clean and s[7] == 0
+
+    def firsts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.first)
+
+    def snapshot(self) -> tuple[dict[str, int], bool]:
+        """``(positions, clean)`` at one instant."""
+        with self._lock:
+            out, clean = {}, True
+            for key in set(self._by_key) | set(self._base):
+                pos, ok = self._position(key)
+                clean = clean and ok
+                if pos is not None:
+                    out[key] = int(pos)
+            return out, clean
+
+    def forget(self, keys) -> None:
+        with self._lock:
+            keys = set(keys)
+            keep = [(s, g) for s, g in zip(self._starts, self._segs) if g[0] not in keys]
+            self._starts = [s for s, _ in keep]
+            self._segs = [g for _, g in keep]
+            for k in keys:
+                self._by_key.pop(k, None)
+                self._base.pop(k, None)
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(g[2] - g[7] for g in self._segs)
+
+
+class GatedOffsets(OffsetTracker):
+    """The Kafka source's offset tracker when the behaviour state is checkpointed: record-level positions
+    from a :class:`DoneFrontier`, and commits held to ``gate``, the positions the newest behaviour
+    checkpoint covers (so a committed offset never runs ahead of the saved state; ``gate`` None: commit
+    what is done, as the plain tracker does). The daemon marks rows done on the frontier itself."""
+
+    def __init__(self, frontier: DoneFrontier) -> None:
+        super().__init__()
+        self.frontier = frontier
+        self.gate: dict[str, int] | None = {}
+
+    @staticmethod
+    def key(topic: str, partition: int) -> str:
+        return f"{topic}/{partition}"
+
+    def add(self, topic: str, partition: int, first: int, last: int, row_start: int, row_end: int) -> None:
+        self.frontier.add(self.key(topic, partition), row_start, row_end - row_start, first, last)
+
+    def done_rows(self, rows: np.ndarray) -> None:
+        pass  # Daemon._mark_done marks the frontier
+
+    def committable(self) -> dict[tuple[str, int], int]:
+        gate = self.gate
+        pos = self.frontier.snapshot()[0] if gate is None else gate
+        out = {}
+        for key, off in pos.items():
+            topic, _, p = key.rpartition("/")
+            if topic and p.isdigit():
+                out[(topic, int(p))] = int(off)
+        return out
+
+    def forget(self, tps) -> None:
+        keys = {self.key(t, p) for t, p in tps}
+        self.frontier.forget(keys)
+        gate = self.gate
+        if gate is not None:
+            self.gate = {k: v for k, v in gate.items() if k not in keys}
+
+    def pending(self) -> int:
+        return self.frontier.pending()
+
+
+def _behaviour_params_json(scorer: Any) -> dict | None:
+    """The behaviour parameters ``scorer`` runs (or would run) its state with, as JSON; None when off."""
+    if not getattr(scorer, "behaviour_enabled", False) or not hasattr(scorer, "restore_behaviour"):
+        return None
+    st = getattr(scorer, "behaviour", None)
+    if st is not None:
+        return st.params.to_json()
+    from ingest.behaviour import BehaviourParams
+
+    p = getattr(scorer, "behaviour_params", None)
+    if isinstance(p, dict):
+        p = BehaviourParams.from_json(p)
+    return (p if isinstance(p, BehaviourParams) else BehaviourParams()).to_json()
+
+
+class BehaviourCheckpoints:
+    """Behaviour-state checkpoints in one directory: ``behaviour-<seq>/`` holds the state
+    (``BehaviourState.save``: ``behaviour.json`` + ``behaviour.npz``) and ``checkpoint.json`` (the source
+    positions the state covers, the source, the state's ``flows_seen``). A checkpoint is written into a
+    hidden temporary directory, fsynced, and renamed into place: a crash leaves whole checkpoints only.
+    The newest ``keep`` are kept (a crash between a save and the offset commit that follows it resumes
+    from the one before, whose positions were committed)."""
+
+    PREFIX = "behaviour-"
+    VERSION = 1
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3) -> None:
+        self.dir = Path(directory)
+        self.keep = max(1, int(keep))
+        self._seq: int | None = None
+
+    def _all(self) -> list[tuple[int, Path]]:
+        out = []
+        try:
+            entries = list(self.dir.iterdir())
+        except OSError:
+            return []
+        for p in entries:
+            if p.name.startswith(self.PREFIX) and p.is_dir():
+                try:
+                    out.append((int(p.name[len(self.PREFIX):]), p))
+                except ValueError:
+                    continue
+        return sorted(out, reverse=True)
+
+    def candidates(self) -> list[tuple[Path, dict | Exception]]:
+        """Newest first: ``(path, checkpoint.json's dict)``, or the exception reading it raised."""
+        out: list = []
+        for _seq, p in self._all():
+            try:
+                meta = json.loads((p / "checkpoint.json").read_text())
+                if not isinstance(meta, dict) or meta.get("version") != self.VERSION \
+                        or not isinstance(meta.get("positions"), dict):
+                    raise ValueError("not a behaviour checkpoint of this version")
+                out.append((p, meta))
+            except (OSError, ValueError) as exc:
+                out.append((p, exc))
+        return out
+
+    @staticmethod
+    def load(path: Path, meta: dict):
+        from ingest.behaviour import BehaviourState
+
+        state = BehaviourState.load(path)
+        if int(state.flows_seen) != int(meta.get("flows_seen", -1)):
+            raise ValueError(f"state holds {state.flows_seen} flows, checkpoint.json says {meta.get('flows_seen')}")
+        return state
+
+    def save(self, state: Any, positions: dict[str, int], source: dict, model_version: str) -> Path:
+        import shutil
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._seq is None:
+            have = self._all()
+            self._seq = have[0][0] if have else 0
+            for p in self.dir.glob("." + self.PREFIX + "*.tmp"):  # left by a crash mid-save
+                shutil.rmtree(p, ignore_errors=True)
+        self._seq += 1
+        name = f"{self.PREFIX}{self._seq:012d}"
+        tmp = self.dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        state.save(tmp)
+        meta = {"version": self.VERSION, "positions": dict(positions), "source": source,
+                "flows_seen": int(state.flows_seen), "keys": state.sizes(), "model_version": model_version,
+                "saved_at": time.time()}
+        with open(tmp / "checkpoint.json", "w") as f:
+            f.write(json.dumps(meta, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        os.replace(tmp, self.dir / name)
+        _fsync_dir(self.dir)
+        for _seq, p in self._all()[self.keep:]:
+            shutil.rmtree(p, ignore_errors=True)
+        return self.dir / name
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Daemon:
     """One daemon instance; :meth:`run` blocks until a stop signal or the end of a finite source."""
 
@@ -402,6 +675,17 @@ class Daemon:
         self._cal_saved_at = 0.0
         self._cal_dirty = False
         self._cal_force = False                   # save at the next window whatever the time (grace just ended)
+        # long-horizon behaviour state checkpoints (pipeline.behaviour_state_dir; docs/daemon-operations.md)
+        self._beh_store: BehaviourCheckpoints | None = None
+        self._frontier: DoneFrontier | None = None    # record-level done positions per stream (checkpoints on)
+        self._beh_resumed = False                     # the resume decision was taken (before the first window)
+        self._beh_unverified: dict[str, int] = {}     # restored positions of streams not read yet
+        self._beh_saved_at = time.monotonic()
+        self._beh_last: tuple | None = None           # (positions, flows_seen) of the newest checkpoint
+        self._beh_unclean_since: float | None = None
+        self._beh_fed_undone = False                  # a scored window was not written: no checkpoint now
+        self._beh_state = None                        # the state the eviction counter follows
+        self._beh_evicted: dict[str, int] = {}
 
     # -- control -------------------------------------------------------------------------
     def stop(self, reason: str = "stop()") -> None:
@@ -506,7 +790,7 @@ class Daemon:
 
         k = self.cfg["kafka"]
         cls = source_class(k.get("backend"))
-        self.tracker = OffsetTracker()
+        self.tracker = GatedOffsets(self._frontier) if self._frontier is not None else OffsetTracker()
         dl = None
         cap = self._backoff_cap()
         if k.get("dead_letter_topic"):
@@ -585,6 +869,8 @@ class Daemon:
             start = self.ledger.add(ref, item.arrival)
             if self.tracker is not None and item.partition is not None:
                 self.tracker.add(item.topic, item.partition, item.first_offset, item.last_offset, start, start + n)
+            elif self._frontier is not None:  # the file source: its position is the records read before
+                self._frontier.add("file", start, n, start, start + n - 1)
             self.summary.records_in += n
             if n == 0:
                 continue
@@ -613,6 +899,8 @@ class Daemon:
 
     def _mark_done(self, rows: np.ndarray) -> None:
         self.ledger.done(rows)
+        if self._frontier is not None:
+            self._frontier.done(rows)
         if self.tracker is not None:
             self.tracker.done_rows(rows)
 
@@ -641,6 +929,7 @@ class Daemon:
                 if new is not None:  # between windows: this window and later ones use the new model
                     log.info("model swap %s -> %s", model.version, new.version,
                              extra={"event": "model_swapped", "model_version": new.version, "previous": model.version})
+                    self._carry_behaviour(model, new)
                     model = self._model = new
                     self._fit.reset()
                     self._fit_warned_at = None
@@ -649,11 +938,17 @@ class Daemon:
                     m.model_reloads.labels("ok").inc()
                     self.summary.model_reloads += 1
             self._apply_reset(model)
+            if not self._beh_resumed:
+                self._resume_behaviour(model)
             t0 = time.perf_counter()
             results = self._score_batch(model.scorer, batch)
             per_window = (time.perf_counter() - t0) / len(batch)
             for w, ws in zip(batch, results):
                 self._emit_window(w, ws, model, sinks, per_window)
+            self._behaviour_metrics(model)
+            if self._beh_unverified:
+                self._verify_late_streams()
+            self._checkpoint_behaviour(model)
             if last:
                 return
 
@@ -802,6 +1097,187 @@ class Daemon:
                             int(np.ceil(10 / self._cal.target_fpr)))
         return out
 
+    # -- long-horizon behaviour state (checkpointed with the positions it covers) -----------------------
+    def _behaviour_cfg(self) -> dict:
+        """``pipeline.behaviour_*`` as ``{state_dir, checkpoint_interval, keep}``."""
+        p = self.cfg.get("pipeline") or {}
+        return {"state_dir": p.get("behaviour_state_dir"),
+                "checkpoint_interval": _opt(p, "behaviour_checkpoint_interval", 30.0),
+                "keep": _opt(p, "behaviour_checkpoints_kept", 3)}
+
+    def _source_id(self) -> dict:
+        """What the checkpoint's positions are positions in (a checkpoint of another source never loads)."""
+        if self.cfg["source"]["type"] == "kafka":
+            k = self.cfg["kafka"]
+            return {"type": "kafka", "topic": k["topic"], "group_id": k.get("group_id")}
+        return {"type": "file", "paths": [str(p) for p in self.cfg["source"].get("paths") or []]}
+
+    def _setup_behaviour_store(self, model: Any) -> None:
+        """Checkpoints on when ``pipeline.behaviour_state_dir`` is set and the model's scorer keeps a
+        behaviour state."""
+        d = self._behaviour_cfg().get("state_dir")
+        if not d:
+            return
+        if _behaviour_params_json(model.scorer) is None:
+            log.info("pipeline.behaviour_state_dir is set but model %s scores without a behaviour state: nothing to "
+                     "checkpoint", model.version)
+            return
+        self._beh_store = BehaviourCheckpoints(d, keep=int(_opt(self._behaviour_cfg(), "keep", 3)))
+        self._frontier = DoneFrontier()
+
+    def _resume_behaviour(self, model: Any) -> None:
+        """Before the first window: continue from the newest checkpoint whose positions are where the source
+        resumed (the first position read of every stream read so far), its source and its parameters
+        this scorer's; else a fresh state (a warning says why)."""
+        self._beh_resumed = True
+        store = self._beh_store
+        if store is None:
+            return
+        params = _behaviour_params_json(model.scorer)
+        if params is None:
+            return
+        seen = self._frontier.firsts()
+        source = self._source_id()
+        why: list[str] = []
+        cands = store.candidates()
+        for path, meta in cands:
+            if isinstance(meta, Exception):
+                why.append(f"{path.name}: unreadable ({meta})")
+                continue
+            pos = {str(k): int(v) for k, v in meta["positions"].items()}
+            if meta.get("source") != source:
+                why.append(f"{path.name}: written for source {meta.get('source')}, not {source}")
+                continue
+            off = {k: (pos[k], seen[k]) for k in pos.keys() & seen.keys() if pos[k] != seen[k]}
+            if off:
+                k, (have, got) = sorted(off.items())[0]
+                hint = " (a file source reads its files from the start)" if k == "file" else ""
+                why.append(f"{path.name}: covers {k} up to {have}, but the source resumed at {got}{hint}")
+                continue
+            try:
+                state = store.load(path, meta)
+            except Exception as exc:  # noqa: BLE001 - a damaged checkpoint must not stop the daemon
+                why.append(f"{path.name}: unreadable ({type(exc).__name__}: {exc})")
+                continue
+            if state.params.to_json() != params:
+                why.append(f"{path.name}: saved with other behaviour parameters than model {model.version}'s")
+                continue
+            model.scorer.restore_behaviour(state)
+            self._follow_evictions(state)
+            self._beh_unverified = {k: v for k, v in pos.items() if k not in seen}
+            self._beh_last = (pos, int(state.flows_seen))
+            log.info("behaviour state resumed from %s: %d flows seen, keys %s, positions %s", path,
+                     state.flows_seen, state.sizes(), pos,
+                     extra={"event": "behaviour_resumed", "path": str(path), "positions": pos})
+            if why:
+                log.warning("behaviour checkpoints skipped for an older one: %s", "; ".join(why),
+                            extra={"event": "behaviour_checkpoint_skipped"})
+            return
+        if why:
+            log.warning("behaviour state starts fresh: no checkpoint in %s matches: %s", store.dir, "; ".join(why),
+                        extra={"event": "behaviour_fresh", "reasons": why})
+        else:
+            log.info("no behaviour checkpoint in %s: behaviour state starts fresh", store.dir)
+
+    def _verify_late_streams(self) -> None:
+        """A stream the restored checkpoint covers but that was first read after the first window: where it
+        resumed must be where the checkpoint ends (else its flows count twice or are missing; warn)."""
+        first = self._frontier.firsts()
+        for k in [k for k in self._beh_unverified if k in first]:
+            have, got = self._beh_unverified.pop(k), first[k]
+            if have != got:
+                log.warning("behaviour state: %s resumed at %d but the restored checkpoint covers it up to %d; "
+                            "the behaviour features of its flows may be off until its entities age out", k, got,
+                            have, extra={"event": "behaviour_position_mismatch", "stream": k})
+
+    def _checkpoint_behaviour(self, model: Any, force: bool = False) -> None:
+        """Save the behaviour state with the positions it covers, at most every
+        ``pipeline.behaviour_checkpoint_interval`` seconds (``force``: now, at shutdown), and then let the
+        offset commits advance to those positions. Only at a clean instant (:meth:`DoneFrontier.snapshot`);
+        a scored window left unwritten stops checkpoints for good (its records are fed and will be read
+        again)."""
+        store = self._beh_store
+        if store is None:
+            return
+        state = getattr(model.scorer, "behaviour", None)
+        tracker = self.tracker if isinstance(self.tracker, GatedOffsets) else None
+        if state is None:
+            if tracker is not None and tracker.gate is not None and _behaviour_params_json(model.scorer) is None:
+                tracker.gate = None  # the scorer keeps no behaviour state (any more): commit what is done
+            return
+        if self._beh_fed_undone:
+            return  # the gate stays at the newest checkpoint, which the state beyond it does not match
+        now = time.monotonic()
+        every = float(_opt(self._behaviour_cfg(), "checkpoint_interval", 30.0))
+        if not force and now - self._beh_saved_at < every:
+            return
+        positions, clean = self._frontier.snapshot()
+        if not clean:
+            since = self._beh_unclean_since = self._beh_unclean_since or now
+            if not force and tracker is not None and tracker.gate is not None and now - since > max(4 * every, 60.0):
+                tracker.gate = None  # never hold commits back for good: commit what is done, warn
+                log.warning("behaviour state: no consistent checkpoint for %.0f s (records of a partition out of "
+                            "event-time order?); offsets are committed without one, so a restart now starts the "
+                            "behaviour state fresh", now - since, extra={"event": "behaviour_checkpoint_stalled"})
+            return
+        self._beh_unclean_since = None
+        self._beh_saved_at = now
+        if self._beh_last == (positions, int(state.flows_seen)):
+            return  # nothing new since the last checkpoint
+        try:
+            path = store.save(state, positions, self._source_id(), model.version)
+        except Exception as exc:  # noqa: BLE001 - disk full, permissions: detection goes on
+            self.metrics.behaviour_checkpoints.labels("failed").inc()
+            if tracker is not None:
+                tracker.gate = None
+            log.error("behaviour checkpoint in %s failed (%s); offsets are committed without it, so a restart "
+                      "now starts the behaviour state fresh", store.dir, exc,
+                      extra={"event": "behaviour_checkpoint_failed"})
+            return
+        self._beh_last = (positions, int(state.flows_seen))
+        self.metrics.behaviour_checkpoints.labels("ok").inc()
+        if tracker is not None:
+            tracker.gate = dict(positions)  # saved first, committed after: never ahead of the state
+        log.debug("behaviour checkpoint %s: %d flows, positions %s", path, state.flows_seen, positions)
+
+    def _carry_behaviour(self, old: Any, new: Any) -> None:
+        """A hot reload keeps the behaviour state (it is about the traffic, not the model) unless the new
+        model's behaviour parameters differ (then it starts fresh)."""
+        state = getattr(old.scorer, "behaviour", None)
+        if state is None:
+            return
+        params = _behaviour_params_json(new.scorer)
+        if params is None:
+            log.info("model %s scores without a behaviour state", new.version)
+            return
+        if params != state.params.to_json():
+            log.info("model %s has other behaviour parameters: the behaviour state starts fresh", new.version,
+                     extra={"event": "behaviour_fresh"})
+            return
+        new.scorer.restore_behaviour(state)
+        self._follow_evictions(state)
+
+    def _follow_evictions(self, state: Any) -> None:
+        self._beh_state = state
+        self._beh_evicted = {k: int(s.evicted) for k, s in state.stores.items()}
+
+    def _behaviour_metrics(self, model: Any) -> None:
+        """``graphsentry_behaviour_keys{kind}`` and ``graphsentry_behaviour_evictions_total{kind}``."""
+        state = getattr(model.scorer, "behaviour", None)
+        if state is None:
+            return
+        m = self.metrics
+        if state is not self._beh_state:  # a state this process made: count its evictions from zero
+            self._beh_state, self._beh_evicted = state, {k: 0 for k in state.stores}
+        for kind in state.stores:
+            m.behaviour_evictions.labels(kind)  # the series exist (at 0) from the first window on
+        for kind, store in state.stores.items():
+            m.behaviour_keys.labels(kind).set(len(store))
+            n = int(store.evicted)
+            if n > self._beh_evicted.get(kind, 0):
+                m.behaviour_evictions.labels(kind).inc(n - self._beh_evicted.get(kind, 0))
+            self._beh_evicted[kind] = n
+
     def _emit_window(self, w: Any, ws: Any, model: Any, sinks: list[AlertSink], seconds: float) -> None:
         """Alerts of one scored window, durably written, then its records marked done."""
         m = self.metrics
@@ -826,6 +1302,7 @@ class Daemon:
                 "alerts": len(wa.alerts), "flagged": wa.flagged, "model_version": model.version,
                 "rows": ref.tolist() if self.cfg["pipeline"].get("audit_rows") else None}
         if not self._write_durably(sinks, wa.alerts, info):
+            self._beh_fed_undone = True  # its flows are in the behaviour state but will be read again
             return  # not durable (given up at shutdown): records stay undone, offsets uncommitted
         now = time.time()
         # Event-to-alert: from the arrival of the alert's earliest flagged record to durable write.
@@ -948,6 +1425,7 @@ class Daemon:
                 self._model = self.loader(cfg["model"]["path"])
             self.metrics.set_model(self._model.version, self._model.path, self._model.target_fpr)
             self._setup_calibration(self._model)
+            self._setup_behaviour_store(self._model)
             if self.install_signals and threading.current_thread() is threading.main_thread() \
                     and hasattr(signal, "SIGHUP"):
                 prev_handlers[signal.SIGHUP] = signal.getsignal(signal.SIGHUP)
@@ -1031,6 +1509,8 @@ class Daemon:
             st.join()
             if self._cal is not None:
                 self._save_calibration(self._model, force=True)
+            if self._beh_store is not None:  # before the source's final commit, which it gates
+                self._checkpoint_behaviour(self._model, force=True)
             if every > 0:
                 self._log_progress(final=True)
             if self.source is not None:

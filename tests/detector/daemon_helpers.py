@@ -129,3 +129,104 @@ def reference_alerts(table: pa.Table, size: float, lateness: float, scorer=None)
     for win in w.push(table) + w.flush():
         out += build_alerts(win, scorer.score_window(win)).alerts
     return out
+
+
+# --- long-horizon behaviour state (tests/detector/test_daemon_behaviour_state.py) -----------------------
+
+BEACON_SRC, BEACON_DST = "10.0.0.99", "198.51.100.7"
+
+
+def write_beacon_zeek(path: Path, span: float = 7200.0, seed: int = 1, t0: float = T0) -> Path:
+    """A Zeek conn.log (TSV with #fields/#types): a 60 s beacon (jitter +-0.5 s) from BEACON_SRC to
+    BEACON_DST:443 over ``span`` seconds among 30 Poisson client->server pairs (mean gap 90 s), in time order."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(int(span // 60)):
+        rows.append((t0 + 5 + 60 * i + rng.uniform(-0.5, 0.5), BEACON_SRC, BEACON_DST, 443, "tcp", "ssl",
+                     int(rng.integers(200, 400)), int(rng.integers(300, 900))))
+    servers = [("93.184.216.34", 443, "tcp", "ssl"), ("8.8.8.8", 53, "udp", "dns"), ("151.101.1.69", 80, "tcp", "http")]
+    for p in range(30):
+        dst, port, proto, svc = servers[p % len(servers)]
+        t = t0 + rng.exponential(90.0)
+        while t < t0 + span:
+            rows.append((t, f"10.0.1.{p + 1}", dst, port, proto, svc, int(rng.lognormal(6, 0.5)),
+                         int(rng.lognormal(8, 0.7))))
+            t += rng.exponential(90.0)
+    rows.sort(key=lambda r: r[0])
+    fields = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service", "duration",
+              "orig_bytes", "resp_bytes", "conn_state", "history", "orig_pkts", "resp_pkts"]
+    types = ["time", "string", "addr", "port", "addr", "port", "enum", "string", "interval", "count", "count",
+             "string", "string", "count", "count"]
+    lines = ["#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)", "#unset_field\t-", "#path\tconn",
+             "#fields\t" + "\t".join(fields), "#types\t" + "\t".join(types)]
+    for i, (t, s, d, port, proto, svc, ob, rb) in enumerate(rows):
+        lines.append("\t".join([f"{t:.6f}", f"B{i:06d}", s, str(int(rng.integers(30000, 60000))), d, str(port), proto,
+                                svc, "0.500000", str(ob), str(rb), "SF", "ShADadFf", "2", "2"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_flows(path) -> pa.Table:
+    """The canonical flow table of an input file, through the project's readers."""
+    from ingest.readers import open_inputs
+
+    return pa.Table.from_batches(list(open_inputs([str(path)])))
+
+
+def load_recording_bundle(path):
+    """``model.loader`` plugin: a real model bundle (as ``default_loader`` loads it) whose StreamScorer also
+    appends, per scored window, one JSON line ``{"uid": [...], "scores": [[...], ...]}`` (each flow's
+    behaviour technique scores, ``WindowScores.behaviour_scores``) to ``$GRAPHSENTRY_TEST_BEHAVIOUR_LOG``;
+    ``$GRAPHSENTRY_TEST_WINDOW_DELAY`` seconds of sleep per window let a test kill the daemon mid-stream."""
+    import os
+    import time
+
+    from detector.daemon import default_loader
+    from detector.scoring import StreamScorer
+
+    out = os.environ.get("GRAPHSENTRY_TEST_BEHAVIOUR_LOG")
+    delay = float(os.environ.get("GRAPHSENTRY_TEST_WINDOW_DELAY") or 0)
+
+    class RecordingScorer(StreamScorer):
+        def _record(self, windows, results) -> None:
+            if delay:
+                time.sleep(delay * len(windows))
+            if not out:
+                return
+            with open(out, "a") as f:
+                for w, ws in zip(windows, results):
+                    if isinstance(ws, BaseException) or ws.behaviour_scores is None or not len(ws.rows):
+                        continue
+                    uid = w.table.column("uid").to_pylist()  # index i of the results is row i of the table
+                    f.write(json.dumps({"uid": uid, "scores": np.asarray(ws.behaviour_scores).tolist()}) + "\n")
+                f.flush()
+
+        def score_window(self, window):
+            ws = super().score_window(window)
+            self._record([window], [ws])
+            return ws
+
+        def score_windows(self, windows, return_exceptions: bool = False):
+            res = super().score_windows(windows, return_exceptions=return_exceptions)
+            self._record(windows, res)
+            return res
+
+    m = default_loader(path)
+    m.scorer = RecordingScorer(m.scorer.bundle)
+    return m
+
+
+def read_behaviour_log(path: Path) -> list[dict]:
+    """The windows a :func:`load_recording_bundle` scorer wrote: ``{uid: scores tuple}`` per window, in order
+    (a line cut short by a kill is skipped)."""
+    out = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        out.append({u: tuple(s) for u, s in zip(rec["uid"], rec["scores"])})
+    return out
