@@ -388,3 +388,53 @@ def test_flood_of_spoofed_sources_through_the_scorer_keeps_rss_bounded(bundle_di
     assert r["evicted"]["src"] == total - cap                               # ... by evicting
     assert sum(r["state_bytes_full"].values()) < 512 * 2**20                # the state itself at capacity
     assert r["maxrss_bytes"] < 2 * 2**30, r                                 # the whole process
+
+
+# ------------------------------------------------------------------ the positions a checkpoint covers (unit)
+
+
+def test_done_frontier_positions_and_clean_instants():
+    from detector.daemon.pipeline import DoneFrontier, GatedOffsets
+
+    f = DoneFrontier()
+    f.add("t/0", 0, 5, 100, 104)          # exact: 5 records at offsets 100..104
+    f.add("t/1", 5, 3, 10, 19)            # not exact (gaps, bad messages): one unit
+    assert f.snapshot() == ({"t/0": 100, "t/1": 10}, True)
+    f.done(np.array([0, 1]))              # a prefix of t/0
+    assert f.snapshot() == ({"t/0": 102, "t/1": 10}, True)
+    f.done(np.array([3]))                 # beyond the first not-done record: not clean
+    assert f.snapshot() == ({"t/0": 102, "t/1": 10}, False)
+    f.done(np.array([2, 4]))
+    assert f.snapshot() == ({"t/0": 105, "t/1": 10}, True)
+    f.done(np.array([5, 6]))              # part of an inexact chunk: its position stays, not clean
+    assert f.snapshot() == ({"t/0": 105, "t/1": 10}, False)
+    f.done(np.array([7]))
+    assert f.snapshot() == ({"t/0": 105, "t/1": 20}, True)
+    f.add("t/0", 8, 2, 105, 106)
+    f.add("t/0", 10, 2, 107, 108)
+    f.done(np.array([10]))                # a later chunk done before an earlier one: not clean
+    assert f.snapshot() == ({"t/0": 105, "t/1": 20}, False)
+    assert f.firsts() == {"t/0": 100, "t/1": 10} and f.pending() == 3
+
+    g = GatedOffsets(DoneFrontier())
+    g.add("t", 0, 100, 101, 0, 2)
+    g.frontier.done(np.array([0, 1]))
+    assert g.committable() == {}                       # nothing checkpointed yet: nothing committed
+    g.gate = {"t/0": 101}
+    assert g.committable() == {("t", 0): 101}          # only what the newest checkpoint covers
+    g.gate = None
+    assert g.committable() == {("t", 0): 102}          # fallback: what is done
+    g.forget({("t", 0)})
+    assert g.committable() == {}
+
+
+def test_unwritable_state_dir_logs_an_error_and_scoring_goes_on(bundle_dir, zeek, tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("GRAPHSENTRY_BEHAVIOUR", "on")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")
+    m = Metrics()
+    with caplog.at_level(logging.INFO, logger="detector.daemon.pipeline"):
+        s = _run(_file_cfg(tmp_path, zeek, bundle_dir, blocker / "state"), m)
+    assert s.records_scored == read_flows(zeek).num_rows
+    assert any(r.levelno == logging.ERROR and "behaviour checkpoint" in r.getMessage() for r in caplog.records)
+    assert m.value("graphsentry_behaviour_checkpoints_total", {"result": "failed"}) >= 1
