@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     __import__("training.archive_cli").archive_cli.register(sub)  # graphsentry archive (one line: no merge conflicts)
     registry_cli.register(sub)
+    __import__("training.retrain").retrain.register(sub)  # graphsentry retrain (one line: no merge conflicts)
     for path, sp in _subparsers(parser):
         _add_common(sp, top=False)
         example = EXAMPLES.get(" ".join(path))

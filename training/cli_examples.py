@@ -38,4 +38,6 @@ EXAMPLES: dict[str, str] = {
     "models rollback": "graphsentry models rollback --registry out/registry --reason 'too many alerts'",
     "models diff": "graphsentry models diff previous champion --registry out/registry",
     "models verify": "graphsentry models verify champion --registry out/registry",
+    "retrain": "graphsentry retrain --archive out/archive --registry out/registry --since 7d "
+               "--config retrain.yaml --pushgateway 127.0.0.1:9091",
 }
