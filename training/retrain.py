@@ -260,8 +260,11 @@ def split_in_time(table: pa.Table, holdout_frac: float, window_s: float) -> tupl
 
 
 def training_selection(table: pa.Table) -> tuple[pa.Table, dict]:
-    """The training part without what may not be learnt as normal: records the champion alerted on (unless
-    cleared: verdict benign), verdict malicious, label 1."""
+    """The training part with what may not be learnt as normal marked ``label = 1``: records the champion
+    alerted on (unless cleared: verdict benign), verdict malicious, label 1. ``train_bundle`` with
+    ``benign_only`` then leaves them out of what it fits but keeps them in the graph of the held-back
+    windows it calibrates on, as the daemon will see them (fitted on benign-only graphs, the threshold is
+    far too low for traffic that has attacks in it)."""
     n = table.num_rows
     alert = np.asarray(pc.fill_null(table.column("alert"), False).to_numpy(zero_copy_only=False), dtype=bool)
     verdict = np.asarray(table.column("verdict").to_pylist(), dtype=object)
@@ -273,7 +276,9 @@ def training_selection(table: pa.Table) -> tuple[pa.Table, dict]:
     info = {"records": n, "excluded_alerted_by_champion": int(alerted.sum()),
             "excluded_malicious": int(malicious.sum()), "kept_cleared_false_positives": int((alert & cleared).sum()),
             "kept": int(keep.sum())}
-    return table.filter(pa.array(keep)), info
+    lab_new = np.where(keep, lab, 1.0)
+    col = pa.array(lab_new, pa.int8(), mask=np.isnan(lab_new))
+    return table.set_column(table.schema.get_field_index("label"), "label", col), info
 
 
 def _flows(table: pa.Table) -> pa.Table:
@@ -370,8 +375,8 @@ def run(opts: RetrainOptions) -> dict:
         say(f"split at {_iso(cut)}: {early.num_rows} earlier records ({sel['kept']} kept for training: "
             f"{sel['excluded_alerted_by_champion']} alerted, {sel['excluded_malicious']} malicious left out), "
             f"{later.num_rows} held out")
-        if train_t.num_rows < cfg.min_train_records:
-            raise ValueError(f"only {train_t.num_rows} training records after excluding alerted and malicious ones "
+        if sel["kept"] < cfg.min_train_records:
+            raise ValueError(f"only {sel['kept']} training records after excluding alerted and malicious ones "
                              f"(min_train_records {cfg.min_train_records}): widen --since")
         from training.pretrain import TrainConfig, train_bundle
 
@@ -380,7 +385,7 @@ def run(opts: RetrainOptions) -> dict:
         base["benign_only"] = True
         tcfg = TrainConfig(**base)
         init, warm = _warm_start(champion, tcfg, opts.from_scratch)
-        say(f"training the challenger on {train_t.num_rows} records ({'warm start' if init is not None else 'from scratch'})")
+        say(f"training the challenger on {sel['kept']} records ({'warm start' if init is not None else 'from scratch'})")
         kwargs = {"init_state": init} if init is not None else {}
         meta = {"retrain": {"run_id": run_id, "parent": champion_v, "archive": data_info["archive"]}}
         with contextlib.redirect_stdout(sys.stderr):   # train_bundle prints epoch lines: progress, not output
@@ -414,7 +419,7 @@ def run(opts: RetrainOptions) -> dict:
                       challenger.calibration.target_fpr)
         result = gate(a, b, cfg.gate)
         say(f"gate: {result.decision}" + (f" ({'; '.join(result.reasons)})" if result.reasons else ""))
-        ts_train = _ts_s(train_t)
+        ts_train = _ts_s(train_t)[np.asarray(pc.fill_null(pc.not_equal(train_t.column("label"), 1), True))]
         summary.update({
             "status": "done", "decision": result.decision, "gate_passed": result.passed, "reasons": result.reasons,
             "data": {**data_info, "cut": _iso(cut), "train_from": _iso(float(ts_train.min())),
