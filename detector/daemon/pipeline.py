@@ -175,12 +175,25 @@ def scorer_model(scorer: Any, version: str = "injected", threshold: float | None
     return LoadedModel(scorer, version, threshold, "", target_fpr=target_fpr)
 
 
+def _loaded_fingerprint(loaded: str | None, path: str) -> str:
+    """The fingerprint of the directory a model was loaded from (``path``'s when unknown or unreadable)."""
+    if loaded:
+        try:
+            return model_fingerprint(loaded)
+        except Exception:  # noqa: BLE001 - a plugin loader's path need not be a model directory
+            pass
+    return model_fingerprint(path)
+
+
 class ModelWatcher:
     """Polls the model path; loads a changed model in its own thread and offers it for a swap."""
 
-    def __init__(self, path: str, loader: Callable[[str], LoadedModel], interval: float, metrics: Metrics) -> None:
+    def __init__(self, path: str, loader: Callable[[str], LoadedModel], interval: float, metrics: Metrics,
+                 loaded: str | None = None) -> None:
+        """``loaded``: the directory the running model was loaded from; its fingerprint is the reference, so a
+        pointer (a registry's ``champion``) moved while that model was loading is still seen as a change."""
         self.path, self.loader, self.interval, self.metrics = path, loader, interval, metrics
-        self._fp = model_fingerprint(path)
+        self._fp = _loaded_fingerprint(loaded, path)
         self._pending: LoadedModel | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -211,7 +224,7 @@ class ModelWatcher:
                 self.metrics.model_reloads.labels("failed").inc()
                 self._fp = fp  # do not retry the same broken directory every interval
                 continue
-            self._fp = fp
+            self._fp = _loaded_fingerprint(m.path, self.path)  # what was loaded (the pointer may have moved again)
             with self._lock:
                 self._pending = m
             log.info("new model %s loaded from %s; swapping at the next window boundary", m.version, m.path,
@@ -1438,7 +1451,7 @@ class Daemon:
             self.summary.model_version = self._model.version
             if cfg["model"].get("watch") and cfg["model"].get("path") and self._model.path:
                 watcher = ModelWatcher(cfg["model"]["path"], self.loader, float(cfg["model"]["watch_interval"]),
-                                       self.metrics).start()
+                                       self.metrics, loaded=self._model.path).start()
             is_kafka = cfg["source"]["type"] == "kafka"
             if self._kafka_in_play():
                 from ingest.kafka_io import BrokerHealth

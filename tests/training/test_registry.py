@@ -414,9 +414,6 @@ def test_daemon_on_champion_follows_promotion_and_rollback(tiny_model, other_mod
     assert d.summary.model_version.startswith(v1)
 
 
-@pytest.mark.xfail(reason="detector/daemon/pipeline.py: ModelWatcher takes its baseline fingerprint after the first "
-                          "load (Daemon.run builds it after self.loader(...)); a promotion landing during that load "
-                          "is never picked up. Fix: baseline = model_fingerprint(self._model.path)", strict=False)
 def test_daemon_picks_up_a_promotion_made_while_it_starts(tmp_path):
     sys.path.insert(0, str(REPO / "tests" / "detector"))
     from daemon_helpers import load_fanout, write_fanout_model
