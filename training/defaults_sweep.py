@@ -121,6 +121,10 @@ def _f(x, nd: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{nd}f}"
 
 
+def _cell(key: str) -> str:
+    return key.replace("|", " \\| ")
+
+
 def choose(reps: list[dict]) -> dict:
     """Rank candidates: 1. highest mean over splits of min(episode recall after grace, 1 if FPR after grace
     <= 2 x 1 % else 0.5) -- the operating point a user gets; 2. highest mean AUPRC; 3. highest worst-split
@@ -163,7 +167,7 @@ def render(out: Path) -> dict:
               "| rank | candidate (objective \\| input \\| detector) | operating score (mean / worst) | mean AUPRC | worst AUPRC |",
               "|---|---|---|---|---|"]
     for i, row in enumerate(ch["ranking"], 1):
-        lines.append(f"| {i} | {row['candidate']} | {row['operating']:.3f} / {row['worst_operating']:.3f} | "
+        lines.append(f"| {i} | {_cell(row['candidate'])} | {row['operating']:.3f} / {row['worst_operating']:.3f} | "
                      f"{_f(row['mean_auprc'])} | {_f(row['worst_auprc'])} |")
     lines += ["", "## Per split (AUPRC; after grace: episodes detected / benign FPR)", ""]
     keys = [row["candidate"] for row in ch["ranking"]]
@@ -173,7 +177,7 @@ def render(out: Path) -> dict:
         for k in keys:
             x = r["results"][k]
             g = x["grace"]
-            lines.append(f"| {k} | {_f(x['auprc'])} | {_f(x['fpr'], 4)} | {x['n_detected']}/{x['n_episodes']} | "
+            lines.append(f"| {_cell(k)} | {_f(x['auprc'])} | {_f(x['fpr'], 4)} | {x['n_detected']}/{x['n_episodes']} | "
                          f"{g['n_detected']}/{g['n_episodes']} / {_f(g['fpr'], 4)} |")
         lines.append("")
     (out / "report.md").write_text("\n".join(lines) + "\n")
