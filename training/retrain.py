@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from training.gate import EVAL, HOLDOUT, EvalSet, GateConfig, GateResult, ModelEval, gate
+from training.gate import EVAL, HOLDOUT, EvalSet, GateConfig, ModelEval, gate
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ analysts' verdicts CSV clears the alerted benign records and confirms the alerte
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -128,7 +127,6 @@ def _checks(report_dir: str) -> dict[str, str]:
 
 def test_clean_archive_default_gate(champion, archives, tmp_path, capsys):
     reg = _registry(tmp_path, champion)
-    t0 = time.monotonic()
     rc, s, err = _retrain(reg, archives["clean"], capsys)
     assert rc == 0, err
     assert "[retrain" in err and "gate:" in err                      # progress on stderr
@@ -157,7 +155,6 @@ def test_clean_archive_default_gate(champion, archives, tmp_path, capsys):
     assert meta["data"]["from"] == d["train_from"] and meta["data"]["to"] == d["train_to"]
     assert meta["data"]["fingerprint"]["records"] > 1000 and meta["metrics"]["retrain"]["auprc_holdout"]
     assert not any((reg.root / ".retrain-tmp").iterdir())           # the work folder is gone
-    print(f"clean run, default gate: {time.monotonic() - t0:.1f} s, checks {checks}")
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +198,6 @@ def test_promote_then_contaminated_run_is_refused_then_rollback(champion, archiv
     reg = _registry(tmp_path, champion)
     cfg = tmp_path / "retrain.yaml"
     cfg.write_text(TEST_GATE)
-    t0 = time.monotonic()
     rc, s, err = _retrain(reg, archives["clean"], capsys, "--config", str(cfg), "--pushgateway", pushgateway)
     assert rc == 0, err
     checks = _checks(s["report_dir"])
@@ -212,9 +208,7 @@ def test_promote_then_contaminated_run_is_refused_then_rollback(champion, archiv
     assert m[key] == 1.0 and abs(m['graphsentry_retrain_last_success_timestamp_seconds{job="graphsentry_retrain"}']
                                  - time.time()) < 120
     assert m['graphsentry_retrain_records{job="graphsentry_retrain",part="read"}'] == 5663
-    print(f"clean run, TEST_GATE: {time.monotonic() - t0:.1f} s, promoted, checks {checks}")
 
-    t1 = time.monotonic()
     rc, s2, err = _retrain(reg, archives["contaminated"], capsys, "--config", str(cfg), "--pushgateway", pushgateway)
     assert rc == 0, err
     checks = _checks(s2["report_dir"])
@@ -230,7 +224,6 @@ def test_promote_then_contaminated_run_is_refused_then_rollback(champion, archiv
     # the champion is untouched; the refused model is only the challenger
     assert reg.aliases() == {"champion": "v0002", "previous": "v0001", "challenger": "v0003"}
     assert _pushed(pushgateway)[key] == 0.0
-    print(f"contaminated run: {time.monotonic() - t1:.1f} s, refused: {s2['reasons']}")
 
     rc, out, err = run_cli(["models", "rollback", "--registry", str(reg.root), "--reason", "test"], capsys)
     assert rc == 0, err
