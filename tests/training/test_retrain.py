@@ -209,9 +209,12 @@ def test_promote_then_contaminated_run_is_refused_then_rollback(champion, archiv
                                  - time.time()) < 120
     assert m['graphsentry_retrain_records{job="graphsentry_retrain",part="read"}'] == 5663
 
-    rc, s2, err = _retrain(reg, archives["contaminated"], capsys, "--config", str(cfg), "--pushgateway", pushgateway)
+    rc, s2, err = _retrain(reg, archives["contaminated"], capsys, "--config", str(cfg), "--pushgateway", pushgateway,
+                           "--eval", str(SAMPLE))
     assert rc == 0, err
     checks = _checks(s2["report_dir"])
+    # labelled --eval data given: the labelled checks run on it too (and the archive slice, which has labels)
+    assert checks["auprc/eval"] in ("passed", "failed") and checks["slices/eval"] in ("passed", "failed")
     assert s2["decision"] == "refuse" and not s2["promoted"]
     # the challenger learnt the unflagged attacks as normal: it misses the labelled attacks of the later slice
     assert checks["auprc/holdout"] == "failed" and checks["recall_at_fpr/holdout"] == "failed"
@@ -228,6 +231,21 @@ def test_promote_then_contaminated_run_is_refused_then_rollback(champion, archiv
     rc, out, err = run_cli(["models", "rollback", "--registry", str(reg.root), "--reason", "test"], capsys)
     assert rc == 0, err
     assert reg.alias("champion") == "v0001" and "champion: v0001" in out
+
+
+def test_a_large_archive_is_sampled_with_an_even_stride(archives):
+    from training.retrain import Progress, read_recent
+
+    table, info = read_recent(str(archives["clean"][0]), SINCE, None, str(archives["clean"][1]), 1000, None,
+                              Progress(False))
+    assert info["records_in_range"] == 5663 and info["stride"] == 6 and table.num_rows == info["records_read"] == 944
+    ts = table.column("ts").cast(pa.int64()).to_numpy()
+    assert (np.diff(ts) >= 0).all() and table.column("row").to_pylist() == list(range(944))
+    assert set(table.column("verdict").drop_null().to_pylist()) <= {"malicious", "benign"}
+    # the stride is even over the whole day: both ends of it are there
+    full, _ = read_recent(str(archives["clean"][0]), SINCE, None, None, 10_000, None, Progress(False))
+    span = full.column("ts").cast(pa.int64()).to_numpy()
+    assert ts[0] - span[0] < 3600e6 and span[-1] - ts[-1] < 3600e6
 
 
 # -- failures never touch the champion -----------------------------------------------------------------
