@@ -324,11 +324,11 @@ rule_files: [{rules}]
 evaluation_interval: 1m
 tests:
   - interval: 1m
-    input_series:     # the last success at t=0; a failed run at t=10h
+    input_series:     # a success at t=0, a failed run at t=10h, a success again at t=12h
       - series: 'graphsentry_retrain_last_success_timestamp_seconds{{job="graphsentry_retrain"}}'
-        values: '0x3000'
+        values: '0x720 43200x3000'
       - series: 'graphsentry_retrain_last_failure_timestamp_seconds{{job="graphsentry_retrain"}}'
-        values: '_x600 36000x2400'
+        values: '_x600 36000x3100'
     alert_rule_test:
       - eval_time: 5h
         alertname: GraphsentryRetrainFailing
@@ -339,10 +339,13 @@ tests:
           - exp_labels: {{severity: warning, job: graphsentry_retrain}}
             exp_annotations:
               summary: "the last graphsentry retraining run failed; see its report (REGISTRY/reports/) and the job's log"
-      - eval_time: 47h
+      - eval_time: 13h
+        alertname: GraphsentryRetrainFailing
+        exp_alerts: []
+      - eval_time: 59h
         alertname: GraphsentryRetrainStale
         exp_alerts: []
-      - eval_time: 49h
+      - eval_time: 61h
         alertname: GraphsentryRetrainStale
         exp_alerts:
           - exp_labels: {{severity: warning, job: graphsentry_retrain}}
