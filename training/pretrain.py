@@ -27,6 +27,7 @@ records the thread count and versions.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import logging
 import math
@@ -49,6 +50,9 @@ from training.losses import EdgeDGI, GradNormWeighter, ProjectionHead, info_nce
 from training.views import feature_view, structural_view, temporal_pairs
 
 log = logging.getLogger(__name__)
+# Sharded/multi-process pretraining (training/distributed.py) sets this for the duration of a run: a callable
+# ``(trainer, graphs, progress) -> epoch record`` that replaces :meth:`Pretrainer.run_epoch`'s loop.
+EPOCH_RUNNER: contextvars.ContextVar = contextvars.ContextVar("graphsentry_epoch_runner", default=None)
 VIEWS = ("temporal", "structural", "feature")
 PRETRAIN_PARTS = ("src", "dst", "edge")   # the flow embedding the pretraining objectives see
 # Detector inputs tried by the validation rule (flow_parts="auto"), in tie-break order.
@@ -239,6 +243,8 @@ class Pretrainer:
         self.epoch = 0
         self.steps = 0
         self.history: list[dict] = []
+        self.epoch_runner = EPOCH_RUNNER.get()  # None: the single-process loop of run_epoch
+        self.update = None  # optional callable(total): replaces backward + optimizer step (training/distributed.py)
 
     def _sample(self, n: int) -> torch.Tensor:
         if n <= self.cfg.max_anchors:
@@ -296,7 +302,9 @@ class Pretrainer:
                 upd = self.steps % max(1, cfg.gradnorm_every) == 0
                 shared = m.encoder.convs[-1].lin_upd.weight if upd else None
                 total = self.weighter.combine(losses, shared)
-        if total is not None:
+        if self.update is not None:
+            self.update(total)
+        elif total is not None:
             self.opt.zero_grad(set_to_none=True)
             total.backward()
             self.opt.step()
@@ -305,6 +313,8 @@ class Pretrainer:
         return {k: float(v.detach()) for k, v in losses.items()}, (d.node_gid, h.detach())
 
     def run_epoch(self, graphs: list, progress: bool = True) -> dict[str, float]:
+        if self.epoch_runner is not None:
+            return self.epoch_runner(self, graphs, progress)
         self.model.train()
         self.model.reset_state()
         sums: dict[str, float] = {}
