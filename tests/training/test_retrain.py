@@ -43,7 +43,9 @@ SINCE = "2022-06-12T00:00:00Z"
 # promotion path this test gates at a 5 % target FPR with 2x headroom; every other rule keeps its default
 # (AUPRC/recall margins 0.01, slice drop 0.05, speed 0.9). This is what the data can resolve, not a
 # claim about a deployment's settings. The contaminated run is refused under this config too.
-TEST_GATE = "gate:\n  target_fpr: 0.05\n  fpr_factor: 2.0\n"
+# speed_repeats is measurement precision, not a threshold: the slice is ~1170 records (~35 ms of CPU per
+# model), and the fastest of 10 runs is steadier on a busy machine than the fastest of 5.
+TEST_GATE = "speed_repeats: 10\ngate:\n  target_fpr: 0.05\n  fpr_factor: 2.0\n"
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
