@@ -54,6 +54,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt if present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="pretrain with N processes on this host (torchrun, gloo, one torch thread each; "
+                        "docs/distributed-training.md); default: one process")
     p.set_defaults(func=run_train)
 
     c = subparsers.add_parser(
@@ -162,6 +165,10 @@ def run_train(args: argparse.Namespace) -> int:
                     hidden=args.hidden, progress=not args.no_progress)
         print(json.dumps(res, default=float))
         return 0
+    if getattr(args, "nproc", 0) > 1:  # N ranks under torchrun; rank 0 runs this function (training/distributed.py)
+        from training.distributed import launch
+
+        return launch(args)
     cfg = TrainConfig(window=_window_s(args, kind), epochs=args.epochs, objective=args.objective,
                       weighting=args.weighting, detector=args.detector, target_fpr=args.target_fpr,
                       flow_parts=args.flow_parts, validation=args.validation,
