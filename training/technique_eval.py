@@ -137,6 +137,8 @@ def evaluate_split(name: str, family: str, max_train: int, max_test: int, epochs
         "techniques_raised_on_attacks": dict(Counter(top_f[raised & att].tolist()).most_common(8)),
         "techniques_raised_on_benign": dict(Counter(top_f[raised & ben].tolist()).most_common(8)),
     }
+    if bundle.technique is not None:
+        ch["evidence"] = evidence(bundle, prep.pipeline, test, labels)
     tm = bundle.metrics.get("technique") or {}
     return {
         "split": name, "held_out_family": family, "held_out": spec.held_out,
@@ -151,6 +153,48 @@ def evaluate_split(name: str, family: str, max_train: int, max_test: int, epochs
         "results": res, "channel": ch,
         "seconds": {"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
     }
+
+
+def evidence(bundle, pipeline, test: pa.Table, labels: np.ndarray, top: int = 6) -> dict:
+    """Why the channel fired or not: the channel's score alone as a ranking (AUROC/AUPRC of
+    ``decision_function`` over the test flows, attack vs benign), the share of attack / benign flows above
+    some benign bound (score > 0) and above the channel threshold, and the ``top`` columns by mean attack
+    activation with their benign bound and the share of attack / benign flows above it."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from detector.technique_detector import behaviour_scores, graph_activations
+    from training.pretrain import make_windows
+
+    det = bundle.technique
+    windows = make_windows(test, float(bundle.window.get("size", 60.0)))
+    stream = pipeline.stream()
+    graphs = [stream.build(w)[0] for w in windows]
+    A = graph_activations(graphs, behaviour_scores(windows), pipeline.kf)
+    rows = np.concatenate([g.edge_row.numpy().astype(np.int64) for g in graphs])
+    trow = test.column("row").to_numpy().astype(np.int64)
+    order = np.argsort(trow, kind="stable")
+    lab = labels[order[np.searchsorted(trow[order], rows)]]
+    s = det.decision_function(A)
+    att, ben = lab == 1, lab == 0
+    out: dict = {"channel_threshold": det.threshold_}
+    if att.any() and ben.any():
+        m = att | ben
+        out["channel_auroc"] = float(roc_auc_score(att[m], s[m]))
+        out["channel_auprc"] = float(average_precision_score(att[m], s[m]))
+    for name, m in (("attack", att), ("benign", ben)):
+        out[f"{name}_share_above_a_bound"] = float((s[m] > 0).mean()) if m.any() else None
+        out[f"{name}_share_above_threshold"] = float((s[m] > det.threshold_).mean()) if m.any() else None
+    if att.any():
+        mean = A[att].mean(axis=0)
+        cols = []
+        for j in np.argsort(-mean, kind="stable")[:top]:
+            cols.append({"column": det.columns_[j], "attack_mean": round(float(mean[j]), 3),
+                         "benign_bound": round(float(det.bound_[j]), 3),
+                         "attack_share_above_bound": round(float((A[att, j] > det.bound_[j]).mean()), 4),
+                         "benign_share_above_bound": round(float((A[ben, j] > det.bound_[j]).mean()), 4)
+                         if ben.any() else None})
+        out["top_attack_columns"] = cols
+    return out
 
 
 def _f(x, nd: int = 3) -> str:
@@ -174,16 +218,33 @@ def verdict(rep: dict) -> str:
     helped = de > 0 or ((w.get("recall") or 0) > (e.get("recall") or 0) + 0.01)
     cost = (w.get("fpr") or 0) - (e.get("fpr") or 0)
     head = "the channel HELPED" if helped else "the channel did NOT help"
-    if helped and cost > 0.01:
-        head += f", at a benign FPR cost of {cost:.4f}"
+    if cost > 0:
+        head += f", at a benign FPR cost of +{cost:.4f}"
     if not ch["attack_flows_raised_by_channel"]:
         head += " (it raised no alert on an attack flow)"
     return head + ": " + "; ".join(parts)
 
 
+def _evidence_lines(ev: dict | None) -> list[str]:
+    if not ev:
+        return []
+    lines = [f"- Channel score alone (test flows): AUROC {_f(ev.get('channel_auroc'))}, AUPRC "
+             f"{_f(ev.get('channel_auprc'))}; above some benign bound: attack {_f(ev.get('attack_share_above_a_bound'))}, "
+             f"benign {_f(ev.get('benign_share_above_a_bound'))}; above the channel threshold "
+             f"{_f(ev.get('channel_threshold'))}: attack {_f(ev.get('attack_share_above_threshold'))}, benign "
+             f"{_f(ev.get('benign_share_above_threshold'))}.",
+             "- Strongest evidence on the attack flows (column: attack mean activation / benign bound / share of "
+             "attack flows above the bound / share of benign test flows above it): " + "; ".join(
+                 f"{c['column']} {c['attack_mean']}/{c['benign_bound']}/{c['attack_share_above_bound']}/"
+                 f"{c['benign_share_above_bound']}" for c in ev.get("top_attack_columns", [])) + "."]
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = ["# Technique channel on attack families held out of everything", "",
-             f"Generated {report['generated']} by `{report['command']}` (commit {report.get('commit') or '?'}).",
+             f"Generated {report['generated']} by `{report['command']}` (commit {report.get('commit') or '?'}"
+             + (f"; uncommitted changes in {', '.join(report['uncommitted_changes'])}" if report.get("uncommitted_changes")
+                else "") + ").",
              "", "One model per split (default `train --benign-only` pipeline, technique channel on), scored "
              "twice through `score_table`: fused, and with the channel removed from the same bundle "
              "(same encoder, detector and threshold). The held-out family never enters training, not even "
@@ -217,6 +278,7 @@ def markdown(report: dict) -> str:
                   f"- Techniques the channel raised on attacks: {ch['techniques_raised_on_attacks'] or 'none'}; "
                   f"on benign flows: {ch['techniques_raised_on_benign'] or 'none'}.",
                   f"- Fused score never below the embedding score: {ch['never_lowered']}.",
+                  *_evidence_lines(ch.get("evidence")),
                   f"- Model: {rep['model']}; train {rep['train_records']} records ({rep['benign_train_records']} "
                   f"benign), test {rep['test_records']}; {rep['seconds']}.", ""]
     return "\n".join(lines) + "\n"
@@ -225,7 +287,7 @@ def markdown(report: dict) -> str:
 def run(out: Path, patterns: str | None, max_train: int, max_test: int, epochs: int, seed: int, argv) -> dict:
     import fnmatch
 
-    from training.generalise import git_head
+    from training.generalise import _dirty, git_head
 
     names = [n for n in SPLITS if not patterns or any(fnmatch.fnmatchcase(n, p.strip()) for p in patterns.split(","))]
     reps = []
@@ -236,10 +298,19 @@ def run(out: Path, patterns: str | None, max_train: int, max_test: int, epochs: 
         print(f"[{n}] {verdict(rep)} ({time.perf_counter() - t:.0f}s)", flush=True)
     report = {"generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "command": "python -m training.technique_eval " + " ".join(argv),
-              "commit": git_head(), "target_fpr": 0.01,
+              "commit": git_head(), "uncommitted_changes": _dirty(), "target_fpr": 0.01,
               "caps": {"max_train": max_train, "max_test": max_test, "epochs": epochs, "seed": seed},
               "splits": reps, "verdicts": {r["split"]: verdict(r) for r in reps}}
     out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "report.md").write_text(markdown(report))
+    return report
+
+
+def rerender(out: Path) -> dict:
+    """``OUT/report.md`` (and the verdicts in ``OUT/report.json``) again from ``OUT/report.json``."""
+    report = json.loads((out / "report.json").read_text())
+    report["verdicts"] = {r["split"]: verdict(r) for r in report["splits"]}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(markdown(report))
     return report
@@ -256,8 +327,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-test", type=int, default=40_000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render", action="store_true", help="only render OUT/report.md from OUT/report.json")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if a.render:
+        rerender(Path(a.out))
+        return 0
     run(Path(a.out), a.splits, a.max_train, a.max_test, a.epochs, a.seed, argv)
     return 0
 

@@ -245,3 +245,16 @@ def test_channel_off_by_flag(tmp_path, one_torch_thread):
                                           flow_parts="src,dst,edge", technique=False), out_dir=tmp_path, progress=False)
     assert b.technique is None and "technique" not in b.metrics
     assert not (tmp_path / "technique.json").exists()
+
+
+def test_a_noisy_technique_in_the_held_back_period_mutes_only_itself():
+    train = _benign(5000, 0)
+    held = _benign(3000, 1)
+    held[::50, 3] = 0.9  # benign traffic of the held-back period shows technique 3 (2% of flows)
+    det = TechniqueDetector(target_fpr=0.01, share=0.25).fit(train, calibration=held)
+    assert det.column_threshold_[3] > 0.5 and det.column_threshold_[1] == 0.0
+    assert det.calibration_fpr_ <= 0.0025
+    A = np.zeros((2, 4))
+    A[0, 3] = 0.9   # as the held-back benign flows: no alert
+    A[1, 1] = 0.8   # a technique benign traffic never showed: still fires
+    assert det.explain(A).tolist() == [None, "c1"]
