@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from training.gate import EVAL, HOLDOUT, EvalSet, GateConfig, ModelEval, gate
 
@@ -71,6 +71,20 @@ class RetrainConfig(BaseModel):
     promote: bool = Field(True, description="promote a challenger that passes the gate")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides over the champion's")
     gate: GateConfig = Field(default_factory=GateConfig)
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _time_text(cls, v: Any) -> Any:
+        """An unquoted YAML date/time (``since: 2026-12-01``) arrives as a date: keep it as ISO text (UTC)."""
+        import datetime as dt
+
+        if isinstance(v, dt.datetime):
+            return (v if v.tzinfo else v.replace(tzinfo=dt.timezone.utc)).isoformat()
+        if isinstance(v, dt.date):
+            return f"{v.isoformat()}T00:00:00Z"
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(v)
+        return v
 
 
 def _train_fields() -> set[str]:

@@ -294,6 +294,19 @@ def test_bad_configs_are_one_line_user_errors(text, match, champion, tmp_path, c
     assert reg.versions() == ["v0001"]
 
 
+def test_config_defaults_and_unquoted_yaml_times(tmp_path):
+    from training.retrain import load_config
+
+    d = load_config(None)
+    assert (d.since, d.holdout_frac, d.gate.auprc_margin, d.gate.fpr_factor, d.gate.speed_ratio) == ("7d", 0.2, 0.01,
+                                                                                                      1.5, 0.9)
+    cfg = tmp_path / "retrain.yaml"
+    cfg.write_text("since: 2022-06-12\nuntil: 2022-06-14 06:00:00\ntrain: {epochs: 2}\ngate: {alert_budget_per_hour: 20}\n")
+    c = load_config(cfg)
+    assert c.since == "2022-06-12T00:00:00Z" and c.until.startswith("2022-06-14T06:00:00")
+    assert c.train == {"epochs": 2} and c.gate.alert_budget_per_hour == 20
+
+
 def test_user_errors(champion, archives, tmp_path, capsys):
     rc, _, err = run_cli(["retrain", "--archive", str(archives["clean"][0]), "--registry", str(tmp_path / "none")],
                          capsys)
