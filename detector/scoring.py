@@ -32,7 +32,8 @@ class WindowScores:
     window_start: float = 0.0
     window_end: float = 0.0
     threshold: float = float("nan")
-    # Long-horizon behaviour (ingest.behaviour, a side channel: never enters scores or alerts); None when
+    # Long-horizon behaviour (ingest.behaviour; enters scores and alerts only through the bundle's technique
+    # channel, below, when it has one); None when
     # the scorer runs without it. [E] object: per flow, a tuple of the ATT&CK ids fired
     # (knowledge.behaviour_predicates.fired; () where none); [E, T] float32: technique scores, columns
     # knowledge.behaviour_predicates.TECHNIQUES.
@@ -282,8 +283,8 @@ class StreamScorer:
 
     def __init__(self, bundle, behaviour=None) -> None:
         """``behaviour``: keep an :class:`ingest.behaviour.BehaviourState` across the windows and give each
-        flow its fired behaviour techniques (``WindowScores.behaviour_techniques``; scores and alerts are
-        never changed): True/False, or the state's ``BehaviourParams`` (or their JSON dict) to turn it on
+        flow its fired behaviour techniques (``WindowScores.behaviour_techniques``; scores and alerts change
+        only through the bundle's technique channel, which reads the behaviour technique scores): True/False, or the state's ``BehaviourParams`` (or their JSON dict) to turn it on
         with them. None: the bundle's ``behaviour`` attribute if it has one, else the environment variable
         ``GRAPHSENTRY_BEHAVIOUR``, else :attr:`BEHAVIOUR`."""
         self.bundle = bundle
@@ -538,16 +539,16 @@ class StreamScorer:
         thr = float(self.bundle.threshold)
         beh = getattr(built, "behaviour", None)
         tops, techs = [], []
-        for _k, data, kb, s in done:
+        for k, _data, kb, s in done:
             try:
                 tops.append(kb.top_technique_array())
             except Exception:  # noqa: BLE001 - no technique for this window (as _finish)
                 tops.append(np.full(len(s), None, dtype=object))
             if self.technique is not None:  # window by window, as _finish (a group's kb rows: computed once)
-                b = beh[_k] if beh is not None else None
+                b = beh[k] if beh is not None else None
                 techs.append(self.technique.fuse(s, kb, b[1] if b is not None else None, thr))
         if techs:
-            for t, (_k, _d, _kb, s), top in zip(techs, done, tops):
+            for t, top in zip(techs, tops):
                 if t[3].any():
                     _named(top, t[3], t[2])
             scores = np.concatenate([t[0] for t in techs])
