@@ -10,6 +10,9 @@ from ingest.cli_ingest import require_parent
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
     """Add this package's subcommands to the `graphsentry` parser."""
+    from training.pretrain import TrainConfig
+
+    DEFAULTS = TrainConfig()
     p = subparsers.add_parser(
         "train", help="pretrain the spatio-temporal GNN on flows and write a model directory",
         description="Self-supervised (contrastive) pretraining on earlier windows, detectors fitted on the "
@@ -25,19 +28,19 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--kind", choices=["auto", "flows", "transactions"], default="auto",
                    help="flows (spatio-temporal GNN) or transactions (fraud model on heterogeneous graphs); "
                         "default: sniffed from the input")
-    p.add_argument("--objective", choices=["auto", "contrastive", "dgi", "none"], default="auto",
-                   help="pretraining objective (default: auto = contrastive/GradNorm, contrastive/fixed or DGI, "
-                        "picked on the training inputs' labelled attacks when there are some, else contrastive; "
-                        "dgi = Anomal-E; none = random encoder)")
-    p.add_argument("--weighting", choices=["gradnorm", "fixed"], default="gradnorm",
-                   help="weights of the three contrastive views (default: gradnorm)")
-    p.add_argument("--detector", choices=["auto", "knn", "iforest", "fusion"], default="auto",
-                   help="detector on embeddings (default: auto = picked on the held-back validation flows); "
-                        "fusion = kNN on the embedding + IsolationForest on the raw flow features, scores added "
-                        "(detector inputs ending in raw)")
-    p.add_argument("--flow-parts", default="auto",
-                   help="detector input, comma-separated from src,dst,edge,raw (default: auto = picked on the "
-                        "training inputs' labelled attacks; src,dst,edge without them)")
+    p.add_argument("--objective", choices=["auto", "contrastive", "dgi", "none"], default=DEFAULTS.objective,
+                   help=f"pretraining objective (default: {DEFAULTS.objective}, chosen on the leave-one-network-out "
+                        "benchmark, docs/evaluation-generalise.md; auto = contrastive/GradNorm, contrastive/fixed or "
+                        "DGI picked on the training inputs' labelled attacks; dgi = Anomal-E; none = random encoder)")
+    p.add_argument("--weighting", choices=["gradnorm", "fixed"], default=DEFAULTS.weighting,
+                   help=f"weights of the three contrastive views (default: {DEFAULTS.weighting})")
+    p.add_argument("--detector", choices=["auto", "knn", "iforest", "fusion"], default=DEFAULTS.detector,
+                   help=f"detector on embeddings (default: {DEFAULTS.detector}; auto = picked on the held-back "
+                        "validation flows); fusion = kNN on the embedding + IsolationForest on the raw flow "
+                        "features, scores added (detector inputs ending in raw)")
+    p.add_argument("--flow-parts", default=DEFAULTS.flow_parts,
+                   help=f"detector input, comma-separated from src,dst,edge,raw (default: {DEFAULTS.flow_parts}; "
+                        "auto = picked on the training inputs' labelled attacks)")
     p.add_argument("--validation", choices=["labels", "benign"], default="labels",
                    help="labels: the training inputs' labelled attacks pick objective/input/detector (default); "
                         "benign: benign-only threshold-transfer rule")

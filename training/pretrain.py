@@ -11,11 +11,13 @@ Protocol (time-ordered, label-free apart from the optional ``benign_only`` filte
 4. with ``val_context`` (default) the held-back windows keep every record of their period
    (attacks included) so that the graph context at calibration is the one the scorer will see;
    the threshold is the conformal quantile of the non-malicious flows' scores there;
-5. selection rule (:func:`select_flow_detector`): when the training inputs hold at least
-   ``min_val_attacks`` labelled attacks, the (flow parts, detector) pair with the highest
-   per-attack-class partial AUROC at low benign FPR (:func:`val_score`) is chosen, near-ties going
-   to the most stable benign threshold; otherwise the benign-only threshold-transfer rule
-   picks the detector on the issue's embedding ``src,dst,edge``. Test data never enters.
+5. detector input, detector and pretraining objective: fixed defaults (``dst,edge``, kNN, contrastive with
+   GradNorm), the top candidate of the leave-one-network-out sweep (:mod:`training.defaults_sweep`,
+   ``reports/defaults/report.md``). With ``"auto"`` the selection rule (:func:`select_flow_detector`) picks
+   them instead: when the training inputs hold at least ``min_val_attacks`` labelled attacks, the
+   (flow parts, detector) pair with the highest per-attack-class partial AUROC at low benign FPR
+   (:func:`val_score`) is chosen, near-ties going to the most stable benign threshold; otherwise the
+   benign-only threshold-transfer rule picks the detector on ``src,dst,edge``. Test data never enters.
    Comparisons are made on rounded values with a fixed preference order for ties (:func:`pick_best`),
    so float noise cannot flip the choice between candidates that score the same.
 
@@ -73,9 +75,10 @@ class TrainConfig:
     layers: int = 2
     time_dim: int = 8
     lr: float = 1e-3
-    objective: str = "auto"            # auto (OBJECTIVE_CANDIDATES, picked on the training inputs' labelled attacks
-                                       # like the detector input; contrastive/GradNorm without them) | contrastive
-                                       # | dgi | none (random encoder)
+    # objective / flow_parts / detector defaults: the top candidate of the leave-one-network-out sweep
+    # (python -m training.defaults_sweep, reports/defaults/report.md); "auto" (the validation rule) is a flag
+    objective: str = "contrastive"     # contrastive | dgi | none (random encoder) | auto (OBJECTIVE_CANDIDATES, picked
+                                       # on the training inputs' labelled attacks like the detector input)
     weighting: str = "gradnorm"        # gradnorm | fixed
     temporal: bool = True
     use_time: bool = True
@@ -84,9 +87,9 @@ class TrainConfig:
     benign_only: bool = False
     val_frac: float = 0.2
     target_fpr: float = 0.01
-    detector: str = "auto"             # auto (picked on validation) | knn | iforest | fusion (kNN on the embedding
-                                       # + IsolationForest on the raw features; inputs ending in raw)
-    flow_parts: str = "auto"           # auto (picked on validation from FLOW_CANDIDATES) | e.g. "dst,edge,raw"
+    detector: str = "knn"              # knn | iforest | fusion (kNN on the embedding + IsolationForest on the raw
+                                       # features; inputs ending in raw) | auto (picked on validation)
+    flow_parts: str = "dst,edge"       # e.g. "dst,edge,raw" | auto (picked on validation from FLOW_CANDIDATES)
     validation: str = "labels"         # labels: attacks of the held-back training period pick the input/detector
                                        # (benign rule when fewer than min_val_attacks) | benign: benign rule only
     min_val_attacks: int = 10
@@ -121,7 +124,7 @@ class TrainConfig:
             raise ValueError(f"detector must be auto, knn, iforest or fusion, got {self.detector!r}")
         if self.detector == "fusion" and self.flow_parts != "auto" and parse_flow_parts(self.flow_parts)[-1] != "raw":
             raise ValueError(f"detector fusion needs flow_parts ending in raw (its forest's input), "
-                             f"got {self.flow_parts!r}")
+                             f"got {self.flow_parts!r}: e.g. flow_parts='dst,edge,raw' (--flow-parts dst,edge,raw)")
         if self.knn_bank not in KNNDetector.BANKS or self.knn_bank_size < 2:
             raise ValueError(f"knn_bank must be one of {KNNDetector.BANKS} and knn_bank_size >= 2, got "
                              f"{self.knn_bank!r}, {self.knn_bank_size!r}")

@@ -89,7 +89,7 @@ def test_validation_rule_uses_training_attacks_and_calibrates_on_held_back_benig
     benign flows choose the detector input; the threshold is the quantile of the held-back benign flows only."""
     from training.pretrain import DETECTOR_CANDIDATES, FLOW_CANDIDATES
 
-    b = train_bundle([table], _cfg(benign_only=True), progress=False)
+    b = train_bundle([table], _cfg(benign_only=True, flow_parts="auto", detector="auto"), progress=False)
     m = b.metrics
     sel = m["detector_selection"]
     lab = table.column("label").to_numpy()
@@ -111,23 +111,26 @@ def test_validation_rule_uses_training_attacks_and_calibrates_on_held_back_benig
 
 
 def test_validation_attacks_are_capped(table):
-    b = train_bundle([table], _cfg(benign_only=True, max_val_attacks=15), progress=False)
+    b = train_bundle([table], _cfg(benign_only=True, max_val_attacks=15, flow_parts="auto", detector="auto"),
+                     progress=False)
     assert b.metrics["val_attacks"] == 15
     assert b.metrics["detector_selection"]["rule"].startswith("max per-class partial AUROC")
 
 
 def test_benign_rule_when_asked_or_without_held_back_attacks(table):
-    b = train_bundle([table], _cfg(benign_only=True, validation="benign"), progress=False)
+    auto = dict(flow_parts="auto", detector="auto")
+    b = train_bundle([table], _cfg(benign_only=True, validation="benign", **auto), progress=False)
     assert b.metrics["detector_selection"]["rule"].startswith("min |FPR")
     assert b.model.config.flow_parts == "src,dst,edge"
     ben = table.filter(pa.array(table.column("label").to_numpy() == 0))
-    c = train_bundle([ben], _cfg(benign_only=True), progress=False)  # nothing labelled malicious anywhere
+    c = train_bundle([ben], _cfg(benign_only=True, **auto), progress=False)  # nothing labelled malicious anywhere
     assert c.metrics["val_attacks"] == 0 and c.metrics["detector_selection"]["rule"].startswith("min |FPR")
 
 
 def test_fusion_without_labelled_attacks_reads_the_raw_block(table):
     """The benign rule compares detectors on one input: with detector=fusion it is src,dst,edge,raw."""
-    b = train_bundle([table], _cfg(benign_only=True, validation="benign", detector="fusion"), progress=False)
+    b = train_bundle([table], _cfg(benign_only=True, validation="benign", detector="fusion", flow_parts="auto"),
+                     progress=False)
     assert b.model.config.flow_parts == "src,dst,edge,raw" and b.detector_name == "fusion"
     assert b.detector.raw_dim == b.model.config.edge_in
 
