@@ -470,7 +470,16 @@ GROUP_ORDER = {"iot23": 0, "stratosphere": 1, "luflow": 2, "cicids2017": 3}
 
 
 def load_splits(out: Path) -> list[dict]:
+    """Every split JSON under ``out/splits``; where ``out/previous/splits`` holds the same split from the
+    previous default pipeline, its ``ours`` result is added as the row ``ours_previous`` (with its run)."""
     reps = [json.loads(f.read_text()) for f in sorted((Path(out) / "splits").glob("*.json"))]
+    prev_dir = Path(out) / "previous" / "splits"
+    for r in reps:
+        f = prev_dir / f"{r['split'].replace('/', '__')}.json"
+        if f.is_file() and "ours" in (r.get("results") or {}):
+            p = json.loads(f.read_text())
+            if "ours" in (p.get("results") or {}):
+                r["results"]["ours_previous"] = {**p["results"]["ours"], "run": p.get("run")}
     return sorted(reps, key=lambda r: (GROUP_ORDER.get(r.get("group"), 9), r["split"]))
 
 
@@ -528,7 +537,7 @@ def render(out: Path) -> dict:
     """report.json + report.md from every split JSON under ``out/splits``."""
     out = Path(out)
     reps = load_splits(out)
-    methods = [m for m in METHODS if any(m in (r.get("results") or {}) for r in reps)]
+    methods = [m for m in METHODS + ("ours_previous",) if any(m in (r.get("results") or {}) for r in reps)]
     for r in reps:
         r["verdict"] = verdict(r)
     report = {"benchmark": "leave one network out (issue 17, section 1)",
@@ -574,7 +583,9 @@ def markdown(report: dict) -> str:
          "training is benign-only; every threshold comes from training data (ours: conformal quantile on the "
          "held-back benign training flows; baselines: the (1 - target FPR) quantile of their training scores). "
          "Episode = one attacker -> victim (src, dst) pair within one hour, detected when any of its flows is "
-         "flagged; TTFA = seconds from an episode's first flow to its first alert (median over detected episodes).",
+         "flagged; TTFA = seconds from an episode's first flow to its first alert (median over detected episodes). "
+         "`ours_previous` is the previous default pipeline on the same split (objective, detector input and "
+         "detector picked per run by the validation rule; no technique channel), read from `previous/splits/`.",
          "", f"Rendered {report['rendered']} at commit `{report['commit']}`.", "", "Runs behind these splits:", ""]
     for r in report["runs"]:
         c = r.get("caps") or {}
