@@ -14,7 +14,9 @@
    with reading the first files) weighs more on fewer days: ``--days 2`` (136k records) measured 72.5k
    records/s where all 11 days measured ~107k.
 3. Times the scoring stage alone (``score_table`` on the input already read), with and without the
-   overlap of graph building and scoring (``StreamScorer.OVERLAP``), best of two runs each; for a kNN
+   overlap of graph building and scoring (``StreamScorer.OVERLAP``), best of two runs each; and without
+   the long-horizon behaviour state and the technique channel (the scorer before them: the ratio is the
+   cost of the state and the new score, measured in the same run); for a kNN
    model also with the kNN searching plain flow rows instead of ``FactoredRows``
    (``StreamScorer.FACTORED_DETECTORS``: endpoint blocks once per node), the reference for that change.
 4. Times a kNN detector's ``decision_function`` alone on 8,192 queries: the default bank (coreset of 512
@@ -59,6 +61,7 @@ def main() -> int:
     ap.add_argument("--detector", default="iforest,knn",
                     help="comma-separated detectors, one pretrained model and scoring run each (iforest, knn, "
                          "auto = chosen by validation; default iforest,knn)")
+    ap.add_argument("--out", default="reports/score_bench.json", help="JSON report ('' = none)")
     a = ap.parse_args()
     days = sorted(LUFLOW.glob("*.zip"))
     if not days:
@@ -81,6 +84,17 @@ def main() -> int:
     for res in runs:
         res["knn_detector_records_per_s"], res["knn_exact_20000_records_per_s"] = knn, exact
         print(json.dumps(res))
+    if a.out:
+        import datetime as dt
+        import subprocess
+
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({
+            "bench": "score", "commit": head, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "cores": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "args": vars(a), "runs": runs}, indent=2))
+        print(f"wrote {a.out}")
     return 0
 
 
@@ -146,6 +160,9 @@ def _run(a, days, test_days: list[str], detector: str) -> dict | None:
     print(f"scoring stage alone (score_table on the read table, best of 2): {res['stage_records_per_s']:,} records/s "
           f"with the build/score overlap, {res['stage_serial_records_per_s']:,} without (x{res['stage_overlap_ratio']})",
           flush=True)
+    print(f"  without the behaviour state and the technique channel (the scorer before them): "
+          f"{res['stage_without_state_and_channel_records_per_s']:,} records/s (with them: "
+          f"x{res['stage_ratio_vs_without_state_and_channel']} of that rate)", flush=True)
     if "stage_factored_ratio" in res:
         print(f"  kNN on plain flow rows instead of FactoredRows (endpoint blocks once per node): "
               f"{res['stage_plain_rows_records_per_s']:,} records/s (factored x{res['stage_factored_ratio']})", flush=True)
@@ -182,24 +199,35 @@ def _stage(model: Path, days: list[str]) -> dict:
 
     FACTORED = StreamScorer.FACTORED_DETECTORS
     bundle = load_bundle(model)
+    channel = bundle.technique
     table = pa.Table.from_batches(list(open_inputs(days)))
-    best = {True: float("inf"), False: float("inf"), "plain": float("inf")}
+    best = {True: float("inf"), False: float("inf"), "plain": float("inf"), "bare": float("inf")}
     factored = type(bundle.detector).__name__ in StreamScorer.FACTORED_DETECTORS
-    runs = (True, False, "plain", True, False, "plain") if factored else (True, False, True, False)
+    runs = (True, False, "bare", "plain") if factored else (True, False, "bare")
+    env = os.environ.get("GRAPHSENTRY_BEHAVIOUR")
     try:
-        for mode in runs:
+        for mode in runs * 2:
             StreamScorer.OVERLAP = mode is not False
             if mode == "plain":  # the kNN searched on plain flow rows instead of FactoredRows
                 StreamScorer.FACTORED_DETECTORS = ()
+            if mode == "bare":   # the scorer without the behaviour state and the technique channel
+                os.environ["GRAPHSENTRY_BEHAVIOUR"], bundle.technique = "0", None
             t0 = time.perf_counter()
             score_table(bundle, table)
             best[mode] = min(best[mode], time.perf_counter() - t0)
-            StreamScorer.FACTORED_DETECTORS = FACTORED
+            StreamScorer.FACTORED_DETECTORS, bundle.technique = FACTORED, channel
+            if env is None:
+                os.environ.pop("GRAPHSENTRY_BEHAVIOUR", None)
+            else:
+                os.environ["GRAPHSENTRY_BEHAVIOUR"] = env
     finally:
-        StreamScorer.OVERLAP, StreamScorer.FACTORED_DETECTORS = True, FACTORED
+        StreamScorer.OVERLAP, StreamScorer.FACTORED_DETECTORS, bundle.technique = True, FACTORED, channel
     n = table.num_rows
     res = {"stage_records_per_s": round(n / best[True]), "stage_serial_records_per_s": round(n / best[False]),
-           "stage_overlap_ratio": round(best[False] / best[True], 2)}
+           "stage_overlap_ratio": round(best[False] / best[True], 2),
+           "stage_without_state_and_channel_records_per_s": round(n / best["bare"]),
+           "stage_ratio_vs_without_state_and_channel": round(best["bare"] / best[True], 3),
+           "technique_channel": channel is not None}
     if factored:
         res["stage_plain_rows_records_per_s"] = round(n / best["plain"])
         res["stage_factored_ratio"] = round(best["plain"] / best[True], 2)
