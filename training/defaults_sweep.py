@@ -149,11 +149,28 @@ def choose(reps: list[dict]) -> dict:
     return {"rule": choose.__doc__.split("\n\n")[0].replace("\n    ", " "), "ranking": rows}
 
 
+def marginals(ranking: list[dict]) -> list[tuple]:
+    """``(part, value, candidates, mean operating score, mean AUPRC)`` for each objective, detector input and
+    detector, averaged over the candidates that share it: what each choice adds whatever the others are."""
+    out = []
+    for i, part in enumerate(("objective", "input", "detector")):
+        groups: dict[str, list[dict]] = {}
+        for row in ranking:
+            groups.setdefault(row["candidate"].split("|")[i], []).append(row)
+        for value, rows in sorted(groups.items(), key=lambda kv: -np.mean([r["operating"] for r in kv[1]])):
+            aps = [r["mean_auprc"] for r in rows if r["mean_auprc"] is not None]
+            out.append((part, value, len(rows), float(np.mean([r["operating"] for r in rows])),
+                        float(np.mean(aps)) if aps else None))
+    return out
+
+
 def render(out: Path) -> dict:
     reps = [json.loads(p.read_text()) for p in sorted((out / "splits").glob("*.json"))]
     reps = [r for r in reps if r.get("results")]
     ch = choose(reps)
-    report = {"splits": [r["split"] for r in reps], "choice": ch, "run": reps[0].get("run") if reps else None}
+    report = {"splits": [r["split"] for r in reps], "choice": ch, "run": reps[0].get("run") if reps else None,
+              "marginals": [dict(zip(("part", "value", "candidates", "operating", "mean_auprc"), m))
+                            for m in marginals(ch["ranking"])]}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     lines = ["# Default sweep: every training candidate on the leave-one-network-out splits", "",
              "Written by `python -m training.defaults_sweep` (training/defaults_sweep.py); do not edit by hand. "
@@ -169,6 +186,10 @@ def render(out: Path) -> dict:
     for i, row in enumerate(ch["ranking"], 1):
         lines.append(f"| {i} | {_cell(row['candidate'])} | {row['operating']:.3f} / {row['worst_operating']:.3f} | "
                      f"{_f(row['mean_auprc'])} | {_f(row['worst_auprc'])} |")
+    lines += ["", "## Each choice on average over the other two (mean over candidates)", "",
+              "| part | value | candidates | operating score | mean AUPRC |", "|---|---|---|---|---|"]
+    for part, value, n, op, ap_ in marginals(ch["ranking"]):
+        lines.append(f"| {part} | {value} | {n} | {op:.3f} | {_f(ap_)} |")
     lines += ["", "## Per split (AUPRC; after grace: episodes detected / benign FPR)", ""]
     keys = [row["candidate"] for row in ch["ranking"]]
     for r in reps:
