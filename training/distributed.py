@@ -1,26 +1,29 @@
 """Multi-process pretraining with ``torch.distributed`` (gloo on CPU, NCCL when CUDA is there), launched by torchrun.
 
-What is sharded: the training window graphs (empty ones dropped) are cut into ``S`` **contiguous runs** balanced
+What is sharded: the training window graphs (empty ones dropped) are cut into ``R`` **contiguous runs** balanced
 by edge count (:func:`shard_bounds`), one per rank. Each rank's GRU node memory and temporal-loss partner see its
 run in time order, from an empty memory at the run's start (as one process does at the start of the list).
 
-The step (data-parallel with a global batch of one window per shard): global step ``i`` computes the loss of
-window ``i`` of every shard at the same parameters, the gradients are summed over the shards (one all-reduce,
-float64) and divided by the number of windows that had a loss, then every rank applies the same Adam step, so all
-ranks keep identical parameters. GradNorm's weight update is averaged the same way (each shard proposes one from
-its window), its cadence follows the global step count, and each shard keeps its own view/anchor generator
-(shard 0: ``Pretrainer.gen``; shard ``s``: seeded from ``(seed, s, epoch)``) and its own initial-loss reference.
-Runs of unequal length: :class:`torch.distributed.algorithms.Join` -- a rank that has run out of windows shadows
-the others' all-reduce with zeros and applies the same optimizer step (:class:`_ShadowStep`), so parameters stay
-identical to the last step; a checksum all-reduce at each epoch's end checks it.
+The step (data-parallel): an epoch has ``S`` global steps, ``S`` = the shortest run's window count, and each run
+is cut again into ``S`` contiguous chunks balanced by edge count, so every rank does about the same work per step
+(one window per rank per step would pair a rank's many small windows with another's few large ones and wait). Step
+``i`` computes the loss of every window of chunk ``i`` of every run, in time order, at the same parameters; the
+gradients are summed over the windows and ranks (one all-reduce, float64) and divided by the number of windows that
+had a loss, then every rank applies the same Adam step, so all ranks keep identical parameters. GradNorm's weight
+update is averaged the same way (each window proposes one), its cadence follows the global step count, and each
+shard keeps its own view/anchor generator (shard 0: ``Pretrainer.gen``; shard ``s``: seeded from
+``(seed, s, epoch)``) and its own initial-loss reference. Uneven step counts: every rank has ``S`` steps by
+construction; :class:`torch.distributed.algorithms.Join` stays as the guard -- a rank that has run out of steps
+shadows the others' all-reduce with zeros and applies the same optimizer step (:class:`_ShadowStep`), so parameters
+stay identical; a checksum all-reduce at each epoch's end checks it.
 
-Equivalence: :func:`train_sharded` runs the same algorithm in one process (``S`` shards, each shard's memory,
+Equivalence: :func:`train_sharded` runs the same algorithm in one process (``R`` shards, each shard's memory,
 generator and loss reference swapped in turn, gradients accumulated and averaged locally). With the same seed and
-shard count, ``torchrun --nproc-per-node S`` gives the same model as it; tests/training/test_distributed.py checks
+shard count, ``torchrun --nproc-per-node R`` gives the same model as it; tests/training/test_distributed.py checks
 2 ranks against 1 process (measured: parameters equal bit for bit on CPU with 1 torch thread per rank; asserted
 with ``atol=1e-6``, the tolerance claimed). Sharded training is **not** the same algorithm as the plain
-single-process loop (``S = 1``): it takes ``1/S`` as many optimizer steps per epoch, each on ``S`` windows, and the
-memory restarts at each run's start.
+single-process loop (one shard, which it reproduces bit for bit): it takes fewer optimizer steps per epoch (the
+shortest run's window count), each on several windows, and the memory restarts at each run's start.
 
 Roles: rank 0 runs ``graphsentry train`` itself (reads the inputs, prepares the windows, sends each follower its
 shard, pretrains with the others, fits detectors, calibrates, writes the model directory, checkpoints); the other
@@ -85,6 +88,12 @@ def shard_graphs(graphs: list, n: int) -> list[list]:
     """The non-empty ``graphs`` cut into ``n`` contiguous runs balanced by edge count (:func:`shard_bounds`)."""
     g = [d for d in graphs if d.edge_index.size(1) > 0]
     return [g[a:b] for a, b in shard_bounds([d.edge_index.size(1) for d in g], n)]
+
+
+def compact(d):
+    """``d`` with every tensor copied to storage of its own: the window graphs of a batched build are views
+    into one large buffer, and pickling a view (to send a rank its shard) would send the whole buffer each time."""
+    return type(d)(**{k: (v.clone() if torch.is_tensor(v) else v) for k, v in d.items()})
 
 
 def shard_seed(seed: int, shard: int, epoch: int) -> int:
@@ -210,10 +219,14 @@ class ShardedEpochs:
     def __call__(self, trainer: Pretrainer, graphs: list, progress: bool = True) -> dict:
         shards = shard_graphs(graphs, self.n_shards)
         self.layout = layout(shards)
-        return self.run(trainer, {s: shards[s] for s in self.owned}, progress)
+        # shards other than 0 as a rank receives them (compact copies: same values, the memory layout of a rank's)
+        own = {s: shards[s] if s == 0 else [compact(d) for d in shards[s]] for s in self.owned}
+        return self.run(trainer, own, progress, steps_per_epoch(shards))
 
-    def run(self, trainer: Pretrainer, shards: dict[int, list], progress: bool = False) -> dict:
-        """One epoch of this rank's shards (``{shard id: graphs}``); collective with the other ranks."""
+    def run(self, trainer: Pretrainer, shards: dict[int, list], progress: bool = False,
+            n_steps: int | None = None) -> dict:
+        """One epoch of this rank's shards (``{shard id: graphs}``) in ``n_steps`` global steps (the same on every
+        rank: :func:`steps_per_epoch` of all shards); collective with the other ranks."""
         fail = os.environ.get(FAIL_RANK_ENV)
         if fail is not None and int(fail) == self.rank:
             raise RuntimeError(f"injected failure ({FAIL_RANK_ENV}={fail})")
@@ -232,8 +245,12 @@ class ShardedEpochs:
             state[s] = {"gen": gen, "mem": bufs, "initial": initial, "prev": None}
         avg = GradAverager(t, self.group, self.device)
         sums = torch.zeros(2 * len(LOSS_NAMES), dtype=torch.float64)
-        n_local = max((len(g) for g in shards.values()), default=0)
-        steps = range(n_local)
+        if n_steps is None:
+            n_steps = steps_per_epoch(list(shards.values()))
+        # step i takes chunk i of every run: n_steps contiguous chunks of a run, balanced by edge count
+        chunks = {s: shard_bounds([d.edge_index.size(1) for d in gs], min(n_steps, len(gs)))
+                  for s, gs in shards.items()}
+        steps = range(max((len(c) for c in chunks.values()), default=0))
         bar = None
         if progress:
             from tqdm import tqdm
@@ -246,18 +263,20 @@ class ShardedEpochs:
             with join:
                 for i in steps:
                     for s, gs in shards.items():
-                        if i >= len(gs):
-                            continue
+                        if i >= len(chunks[s]):
+                            continue  # (runs shorter than n_steps cannot happen; Join covers them if they do)
                         st = state[s]
                         t.gen, t.weighter.initial = st["gen"], st["initial"]
                         if mem is not None:
                             mem.state, mem.owner, mem.last_seen = st["mem"]
-                        t.steps = avg.global_steps
-                        vals, st["prev"] = t.step(gs[i], st["prev"])
-                        for k, v in vals.items():
-                            j = LOSS_NAMES.index(k)
-                            sums[2 * j] += v
-                            sums[2 * j + 1] += 1
+                        a, b = chunks[s][i]
+                        for d in gs[a:b]:  # in time order; the gradients add up in avg, no optimizer step yet
+                            t.steps = avg.global_steps
+                            vals, st["prev"] = t.step(d, st["prev"])
+                            for k, v in vals.items():
+                                j = LOSS_NAMES.index(k)
+                                sums[2 * j] += v
+                                sums[2 * j + 1] += 1
                     avg.step()
         finally:
             t.update = None
@@ -278,7 +297,7 @@ class ShardedEpochs:
         if t.cfg.objective == "contrastive":
             rec["weights"] = t.weighter.weights()
         rec["distributed"] = {"world_size": self.world, "shards": self.n_shards, "backend": self.backend,
-                              "optimizer_steps": t.steps, **self.layout}
+                              "steps_per_epoch": n_steps, "optimizer_steps": t.steps, **self.layout}
         t.history.append(rec)
         return rec
 
@@ -291,6 +310,11 @@ class ShardedEpochs:
         dist.all_reduce(x, op=dist.ReduceOp.MAX, group=self.group)
         if float(x[0]) != -float(x[1]):
             raise RuntimeError(f"ranks diverged: parameter checksums range over [{-float(x[1])!r}, {float(x[0])!r}]")
+
+
+def steps_per_epoch(shards: list[list]) -> int:
+    """Global steps of an epoch: the shortest run's window count, so that every run gives every step >= 1 window."""
+    return min((len(g) for g in shards), default=0)
 
 
 def layout(shards: list[list]) -> dict:
@@ -335,14 +359,14 @@ class Leader(ShardedEpochs):
             _bcast(("start", trainer.cfg, trainer.model.config, resend), self.commands)
             if resend:
                 shards = shard_graphs(graphs, self.n_shards)
-                self.layout, self._own = layout(shards), {0: shards[0]}
+                self.layout, self._own, self._n_steps = layout(shards), {0: shards[0]}, steps_per_epoch(shards)
                 out = [None]
-                dist.scatter_object_list(out, [{r: shards[r]} for r in range(self.world)], src=0,
-                                         group=self.commands)
+                dist.scatter_object_list(out, [(self._n_steps, {r: [compact(d) for d in shards[r]] if r else []})
+                                               for r in range(self.world)], src=0, group=self.commands)
             _bcast(_plain(trainer.state_dict()), self.commands)
             self._trainer, self._graphs = trainer, graphs
         _bcast(("epoch",), self.commands)
-        rec = self.run(trainer, self._own, progress)
+        rec = self.run(trainer, self._own, progress, self._n_steps)
         self.in_epoch = False
         return rec
 
@@ -357,7 +381,7 @@ def follow(group, commands, rank: int, world: int, device, backend: str) -> int:
     from detector.models import STGNN
 
     runner = ShardedEpochs(world, group, rank, world, device, backend)
-    trainer = shards = None
+    trainer = shards = n_steps = None
     while True:
         cmd = _bcast(None, commands)
         if cmd[0] == "start":
@@ -365,12 +389,12 @@ def follow(group, commands, rank: int, world: int, device, backend: str) -> int:
             if resend:
                 out = [None]
                 dist.scatter_object_list(out, None, src=0, group=commands)
-                shards = out[0]
+                n_steps, shards = out[0]
             seed_everything(cfg.seed)
             trainer = Pretrainer(STGNN(mcfg), cfg)
             trainer.load_state_dict(_bcast(None, commands))
         elif cmd[0] == "epoch":
-            runner.run(trainer, shards, progress=False)
+            runner.run(trainer, shards, False, n_steps)
         elif cmd[0] == "done":
             return 0
         else:
@@ -380,16 +404,33 @@ def follow(group, commands, rank: int, world: int, device, backend: str) -> int:
 
 # --- worker entry point (torchrun) and launcher ------------------------------------------------------------------
 
-def _rank0(leader: Leader, args_json: Path) -> int:
+def _train_namespace(args_json: Path | None, train_argv: list[str]) -> argparse.Namespace:
+    """The `graphsentry train` options: from the launcher's JSON file, or parsed from ``train INPUT... --out ...``."""
+    from training.cli import build_parser
+    from training.commands import run_train
+
+    if args_json is not None:
+        ns = argparse.Namespace(**json.loads(args_json.read_text()))
+    else:
+        if not train_argv or train_argv[0] != "train":
+            raise ValueError("give the training command after the module: python -m training.distributed train "
+                             "INPUT... --out DIR [options]")
+        ns = build_parser().parse_args(train_argv)
+        from training.commands import input_paths
+
+        ns.data = input_paths(ns)
+    ns.nproc, ns.func = 0, run_train
+    return ns
+
+
+def _rank0(leader: Leader, args_json: Path | None, train_argv: list[str]) -> int:
     from training.cli import _one_line
     from training.commands import run_train
 
-    ns = argparse.Namespace(**json.loads(args_json.read_text()))
-    ns.nproc, ns.func = 0, run_train
     token = EPOCH_RUNNER.set(leader)
     msg = "exited non-zero"
     try:
-        rc = int(run_train(ns) or 0)
+        rc = int(run_train(_train_namespace(args_json, train_argv)) or 0)
     except (ValueError, OSError) as exc:
         rc, msg = 2, f"error: {_one_line(exc)}"
     except Exception as exc:  # noqa: BLE001 - reported in one line; torchrun's summary has the traceback
@@ -409,9 +450,11 @@ def worker(argv: list[str] | None = None) -> int:
     from detector.runtime import torch_threads
     from training.pretrain import deterministic_torch
 
-    ap = argparse.ArgumentParser(prog="python -m training.distributed")
-    ap.add_argument("--args-json", required=True, type=Path, help="the `graphsentry train` options (rank 0 reads)")
-    args = ap.parse_args(argv)
+    ap = argparse.ArgumentParser(prog="python -m training.distributed",
+                                 usage="torchrun [torchrun options] -m training.distributed train INPUT... --out DIR "
+                                       "[graphsentry train options]")
+    ap.add_argument("--args-json", type=Path, help="the `graphsentry train` options as JSON (written by --nproc)")
+    args, train_argv = ap.parse_known_args(argv)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     backend = os.environ.get("GRAPHSENTRY_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
@@ -426,7 +469,7 @@ def worker(argv: list[str] | None = None) -> int:
         commands = dist.new_group(backend="gloo", timeout=timedelta(seconds=COMMAND_TIMEOUT_S))
         with torch_threads(), deterministic_torch():
             if rank == 0:
-                rc = _rank0(Leader(world, dist.group.WORLD, commands, device, backend), args.args_json)
+                rc = _rank0(Leader(world, dist.group.WORLD, commands, device, backend), args.args_json, train_argv)
             else:
                 rc = follow(dist.group.WORLD, commands, rank, world, device, backend)
     except Exception as exc:

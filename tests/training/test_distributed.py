@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.distributed import ShardedEpochs, shard_bounds, train_sharded
+from training.distributed import ShardedEpochs, compact, shard_bounds, shard_graphs, train_sharded
 from training.pretrain import EPOCH_RUNNER, TrainConfig, load_checkpoint, train_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +84,23 @@ def test_shards_are_contiguous_nonempty_and_balanced(edges, n, expect):
 def test_too_few_windows_for_the_shards_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot be split into 3 shards"):
         shard_bounds([1, 2], 3)
+
+
+def test_a_shard_is_sent_without_the_batched_build_buffers():
+    """Window graphs from a batched build are views into shared buffers; what a rank is sent holds only its own
+    windows' data (pickling the views sent the whole buffer once per window: 15 GB on the samples)."""
+    from training.commands import read_table
+    from training.pretrain import prepare
+
+    table, _ = read_table([str(SAMPLE)])
+    graphs = prepare([table], TrainConfig(window=60, benign_only=True, node_mode="ipport")).graphs
+    run = shard_graphs(graphs, 2)[1]
+    own = sum(v.numel() * v.element_size() for d in run for v in d.values() if torch.is_tensor(v))
+    sent = pickle.loads(pickle.dumps([compact(d) for d in run]))
+    assert len(pickle.dumps([compact(d) for d in run])) < 2 * own + 4096 * len(run)
+    for d, e in zip(run, sent):
+        assert sorted(d.keys()) == sorted(e.keys())
+        assert all(torch.equal(d[k], e[k]) if torch.is_tensor(d[k]) else d[k] == e[k] for k in d.keys())
 
 
 @pytest.mark.slow
