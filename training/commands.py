@@ -52,6 +52,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="kNN bank rows (default 512; a flow's scoring cost grows with it)")
     p.add_argument("--no-temporal", action="store_true", help="ablation: no GRU memory and no time encoding")
     p.add_argument("--no-knowledge", action="store_true", help="ablation: no knowledge-graph features")
+    p.add_argument("--no-technique", action="store_true",
+                   help="no technique channel (per-technique benign bounds fused into the scores; "
+                        "docs/technique-score.md): embedding score only")
     p.add_argument("--node-mode", choices=["ip", "ipport", "as"], default="ip", help="graph nodes (default: ip)")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -176,7 +179,8 @@ def run_train(args: argparse.Namespace) -> int:
                       weighting=args.weighting, detector=args.detector, target_fpr=args.target_fpr,
                       flow_parts=args.flow_parts, validation=args.validation,
                       temporal=not args.no_temporal, use_time=not args.no_temporal,
-                      knowledge=not args.no_knowledge, node_mode=args.node_mode, hidden=args.hidden,
+                      knowledge=not args.no_knowledge, technique=not args.no_technique,
+                      node_mode=args.node_mode, hidden=args.hidden,
                       benign_only=args.benign_only, seed=args.seed, knn_bank=args.knn_bank,
                       knn_bank_size=args.knn_bank_size)
     table, reader = read_table(args.data, args.format)

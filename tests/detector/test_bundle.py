@@ -25,10 +25,11 @@ def trained(tmp_path_factory):
 def test_directory_contents(trained):
     b, d, table = trained
     names = {p.name for p in d.iterdir()}
-    assert names == {"config.json", "weights.pt", "preprocessor.json", "detector.npz", "manifest.json", "checkpoint.pt"}
+    assert names == {"config.json", "weights.pt", "preprocessor.json", "detector.npz", "technique.json", "manifest.json",
+                     "checkpoint.pt"}
     # the manifest lists the bundle's files; checkpoint.pt (training state, read by train --resume only) is not
     listed = json.loads((d / "manifest.json").read_text())["files"]
-    assert sorted(listed) == ["config.json", "detector.npz", "preprocessor.json", "weights.pt"]
+    assert sorted(listed) == ["config.json", "detector.npz", "preprocessor.json", "technique.json", "weights.pt"]
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["kind"] == "flows" and cfg["threshold"] == pytest.approx(b.threshold)
     assert cfg["calibration"]["target_fpr"] == 0.01

@@ -110,7 +110,7 @@ def test_cli_score_refuses_a_pickle_in_one_line_exit_2(model, tmp_path):
 
 def test_manifest_lists_the_bundle_and_allows_only_training_leftovers(model):
     files = verify_manifest(model)
-    assert sorted(files) == ["config.json", "detector.npz", "preprocessor.json", "weights.pt"]
+    assert sorted(files) == ["config.json", "detector.npz", "preprocessor.json", "technique.json", "weights.pt"]
     assert (model / "checkpoint.pt").is_file()  # training state: not listed, allowed, never read by a loader
     (model / "NOTES.md").write_text("retrained after the March incident\n")
     load_bundle(model)

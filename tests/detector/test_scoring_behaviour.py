@@ -107,7 +107,10 @@ def test_beacon_fires_t1071_on_later_flows_not_on_background(setup):
 
 
 def test_scores_identical_with_behaviour_on_and_off(setup):
+    """Behaviour evidence reaches scores only through the technique channel: without it, identical scores."""
     bundle, table, windows = setup
+    bundle = copy.copy(bundle)
+    bundle.technique = None
     on = StreamScorer(bundle, behaviour=True).score_windows(windows)
     off = StreamScorer(bundle, behaviour=False).score_windows(windows)
     for a, b in zip(on, off):
@@ -133,6 +136,7 @@ def test_score_output_fills_null_technique_of_alerts_only(setup, monkeypatch):
     monkeypatch.setattr(StreamScorer, "BATCH_RECORDS", 300)  # several groups: FlowScores per group
     b_on, b_off = copy.copy(bundle), copy.copy(bundle)
     b_on.behaviour, b_off.behaviour = True, False
+    b_on.technique = b_off.technique = None  # the side channel alone (the technique channel names its own)
     _set_threshold(b_on, -np.inf)  # every flow an alert
     _set_threshold(b_off, -np.inf)
     on, off = score_table(b_on, table), score_table(b_off, table)
