@@ -527,4 +527,9 @@ def launch(args: argparse.Namespace, timeout: float | None = None) -> int:
 if __name__ == "__main__":
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    sys.exit(record(worker)())
+    code = record(worker)()
+    # Done (the process group is destroyed): leave without the interpreter's teardown, where a C++ thread of the
+    # torch/gloo runtime was seen to abort the finished rank 0 ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
