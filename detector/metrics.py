@@ -81,7 +81,11 @@ class Metrics:
         self.commits = Counter("graphsentry_offset_commits_total", "Kafka offset commits", registry=r)
         self.model_reloads = Counter("graphsentry_model_reloads_total", "Model hot reloads", ["result"], registry=r)
         self.paused = Gauge("graphsentry_source_paused", "1 while the source is paused for backpressure", registry=r)
-        self.model_info = Info("graphsentry_model", "Version of the model currently scoring", registry=r)
+        # graphsentry_model_info{version, path, alias}: alias is the registry alias (champion, ...) the configured
+        # model path is a symlink of (training/registry.py); absent (= empty) otherwise
+        self.model_info = Info(
+            "graphsentry_model", "Version of the model currently scoring, its directory and the registry alias "
+            "the configured model path follows", registry=r)
         self.up = Gauge("graphsentry_up", "1 while the daemon pipeline runs", registry=r)
         self.broker_up = Gauge(
             "graphsentry_broker_up", "1 while every Kafka client of the daemon reaches its broker, 0 while one waits",
@@ -123,8 +127,23 @@ class Metrics:
             registry=r,
         )
 
-    def set_model(self, version: str, path: str = "", target_fpr: float | None = None) -> None:
-        self.model_info.info({"version": str(version), "path": str(path)})
+        # the retraining archive (archive section, docs/archive.md): what the flushes made durable
+        self.archive_records = Counter(
+            "graphsentry_archive_records", "Scored records written durably to the archive", registry=r)
+        self.archive_bytes = Counter(
+            "graphsentry_archive_bytes", "Bytes of archive files written (Parquet, zstd)", registry=r)
+        self.archive_duplicates = Counter(
+            "graphsentry_archive_duplicates", "Records not archived again because the archive already held their "
+            "source position (re-read after a restart)", registry=r)
+        self.archive_errors = Counter(
+            "graphsentry_archive_errors", "Failed archive writes/flushes, every retry included (the records' "
+            "offsets wait)", registry=r)
+
+    def set_model(self, version: str, path: str = "", target_fpr: float | None = None, alias: str = "") -> None:
+        info = {"version": str(version), "path": str(path)}
+        if alias:  # no label is the same as an empty one to PromQL; the series stays as before off a registry
+            info["alias"] = str(alias)
+        self.model_info.info(info)
         if target_fpr is not None:
             self.target_fpr.set(float(target_fpr))
 

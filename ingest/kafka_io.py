@@ -18,7 +18,9 @@ partitioner), so every flow of one source endpoint lands in one partition. See R
 
 The consumer is not thread-safe (kafka-python); :class:`KafkaSource` therefore owns it in one
 thread, which polls, decodes, pauses/resumes for backpressure and commits the offsets that the
-processing side reports as durable through an :class:`OffsetTracker`.
+processing side reports as durable through an :class:`OffsetTracker`. Each decoded chunk it hands on
+(:class:`SourceBatch`) carries every record's message offset and index in the message
+(:mod:`ingest.kafka_positions`), which the archive needs.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from ingest.kafka_positions import decode_positions
 from ingest.schema import FLOW_SCHEMA, TX_SCHEMA, conform
 
 log = logging.getLogger(__name__)
@@ -800,6 +803,9 @@ class SourceBatch:
     partition: int | None = None
     first_offset: int | None = None
     last_offset: int | None = None
+    # each row's message offset and index inside the message (Kafka; ingest.kafka_positions), else None
+    offsets: np.ndarray | None = None
+    indexes: np.ndarray | None = None
 
 
 class KafkaSource:
@@ -1157,8 +1163,9 @@ class KafkaSource:
                     c = self._drop_redelivered(c)
                     if c is None:
                         continue
-                    dec = decode_messages(c.values, self.fmt, self.kind, self.dead_letter,
-                                          source=f"kafka:{c.topic}/{c.partition}")
+                    offs = c.offsets if c.offsets is not None else range(c.first_offset, c.last_offset + 1)
+                    dec, row_offs, row_idx = decode_positions(c.values, offs, self.fmt, self.kind, self.dead_letter,
+                                                              source=f"kafka:{c.topic}/{c.partition}")
                     if self.metrics:
                         self.metrics.records.labels("kafka").inc(dec.table.num_rows)
                         for reason, n in dec.malformed.items():
@@ -1166,7 +1173,7 @@ class KafkaSource:
                     # Event-to-alert starts when the producer sent the newest message of this chunk.
                     arrival = (c.max_ts_ms / 1000.0) if c.max_ts_ms > 0 else now
                     self._put(SourceBatch(dec.table, "kafka", min(arrival, now), c.topic, c.partition,
-                                          c.first_offset, c.last_offset))
+                                          c.first_offset, c.last_offset, row_offs, row_idx))
                     first, _ = self.handed.get((c.topic, c.partition), (c.first_offset, 0))
                     self.handed[(c.topic, c.partition)] = (first, c.last_offset)
                 # A paused consumer gets nothing by design: that is not the end of the topic.

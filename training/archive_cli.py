@@ -2,8 +2,9 @@
 
 ``--from-kafka BOOTSTRAP --topic T`` consumes canonical records in the daemon's message formats
 (JSON per record, Arrow IPC batches; decoded by :mod:`ingest.kafka_io`, the daemon's own consumer
-source), writes them to an :class:`ingest.archive.ArchiveWriter` with their Kafka positions
-(score/alert null: nothing scored them) and commits offsets only after the archive flushed them.
+source, which gives every record its exact offset and index: :mod:`ingest.kafka_positions`), writes
+them to an :class:`ingest.archive.ArchiveWriter` with their Kafka positions (score/alert null: nothing
+scored them) and commits offsets only after the archive flushed them.
 A second run over the same records (same group, or another group) archives nothing twice.
 
 ``--from-files INPUT...`` reads capture files with :func:`ingest.readers.open_inputs`; each record's
@@ -135,88 +136,11 @@ def archive_files(args: argparse.Namespace) -> dict[str, Any]:
 # Kafka
 
 
-def _runs_source():
-    """The daemon's Kafka source, with each poll split so that every decoded row's offset is known."""
-    from ingest.kafka_io import KafkaSource, _Polled
-
-    class RunSource(KafkaSource):
-        """Polls split into runs: consecutive JSON messages (one record each when well-formed) and
-        single non-JSON (Arrow) messages. The run's offsets and values wait in ``runs`` (keyed by
-        topic, partition, last offset) until the archiver takes them."""
-
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            super().__init__(*a, **kw)
-            self.runs: dict[tuple[str, int, int], tuple[list[int], list]] = {}
-
-        def _poll_chunks(self) -> list:
-            out = []
-            for c in super()._poll_chunks():
-                offs = c.offsets if c.offsets is not None else list(range(c.first_offset, c.last_offset + 1))
-                i = 0
-                while i < len(c.values):
-                    v = c.values[i]
-                    j = i + 1
-                    if v is not None and v[:1] == b"{":
-                        while j < len(c.values) and c.values[j] is not None and c.values[j][:1] == b"{":
-                            j += 1
-                    run_offs = offs[i:j]
-                    self.runs[(c.topic, c.partition, run_offs[-1])] = (run_offs, c.values[i:j])
-                    out.append(_Polled(c.topic, c.partition, c.values[i:j], run_offs[0], run_offs[-1],
-                                       c.max_ts_ms, run_offs))
-                    i = j
-            return out
-
-    return RunSource
-
-
-def _row_positions(item, run: tuple[list[int], list] | None, fmt: str, kind: str):
-    """(table, offsets, indexes) of a SourceBatch: each row's message offset and index in it."""
-    import pyarrow as pa
-
-    from ingest.kafka_io import decode_messages
-
-    t = item.table
-    n = t.num_rows
-    if run is None:  # no record of the run (should not happen): only a one-message run maps exactly
-        if item.first_offset == item.last_offset:
-            return t, np.full(n, item.first_offset, np.int64), np.arange(n, dtype=np.int64)
-        raise RuntimeError(f"no offsets for {item.topic}/{item.partition} {item.first_offset}..{item.last_offset}")
-    offs, values = run
-    keep = [k for k, o in enumerate(offs) if o >= item.first_offset]  # a re-delivery filter keeps a suffix
-    offs, values = [offs[k] for k in keep], [values[k] for k in keep]
-    if len(offs) == 1:
-        return t, np.full(n, offs[0], np.int64), np.arange(n, dtype=np.int64)
-    if n == len(offs):  # JSON run, every message one record, in order
-        return t, np.asarray(offs, np.int64), np.zeros(n, np.int64)
-    # Some JSON messages of the run were bad (already dead-lettered by the source): find which rows
-    # came from which message by halving (bad messages are rare; no dead letters a second time).
-    tables, o_out, i_out = [], [], []
-
-    def split(lo: int, hi: int) -> None:
-        dec = decode_messages(values[lo:hi], fmt, kind).table
-        if dec.num_rows == hi - lo or hi - lo == 1:
-            tables.append(dec)
-            if hi - lo == 1:
-                o_out.append(np.full(dec.num_rows, offs[lo], np.int64))
-                i_out.append(np.arange(dec.num_rows, dtype=np.int64))
-            else:
-                o_out.append(np.asarray(offs[lo:hi], np.int64))
-                i_out.append(np.zeros(hi - lo, np.int64))
-            return
-        mid = (lo + hi) // 2
-        split(lo, mid)
-        split(mid, hi)
-
-    split(0, len(values))
-    table = pa.concat_tables(tables) if tables else t.slice(0, 0)
-    return table, np.concatenate(o_out) if o_out else np.empty(0, np.int64), \
-        np.concatenate(i_out) if i_out else np.empty(0, np.int64)
-
-
 def archive_kafka(args: argparse.Namespace) -> dict[str, Any]:
     from detector.cli_serve import _quiet_kafka_client
     from ingest.deadletter import DeadLetter
-    from ingest.kafka_io import OffsetTracker, client_options, describe_error, kafka_errors, probe
+    from ingest.archive import chunk_positions
+    from ingest.kafka_io import KafkaSource, OffsetTracker, client_options, describe_error, kafka_errors, probe
 
     bootstrap = args.from_kafka
 
@@ -246,7 +170,8 @@ def archive_kafka(args: argparse.Namespace) -> dict[str, Any]:
     dl = DeadLetter(args.dead_letter)
     q: "queue.Queue" = queue.Queue(maxsize=64)
     tracker = OffsetTracker()
-    src = _runs_source()(cfg, q, tracker, dead_letter=dl, kind=args.kind, fmt=args.fmt, commit_interval=0.5)
+    # every SourceBatch carries each record's offset and index in its message (ingest.kafka_positions)
+    src = KafkaSource(cfg, q, tracker, dead_letter=dl, kind=args.kind, fmt=args.fmt, commit_interval=0.5)
     stop = threading.Event()
     prev = None
     if threading.current_thread() is threading.main_thread():
@@ -275,9 +200,14 @@ def archive_kafka(args: argparse.Namespace) -> dict[str, Any]:
             if item is None:  # the source ended (an error, or stopped)
                 break
             if item is not False:
-                run = src.runs.pop((item.topic, item.partition, item.last_offset), None)
-                table, offs, idx = _row_positions(item, run, args.fmt, args.kind)
+                table, offs, idx = item.table, item.offsets, item.indexes
                 n = table.num_rows
+                if offs is None and n:  # positions unknown (cannot happen with either backend): exact or refuse
+                    exact = chunk_positions(n, item.first_offset, item.last_offset)
+                    if exact is None:
+                        raise RuntimeError(f"no record positions for {item.topic}/{item.partition} "
+                                           f"{item.first_offset}..{item.last_offset}")
+                    offs, idx = exact
                 tracker.add(item.topic, item.partition, item.first_offset, item.last_offset, next_row, next_row + n)
                 if n:
                     read += n

@@ -561,9 +561,17 @@ def _fsync_dir(d: Path) -> None:
 # -- Prometheus ---------------------------------------------------------------------------------------
 
 
+#: the registry's own metric: which version each alias points to. Distinct from the daemon's
+#: ``graphsentry_model_info{version, path, alias}`` (detector/metrics.py: the model a daemon *scores*, and
+#: the alias its configured path follows), so both can live in one CollectorRegistry.
+ALIAS_METRIC = "graphsentry_registry_alias_info"
+
+
 class ModelInfoCollector:
-    """``graphsentry_model_info{version, alias} 1`` for each alias that is set, read from the symlinks at
-    every scrape (a promotion by another process shows at the next scrape, without a refresh call)."""
+    """``graphsentry_registry_alias_info{version, alias} 1`` for each alias that is set, read from the symlinks
+    at every scrape (a promotion by another process shows at the next scrape, without a refresh call)."""
+
+    HELP = "Registry aliases: 1 for the version each alias points to"
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -571,14 +579,12 @@ class ModelInfoCollector:
     def describe(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        yield GaugeMetricFamily("graphsentry_model_info", "Registry aliases: 1 for the version each alias points to",
-                                labels=["version", "alias"])
+        yield GaugeMetricFamily(ALIAS_METRIC, self.HELP, labels=["version", "alias"])
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        g = GaugeMetricFamily("graphsentry_model_info", "Registry aliases: 1 for the version each alias points to",
-                              labels=["version", "alias"])
+        g = GaugeMetricFamily(ALIAS_METRIC, self.HELP, labels=["version", "alias"])
         try:
             aliases = self.registry.aliases()
         except OSError:
@@ -589,13 +595,13 @@ class ModelInfoCollector:
 
 
 def export_model_info(registry: Registry | str | os.PathLike, registry_obj=None):
-    """Register ``graphsentry_model_info{version,alias}`` (a gauge, 1 per set alias) for ``registry``
+    """Register ``graphsentry_registry_alias_info{version,alias}`` (a gauge, 1 per set alias) for ``registry``
     in the Prometheus ``CollectorRegistry`` ``registry_obj`` (a new one when None, never the global one);
     returns that CollectorRegistry.
 
-    The daemon's own ``Metrics`` registry already has an Info ``graphsentry_model`` (exposed as
-    ``graphsentry_model_info{version}``): the same name, so this collector goes into another
-    CollectorRegistry (served beside it), and registering it into the daemon's raises ``ValueError``.
+    The name differs from the daemon's ``graphsentry_model_info{version, path, alias}`` (the model a daemon
+    scores; ``alias`` is the registry alias its ``model.path`` follows), so this collector may go into the
+    daemon's own ``Metrics().registry`` as well as into one of its own.
     """
     from prometheus_client import CollectorRegistry
 
@@ -605,5 +611,5 @@ def export_model_info(registry: Registry | str | os.PathLike, registry_obj=None)
     return target
 
 
-__all__ = ["ALIASES", "ModelDirError", "ModelInfoCollector", "Registry", "RegistryError", "RegistryLocked",
+__all__ = ["ALIASES", "ALIAS_METRIC", "ModelDirError", "ModelInfoCollector", "Registry", "RegistryError", "RegistryLocked",
            "code_version", "export_model_info", "flatten"]

@@ -313,6 +313,53 @@ class CalibrationSection(_Section):
                           "from it; null: not persisted)")
 
 
+def _size(v: Any) -> Any:
+    """Bytes from a number or a size text (``"20GB"``, ``"500MiB"``; read by training.archive_cli.parse_size)."""
+    _no_bool(v)
+    if isinstance(v, str):
+        from training.archive_cli import parse_size
+
+        try:
+            return parse_size(v)
+        except ValueError:
+            raise PydanticCustomError("config_value", "expected a size: bytes, or a number with a unit "
+                                                      "(KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 20GB") from None
+    return v
+
+
+def _duration(v: Any) -> Any:
+    """Seconds from a number or a duration text (``"30d"``, ``"12h"``; read by ingest.windows.parse_duration)."""
+    _no_bool(v)
+    if isinstance(v, str):
+        from ingest.windows import parse_duration
+
+        try:
+            return parse_duration(v)
+        except ValueError:
+            raise PydanticCustomError("config_value", "expected a duration: seconds, or a number with a unit "
+                                                      "(s, m, h, d), e.g. 30d") from None
+    return v
+
+
+class ArchiveSection(_Section):
+    """Every scored record, its score, alert and source position, to Parquet for retraining (docs/archive.md)."""
+
+    # Flushed before the records' offsets are committed, like a required alert sink; a restart archives
+    # nothing twice (docs/daemon-operations.md, "Archive").
+
+    enabled: bool = Field(False, description="archive every scored record (needs `path`)")
+    path: NonEmpty | None = Field(None, description="the archive directory (created)")
+    max_bytes: Annotated[int, BeforeValidator(_size), Field(ge=1)] | None = Field(
+        None, description="retention: keep the archive at most this big, bytes or a size like `20GB` (whole oldest "
+                          "hours are deleted; null: no limit)")
+    max_age: Annotated[float, BeforeValidator(_duration), Field(gt=0)] | None = Field(
+        None, description="retention: delete hours of event time older than this, seconds or a duration like "
+                          "`30d` (null: no limit); keep it far above the time a restart takes")
+    rows_per_file: PosInt = Field(
+        1_000_000, description="records buffered before the writer flushes by itself (the daemon also flushes "
+                               "after every batch of scored windows)")
+
+
 class GraphsentryConfig(BaseModel):
     """The whole daemon config."""
 
@@ -327,12 +374,16 @@ class GraphsentryConfig(BaseModel):
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
     log: LogSection = Field(default_factory=LogSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
+    archive: ArchiveSection = Field(default_factory=ArchiveSection)
 
     @model_validator(mode="after")
     def _file_source_has_paths(self) -> "GraphsentryConfig":
         if self.source.type == "file" and not self.source.paths:
             raise PydanticCustomError(
                 "config", "source.paths is empty: give files or directories to read (or source.type: kafka)")
+        if self.archive.enabled and not self.archive.path:
+            raise PydanticCustomError(
+                "config", "archive.enabled is true but archive.path is not set: give the archive directory")
         return self
 
 
@@ -819,8 +870,8 @@ def reference_markdown() -> str:
         out.append((model.__doc__ or "").strip() + "\n")
         out.extend(_table(model, ""))
         out.append("")
-    out.append("Cross-checks: `source.type: file` needs `source.paths`; `kafka.heartbeat_interval_ms` "
-               "must be lower than `kafka.session_timeout_ms`.\n")
+    out.append("Cross-checks: `source.type: file` needs `source.paths`; `archive.enabled` needs `archive.path`; "
+               "`kafka.heartbeat_interval_ms` must be lower than `kafka.session_timeout_ms`.\n")
     out.append(_REFERENCE_EXAMPLE)
     return "\n".join(out)
 

@@ -17,6 +17,11 @@ Threads and queues::
   every ``pipeline.behaviour_checkpoint_interval`` seconds and at shutdown; Kafka offsets are then committed only up
   to the newest checkpoint's positions. A restart loads the checkpoint whose positions are where the source
   resumed, so re-read records are counted once (docs/daemon-operations.md, "Behaviour state across restarts").
+* Archive (``archive`` section; docs/archive.md): every scored record of a batch of windows is written with
+  its score, alert, alert id, model version and exact source position to an
+  :class:`ingest.archive.ArchiveWriter`, flushed before any of those records is marked done (so before
+  their offsets are committed); a failing flush is retried like a required alert sink. A restart re-reads
+  the uncommitted records and the writer drops those already archived: each record is archived once.
 * Hot reload: a watcher thread loads a changed model directory beside the running one; the score
   thread swaps it in between two windows, so each window is scored by exactly one model.
 * Shutdown (SIGTERM/SIGINT or a finite source's end): stop reading, drain the queues, score the
@@ -72,6 +77,8 @@ class DaemonSummary:
     stopped_by: str = ""
     event_to_alert_p50_s: float | None = None
     event_to_alert_p99_s: float | None = None
+    archived: int = 0              # records written durably to the archive (archive section)
+    archive_duplicates: int = 0    # records the archive already held (re-read after a restart), not written again
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +100,8 @@ class DaemonSummary:
                      f"stopped by {self.stopped_by}")
         for s in self.sinks:
             lines.append(f"alerts in: {s}")
+        if self.archived or self.archive_duplicates:
+            lines.append(f"archived {self.archived} scored records ({self.archive_duplicates} already in the archive)")
         return "\n".join(lines)
 
 
@@ -112,6 +121,22 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         t = Path(target)
         return (t if t.is_absolute() else p.parent / t).resolve()
     return p.resolve()
+
+
+def registry_alias(path: str | os.PathLike) -> str:
+    """The registry alias ``path`` follows (``champion``, ``challenger``, ``previous``) when it is one of a
+    model registry's alias symlinks (``REGISTRY/champion -> versions/v0002``, training/registry.py); else ""."""
+    try:
+        from training.registry import ALIASES
+    except ImportError:  # pragma: no cover - a deployment without the training package
+        ALIASES = ("champion", "challenger", "previous")
+    p = Path(path)
+    try:
+        if p.name in ALIASES and p.is_symlink() and (p.parent / "versions").is_dir():
+            return p.name
+    except OSError:
+        pass
+    return ""
 
 
 def model_fingerprint(path: str | os.PathLike) -> str:
@@ -236,23 +261,55 @@ class ModelWatcher:
 
 
 class RowLedger:
-    """Daemon-local row ranges -> the input's own row numbers and arrival times, until done."""
+    """Daemon-local row ranges -> the input's own row numbers, arrival times and (when given) source
+    positions, until done."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._starts: list[int] = []
-        self._chunks: list[list] = []  # [start, ref_rows ndarray, arrival, remaining]
+        self._chunks: list[list] = []  # [start, ref_rows ndarray, arrival, remaining, positions or None]
         self.next_row = 0
 
-    def add(self, ref_rows: np.ndarray, arrival: float) -> int:
+    def add(self, ref_rows: np.ndarray, arrival: float, positions: tuple | None = None) -> int:
+        """Register ``len(ref_rows)`` new rows; returns the first one's daemon-local number. ``positions``:
+        ``(topic, partition, offsets, indexes)``, the rows' source positions (one offset and index per row)."""
         with self._lock:
             start = self.next_row
             n = len(ref_rows)
             self.next_row += n
             if n:
                 self._starts.append(start)
-                self._chunks.append([start, np.asarray(ref_rows, dtype=np.int64), arrival, n])
+                self._chunks.append([start, np.asarray(ref_rows, dtype=np.int64), arrival, n, positions])
             return start
+
+    def positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(topic, partition, offset, index, known)`` of daemon-local ``rows``; ``known`` False where the
+        rows' chunk came without positions (topic None, offset -1 there)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        n = len(rows)
+        topic = np.full(n, None, dtype=object)
+        part = np.zeros(n, dtype=np.int64)
+        off = np.full(n, -1, dtype=np.int64)
+        idx = np.zeros(n, dtype=np.int64)
+        known = np.zeros(n, dtype=bool)
+        with self._lock:
+            starts = np.asarray(self._starts, dtype=np.int64)
+            ci = np.searchsorted(starts, rows, side="right") - 1
+            for j in np.unique(ci):
+                if j < 0:
+                    continue
+                c = self._chunks[j]
+                if c[4] is None:
+                    continue
+                t, p, offs, ids = c[4]
+                m = np.flatnonzero(ci == j)
+                o = rows[m] - c[0]
+                ok = (o >= 0) & (o < len(offs))
+                sel, o = m[ok], o[ok]
+                topic[sel], part[sel] = t, int(p)
+                off[sel], idx[sel] = offs[o], ids[o]
+                known[sel] = True
+        return topic, part, off, idx, known
 
     def lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ref rows, arrival times) for daemon-local ``rows``."""
@@ -699,6 +756,13 @@ class Daemon:
         self._beh_fed_undone = False                  # a scored window was not written: no checkpoint now
         self._beh_state = None                        # the state the eviction counter follows
         self._beh_evicted: dict[str, int] = {}
+        # the retraining archive (archive section; docs/archive.md, docs/daemon-operations.md "Archive")
+        a = config.get("archive") or {}
+        self._archive_on = bool(a.get("enabled")) and bool(a.get("path"))
+        self._archive = None                          # ingest.archive.ArchiveWriter, (re)opened on demand
+        self._archive_seen: dict[str, int] = {}       # the open writer's counters already in the metrics
+        self._alert_id_warned = False
+        self._model_alias = ""
 
     # -- control -------------------------------------------------------------------------
     def stop(self, reason: str = "stop()") -> None:
@@ -879,7 +943,7 @@ class Daemon:
             t: pa.Table = item.table
             n = t.num_rows
             ref = t.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
-            start = self.ledger.add(ref, item.arrival)
+            start = self.ledger.add(ref, item.arrival, self._positions_of(item, ref) if self._archive_on else None)
             if self.tracker is not None and item.partition is not None:
                 self.tracker.add(item.topic, item.partition, item.first_offset, item.last_offset, start, start + n)
             elif self._frontier is not None:  # the file source: its position is the records read before
@@ -909,6 +973,33 @@ class Daemon:
             emit(windower.flush())
         handle_side_outputs()
         q_win.put(None)
+
+    def _file_topic(self) -> str:
+        """The archive's ``kafka_topic`` of a file source's records: ``file:`` and the source paths (absolute,
+        joined by ``,``); their ``kafka_offset`` is the record's row in the source (continuous across its
+        inputs, in read order), as ``graphsentry archive --from-files`` numbers the rows of one file."""
+        if getattr(self, "_file_topic_cached", None) is None:
+            paths = [str(Path(p).resolve()) for p in self.cfg["source"].get("paths") or []]
+            self._file_topic_cached = "file:" + ",".join(paths)
+        return self._file_topic_cached
+
+    def _positions_of(self, item: Any, ref: np.ndarray) -> tuple | None:
+        """``(topic, partition, offsets, indexes)`` of a source batch's records (None: unknown)."""
+        n = len(ref)
+        if item.partition is None:  # the file source
+            return (self._file_topic(), 0, ref, np.zeros(n, dtype=np.int64))
+        offs, idx = getattr(item, "offsets", None), getattr(item, "indexes", None)
+        if offs is None or idx is None or len(offs) != n:
+            from ingest.archive import chunk_positions
+
+            exact = chunk_positions(n, item.first_offset, item.last_offset) if item.first_offset is not None else None
+            if exact is None:
+                log.warning("%d records of %s/%s (offsets %s..%s) came without their positions: archived without "
+                            "one (never deduplicated)", n, item.topic, item.partition, item.first_offset,
+                            item.last_offset)
+                return None
+            offs, idx = exact
+        return (item.topic, int(item.partition), np.asarray(offs, dtype=np.int64), np.asarray(idx, dtype=np.int64))
 
     def _mark_done(self, rows: np.ndarray) -> None:
         self.ledger.done(rows)
@@ -946,7 +1037,7 @@ class Daemon:
                     model = self._model = new
                     self._fit.reset()
                     self._fit_warned_at = None
-                    m.set_model(new.version, new.path, new.target_fpr)
+                    m.set_model(new.version, new.path, new.target_fpr, self._model_alias)
                     self._setup_calibration(new)  # another model: its own grace period (or its saved state)
                     m.model_reloads.labels("ok").inc()
                     self.summary.model_reloads += 1
@@ -956,8 +1047,17 @@ class Daemon:
             t0 = time.perf_counter()
             results = self._score_batch(model.scorer, batch)
             per_window = (time.perf_counter() - t0) / len(batch)
-            for w, ws in zip(batch, results):
-                self._emit_window(w, ws, model, sinks, per_window)
+            if self._archive_on and self._cal is None:
+                # the archive first, flushed once for the batch: before any of its records is marked done
+                prepared = [self._prepare_window(w, ws, model, per_window) for w, ws in zip(batch, results)]
+                archived = self._archive_windows(prepared, model)
+                for p in prepared:
+                    self._emit_window(p, model, sinks, archived)
+            else:  # window by window (a calibrator saves its state after each window written: in step)
+                for w, ws in zip(batch, results):
+                    p = self._prepare_window(w, ws, model, per_window)
+                    archived = self._archive_windows([p], model) if self._archive_on else True
+                    self._emit_window(p, model, sinks, archived)
             self._behaviour_metrics(model)
             if self._beh_unverified:
                 self._verify_late_streams()
@@ -1291,18 +1391,14 @@ class Daemon:
                 m.behaviour_evictions.labels(kind).inc(n - self._beh_evicted.get(kind, 0))
             self._beh_evicted[kind] = n
 
-    def _emit_window(self, w: Any, ws: Any, model: Any, sinks: list[AlertSink], seconds: float) -> None:
-        """Alerts of one scored window, durably written, then its records marked done."""
+    def _prepare_window(self, w: Any, ws: Any, model: Any, seconds: float) -> tuple:
+        """``(window, scores, alerts, ref rows, arrivals, info)`` of one scored window: the deployed threshold
+        applied and its alerts built, nothing written yet (``scores`` an exception: scoring failed)."""
         m = self.metrics
-        rows_local = w.table.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
         if isinstance(ws, BaseException):
-            # One bad window must not kill a weeks-long daemon: its records are counted and dead-lettered.
-            log.error("scoring window [%s, %s) failed (%r); its records are dead-lettered", w.start, w.end, ws,
-                      extra={"event": "scoring_failed", "records": int(w.table.num_rows)})
-            m.malformed.labels("scoring_error").inc(w.table.num_rows)
-            self._mark_done(rows_local)
-            return
+            return (w, ws, None, None, None, None)
         m.scoring_seconds.observe(seconds)
+        rows_local = w.table.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
         threshold = model.threshold
         if self._cal is not None:
             ws = self._calibrate(w, ws)
@@ -1314,7 +1410,23 @@ class Daemon:
         info = {"window_start": float(w.start), "window_end": float(w.end), "records": int(w.table.num_rows),
                 "alerts": len(wa.alerts), "flagged": wa.flagged, "model_version": model.version,
                 "rows": ref.tolist() if self.cfg["pipeline"].get("audit_rows") else None}
-        if not self._write_durably(sinks, wa.alerts, info):
+        return (w, ws, wa, ref, arrival, info)
+
+    def _emit_window(self, prepared: tuple, model: Any, sinks: list[AlertSink], archived: bool = True) -> None:
+        """Alerts of one prepared window (:meth:`_prepare_window`), durably written, then its records marked
+        done. ``archived`` False: the archive could not take the batch (given up at shutdown): nothing is
+        written and the records stay undone (a restart re-reads them)."""
+        m = self.metrics
+        w, ws, wa, ref, arrival, info = prepared
+        rows_local = w.table.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
+        if isinstance(ws, BaseException):
+            # One bad window must not kill a weeks-long daemon: its records are counted and dead-lettered.
+            log.error("scoring window [%s, %s) failed (%r); its records are dead-lettered", w.start, w.end, ws,
+                      extra={"event": "scoring_failed", "records": int(w.table.num_rows)})
+            m.malformed.labels("scoring_error").inc(w.table.num_rows)
+            self._mark_done(rows_local)
+            return
+        if not archived or not self._write_durably(sinks, wa.alerts, info):
             self._beh_fed_undone = True  # its flows are in the behaviour state but will be read again
             return  # not durable (given up at shutdown): records stay undone, offsets uncommitted
         now = time.time()
@@ -1420,6 +1532,161 @@ class Daemon:
                     delay = min(delay * 2, 10.0)
         return True
 
+    # -- the retraining archive (archive section; docs/archive.md) ------------------------------------
+    def _open_archive(self):
+        from ingest.archive import ArchiveWriter
+
+        a = self.cfg["archive"]
+        w = ArchiveWriter(a["path"], max_bytes=a.get("max_bytes"), max_age=a.get("max_age"),
+                          rows_per_file=int(_opt(a, "rows_per_file", 1_000_000)), kind=self.cfg["source"]["kind"])
+        self._archive_seen = {}
+        return w
+
+    def _archive_metrics(self) -> None:
+        """Add what the open writer made durable (or dropped as duplicates) since the last call to the
+        counters and the summary."""
+        w = self._archive
+        if w is None:
+            return
+        m, s = self.metrics, self.summary
+        for name, metric in (("rows_written", m.archive_records), ("bytes_written", m.archive_bytes),
+                             ("duplicates_dropped", m.archive_duplicates)):
+            v = int(getattr(w.stats, name))
+            d = v - self._archive_seen.get(name, 0)
+            self._archive_seen[name] = v
+            if d <= 0:
+                continue
+            metric.inc(d)
+            if name == "rows_written":
+                s.archived += d
+            elif name == "duplicates_dropped":
+                s.archive_duplicates += d
+
+    def _drop_archive(self) -> None:
+        """Forget the writer after a failure (what it buffered is not durable; the next attempt opens the
+        archive again, which finishes or discards the failed flush's files, and writes the batch anew)."""
+        try:
+            self._archive_metrics()
+        except Exception:  # noqa: BLE001
+            pass
+        self._archive = None
+
+    def _record_alert_ids(self, w: Any, ws: Any, wa: Any, pos: np.ndarray, valid: np.ndarray) -> pa.Array | None:
+        """The alert id (OCSF ``finding_info.uid``) of each table row's alert, null for rows not flagged: the
+        grouping of :func:`detector.alerts.build_alerts` (source endpoint, technique; behaviour technique where
+        the window gave none) and its :func:`detector.alerts.ocsf.alert_id`."""
+        mask = np.asarray(ws.alerts, dtype=bool)
+        if not wa.alerts or not mask.any():
+            return None
+        from detector.alerts.ocsf import NO_TECHNIQUE, _BehaviourView, alert_id
+        from ingest.schema import is_transactions
+
+        table = w.table
+        src_col = "customer_id" if is_transactions(table.schema) else "src_ip"
+        ks = np.flatnonzero(mask & valid)
+        srcs = table.column(src_col).take(pa.array(pos[ks])).to_pylist() if src_col in table.column_names \
+            else [None] * len(ks)
+        n_ws = len(mask)
+        techs = list(ws.top_technique) if getattr(ws, "top_technique", None) is not None else [None] * n_ws
+        beh = _BehaviourView(ws, n_ws)
+        out: list = [None] * table.num_rows
+        start = float(w.start)
+        for k, src in zip(ks.tolist(), srcs):
+            out[int(pos[k])] = alert_id(start, str(src), techs[k] or beh.best(int(k)) or NO_TECHNIQUE)
+        known = {a["finding_info"]["uid"] for a in wa.alerts}
+        if not {x for x in out if x is not None} <= known and not self._alert_id_warned:
+            self._alert_id_warned = True
+            log.warning("archive: the alert ids of some flagged records are not among their window's alerts "
+                        "(detector.alerts.build_alerts groups differently?); archived as computed")
+        return pa.array(out, pa.string())
+
+    def _archive_table(self, prepared: tuple, model: Any) -> tuple[pa.Table, dict] | None:
+        """One prepared window's records and the columns :meth:`ArchiveWriter.write` takes with them."""
+        w, ws, wa, ref, _arrival, _info = prepared
+        if isinstance(ws, BaseException) or w.table.num_rows == 0:
+            return None  # not scored: nothing to archive (its records are dead-lettered)
+        table = w.table
+        n = table.num_rows
+        rows_local = table.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
+        ws_rows = np.asarray(ws.rows, dtype=np.int64)
+        pos = np.searchsorted(rows_local, ws_rows)  # windows are in `row` order (as build_alerts assumes)
+        valid = pos < n
+        valid[valid] = rows_local[pos[valid]] == ws_rows[valid]
+        scores = np.full(n, np.nan)
+        alerts = np.zeros(n, dtype=bool)
+        have = np.zeros(n, dtype=bool)
+        scores[pos[valid]] = np.asarray(ws.scores, dtype=np.float64)[valid]
+        alerts[pos[valid]] = np.asarray(ws.alerts, dtype=bool)[valid]
+        have[pos[valid]] = True
+        topic, part, off, idx, known = self.ledger.positions(rows_local)
+        positions = {"topic": pa.array(topic.tolist(), pa.string()), "partition": pa.array(part, pa.int32()),
+                     "offset": pa.array(off, pa.int64(), mask=~known), "index": pa.array(idx, pa.int32())}
+        if "row" in table.column_names:  # the input's own row numbers, not the daemon-local ones
+            table = table.set_column(table.schema.get_field_index("row"), "row", pa.array(ref, pa.int64()))
+        return table, {"scores": pa.array(scores, pa.float64(), mask=~have),
+                       "alerts": pa.array(alerts, pa.bool_(), mask=~have),
+                       "alert_ids": self._record_alert_ids(w, ws, wa, pos, valid),
+                       "model_version": model.version, "positions": positions}
+
+    def _archive_windows(self, prepared: list[tuple], model: Any) -> bool:
+        """Write the scored records of a batch of windows to the archive and flush it, before any of them is
+        marked done. A failure (disk full, permissions, a broken file system) is retried like a required alert
+        sink's: the writer is opened again and the batch written anew (what an earlier attempt made durable
+        is dropped as a duplicate), every 0.5 s to 10 s, for as long as it takes (scoring waits: backpressure).
+        False when it still failed after a stop and ``pipeline.stop_grace`` seconds: the batch's records then
+        stay undone and their offsets uncommitted (a restart re-reads them)."""
+        parts = [x for x in (self._archive_table(p, model) for p in prepared) if x is not None]
+        if not parts:
+            return True
+        delay = 0.5
+        failing_since = None
+        while True:
+            try:
+                if self._archive is None:
+                    self._archive = self._open_archive()
+                for t, kw in parts:
+                    self._archive.write(t, **kw)
+                self._archive.flush()
+                self._archive_metrics()
+                if failing_since is not None:
+                    log.info("archive %s recovered after %.1f s", self.cfg["archive"]["path"],
+                             time.monotonic() - failing_since, extra={"event": "archive_recovered"})
+                return True
+            except Exception as exc:  # noqa: BLE001
+                first = failing_since is None
+                failing_since = failing_since or time.monotonic()
+                self.metrics.sink_errors.labels("archive").inc()
+                self.metrics.archive_errors.inc()
+                self._drop_archive()
+                if self._hard_stop.is_set():
+                    raise RuntimeError(f"archive failing at shutdown: {exc}") from exc
+                grace = float(_opt(self.cfg.get("pipeline") or {}, "stop_grace", 30.0))
+                if self.stop_event.is_set() and time.monotonic() - failing_since >= grace:
+                    log.error("stopping while the archive %s still fails (%s): %d scored windows are not archived "
+                              "and their offsets not committed (a restart re-reads them)",
+                              self.cfg["archive"]["path"], exc, len(parts), extra={"event": "archive_given_up"})
+                    return False
+                (log.error if first else log.warning)(
+                    "archive %s failed (%s: %s); retrying in %.1fs (the records' offsets are not committed)",
+                    self.cfg["archive"]["path"], type(exc).__name__, exc, delay,
+                    extra={"event": "archive_failed" if first else "archive_retry", "sink": "archive"})
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _close_archive(self) -> None:
+        """At shutdown: flush what is buffered (normally nothing: every batch was flushed) and close."""
+        w = self._archive
+        if w is None:
+            return
+        try:
+            w.close()
+        except Exception as exc:  # noqa: BLE001 - not durable means not committed: a restart re-reads it
+            log.warning("closing the archive %s: %s", self.cfg["archive"]["path"], exc)
+        try:
+            self._archive_metrics()
+        finally:
+            self._archive = None
+
     # -- run -----------------------------------------------------------------------------
     def run(self) -> DaemonSummary:
         t_start = time.monotonic()
@@ -1436,7 +1703,9 @@ class Daemon:
         try:
             if self._model is None:
                 self._model = self.loader(cfg["model"]["path"])
-            self.metrics.set_model(self._model.version, self._model.path, self._model.target_fpr)
+            self._model_alias = registry_alias(cfg["model"]["path"]) if self._model.path and cfg["model"].get("path") \
+                else ""
+            self.metrics.set_model(self._model.version, self._model.path, self._model.target_fpr, self._model_alias)
             self._setup_calibration(self._model)
             self._setup_behaviour_store(self._model)
             if self.install_signals and threading.current_thread() is threading.main_thread() \
@@ -1474,6 +1743,8 @@ class Daemon:
             self._log_startup()
             sinks = self._make_sinks()
             self.summary.sinks = [_describe(s) for s in sinks]
+            if self._archive_on:  # opened now: a bad archive path stops the start, not the first window
+                self._archive = self._open_archive()
             if self.health is not None and not is_kafka:
                 self.health.up("setup")  # a Kafka sink only: it was created, the broker answered
             self.metrics.up.set(1)
@@ -1537,6 +1808,7 @@ class Daemon:
             self._hard_stop.set()
             if watcher is not None:
                 watcher.stop()
+            self._close_archive()
             for s in sinks:
                 try:
                     s.close()
@@ -1591,6 +1863,8 @@ class Daemon:
         else:
             sinks = [f"{x.get('type')}: {x.get('path') or x.get('topic') or x.get('url') or ''}".rstrip(": ")
                      for x in cfg["alerts"]["sinks"]]
+        if self._archive_on:
+            sinks.append(f"archive: {cfg['archive']['path']}")
         metrics = self.summary.metrics_url or "off"
         log.info("graphsentry %s serving: model %s (%s), source %s, sinks [%s], metrics %s, window %ss "
                  "(lateness %ss)", ver, m.version, m.path or "injected", src, "; ".join(sinks), metrics,

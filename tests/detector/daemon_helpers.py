@@ -230,3 +230,33 @@ def read_behaviour_log(path: Path) -> list[dict]:
             continue
         out.append({u: tuple(s) for u, s in zip(rec["uid"], rec["scores"])})
     return out
+
+
+# --- the retraining archive (tests/detector/test_daemon_archive.py) -----------------------------------------
+
+
+def read_archived(root) -> pa.Table:
+    """Every record of the archive at ``root`` (all columns), through ``ingest.archive.read_archive``."""
+    from ingest.archive import archive_schema, read_archive
+
+    batches = list(read_archive(root))
+    return pa.Table.from_batches(batches) if batches else archive_schema().empty_table()
+
+
+def archived_positions(t: pa.Table) -> list[tuple]:
+    """``(kafka_topic, kafka_partition, kafka_offset, kafka_index)`` of each archived record, in table order."""
+    return list(zip(*(t.column(c).to_pylist() for c in ("kafka_topic", "kafka_partition", "kafka_offset",
+                                                          "kafka_index"))))
+
+
+def topic_positions(bootstrap: str, topic: str) -> dict[tuple, str]:
+    """``{(topic, partition, offset, index): uid}`` of every record in ``topic``, decoded message by message
+    (JSON: index 0; Arrow IPC: the record's index in its message); undecodable messages are left out."""
+    from ingest.kafka_io import decode_messages, iter_topic
+
+    out: dict[tuple, str] = {}
+    for m in iter_topic(bootstrap, topic, idle_s=1.5):
+        uids = decode_messages([m.value], "auto", "flows").table.column("uid").to_pylist()
+        for i, u in enumerate(uids):
+            out[(m.topic, m.partition, m.offset, i)] = u
+    return out

@@ -50,7 +50,8 @@ def test_toml_file_and_json_env_list(tmp_path):
 
 def test_effective_config_has_every_section_and_key_with_defaults():
     cfg = load_config(overrides=KAFKA, env={})
-    assert list(cfg) == ["source", "kafka", "window", "model", "alerts", "metrics", "pipeline", "log", "calibration"]
+    assert list(cfg) == ["source", "kafka", "window", "model", "alerts", "metrics", "pipeline", "log", "calibration",
+                         "archive"]
     for sec, keys in DEFAULTS.items():
         assert list(cfg[sec]) == list(keys), sec
     # the options the logging/broker work reads
@@ -102,7 +103,7 @@ def test_unknown_key_in_each_section_is_refused(section):
 
 def test_unknown_section_and_env_key_are_refused():
     with pytest.raises(ValueError, match=r"^unknown section 'windw' \(did you mean 'window'\?\); valid sections: "
-                                         r"alerts, calibration, kafka, log, metrics"):
+                                         r"alerts, archive, calibration, kafka, log, metrics"):
         load_config(overrides={**KAFKA, "windw": {"size": 1}}, env={})
     with pytest.raises(ValueError, match=r"^GRAPHSENTRY_KAFKA_TOPICS: unknown key 'topics' in section 'kafka' "
                                          r"\(did you mean GRAPHSENTRY_KAFKA_TOPIC\?\); valid keys: auto_offset_reset"):

@@ -336,19 +336,26 @@ def test_model_info_metric_follows_the_aliases(tiny_model, other_model, tmp_path
     reg = Registry(tmp_path / "reg")
     v1, v2 = reg.register(tiny_model), reg.register(other_model)
     prom = export_model_info(reg)
-    assert "graphsentry_model_info{" not in generate_latest(prom).decode()   # no alias set yet
+    assert "graphsentry_registry_alias_info{" not in generate_latest(prom).decode()   # no alias set yet
     reg.promote(v1)
     reg.promote(v2)
     text = generate_latest(prom).decode()
-    assert 'graphsentry_model_info{alias="champion",version="v0002"} 1.0' in text
-    assert 'graphsentry_model_info{alias="previous",version="v0001"} 1.0' in text
+    assert 'graphsentry_registry_alias_info{alias="champion",version="v0002"} 1.0' in text
+    assert 'graphsentry_registry_alias_info{alias="previous",version="v0001"} 1.0' in text
     reg.rollback()
-    assert 'graphsentry_model_info{alias="champion",version="v0001"} 1.0' in generate_latest(prom).decode()
-    # the daemon's own registry already exposes graphsentry_model_info{version,path} (an Info): a clash
+    assert 'graphsentry_registry_alias_info{alias="champion",version="v0001"} 1.0' in generate_latest(prom).decode()
+    # no clash with the daemon's graphsentry_model_info{version,path,alias}: both go in one registry
+    from detector.daemon.pipeline import registry_alias
     from detector.metrics import Metrics
 
-    with pytest.raises(ValueError, match="graphsentry_model_info"):
-        export_model_info(reg, Metrics().registry)
+    m = Metrics()
+    export_model_info(reg, m.registry)
+    m.set_model("v0001-abc", str(reg.resolve("champion")), alias=registry_alias(tmp_path / "reg" / "champion"))
+    text = m.render().decode()
+    assert 'graphsentry_registry_alias_info{alias="champion",version="v0001"} 1.0' in text
+    assert re.search(r'graphsentry_model_info\{alias="champion",path="[^"]*v0001",version="v0001-abc"\} 1.0', text)
+    assert registry_alias(reg.resolve("champion")) == ""       # a version folder itself: no alias
+    assert registry_alias(tmp_path / "elsewhere") == ""
 
 
 # -- the daemon follows the champion -----------------------------------------------------------------
