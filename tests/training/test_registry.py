@@ -288,7 +288,7 @@ def test_models_cli(tiny_model, other_model, tmp_path, capsys):
     assert rc == 0 and "champion: v0002 (was v0001)" in out
     rc, out, _ = run_cli(["models", "diff", "previous", "champion", "--registry", r], capsys)
     assert rc == 0 and out.startswith("v0001 -> v0002")
-    assert re.search(r"^threshold +21\.\d+ +123\.5$", out, re.M)
+    assert re.search(r"^threshold +\d+\.\d+ +123\.5$", out, re.M)  # the trained value, then the edited one
     assert re.search(r"^config\.json +[0-9a-f]{16} +[0-9a-f]{16}$", out, re.M) and "weights.pt" not in out
     rc, out, _ = run_cli(["models", "diff", "1", "2", "--registry", r, "--json"], capsys)
     d = json.loads(out)
