@@ -202,7 +202,8 @@ def _check_file(path: Path) -> tuple[dict | None, str | None]:
     return meta, None
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_dir(d: Path) -> None:
+    """fsync a directory (a rename in it is then durable); a no-op where the filesystem refuses."""
     try:
         fd = os.open(d, os.O_RDONLY)
     except OSError:
@@ -327,7 +328,7 @@ class ArchiveWriter:
                 self.stats.recovered_files += self._roll_forward(j, pairs)
             for j in jdir.glob("*.tmp"):
                 j.unlink()
-            _fsync_dir(jdir)
+            fsync_dir(jdir)
         for trash in self.root.glob(".trash-*"):
             shutil.rmtree(trash, ignore_errors=True)
         for _part, d in _part_dirs(self.root):
@@ -580,7 +581,7 @@ class ArchiveWriter:
             f.flush()
             os.fsync(f.fileno())
         os.replace(jtmp, journal)
-        _fsync_dir(jdir)
+        fsync_dir(jdir)
         return journal
 
     def _rename(self, written: list, journal: Path) -> None:
@@ -590,10 +591,10 @@ class ArchiveWriter:
             dirs.add(final.parent)
             dirs.add(final.parent.parent)
         for d in dirs:
-            _fsync_dir(d)
-        _fsync_dir(self.root)
+            fsync_dir(d)
+        fsync_dir(self.root)
         journal.unlink()
-        _fsync_dir(journal.parent)
+        fsync_dir(journal.parent)
 
     def _roll_forward(self, journal: Path, pairs: list) -> int:
         """Rename every temporary file ``journal`` names that is still there; remove the journal."""
@@ -602,10 +603,10 @@ class ArchiveWriter:
             tmp_p, final_p = self.root / tmp, self.root / final
             if tmp_p.exists():
                 os.replace(tmp_p, final_p)
-                _fsync_dir(final_p.parent)
+                fsync_dir(final_p.parent)
                 n += 1
         journal.unlink()
-        _fsync_dir(journal.parent)
+        fsync_dir(journal.parent)
         return n
 
     # -- retention ------------------------------------------------------------------------

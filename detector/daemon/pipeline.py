@@ -49,6 +49,7 @@ import pyarrow as pa
 from detector.alerts import build_alerts, make_sink
 from detector.alerts.sinks import AlertSink
 from detector.metrics import Metrics, MetricsServer
+from ingest.archive import fsync_dir
 from ingest.kafka_io import OffsetTracker, StoppedWaiting
 
 log = logging.getLogger(__name__)
@@ -681,25 +682,12 @@ class BehaviourCheckpoints:
             f.write(json.dumps(meta, indent=1))
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.replace(tmp, self.dir / name)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         for _seq, p in self._all()[self.keep:]:
             shutil.rmtree(p, ignore_errors=True)
         return self.dir / name
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Daemon:
