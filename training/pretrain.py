@@ -593,12 +593,16 @@ def stratified_keep(groups: np.ndarray, budget: int, rng: np.random.Generator) -
 
 def train_bundle(tables, cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
                  resume: bool = False, extra_meta: dict | None = None,
-                 prepared: "Prepared | None" = None) -> ModelBundle:
-    """Train encoder + detectors + threshold on ``tables`` (canonical flow records); save when ``out_dir``."""
+                 prepared: "Prepared | None" = None, init_state: dict | None = None) -> ModelBundle:
+    """Train encoder + detectors + threshold on ``tables`` (canonical flow records); save when ``out_dir``.
+
+    ``init_state``: a model ``state_dict`` to start pretraining from (warm start, e.g. the deployed
+    champion's weights in a retraining job): every tensor whose name and shape match is loaded, the rest
+    keep their fresh initialisation; ``metrics["warm_start"]`` says how many were loaded."""
     from detector.runtime import torch_threads
 
     with torch_threads(), deterministic_torch():
-        return _train_bundle(tables, cfg, out_dir, progress, resume, extra_meta, prepared)
+        return _train_bundle(tables, cfg, out_dir, progress, resume, extra_meta, prepared, init_state)
 
 
 @dataclass
@@ -721,14 +725,23 @@ def load_checkpoint(path: Path) -> dict:
                          f"train without --resume") from None
 
 
+def warm_start(model: STGNN, init_state: dict) -> dict:
+    """Load the tensors of ``init_state`` whose name and shape match ``model``'s; ``{"loaded", "of"}``."""
+    own = model.state_dict()
+    use = {k: v for k, v in init_state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    model.load_state_dict(use, strict=False)
+    return {"loaded": len(use), "of": len(own)}
+
+
 def _pretrain_and_select(cfg: TrainConfig, graphs: list, val: tuple, ckpt: Path | None, progress: bool,
-                         resume: bool) -> dict:
+                         resume: bool, init_state: dict | None = None) -> dict:
     """Pretrain one encoder with ``cfg.objective`` and pick its detector input/detector on the held-back period."""
     seed_everything(cfg.seed)
     g0 = graphs[0]
     mcfg = ModelConfig(node_in=int(g0.x.size(1)), edge_in=int(g0.edge_attr.size(1)), hidden=cfg.hidden,
                        layers=cfg.layers, time_dim=cfg.time_dim, temporal=cfg.temporal, use_time=cfg.use_time)
     model = STGNN(mcfg)
+    warm = warm_start(model, init_state) if init_state is not None else None
     trainer = Pretrainer(model, cfg)
     if resume and ckpt is not None and ckpt.is_file():
         trainer.load_state_dict(load_checkpoint(ckpt))
@@ -776,11 +789,12 @@ def _pretrain_and_select(cfg: TrainConfig, graphs: list, val: tuple, ckpt: Path 
     key = f"{sel['chosen']['flow_parts']}|{sel['chosen']['detector']}"
     return {"model": model, "trainer": trainer, "sel": sel, "y_val": y_val, "pretrain_s": pretrain_s,
             "epoch_times": epoch_times, "n_val": int((y_val != 1).sum()), "best_score": sel["score"],
-            "best_drift": sel["drift"][key]}
+            "best_drift": sel["drift"][key], "warm_start": warm}
 
 
 def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: bool,
-                  extra_meta: dict | None, prepared: Prepared | None = None) -> ModelBundle:
+                  extra_meta: dict | None, prepared: Prepared | None = None,
+                  init_state: dict | None = None) -> ModelBundle:
     t0 = time.perf_counter()
     prep = prepared if prepared is not None else prepare(tables, cfg)
     seed_everything(cfg.seed)
@@ -799,7 +813,7 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
     for obj, weighting in objectives:
         ocfg = replace(cfg, objective=obj, weighting=weighting)
         ck = ckpt_path if len(objectives) == 1 else None  # several objectives: no per-epoch checkpoints
-        runs[f"{obj}/{weighting}"] = run = _pretrain_and_select(ocfg, graphs, val, ck, progress, resume)
+        runs[f"{obj}/{weighting}"] = run = _pretrain_and_select(ocfg, graphs, val, ck, progress, resume, init_state)
         log.info("objective %s/%s: validation score %s", obj, weighting, run["best_score"])
     # several objectives (only with labelled attacks): the validation rule again, on each run's chosen candidate
     best = pick_best({k: r["best_score"] for k, r in runs.items()},
@@ -833,6 +847,7 @@ def _train_bundle(tables, cfg: TrainConfig, out_dir, progress: bool, resume: boo
         "detector_selection": {"rule": sel["rule"], "drift": drift, "chosen": chosen, "flow_parts": parts,
                                "candidates": sel["candidates"]},
         "reproducibility": runtime_info(torch.get_num_threads()),
+        "warm_start": run.get("warm_start"),
     }
     if technique is not None:
         metrics["technique"] = {"threshold": technique.threshold_, "calibration_fpr": technique.calibration_fpr_,

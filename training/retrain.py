@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import logging
 import math
@@ -334,20 +333,16 @@ def _eval_set(name: str, table: pa.Table, scores: np.ndarray, window_s: float) -
 
 
 def _warm_start(champion, tcfg, from_scratch: bool) -> tuple[dict | None, dict]:
-    """The champion's weights when train_bundle can take initial weights and the architecture matches."""
-    from training.pretrain import train_bundle
-
+    """The champion's weights when the architecture matches (train_bundle's ``init_state``)."""
     if from_scratch:
         return None, {"used": False, "why": "--from-scratch"}
-    if "init_state" not in inspect.signature(train_bundle).parameters:
-        return None, {"used": False, "why": "warm start is not available yet: training.pretrain.train_bundle has "
-                                            "no hook for initial weights (init_state); trained from scratch"}
     m = champion.model.config
     same = all(getattr(m, k, None) == getattr(tcfg, k) for k in ("hidden", "layers", "time_dim", "temporal", "use_time"))
     if not same:
         return None, {"used": False, "why": "the champion's architecture differs from the train config: "
                                             "trained from scratch"}
-    return champion.model.state_dict(), {"used": True, "why": "weights of the champion loaded before pretraining"}
+    state = champion.model.state_dict()
+    return state, {"used": True, "why": "weights of the champion loaded before pretraining", "of": len(state)}
 
 
 def run(opts: RetrainOptions) -> dict:
@@ -406,6 +401,8 @@ def run(opts: RetrainOptions) -> dict:
         with contextlib.redirect_stdout(sys.stderr):   # train_bundle prints epoch lines: progress, not output
             challenger = train_bundle([_flows(train_t)], tcfg, out_dir=work / "challenger", progress=opts.progress,
                                       extra_meta=meta, **kwargs)
+        if init is not None:   # how many of the champion's tensors matched the challenger's shapes
+            warm["loaded"] = int((challenger.metrics.get("warm_start") or {}).get("loaded", 0))
         say(f"challenger: {challenger.detector_name}, threshold {challenger.threshold:.6g}")
         ev_champ: dict[str, EvalSet] = {}
         ev_chall: dict[str, EvalSet] = {}

@@ -187,3 +187,20 @@ def test_pick_best_breaks_near_ties_by_threshold_drift():
     assert pick_best(scores, drift, tol=0.005) == "b"      # within the tolerance: the stabler threshold
     assert pick_best(scores, drift, tol=0.0) == "a"
     assert pick_best({"a": 0.9, "b": 0.9}, {"a": 0.1, "b": 0.1}, 0.0) == "a"   # full tie: candidate order
+
+
+def test_warm_start_loads_matching_tensors_only(table):
+    """A retraining job starts from the champion's weights: every tensor of the same name and shape."""
+    from training.pretrain import STGNN, ModelConfig, warm_start
+
+    champ = train_bundle([table], _cfg(epochs=0), progress=False)
+    state = champ.model.state_dict()
+    b = train_bundle([table], _cfg(epochs=0), progress=False, init_state=state)
+    w = b.metrics["warm_start"]
+    assert w["loaded"] == w["of"] == len(state)
+    for k, v in b.model.state_dict().items():   # no epoch ran: the weights are the champion's
+        assert torch.equal(v, state[k]), k
+    assert train_bundle([table], _cfg(epochs=0), progress=False).metrics["warm_start"] is None
+    wide = STGNN(ModelConfig(node_in=champ.model.config.node_in, edge_in=champ.model.config.edge_in, hidden=32))
+    got = warm_start(wide, state)   # another width: only the shape-free tensors (if any) load
+    assert got["of"] == len(wide.state_dict()) and got["loaded"] < got["of"]
