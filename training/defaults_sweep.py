@@ -126,14 +126,15 @@ def _cell(key: str) -> str:
 
 
 def choose(reps: list[dict]) -> dict:
-    """Rank candidates: 1. highest mean over splits of min(episode recall after grace, 1 if FPR after grace
-    <= 2 x 1 % else 0.5) -- the operating point a user gets; 2. highest mean AUPRC; 3. highest worst-split
-    AUPRC. Splits without attacks count through their FPR only (episode term 1). A candidate missing on a
-    split (not run) is not ranked."""
+    """Rank candidates by the mean over splits of a per-split score, then by its worst split: the score is the
+    mean of the operating term -- min(episode recall after grace, 1 if FPR after grace <= 2 x 1 % else 0.5),
+    the operating point a user gets -- and the split's AUPRC (the operating term alone where AUPRC is
+    undefined; an episode recall that is undefined after grace counts 1). A candidate missing on a split (not
+    run) is not ranked."""
     keys = sorted(set.intersection(*(set(r["results"]) for r in reps))) if reps else []
     rows = []
     for k in keys:
-        op, auprc = [], []
+        op, auprc, score = [], [], []
         for r in reps:
             x = r["results"][k]
             g = x["grace"]
@@ -142,11 +143,15 @@ def choose(reps: list[dict]) -> dict:
             op.append(min(ep, fpr_ok))
             if x.get("auprc") is not None:
                 auprc.append(x["auprc"])
-        rows.append({"candidate": k, "operating": float(np.mean(op)), "mean_auprc": float(np.mean(auprc)) if auprc else None,
-                     "worst_auprc": float(np.min(auprc)) if auprc else None,
-                     "worst_operating": float(np.min(op))})
-    rows.sort(key=lambda r: (-round(r["operating"], 3), -(r["mean_auprc"] or 0), -(r["worst_auprc"] or 0)))
-    return {"rule": choose.__doc__.split("\n\n")[0].replace("\n    ", " "), "ranking": rows}
+                score.append((op[-1] + x["auprc"]) / 2)
+            else:
+                score.append(op[-1])
+        rows.append({"candidate": k, "score": float(np.mean(score)), "worst_score": float(np.min(score)),
+                     "operating": float(np.mean(op)), "worst_operating": float(np.min(op)),
+                     "mean_auprc": float(np.mean(auprc)) if auprc else None,
+                     "worst_auprc": float(np.min(auprc)) if auprc else None})
+    rows.sort(key=lambda r: (-round(r["score"], 3), -round(r["worst_score"], 3), -(r["mean_auprc"] or 0)))
+    return {"rule": " ".join(choose.__doc__.split()), "ranking": rows}
 
 
 def marginals(ranking: list[dict]) -> list[tuple]:
@@ -181,11 +186,12 @@ def render(out: Path) -> dict:
                   f"{r['caps']['max_train']} / test {r['caps']['max_test']} records, epochs {r.get('epochs')}, "
                   f"seed {r.get('seed')}.", ""]
     lines += [f"Splits ({len(reps)}): " + ", ".join(report["splits"]), "", f"Rule: {ch['rule']}", "",
-              "| rank | candidate (objective \\| input \\| detector) | operating score (mean / worst) | mean AUPRC | worst AUPRC |",
-              "|---|---|---|---|---|"]
+              "| rank | candidate (objective \\| input \\| detector) | score (mean / worst split) | "
+              "operating term (mean / worst) | mean AUPRC | worst AUPRC |", "|---|---|---|---|---|---|"]
     for i, row in enumerate(ch["ranking"], 1):
-        lines.append(f"| {i} | {_cell(row['candidate'])} | {row['operating']:.3f} / {row['worst_operating']:.3f} | "
-                     f"{_f(row['mean_auprc'])} | {_f(row['worst_auprc'])} |")
+        lines.append(f"| {i} | {_cell(row['candidate'])} | {row['score']:.3f} / {row['worst_score']:.3f} | "
+                     f"{row['operating']:.3f} / {row['worst_operating']:.3f} | {_f(row['mean_auprc'])} | "
+                     f"{_f(row['worst_auprc'])} |")
     lines += ["", "## Each choice on average over the other two (mean over candidates)", "",
               "| part | value | candidates | operating score | mean AUPRC |", "|---|---|---|---|---|"]
     for part, value, n, op, ap_ in marginals(ch["ranking"]):

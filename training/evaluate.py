@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # The previous model (before the validation rule): issue embedding [z_u || z_v || e_uv], benign-only
 # detector rule, calibration on the benign-only held-back windows. Kept as a variant ("what the
 # validation protocol brings").
-V0 = dict(objective="contrastive", flow_parts="src,dst,edge", validation="benign", val_context=False)
+V0 = dict(objective="contrastive", flow_parts="src,dst,edge", detector="auto", validation="benign", val_context=False)
 
 VARIANTS: dict[str, dict] = {
     "ours": {},

@@ -11,8 +11,8 @@ Protocol (time-ordered, label-free apart from the optional ``benign_only`` filte
 4. with ``val_context`` (default) the held-back windows keep every record of their period
    (attacks included) so that the graph context at calibration is the one the scorer will see;
    the threshold is the conformal quantile of the non-malicious flows' scores there;
-5. detector input, detector and pretraining objective: fixed defaults (``dst,edge``, kNN, contrastive with
-   GradNorm), the top candidate of the leave-one-network-out sweep (:mod:`training.defaults_sweep`,
+5. detector input, detector and pretraining objective: fixed defaults (``dst,edge,raw``, fusion,
+   contrastive with GradNorm), the top candidate of the leave-one-network-out sweep (:mod:`training.defaults_sweep`,
    ``reports/defaults/report.md``). With ``"auto"`` the selection rule (:func:`select_flow_detector`) picks
    them instead: when the training inputs hold at least ``min_val_attacks`` labelled attacks, the
    (flow parts, detector) pair with the highest per-attack-class partial AUROC at low benign FPR
@@ -87,9 +87,9 @@ class TrainConfig:
     benign_only: bool = False
     val_frac: float = 0.2
     target_fpr: float = 0.01
-    detector: str = "knn"              # knn | iforest | fusion (kNN on the embedding + IsolationForest on the raw
-                                       # features; inputs ending in raw) | auto (picked on validation)
-    flow_parts: str = "dst,edge"       # e.g. "dst,edge,raw" | auto (picked on validation from FLOW_CANDIDATES)
+    detector: str = "fusion"           # fusion (kNN on the embedding + IsolationForest on the raw features; inputs
+                                       # ending in raw) | knn | iforest | auto (picked on validation)
+    flow_parts: str = "dst,edge,raw"   # e.g. "dst,edge" | auto (picked on validation from FLOW_CANDIDATES)
     validation: str = "labels"         # labels: attacks of the held-back training period pick the input/detector
                                        # (benign rule when fewer than min_val_attacks) | benign: benign rule only
     min_val_attacks: int = 10
