@@ -34,7 +34,7 @@ def test_directory_contents(trained):
     assert cfg["kind"] == "flows" and cfg["threshold"] == pytest.approx(b.threshold)
     assert cfg["calibration"]["target_fpr"] == 0.01
     assert cfg["fingerprint"]["records"] == table.num_rows and len(cfg["fingerprint"]["sha256"]) == 64
-    assert "kg" in cfg and "metrics" in cfg and cfg["detector"] in ("knn", "iforest")
+    assert "kg" in cfg and "metrics" in cfg and cfg["detector"] in ("knn", "iforest", "fusion")
     assert cfg["metrics"]["train_windows"] > cfg["metrics"]["val_windows"] > 0
 
 
