@@ -11,6 +11,8 @@ threshold, data fingerprint, records used, and the share the old threshold flagg
 """
 from __future__ import annotations
 
+import copy
+
 import math
 import time
 from pathlib import Path
@@ -39,7 +41,9 @@ def recalibrate(model_dir: str | Path, table: pa.Table, out_dir: str | Path, tar
     """Score ``table`` with the model in ``model_dir``, refit its threshold, save to ``out_dir``; returns a summary.
 
     ``target_fpr`` defaults to the model's own. Raises ``ValueError`` when ``out_dir`` is ``model_dir``
-    or fewer than ``10 / target_fpr`` records could be scored.
+    or fewer than ``10 / target_fpr`` records could be scored. The threshold is the embedding detector's:
+    the records are scored without the technique channel (whose lift is relative to the threshold and has
+    its own benign budget), so the quantile is not moved by flows the channel lifts.
     """
     src, dst = Path(model_dir), Path(out_dir)
     if dst.resolve() == src.resolve():
@@ -48,7 +52,9 @@ def recalibrate(model_dir: str | Path, table: pa.Table, out_dir: str | Path, tar
     target = float(target_fpr if target_fpr is not None else bundle.calibration.target_fpr)
     if not 0.0 < target < 1.0:
         raise ValueError(f"target_fpr must be in (0, 1), got {target!r}")
-    out = score_table(bundle, table)
+    plain = copy.copy(bundle)
+    plain.technique = None
+    out = score_table(plain, table)
     scores = out.column("score").to_numpy(zero_copy_only=False).astype(np.float64)  # NaN where unscored
     use = np.isfinite(scores)
     excluded = 0

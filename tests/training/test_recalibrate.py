@@ -1,4 +1,5 @@
 """`graphsentry calibrate`: a model's threshold refitted on later traffic, nothing else changed."""
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -46,7 +47,9 @@ def test_threshold_is_the_quantile_of_the_later_benign_scores(model, tmp_path):
     later = _read(LATER)
     before = (model / "config.json").read_bytes()
     old = load_bundle(model)
-    old_scores = score_table(old, later)
+    plain = copy.copy(old)
+    plain.technique = None   # the threshold is the embedding detector's (the technique channel lifts above it)
+    old_scores = score_table(plain, later)
     s = old_scores.column("score").to_numpy(zero_copy_only=False).astype(float)
     benign = _benign(later) & np.isfinite(s)
     assert benign.sum() >= 1000 and (~_benign(later)).any()  # labels present: attacks are left out
@@ -60,12 +63,17 @@ def test_threshold_is_the_quantile_of_the_later_benign_scores(model, tmp_path):
 
     new = load_bundle(tmp_path / "new")
     assert new.threshold == want.threshold and new.detector.threshold_ == want.threshold
-    new_scores = score_table(new, later)
-    # same encoder, detector and pipeline: the scores do not move, only the alert line does
+    new_plain = copy.copy(new)
+    new_plain.technique = None
+    new_scores = score_table(new_plain, later)
+    # same encoder, detector and pipeline: the embedding scores do not move, only the alert line does
     assert np.array_equal(new_scores.column("score").to_numpy(zero_copy_only=False).astype(float), s, equal_nan=True)
     alerts = new_scores.column("alert").to_numpy(zero_copy_only=False)
     assert alerts[benign].mean() == pytest.approx(res["flagged_share_after"])
     assert alerts[benign].mean() <= new.calibration.target_fpr
+    # with the technique channel, alerts are a superset (the channel only lifts scores above the line)
+    fused = score_table(new, later).column("alert").to_numpy(zero_copy_only=False)
+    assert (fused | ~alerts).all()
     cfg = json.loads((tmp_path / "new" / "config.json").read_text())
     assert cfg["recalibrations"][-1]["previous_threshold"] == old.threshold
     assert cfg["recalibrations"][-1]["data_fingerprint"]["records"] == later.num_rows
@@ -75,7 +83,9 @@ def test_threshold_is_the_quantile_of_the_later_benign_scores(model, tmp_path):
 def test_all_records_and_chained_recalibrations(model, tmp_path):
     later = _read(LATER)
     a = recalibrate(model, later, tmp_path / "a", benign_only=False)
-    s = score_table(load_bundle(model), later).column("score").to_numpy(zero_copy_only=False).astype(float)
+    plain = copy.copy(load_bundle(model))
+    plain.technique = None
+    s = score_table(plain, later).column("score").to_numpy(zero_copy_only=False).astype(float)
     assert a["used"] == int(np.isfinite(s).sum()) and a["excluded_malicious"] == 0
     b = recalibrate(tmp_path / "a", later, tmp_path / "b", target_fpr=0.05)
     assert b["previous_threshold"] == a["threshold"] and b["target_fpr"] == 0.05
