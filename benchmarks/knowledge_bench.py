@@ -211,7 +211,7 @@ def fast_paths(days: list[str] | None = None, window_s: float = 300.0, repeats: 
     best of ``repeats``, and must give the same bits."""
     import pyarrow.compute as pc
 
-    import knowledge.predicates as kp
+    import knowledge.predicates.kernels as kp
     from detector.pipeline import window_groups
     from detector.scoring import StreamScorer
     from ingest.features import FlowPreprocessor

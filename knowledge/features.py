@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as _sparse  # comes with scikit-learn, a pinned dependency
 
-from knowledge.predicates import PREDICATES, _compile, compute_predicates_many, node_activations
+from knowledge.predicates import PREDICATES, compute_predicates_many, node_activations
+from knowledge.predicates.kernels import numba_kernels
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default"
 SIGNATURE_SHARE = 0.8
@@ -194,7 +195,7 @@ def _kernels():
     """``(distinct_rows, log_keep_rows, finish_rows)`` compiled (numba), or None without numba; compiled
     (or loaded from numba's disk cache) on first use."""
     if not _KERNELS:
-        _KERNELS.append(_compile(_distinct_rows, _log_keep_rows, _finish_rows))
+        _KERNELS.append(numba_kernels(_distinct_rows, _log_keep_rows, _finish_rows))
     return _KERNELS[0]
 
 

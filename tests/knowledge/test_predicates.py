@@ -6,8 +6,9 @@ import pytest
 
 import pyarrow as pa
 
-from knowledge.predicates import (PREDICATE_NAMES, PREDICATES, _group, compute_predicates, compute_predicates_many,
+from knowledge.predicates import (PREDICATE_NAMES, PREDICATES, compute_predicates, compute_predicates_many,
                                   node_activations)
+from knowledge.predicates.kernels import _group
 from tests.knowledge.flowkit import T0, attack, background, flow, many, table
 
 BG = background
@@ -239,7 +240,7 @@ def test_node_activations_is_the_max_over_incident_edges():
 # ---------------------------------------------------------------- fast paths = the straightforward computation
 
 def test_rank_equals_unique():
-    from knowledge.predicates import _rank
+    from knowledge.predicates.kernels import _rank
 
     rng = np.random.default_rng(0)
     for n, hi in [(0, 0), (1, 0), (1, 7), (50, 3), (1000, 100), (1000, 10 ** 6), (5000, 2 ** 40)]:
@@ -261,7 +262,7 @@ def _weird_ports_window():
 
 def test_dense_and_sorted_grouping_agree(monkeypatch, samples):
     """Group ids and distinct counts from tables over the key range = from sorting (np.unique)."""
-    import knowledge.predicates as kp
+    import knowledge.predicates.kernels as kp
     from ingest.readers import open_inputs
     from ingest.windows import Tumbling, window_all
 
@@ -287,7 +288,7 @@ def test_group_ids_do_not_depend_on_an_order_preserving_recoding():
 
 @pytest.mark.parametrize("kind", ["clean", "nan_and_signed_zeros"])
 def test_node_activations_compiled_equals_torch(kind, monkeypatch):
-    import knowledge.predicates as kp
+    import knowledge.predicates.kernels as kp
 
     pytest.importorskip("numba")
     pytest.importorskip("torch")
@@ -310,7 +311,7 @@ def test_node_activations_compiled_equals_torch(kind, monkeypatch):
 
 def _beaconing_lexsort(c) -> np.ndarray:
     """beaconing with the rows ordered by np.lexsort, as it was written (the reference for the two-sort order)."""
-    from knowledge.predicates import _beacon_activation
+    from knowledge.predicates.definitions import _beacon_activation
 
     g, k = c.group("flow")
     order = np.lexsort((c.ts, g))
@@ -319,7 +320,8 @@ def _beaconing_lexsort(c) -> np.ndarray:
 
 def test_beaconing_order_equals_lexsort():
     """Equal timestamps inside a group (ties broken differently by the two sorts) give the same values."""
-    from knowledge.predicates import WindowContext, beaconing
+    from knowledge.predicates.context import WindowContext
+    from knowledge.predicates.definitions import beaconing
 
     rng = np.random.default_rng(4)
     periodic = many(12, lambda i: dict(ts=T0 + 60 * i, dst_ip="10.9.8.1", dst_port=8443))  # fires
@@ -338,7 +340,7 @@ def test_ts_and_all_null_columns_read_as_before():
     """ts from the datetime64 ticks = the Arrow int64 cast; an all-null string column = what encoding gives."""
     import pyarrow.compute as pc
 
-    from knowledge.predicates import WindowContext, _dict
+    from knowledge.predicates.context import WindowContext, _dict
 
     t = table(BG() + many(5, lambda i: dict(ts=T0 + 0.123457 * i, service=None, conn_state=None)))
     ref = np.nan_to_num(np.asarray(t.column("ts").cast(pa.int64()).to_numpy(), dtype=np.float64)) / 1e6
