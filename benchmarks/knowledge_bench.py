@@ -407,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
+    from training.report_meta import report_meta
+
+    summary.update(report_meta())  # commit, date and cores of the code that measured
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=str))
     print("\n".join(lines))
     return 0

@@ -319,6 +319,9 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    from training.report_meta import report_meta
+
+    result.update(report_meta())  # commit, date and cores of the code that measured
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0

@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                    (" --no-threads-run" if a.no_threads_run else ""),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    from training.report_meta import report_meta
+
+    rep.update(report_meta())  # commit, date and cores of the code that measured
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(rep, indent=2) + "\n")
     print(f"cores: {cores} (usable {affinity}); epoch 1 process x 1 thread {t1:.2f} s, 1 process x 2 threads "

@@ -60,6 +60,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--out", default="out/demo", help="where the demo writes its outputs (default: out/demo)")
     p.add_argument("--epochs", type=int, default=2, help="pretraining epochs (default: 2)")
     p.add_argument("--metrics-port", type=int, default=9109, help="daemon metrics port on 127.0.0.1 (default: 9109)")
+    p.add_argument("--report", default="reports/demo.json",
+                   help="JSON report of the figures the demo prints, rendered into README.md (default: reports/demo.json)")
     p.set_defaults(func=run)
 
 
@@ -98,13 +100,13 @@ def run(args: argparse.Namespace) -> int:
                                            port=args.metrics_port))
     _step("5/5 daemon on the later day (file source -> SQLite alerts, metrics on 127.0.0.1)",
           ["serve", "--config", str(config), "--summary-json", str(out / "summary.json")])
-    _alert_quality(TEST, out / "alerts.jsonl")
+    _write_report(Path(args.report), out / "summary.json", _alert_quality(TEST, out / "alerts.jsonl"))
     print(f"\nDone. Outputs in {out}/: model/ (the trained model), alerts.db (SQLite alert store: "
           f"`sqlite3 {out}/alerts.db 'select * from alerts limit 5'`), summary.json, 008.parquet, dead-letter.jsonl")
     return 0
 
 
-def _alert_quality(data: Path, alerts_jsonl: Path) -> None:
+def _alert_quality(data: Path, alerts_jsonl: Path) -> dict:
     """Compare the flagged records with the capture's labels (labels are used here only, never by the model)."""
     import json
 
@@ -129,3 +131,22 @@ def _alert_quality(data: Path, alerts_jsonl: Path) -> None:
           f"benign false-positive rate {fp / max(int(ben.sum()), 1):.3f}, "
           f"precision {tp / max(tp + fp, 1):.3f}")
     print("(`graphsentry evaluate` runs the full time-ordered evaluation with baselines; see README)")
+    return {"records": len(labels), "malicious": int(mal.sum()), "benign": int(ben.sum()),
+            "flagged": int(flagged.sum()), "attack_recall": round(tp / max(int(mal.sum()), 1), 3),
+            "benign_fpr": round(fp / max(int(ben.sum()), 1), 3), "precision": round(tp / max(tp + fp, 1), 3)}
+
+
+def _write_report(path: Path, summary_json: Path, quality: dict) -> None:
+    """The figures printed above, with the daemon's summary and provenance, as the JSON the README renders."""
+    import json
+
+    from training.report_meta import report_meta
+
+    s = json.loads(summary_json.read_text())
+    daemon = {k: s.get(k) for k in ("records_in", "records_scored", "late", "malformed", "windows_scored",
+                                    "flagged_records", "alerts", "alerts_by_severity")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"report": "graphsentry demo (make run)", **report_meta(),
+                                "data": {"train": TRAIN.name, "test": TEST.name}, "daemon": daemon,
+                                "alert_quality": quality}, indent=2) + "\n")
+    print(f"figures written to {path}")

@@ -17,6 +17,7 @@ from detector.fraud.model import FraudModelConfig
 from ingest.hetero import DAY
 from training.fraud.loop import WindowFeat, calibrate_threshold, feature_pass, fit_select_refit, predict
 from training.fraud.metrics import fraud_metrics
+from training.report_meta import report_meta
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,7 @@ def evaluate(inputs: list[str], report_dir: str, *, folds: int = 3, train_days: 
     }
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
+    report.update(report_meta())  # commit, date and cores of the code that measured
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     (out / "report.md").write_text(render_markdown(report))
     return report
@@ -308,6 +310,7 @@ def merge_reports(report_jsons: list[str], report_dir: str) -> dict:
     rep["seconds"] = max(r["seconds"] for r in reps)
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
+    rep.update(report_meta())
     (out / "report.json").write_text(json.dumps(rep, indent=2, default=float))
     (out / "report.md").write_text(render_markdown(rep))
     return rep
