@@ -56,41 +56,22 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ingest.schema import FLOW_SCHEMA, TS_TYPE, TX_SCHEMA, conform, is_transactions
+from ingest.archive_layout import (EXTRA_FIELDS, HOUR_US, META_KEY, PARTITIONING, POSITION_COLUMNS, archive_schema,
+                                   check_file, fsync_dir, parse_time, part_dirs, part_start)
+from ingest.archive_read import ArchiveScan, read_archive
+from ingest.schema import FLOW_SCHEMA, TX_SCHEMA, conform, is_transactions
 from ingest.windows import parse_duration
 
 log = logging.getLogger(__name__)
 
-#: Columns the archive adds to the canonical record.
-EXTRA_FIELDS = (
-    pa.field("score", pa.float64()),            # the model's score; null when not scored
-    pa.field("alert", pa.bool_()),              # the record was flagged; null when not scored
-    pa.field("alert_id", pa.string()),          # OCSF finding_info.uid of the alert it went into, if any
-    pa.field("model_version", pa.string()),     # the model that scored it; null when not scored
-    pa.field("kafka_topic", pa.string()),       # source position: topic (or "file:<path>")
-    pa.field("kafka_partition", pa.int32()),
-    pa.field("kafka_offset", pa.int64()),       # message offset (or the record's row in its file)
-    pa.field("kafka_index", pa.int32()),        # record's index inside its message (0: one per message)
-)
-POSITION_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_index")
-META_KEY = b"graphsentry.archive"
-PARTITIONING = ds.partitioning(pa.schema([("date", pa.string()), ("hour", pa.int32())]), flavor="hive")
-_HOUR_US = 3_600_000_000
 _INDEX_BITS = 24  # key = offset << 24 | index (an Arrow message of up to 16M records)
-
-
-def archive_schema(kind: str = "flows") -> pa.Schema:
-    """The schema of archive files of ``kind`` (``"flows"`` or ``"transactions"``)."""
-    base = TX_SCHEMA if kind == "transactions" else FLOW_SCHEMA
-    return pa.schema(list(base) + list(EXTRA_FIELDS))
 
 
 @dataclass
@@ -120,100 +101,6 @@ class _FileInfo:
     ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------------
-# time arguments
-
-
-def parse_time(value: Any, now: float | None = None) -> datetime | None:
-    """A UTC datetime from ``None``, a datetime, epoch seconds, an ISO-8601 string, or a duration
-    before ``now`` (``"7d"``, ``"12h"``: read with :func:`ingest.windows.parse_duration`)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(float(value), timezone.utc)
-    text = str(value).strip()
-    try:
-        secs = parse_duration(text)
-    except ValueError:
-        pass
-    else:
-        if text[-1:].isalpha():  # "7d" is a duration; a bare number is epoch seconds
-            base = time.time() if now is None else now
-            return datetime.fromtimestamp(base - secs, timezone.utc)
-        return datetime.fromtimestamp(secs, timezone.utc)
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"invalid time {value!r}: use a duration back from now (7d, 12h, 30m), "
-                         "an ISO-8601 time (2026-12-04T07:00:00Z) or epoch seconds") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
-def _part_of(dirpath: Path) -> tuple[str, int] | None:
-    """(date, hour) of a ``date=…/hour=…`` directory, or None."""
-    try:
-        d, h = dirpath.parent.name, dirpath.name
-        if not (d.startswith("date=") and h.startswith("hour=")):
-            return None
-        date = d[5:]
-        datetime.strptime(date, "%Y-%m-%d")
-        hour = int(h[5:])
-        return (date, hour) if 0 <= hour < 24 else None
-    except ValueError:
-        return None
-
-
-def _part_start(part: tuple[str, int]) -> float:
-    d = datetime.strptime(part[0], "%Y-%m-%d").replace(tzinfo=timezone.utc)
-    return d.timestamp() + 3600 * part[1]
-
-
-def _part_dirs(root: Path) -> list[tuple[tuple[str, int], Path]]:
-    out = []
-    if not root.is_dir():
-        return out
-    for dd in root.iterdir():
-        if not dd.is_dir() or not dd.name.startswith("date="):
-            continue
-        for hd in dd.iterdir():
-            part = _part_of(hd) if hd.is_dir() else None
-            if part is not None:
-                out.append((part, hd))
-    return sorted(out)
-
-
-def _check_file(path: Path) -> tuple[dict | None, str | None]:
-    """(archive metadata, None) for a readable archive file; (None, reason) otherwise."""
-    try:
-        if path.stat().st_size == 0:
-            return None, "empty file"
-        md = pq.read_metadata(path)
-    except (OSError, pa.ArrowException) as exc:
-        return None, f"not a Parquet file ({type(exc).__name__}: {str(exc)[:120]})"
-    if "ts" not in md.schema.names:
-        return None, "no ts column: not an archive file"
-    kv = md.metadata or {}
-    try:
-        meta = json.loads(kv[META_KEY]) if META_KEY in kv else {}
-    except ValueError:
-        meta = {}
-    return meta, None
-
-
-def fsync_dir(d: Path) -> None:
-    """fsync a directory (a rename in it is then durable); a no-op where the filesystem refuses."""
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
 
 
 def _column(value: Any, n: int, typ: pa.DataType) -> pa.Array:
@@ -331,7 +218,7 @@ class ArchiveWriter:
             fsync_dir(jdir)
         for trash in self.root.glob(".trash-*"):
             shutil.rmtree(trash, ignore_errors=True)
-        for _part, d in _part_dirs(self.root):
+        for _part, d in part_dirs(self.root):
             for tmp in d.glob(".*.tmp"):
                 tmp.unlink()
                 self.stats.discarded_temp_files += 1
@@ -340,11 +227,11 @@ class ArchiveWriter:
                      self.root, self.stats.recovered_files, self.stats.discarded_temp_files)
 
     def _index(self) -> None:
-        for part, d in _part_dirs(self.root):
+        for part, d in part_dirs(self.root):
             for f in sorted(d.glob("*.parquet")):
                 if f.name.startswith("."):
                     continue
-                meta, why = _check_file(f)
+                meta, why = check_file(f)
                 if meta is None:
                     log.warning("archive file %s skipped: %s", f, why)
                     self.stats.bad_files += 1
@@ -498,7 +385,7 @@ class ArchiveWriter:
             return []
         table = pa.concat_tables(self._buf) if len(self._buf) > 1 else self._buf[0]
         table = table.take(pc.sort_indices(table, [("ts", "ascending")]))
-        hours = np.floor_divide(table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False), _HOUR_US)
+        hours = np.floor_divide(table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False), HOUR_US)
         cuts = np.flatnonzero(np.diff(hours)) + 1
         starts = np.concatenate([[0], cuts])
         ends = np.concatenate([cuts, [len(hours)]])
@@ -614,7 +501,7 @@ class ArchiveWriter:
         if self.max_bytes is None and self.max_age is None:
             return
         parts: dict[tuple[str, int], tuple[Path, int]] = {}
-        for part, d in _part_dirs(self.root):
+        for part, d in part_dirs(self.root):
             size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
             parts[part] = (d, size)
         if not parts:
@@ -623,7 +510,7 @@ class ArchiveWriter:
         doomed: list[tuple[str, int]] = []
         if self.max_age is not None:
             cutoff = self.clock() - self.max_age
-            doomed += [p for p in sorted(parts) if p not in keep and _part_start(p) + 3600 <= cutoff]
+            doomed += [p for p in sorted(parts) if p not in keep and part_start(p) + 3600 <= cutoff]
         if self.max_bytes is not None:
             total = sum(size for p, (_d, size) in parts.items() if p not in doomed)
             for p in sorted(parts):
@@ -663,96 +550,5 @@ class ArchiveWriter:
         self._closed = True
 
 
-# ------------------------------------------------------------------------------------------
-# reading
-
-
-class ArchiveScan:
-    """Record batches of an archive, in event-time partition order (iterate it once or more).
-
-    ``files`` the archive files read, ``bad_files`` ``(path, reason)`` of the files skipped,
-    ``rows`` the rows yielded so far.
-    """
-
-    def __init__(self, root: str | os.PathLike, since: Any = None, until: Any = None,
-                 columns: Sequence[str] | None = None, now: float | None = None, batch_size: int = 65536) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"archive not found: {self.root} (give the directory the archive writes to)")
-        self.since, self.until = parse_time(since, now), parse_time(until, now)
-        self.columns = list(columns) if columns is not None else None
-        self.batch_size = int(batch_size)
-        self.files: list[Path] = []
-        self.bad_files: list[tuple[Path, str]] = []
-        self.rows = 0
-
-    def _discover(self) -> list[Path]:
-        lo = self.since.timestamp() if self.since else None
-        hi = self.until.timestamp() if self.until else None
-        good, bad = [], []
-        for part, d in _part_dirs(self.root):
-            start = _part_start(part)
-            if (lo is not None and start + 3600 <= lo) or (hi is not None and start >= hi):
-                continue
-            for f in sorted(d.glob("*.parquet")):
-                if f.name.startswith("."):
-                    continue
-                meta, why = _check_file(f)
-                if meta is None:
-                    bad.append((f, why))
-                    log.warning("archive file %s skipped: %s", f, why)
-                else:
-                    good.append(f)
-        self.files, self.bad_files = good, bad
-        return good
-
-    def _filter(self):
-        expr = None
-        if self.since is not None:
-            expr = ds.field("ts") >= pa.scalar(self.since, TS_TYPE)
-        if self.until is not None:
-            e = ds.field("ts") < pa.scalar(self.until, TS_TYPE)
-            expr = e if expr is None else expr & e
-        return expr
-
-    def __iter__(self) -> Iterator[pa.RecordBatch]:
-        files = self._discover()
-        self.rows = 0
-        if not files:
-            return
-        schema = pq.read_schema(files[0]).remove_metadata()
-        cols = self.columns
-        if cols is not None:
-            missing = [c for c in cols if c not in schema.names]
-            if missing:
-                raise ValueError(f"columns {missing} are not in the archive; it has {schema.names}")
-        dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet",
-                             partitioning=PARTITIONING, partition_base_dir=str(self.root))
-        frags = {os.path.normpath(fr.path): fr for fr in dataset.get_fragments()}
-        flt = self._filter()
-        for f in files:  # partition order, then write order (file names start with the write time)
-            frag = frags[os.path.normpath(str(f))]
-            for b in frag.to_batches(schema=dataset.schema, columns=cols, filter=flt, batch_size=self.batch_size):
-                if b.num_rows:
-                    self.rows += b.num_rows
-                    yield b
-
-
-def read_archive(root: str | os.PathLike, since: Any = None, until: Any = None,
-                 columns: Sequence[str] | None = None, *, now: float | None = None,
-                 batch_size: int = 65536) -> ArchiveScan:
-    """Iterate the archive's record batches in event-time order of its hour partitions.
-
-    Args:
-        root: the archive directory.
-        since: keep records with ``ts >= since``: a duration back from now (``"7d"``), an ISO time,
-            epoch seconds or a datetime (None: from the start).
-        until: keep records with ``ts < until`` (same forms; None: to the end).
-        columns: columns to read (None: all the archive's columns).
-        now: "now" for durations (epoch seconds; default the wall clock).
-        batch_size: the most rows per batch (memory stays bounded by it, not by the archive).
-
-    Returns an :class:`ArchiveScan`: iterate it for ``pyarrow.RecordBatch`` objects; afterwards its
-    ``bad_files`` lists the files skipped (empty, not Parquet, not an archive file).
-    """
-    return ArchiveScan(root, since, until, columns, now, batch_size)
+__all__ = ["EXTRA_FIELDS", "META_KEY", "PARTITIONING", "POSITION_COLUMNS", "ArchiveScan", "ArchiveStats",
+           "ArchiveWriter", "archive_schema", "chunk_positions", "fsync_dir", "parse_time", "read_archive"]

@@ -32,20 +32,19 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import getpass
-import hashlib
 import json
 import os
 import re
 import shutil
 import stat
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from detector.model_files import MANIFEST, ModelDirError, verify_manifest, write_manifest
+from training.registry_meta import (RegistryError, code_version, differences, flatten, installed_knowledge, iso,
+                                    now_text, read_json, sha256, user)
 
 ALIASES = ("champion", "challenger", "previous")
 METADATA = "registry.json"
@@ -56,101 +55,8 @@ _NOT_COPIED = ("checkpoint.pt", "checkpoint.tmp")  # training state: no loader r
 _READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
 
-class RegistryError(ValueError):
-    """A registry operation that cannot be done as asked; the message names the fix."""
-
-
 class RegistryLocked(RegistryError):
     """Another writer holds the registry lock."""
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _iso(ts: Any) -> str | None:
-    if not isinstance(ts, (int, float)):
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(ts)))
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name (a container without a passwd entry)
-        return str(os.getuid())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def code_version() -> dict:
-    """The package version and, when the code runs from a git checkout, its commit (None otherwise)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as _version
-
-    try:
-        package = _version("graphsentry")
-    except PackageNotFoundError:  # pragma: no cover - a tree that is not installed
-        package = None
-    commit = None
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        p = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if p.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", p.stdout.strip()):
-            commit = p.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"package": package, "git_commit": commit}
-
-
-def _installed_knowledge() -> dict | None:
-    """The installed knowledge artifact's version and content hash (its manifest.json), if there is one."""
-    path = Path(__file__).resolve().parents[1] / "knowledge" / "artifacts" / "default" / "manifest.json"
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(m, dict) or not m.get("hash"):
-        return None
-    return {"version": m.get("version"), "hash": m.get("hash"),
-            "source": "installed artifact (knowledge/artifacts/default)"}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"{path} cannot be read as JSON ({exc}); "
-                            f"restore it from a backup of the registry") from None
-    if not isinstance(data, dict):
-        raise RegistryError(f"{path} is not a JSON object; restore it from a backup of the registry")
-    return data
-
-
-def flatten(d: Any, prefix: str = "", depth: int = 6) -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and deeper values stay as they are (leaves)."""
-    out: dict[str, Any] = {}
-    if isinstance(d, dict) and depth > 0:
-        for k, v in d.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict) and v and depth > 1:
-                out.update(flatten(v, key, depth - 1))
-            else:
-                out[key] = v
-    elif prefix:
-        out[prefix] = d
-    return out
-
-
-def _differences(a: dict, b: dict) -> list[dict]:
-    fa, fb = flatten(a), flatten(b)
-    return [{"key": k, "a": fa.get(k), "b": fb.get(k)} for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
 
 class Registry:
@@ -227,7 +133,7 @@ class Registry:
         return self.versions_dir / self.version_of(ref)
 
     def metadata(self, ref: str) -> dict:
-        return _read_json(self.resolve(ref) / METADATA)
+        return read_json(self.resolve(ref) / METADATA)
 
     def verify(self, ref: str) -> dict[str, dict]:
         """Check every file of a version against its manifest (:func:`detector.model_files.verify_manifest`);
@@ -259,7 +165,7 @@ class Registry:
         rows = []
         for v in self.versions():
             try:
-                meta = _read_json(self.versions_dir / v / METADATA)
+                meta = read_json(self.versions_dir / v / METADATA)
             except RegistryError:
                 meta = {"error": f"{METADATA} unreadable"}
             model, data = meta.get("model") or {}, meta.get("data") or {}
@@ -274,8 +180,8 @@ class Registry:
         """A version's metadata, the aliases pointing to it and its files (size, sha256)."""
         v = self.version_of(ref)
         d = self.versions_dir / v
-        meta = _read_json(d / METADATA)
-        manifest = _read_json(d / MANIFEST)
+        meta = read_json(d / METADATA)
+        manifest = read_json(d / MANIFEST)
         return {**meta, "version": v, "aliases": [a for a, x in self.aliases().items() if x == v],
                 "path": str(d), "files": manifest.get("files", {})}
 
@@ -284,18 +190,18 @@ class Registry:
         side (every scalar, ``differs`` marked), files whose sha256 differs (or that only one has)."""
         va, vb = self.version_of(a), self.version_of(b)
         da, db = self.versions_dir / va, self.versions_dir / vb
-        ca, cb = _read_json(da / "config.json"), _read_json(db / "config.json")
+        ca, cb = read_json(da / "config.json"), read_json(db / "config.json")
         skip = ("metrics", "train_config", "created")
-        config = _differences({k: v for k, v in ca.items() if k not in skip},
+        config = differences({k: v for k, v in ca.items() if k not in skip},
                               {k: v for k, v in cb.items() if k not in skip})
-        train = _differences(ca.get("train_config") or {}, cb.get("train_config") or {})
-        ma = flatten(_read_json(da / METADATA).get("metrics") or {})
-        mb = flatten(_read_json(db / METADATA).get("metrics") or {})
+        train = differences(ca.get("train_config") or {}, cb.get("train_config") or {})
+        ma = flatten(read_json(da / METADATA).get("metrics") or {})
+        mb = flatten(read_json(db / METADATA).get("metrics") or {})
         metrics = [{"key": k, "a": ma.get(k), "b": mb.get(k), "differs": ma.get(k) != mb.get(k)}
                    for k in sorted(set(ma) | set(mb))
                    if not isinstance(ma.get(k), (list, dict)) and not isinstance(mb.get(k), (list, dict))]
-        fa = _read_json(da / MANIFEST).get("files", {})
-        fb = _read_json(db / MANIFEST).get("files", {})
+        fa = read_json(da / MANIFEST).get("files", {})
+        fb = read_json(db / MANIFEST).get("files", {})
         files = [{"file": n, "a": (fa.get(n) or {}).get("sha256"), "b": (fb.get(n) or {}).get("sha256")}
                  for n in sorted(set(fa) | set(fb)) if n != METADATA and fa.get(n) != fb.get(n)]
         return {"a": va, "b": vb, "config": config, "train_config": train, "metrics": metrics, "files": files}
@@ -326,7 +232,7 @@ class Registry:
             os.close(fd)  # releases the flock
 
     def _append(self, event: str, reason: str | None = None, **fields: Any) -> dict:
-        ev = {"time": _now(), "event": event, "user": _user(), **fields, "reason": reason}
+        ev = {"time": now_text(), "event": event, "user": user(), **fields, "reason": reason}
         line = (json.dumps(ev) + "\n").encode()
         fd = os.open(self.root / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -424,27 +330,27 @@ class Registry:
         return version
 
     def _metadata(self, version: str, src: Path, copy: Path, given: dict) -> dict:
-        cfg = _read_json(copy / "config.json")
+        cfg = read_json(copy / "config.json")
         fp = cfg.get("fingerprint") if isinstance(cfg.get("fingerprint"), dict) else {}
         kg = cfg.get("kg") if isinstance(cfg.get("kg"), dict) else {}
         knowledge = ({"version": kg.get("version"), "hash": kg["hash"], "source": "model config.json (kg)"}
-                     if kg.get("hash") else _installed_knowledge())
+                     if kg.get("hash") else installed_knowledge())
         parent = given.pop("parent", self.alias("champion"))
         meta: dict[str, Any] = {
             "version": version,
-            "created": _now(),
+            "created": now_text(),
             "parent": parent,
             "source": str(src.resolve()),
-            "content_sha256": _sha256(copy / MANIFEST),  # equal for two registrations of the same files
+            "content_sha256": sha256(copy / MANIFEST),  # equal for two registrations of the same files
             "model": {"kind": cfg.get("kind"), "format_version": cfg.get("format_version"),
                       "detector": cfg.get("detector"), "threshold": cfg.get("threshold"),
                       "trained": cfg.get("created")},
-            "data": {"fingerprint": fp, "from": _iso(fp.get("ts_min")), "to": _iso(fp.get("ts_max"))},
+            "data": {"fingerprint": fp, "from": iso(fp.get("ts_min")), "to": iso(fp.get("ts_max"))},
             "code": code_version(),
             "knowledge": knowledge,
             "metrics": cfg.get("metrics") if isinstance(cfg.get("metrics"), dict) else {},
             "gate": None,
-            "registered_by": _user(),
+            "registered_by": user(),
         }
         for key, value in given.items():
             if key in ("data", "code", "knowledge", "metrics", "model") and isinstance(value, dict) \
