@@ -1,0 +1,222 @@
+"""The alert queue in SQL: filtering, include/exclude, sorting, paging and grouping.
+
+The alert store is opened read-only (``mode=ro``); the triage database is attached read-only as
+``t`` so the queue can filter and sort on triage status without ever writing to the alert records.
+When the store file is writable, :func:`ensure_indexes` adds the queue's indexes to it
+(``CREATE INDEX IF NOT EXISTS``: indexes only, never a change to a row).
+
+Every value from a request goes into SQL as a bound parameter; field and sort names are looked up in
+fixed tables (:data:`FIELDS`, :data:`SORTS`), never pasted.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detector.ui.fields import summary
+
+MAX_PAGE = 200
+STATUS = "COALESCE(s.status, 'new')"
+SORTS = {"time": "a.window_start", "severity": "a.severity_id", "score": "a.score", "count": "a.count",
+         "src": "a.src_ip", "technique": "a.technique", "created": "a.time_ms"}
+GROUPS = {"host": ("a.src_ip",), "technique": ("a.technique",), "rule": ("a.technique", "a.src_ip"),
+          "rule_dst": ("a.technique", "a.src_ip", "{dst}")}
+_COLS = "a.id, a.time_ms, a.window_start, a.window_end, a.src_ip, a.technique, a.severity_id, a.score, a.count, " \
+        "a.model_version, a.finding"
+
+
+def _ro_uri(path: Path) -> str:
+    return Path(path).resolve().as_uri() + "?mode=ro"
+
+
+def ensure_indexes(alerts: Path) -> bool:
+    """Add the queue's indexes to a writable alert store; False when it is read-only."""
+    if not os.access(alerts, os.W_OK) or not os.access(Path(alerts).parent, os.W_OK):
+        return False
+    db = sqlite3.connect(str(alerts), timeout=10)
+    try:
+        for name, cols in (("ui_time", "window_start, id"), ("ui_sev", "severity_id, window_start"),
+                           ("ui_src", "src_ip, window_start"), ("ui_tech", "technique, window_start"),
+                           ("ui_score", "score"), ("ui_created", "time_ms")):
+            db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON alerts({cols})")
+        db.commit()
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        db.close()
+
+
+@dataclass
+class Query:
+    """A queue request, validated from the URL's parameters by :meth:`from_params`."""
+
+    since: float | None = None
+    until: float | None = None
+    severity_min: int | None = None
+    technique: str | None = None
+    host: str | None = None
+    status: str | None = None
+    text: str | None = None
+    include: list[tuple[str, str]] = field(default_factory=list)
+    exclude: list[tuple[str, str]] = field(default_factory=list)
+    sort: str = "time"
+    desc: bool = True
+    offset: int = 0
+    limit: int = 50
+    group: str | None = None
+
+    @classmethod
+    def from_params(cls, p: dict[str, list[str]]) -> "Query":
+        def one(k: str) -> str | None:
+            v = (p.get(k) or [""])[-1].strip()
+            return v or None
+
+        def num(k: str, kind=float) -> Any:
+            v = one(k)
+            if v is None:
+                return None
+            try:
+                return kind(v)
+            except ValueError:
+                raise ValueError(f"parameter {k}={v!r} is not a number") from None
+
+        q = cls(since=num("since"), until=num("until"), severity_min=num("severity", int), technique=one("technique"),
+                host=one("host"), status=one("status"), text=one("q"), sort=one("sort") or "time",
+                desc=(one("order") or "desc") != "asc", offset=max(0, num("offset", int) or 0),
+                limit=min(MAX_PAGE, max(1, num("limit", int) or 50)), group=one("group"))
+        for raw in p.get("f", []):
+            neg = raw.startswith("-")
+            name, sep, value = raw[1 if neg else 0:].partition(":")
+            if not sep or name not in FIELDS:
+                raise ValueError(f"filter {raw!r}: expected [-]FIELD:VALUE with FIELD one of {', '.join(FIELDS)}")
+            (q.exclude if neg else q.include).append((name, value))
+        if q.sort not in SORTS:
+            raise ValueError(f"sort {q.sort!r}: expected one of {', '.join(SORTS)}")
+        if q.group is not None and q.group not in GROUPS:
+            raise ValueError(f"group {q.group!r}: expected one of {', '.join(GROUPS)}")
+        return q
+
+
+# Filterable fields: name -> SQL expression over alerts a / triage s ({dst} is the destination).
+FIELDS = {"src": "a.src_ip", "dst": "{dst}", "technique": "a.technique", "severity": "a.severity_id",
+          "model": "a.model_version", "status": STATUS, "assignee": "s.assignee", "id": "a.id"}
+
+
+class AlertQueue:
+    """Read-only queries on an alert store joined with its triage database."""
+
+    def __init__(self, alerts: Path, triage: Path) -> None:
+        self.alerts, self.triage = Path(alerts), Path(triage)
+        self.indexed = ensure_indexes(self.alerts)
+        self._local = threading.local()
+        self._stamp_db = self._connect()
+        self._stamp_lock = threading.Lock()
+        cols = {r[1] for r in self._stamp_db.execute("PRAGMA table_info(alerts)")}
+        if "id" not in cols:
+            raise ValueError(f"{self.alerts} has no alerts table of the graphsentry sqlite sink")
+        # The enriched store may carry dst_ip; otherwise the destination comes from the finding JSON.
+        self.dst_expr = "a.dst_ip" if "dst_ip" in cols else \
+            "COALESCE(json_extract(a.finding, '$.dst_endpoint.ip'), json_extract(a.finding, '$.dst_endpoint.uid'))"
+        self.extra_cols = [c for c in ("dst_ip", "first_seen", "last_seen") if c in cols]
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(_ro_uri(self.alerts), uri=True, check_same_thread=False, timeout=10)
+        db.execute("ATTACH DATABASE ? AS t", (_ro_uri(self.triage),))
+        return db
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        return db
+
+    def stamp(self) -> int:
+        """Changes to the alert store seen by this process (``PRAGMA data_version`` grows on each commit)."""
+        with self._stamp_lock:
+            return int(self._stamp_db.execute("PRAGMA data_version").fetchone()[0]) + \
+                int(self._stamp_db.execute("SELECT COALESCE(MAX(rowid), 0) FROM alerts").fetchone()[0])
+
+    def _where(self, q: Query) -> tuple[str, list]:
+        w, args = [], []
+        if q.since is not None:
+            w.append("a.window_end > ?"); args.append(q.since)
+        if q.until is not None:
+            w.append("a.window_start < ?"); args.append(q.until)
+        if q.severity_min is not None:
+            w.append("a.severity_id >= ?"); args.append(q.severity_min)
+        if q.technique:
+            w.append("(a.technique = ? OR a.technique LIKE ? ESCAPE '\\')")
+            args += [q.technique, _like(q.technique) + ".%"]
+        if q.host:
+            w.append(f"(a.src_ip = ? OR {self.dst_expr} = ?)"); args += [q.host, q.host]
+        if q.status:
+            w.append(f"{STATUS} = ?"); args.append(q.status)
+        if q.text:
+            pat = "%" + _like(q.text) + "%"
+            w.append("(a.id LIKE ? ESCAPE '\\' OR a.src_ip LIKE ? ESCAPE '\\' OR a.technique LIKE ? ESCAPE '\\' "
+                     "OR a.finding LIKE ? ESCAPE '\\')")
+            args += [pat] * 4
+        for neg, items in ((False, q.include), (True, q.exclude)):
+            for name, value in items:
+                expr = FIELDS[name].format(dst=self.dst_expr)
+                w.append(f"COALESCE(CAST({expr} AS TEXT), '') {'!=' if neg else '='} ?"); args.append(value)
+        return (" WHERE " + " AND ".join(w)) if w else "", args
+
+    def page(self, q: Query) -> dict:
+        """One page of alerts (``items``) and the number matching (``total``)."""
+        where, args = self._where(q)
+        frm = " FROM alerts a LEFT JOIN t.triage s ON s.alert_id = a.id"
+        db = self._db()
+        total = db.execute("SELECT COUNT(*)" + frm + where, args).fetchone()[0]
+        order = f" ORDER BY {SORTS[q.sort]} {'DESC' if q.desc else 'ASC'}, a.id {'DESC' if q.desc else 'ASC'}"
+        sql = (f"SELECT {_COLS}, s.status, s.assignee, s.verdict" + "".join(f", a.{c}" for c in self.extra_cols)
+               + frm + where + order + " LIMIT ? OFFSET ?")
+        cur = db.execute(sql, args + [q.limit, q.offset])
+        names = [d[0] for d in cur.description]
+        items = [summary(dict(zip(names, r))) for r in cur.fetchall()]
+        return {"total": total, "offset": q.offset, "limit": q.limit, "items": items}
+
+    def groups(self, q: Query) -> dict:
+        """Alerts grouped by ``q.group``: key fields, alert and flow counts, first/last seen, top severity."""
+        keys = [k.format(dst=self.dst_expr) for k in GROUPS[q.group]]
+        where, args = self._where(q)
+        key_sql = ", ".join(f"{k} AS k{i}" for i, k in enumerate(keys))
+        sql = (f"SELECT {key_sql}, COUNT(*) AS n, SUM(a.count) AS flows, MIN(a.window_start) AS first, "
+               f"MAX(a.window_end) AS last, MAX(a.severity_id) AS sev, "
+               f"SUM(CASE WHEN {STATUS} = 'new' THEN 1 ELSE 0 END) AS open "
+               f"FROM alerts a LEFT JOIN t.triage s ON s.alert_id = a.id{where} "
+               f"GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}")
+        db = self._db()
+        total = db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0]
+        rows = db.execute(sql + " ORDER BY n DESC, last DESC LIMIT ? OFFSET ?", args + [q.limit, q.offset]).fetchall()
+        names = {"host": ["src"], "technique": ["technique"], "rule": ["technique", "src"],
+                 "rule_dst": ["technique", "src", "dst"]}[q.group]
+        items = [{"key": dict(zip(names, r[:len(keys)])), "alerts": r[len(keys)], "flows": r[len(keys) + 1],
+                  "first_seen": r[len(keys) + 2], "last_seen": r[len(keys) + 3], "severity_id": r[len(keys) + 4],
+                  "open": r[len(keys) + 5]} for r in rows]
+        return {"total": total, "offset": q.offset, "limit": q.limit, "group": q.group, "items": items}
+
+    def row(self, alert_id: str) -> dict | None:
+        """One alert's store row (with ``finding`` as text), or None."""
+        cur = self._db().execute(f"SELECT {_COLS}" + "".join(f", a.{c}" for c in self.extra_cols)
+                                 + " FROM alerts a WHERE a.id = ?", (alert_id,))
+        r = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], r)) if r else None
+
+    def entity_findings(self, host: str, limit: int = 200) -> list[dict]:
+        """Other findings with this source, by window: the timeline when no archive is given."""
+        cur = self._db().execute(
+            "SELECT a.id, a.window_start, a.window_end, a.technique, a.severity_id, a.score, a.count "
+            "FROM alerts a WHERE a.src_ip = ? ORDER BY a.window_start DESC LIMIT ?", (host, limit))
+        rows = [dict(zip(["id", "window_start", "window_end", "technique", "severity_id", "score", "count"], r))
+                for r in cur.fetchall()]
+        return rows[::-1]
+
+
+def _like(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
