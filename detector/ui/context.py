@@ -64,6 +64,8 @@ def explanation(finding: dict) -> dict:
             "behaviour_scores": [{"technique": k, "score": v} for k, v in sorted(behaviour.items())],
             "behaviour_techniques": [str(t) for t in (u.get("behaviour_techniques") or []) if isinstance(t, str)],
             "technique_source": u.get("technique_source") if isinstance(u.get("technique_source"), str) else None,
+            "severity_points": {str(k): v for k, v in (u.get("severity_points") or {}).items()
+                                if isinstance(v, (int, float))} if isinstance(u.get("severity_points"), dict) else {},
             "score": u.get("score"), "threshold": u.get("threshold"), "mean_score": u.get("mean_score")}
 
 
@@ -97,7 +99,8 @@ def from_finding(finding: dict, others: list[dict]) -> dict:
                       "src": endpoint(dig(ev, "src_endpoint")), "src_port": dig(ev, "src_endpoint", "port"),
                       "dst": endpoint(dig(ev, "dst_endpoint")), "dst_port": dig(ev, "dst_endpoint", "port"),
                       "proto": dig(ev, "connection_info", "protocol_name"), "amount": data.get("amount"),
-                      "score": _clean(data.get("score")), "alert": True, "row": data.get("row")})
+                      "score": _clean(data.get("score")), "alert": True, "row": data.get("row"),
+                      "records": data.get("records")})
     listed = {f["uid"] for f in flows}
     for uid in (u.get("uids") or [])[:MAX_FLOWS]:
         if isinstance(uid, (str, int)) and uid not in listed:

@@ -111,5 +111,7 @@ def summary(row: dict) -> dict:
         "status": row.get("status") or "new",
         "assignee": row.get("assignee"),
         "verdict": row.get("verdict"),
-        "distinct_sources": _num(u.get("distinct_sources")),
+        "distinct_sources": _num(u.get("distinct_sources", u.get("sources"))),
+        "distinct_destinations": _num(u.get("distinct_destinations", u.get("destinations"))),
+        "group_by": _str(u.get("group_by")),
     }

@@ -35,6 +35,8 @@
     ];
     if (s.kind === "transaction") pairs.push(["amount", num(s.amount, 2)]);
     if (s.distinct_sources !== null) pairs.push(["distinct sources", num(s.distinct_sources)]);
+    if (s.distinct_destinations !== null) pairs.push(["distinct destinations", num(s.distinct_destinations)]);
+    if (s.group_by) pairs.push(["grouped by", s.group_by === "dst" ? "destination (incident)" : s.group_by]);
     const pivots = el("div", {cls: "actions"},
       link("#flows", "related flows"), " · ",
       s.src ? link(`/?host=${encodeURIComponent(s.src)}`, "all alerts of this entity") : null);
@@ -55,7 +57,8 @@
 
   function renderWhy(w) {
     const parts = [kv([["score", num(w.score, 4)], ["threshold", num(w.threshold, 4)], ["mean score", num(w.mean_score, 4)],
-      ["technique from", w.technique_source || "—"]])];
+      ["technique from", w.technique_source || "—"],
+      ["severity points", Object.entries(w.severity_points || {}).map(([k, v]) => `${k} ${v}`).join(", ")]])];
     parts.push(el("h3", {text: "predicates that fired"}));
     parts.push(w.predicates.length ? table(["predicate", "value"], w.predicates.map((p) => [p.name, typeof p.value === "object" ? JSON.stringify(p.value) : p.value]), {id: "predicates"})
       : el("p", {cls: "muted", text: "the finding carries no predicate values"}));
@@ -109,7 +112,7 @@
   function renderFlows(ctx) {
     const rows = ctx.flows.map((f) => [time(f.ts), f.uid, `${f.src ?? "—"}${f.src_port != null ? ":" + f.src_port : ""}`,
       `${f.dst ?? "—"}${f.dst_port != null ? ":" + f.dst_port : ""}`, f.proto ?? f.service ?? (f.amount != null ? `amount ${num(f.amount, 2)}` : "—"),
-      num(f.score, 4), f.in_alert ? "in this alert" : (f.alert ? "flagged" : "")]);
+      num(f.score, 4), f.in_alert ? "in this alert" : (f.records != null ? `${f.records} records` : (f.alert ? "flagged" : ""))]);
     $("flows-body").replaceChildren(
       el("p", {cls: "muted", text: `${ctx.flows.length} shown of ${ctx.flows_total}; from the ${ctx.source === "archive" ? "archive of scored records" : "finding itself (no archive given)"}`}),
       table(["time (UTC)", "uid", "source", "destination", "protocol / amount", "score", ""], rows, {id: "flow-table"}));
