@@ -1,13 +1,19 @@
 """Alerts in the OCSF Detection Finding shape (class_uid 2004), built from one scored window.
 
-Aggregation: flagged records of a window are grouped by (source endpoint, top ATT&CK technique);
-each group becomes ONE finding carrying the count, the max/mean score, the first rows/uids
-(capped), the top destinations and the evidence of the highest-scoring record. A flood of a
-million flagged flows from one host in one window is one alert, not a million.
+Aggregation (:mod:`detector.alerts.grouping`): the flagged records of a window are grouped by
+(source endpoint, technique), or by (destination endpoint, technique) for many-to-one activity
+(floods, scans, brute force, or any technique once enough distinct sources reach one destination).
+Each group is ONE finding with the count, the distinct sources and destinations, the top of each,
+the max/mean score against the threshold, the first rows/uids (capped) and the evidence of its
+highest-scoring record: the knowledge predicates that fired with their values and the candidate
+techniques with their ATT&CK names and tactics (``explain``), the behaviour techniques, and
+``finding_info.attacks[]`` (OCSF attack objects, :mod:`detector.alerts.attack`). Severity comes from
+:mod:`detector.alerts.severity`. ``WindowAlerts.finding_of`` gives each scored record's finding id.
 
-The finding id is a hash of (window start, source endpoint, technique) — not of the model or the
-wall clock — so re-scoring the same window after a crash (at-least-once delivery) overwrites the
-same alert in idempotent sinks (SQLite, Alertmanager) instead of duplicating it.
+The finding id is a hash of (window start, key, technique) — not of the model or the wall clock — so
+re-scoring the same window after a crash (at-least-once delivery) overwrites the same alert in
+idempotent sinks (SQLite, Alertmanager) instead of duplicating it. Consecutive windows of one activity
+are folded into one finding by :class:`detector.alerts.incidents.IncidentTracker`.
 
 Long-horizon behaviour (``ws.behaviour_techniques`` / ``ws.behaviour_scores`` from the scorer's
 :class:`ingest.behaviour.BehaviourState`, docs/behaviour.md): a flagged record whose window gave it no
@@ -20,13 +26,15 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from detector.alerts import attack as attack_db
+from detector.alerts.grouping import group, top
+from detector.alerts.severity import FindingFacts, Networks, points, severity
 from ingest.schema import is_transactions
 from knowledge.behaviour_predicates import TECHNIQUES as BEHAVIOUR_TECHNIQUES
 
@@ -34,132 +42,117 @@ OCSF_VERSION = "1.3.0"
 CLASS_UID = 2004          # Detection Finding
 CATEGORY_UID = 2          # Findings
 ACTIVITY_CREATE = 1
+ACTIVITY_UPDATE = 2
 SEVERITIES = {1: "Informational", 2: "Low", 3: "Medium", 4: "High", 5: "Critical"}
 MAX_REFS = 50             # rows/uids listed per alert; `count` has the full number
+TOP_K = 10                # top sources / destinations listed per alert
 NO_TECHNIQUE = "none"
+SKETCH_K = 256            # distinct-source sketch size (exact up to this many sources, an estimate beyond)
+_DEFAULT_NETS = Networks()
 
 
-def severity_id(max_score: float, threshold: float | None, count: int) -> int:
-    """Severity from how far the score is over the threshold, and how many records agree.
-
-    Ratio >= 2 (or a flood of >= 1000 records) is High, >= 1.5 Medium, else Low; both High
-    conditions at once is Critical. Without a threshold the count alone decides.
-    """
-    ratio = (max_score / threshold) if threshold and threshold > 0 and np.isfinite(max_score) else 1.0
-    high_ratio, flood = ratio >= 2.0, count >= 1000
-    if high_ratio and flood:
-        return 5
-    if high_ratio or flood:
-        return 4
-    if ratio >= 1.5 or count >= 100:
-        return 3
-    return 2
-
-
-def alert_id(window_start: float, src: str, technique: str) -> str:
-    return hashlib.sha1(f"{window_start:.6f}|{src}|{technique}".encode()).hexdigest()[:24]
+def alert_id(window_start: float, src: str, technique: str, by: str = "src") -> str:
+    """Finding id of one window's group; ``by="dst"``: ``src`` is the destination endpoint."""
+    key = src if by == "src" else f"dst:{src}"
+    return hashlib.sha1(f"{window_start:.6f}|{key}|{technique}".encode()).hexdigest()[:24]
 
 
 @dataclass
 class WindowAlerts:
-    """Alerts of one window plus how many flagged records were folded into them."""
+    """Alerts of one window plus how many flagged records were folded into them.
+
+    ``finding_of[k]``: the finding id of scored record ``k`` (index into ``ws.rows``), None when not
+    flagged. ``first_pos``: table position of each alert's first flagged record (latency).
+    """
 
     alerts: list[dict]
     flagged: int
     suppressed: int
-    first_pos: list[int] = None  # table position of each alert's first flagged record (latency)
+    first_pos: list[int] = field(default_factory=list)
+    finding_of: np.ndarray | None = None
+    sketches: list = field(default_factory=list)  # per alert: smallest SKETCH_K hashes of its distinct sources
 
 
-class _Sparse:
-    """Values of a few table positions, indexed by table position."""
-
-    def __init__(self, positions: np.ndarray, values: list) -> None:
-        self._at = dict(zip(positions.tolist(), values))
-
-    def __getitem__(self, p: int):
-        return self._at[p]
-
-
-def _col(table: pa.Table, name: str) -> list:
-    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+def _col(table: pa.Table, name: str) -> pa.ChunkedArray:
+    if name in table.column_names:
+        return table.column(name)
+    return pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
 
 
 def build_alerts(
     window: Any, ws: Any, model_version: str = "", threshold: float | None = None,
     ref_rows: np.ndarray | None = None, explain: Any = None, now: float | None = None,
+    networks: Networks | None = None,
 ) -> WindowAlerts:
     """Aggregate a window's flagged records into OCSF Detection Findings.
 
     ``ws`` is a WindowScores (``rows``, ``scores``, ``alerts``, ``top_technique``). ``ref_rows`` maps
     the window table's positions to the input's own row numbers (None: the table's ``row``).
-    ``explain(i) -> dict | None`` optionally gives knowledge evidence for table position ``i``.
+    ``explain(k) -> dict | None`` gives the knowledge evidence of scored record ``k`` (None: the
+    scorer's own ``ws.explain`` when it has one); ``networks``: the internal networks (direction).
     """
     table = window.table
     now = time.time() if now is None else now
+    nets = networks or _DEFAULT_NETS
+    explain = explain if explain is not None else getattr(ws, "explain", None)
     alerts_mask = np.asarray(ws.alerts, dtype=bool)
+    n_ws = len(alerts_mask)
     if not alerts_mask.any():
-        return WindowAlerts([], 0, 0, [])
+        return WindowAlerts([], 0, 0, [], np.full(n_ws, None, dtype=object))
     ws_rows = np.asarray(ws.rows, dtype=np.int64)
     tab_rows = np.asarray(table.column("row").to_numpy(zero_copy_only=False), dtype=np.int64)
     # ws.rows are table `row` values; map them to table positions (windows are in `row` order).
-    pos = np.searchsorted(tab_rows, ws_rows)
-    pos = np.clip(pos, 0, max(len(tab_rows) - 1, 0))
+    pos = np.clip(np.searchsorted(tab_rows, ws_rows), 0, max(len(tab_rows) - 1, 0))
     scores = np.asarray(ws.scores, dtype=np.float64)
-    techs = list(ws.top_technique) if getattr(ws, "top_technique", None) is not None else [None] * len(ws_rows)
-    beh = _BehaviourView(ws, len(ws_rows))
-    # Only flagged records are looked at: convert just those rows to Python (windows can be large).
-    sel = np.unique(pos[alerts_mask])
-    sub = table.take(pa.array(sel))
-    # Transactions: the customer (card) plays the source endpoint, the terminal the destination.
+    techs = list(ws.top_technique) if getattr(ws, "top_technique", None) is not None else [None] * n_ws
+    beh = _BehaviourView(ws, n_ws)
+    ks = np.flatnonzero(alerts_mask)                 # flagged records, as indices into ws
+    fp = pos[ks]                                     # their table positions
+    # Only flagged records are looked at: the window's other rows are never converted (windows can be large).
+    sub = table.take(pa.array(fp))
     is_tx = is_transactions(table.schema)
     src_col, dst_col, uid_col = ("customer_id", "terminal_id", "tx_id") if is_tx else ("src_ip", "dst_ip", "uid")
-    src, dst = _Sparse(sel, _col(sub, src_col)), _Sparse(sel, _col(sub, dst_col))
-    sport, dport = _Sparse(sel, _col(sub, "src_port")), _Sparse(sel, _col(sub, "dst_port"))
-    proto, uid = _Sparse(sel, _col(sub, "proto")), _Sparse(sel, _col(sub, uid_col))
-    amount = _Sparse(sel, _col(sub, "amount"))
-    ts = _Sparse(sel, (sub.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6).tolist())
+    tech_k = [techs[k] or beh.best(int(k)) or NO_TECHNIQUE for k in ks.tolist()]
+    g = group(_col(sub, src_col), _col(sub, dst_col), tech_k)
+    svc = _services(sub, dst_col)
+    ts = sub.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6
     refs = ref_rows if ref_rows is not None else tab_rows
-
-    groups: dict[tuple[str, str], list[int]] = {}
-    for k in np.flatnonzero(alerts_mask):
-        p = int(pos[k])
-        groups.setdefault((str(src[p]), techs[k] or beh.best(int(k)) or NO_TECHNIQUE), []).append(int(k))
-    out = []
-    first_pos: list[int] = []
-    for (s, tech), ks in groups.items():
-        ps = [int(pos[k]) for k in ks]
-        first_pos.append(min(ps))
-        sc = scores[ks]
-        best = ks[int(np.nanargmax(sc))] if np.isfinite(sc).any() else ks[0]
-        bp = int(pos[best])
-        max_score = float(np.nanmax(sc)) if np.isfinite(sc).any() else float("nan")
-        sev = severity_id(max_score, threshold, len(ks))
-        aid = alert_id(float(window.start), s, tech)
-        dsts = Counter(f"{dst[p]}:{dport[p]}" if dport[p] is not None else str(dst[p]) for p in ps)
-        if is_tx:
-            evidence: dict[str, Any] = {
-                "src_endpoint": _endpoint(s, None, is_tx), "dst_endpoint": _endpoint(dst[bp], None, is_tx),
-                "data": {"row": int(refs[bp]), "tx_id": uid[bp], "amount": amount[bp], "score": float(scores[best])},
-            }
-        else:
-            evidence = {
-                "src_endpoint": {"ip": s, "port": sport[bp]},
-                "dst_endpoint": {"ip": dst[bp], "port": dport[bp]},
-                "connection_info": {"protocol_name": proto[bp]},
-                "data": {"row": int(refs[bp]), "uid": uid[bp], "score": float(scores[best])},
-            }
-        if explain is not None:
-            try:
-                ex = explain(bp)
-            except Exception:  # noqa: BLE001 - an explanation failure must not lose the alert
-                ex = None
-            if ex:
-                evidence["data"]["knowledge"] = ex
+    fscores = scores[ks]
+    uids = _col(sub, uid_col)
+    finding_of = np.full(n_ws, None, dtype=object)
+    src_hash = np.fromiter((hash(x) for x in g.src_names), dtype=np.int64, count=len(g.src_names)).view(np.uint64)
+    out, first_pos, sketches = [], [], []
+    for gi, members in enumerate(g.members):
+        by, ep, tech = g.by[gi], g.endpoint[gi], g.technique[gi]
+        aid = alert_id(float(window.start), ep, tech, by)
+        finding_of[ks[members]] = aid
+        first_pos.append(int(fp[members].min()))
+        sc = fscores[members]
+        fin = np.isfinite(sc)
+        bi = int(members[int(np.nanargmax(sc))]) if fin.any() else int(members[0])
+        best = int(ks[bi])
+        max_score = float(np.nanmax(sc)) if fin.any() else float("nan")
+        n_src, top_src = top(g.src_codes[members], g.src_names, TOP_K)
+        sketches.append(np.unique(src_hash[g.src_codes[members]])[:SKETCH_K])
+        n_dst, top_dst = top(g.dst_codes[members], g.dst_names, TOP_K)
+        bsrc, bdst = g.src_names[int(g.src_codes[bi])], g.dst_names[int(g.dst_codes[bi])]
+        row = sub.slice(bi, 1).to_pylist()[0]
+        n_svc = len(np.unique(svc[members]))
+        facts = FindingFacts(None if tech == NO_TECHNIQUE else tech, len(members), n_src, n_dst, n_svc, max_score,
+                             threshold, nets.inbound(bsrc, bdst), is_tx)
+        sev = severity(facts)
+        evidence = _evidence(row, is_tx, int(refs[fp[bi]]), float(scores[best]), threshold)
+        ex = _explain(explain, best)
+        if ex:
+            evidence["data"]["knowledge"] = ex
         if beh.on:
             evidence["data"]["behaviour"] = beh.evidence(best)
-        attacks = [] if tech == NO_TECHNIQUE else [{"technique": {"uid": tech}, "version": "18.1"}]
-        first_seen = float(min(ts[p] for p in ps))
-        last_seen = float(max(ts[p] for p in ps))
+        evidences = [evidence] + _spread_evidence(by, ep, top_src if by == "dst" else top_dst, is_tx)
+        key_src = ep if by == "src" else bsrc
+        key_dst = ep if by == "dst" else bdst
+        title = _title(by, ep, tech, n_src, is_tx)
+        rows = [int(refs[p]) for p in fp[members[:MAX_REFS]]]
+        uid_list = [u for u in uids.take(pa.array(members[:MAX_REFS])).to_pylist() if u is not None]
         out.append({
             "class_uid": CLASS_UID, "class_name": "Detection Finding",
             "category_uid": CATEGORY_UID, "category_name": "Findings",
@@ -174,33 +167,104 @@ def build_alerts(
                 "product": {"name": "graphsentry", "vendor_name": "graphsentry", "version": model_version},
             },
             "finding_info": {
-                "uid": aid,
-                "title": (f"Suspected card fraud: customer {s}" if is_tx else f"Anomalous traffic from {s}")
-                + ("" if tech == NO_TECHNIQUE else f" ({tech})"),
-                "first_seen_time": int(first_seen * 1000), "last_seen_time": int(last_seen * 1000),
+                "uid": aid, "title": title,
+                "first_seen_time": int(float(ts[members].min()) * 1000),
+                "last_seen_time": int(float(ts[members].max()) * 1000),
                 "analytic": {"name": "graphsentry-stgnn", "type": "Learning (ML/DL)", "type_id": 4,
                              "version": model_version},
-                "attacks": attacks,
+                "attacks": [] if tech == NO_TECHNIQUE else attack_db.attacks(tech),
             },
-            "src_endpoint": _endpoint(s, None, is_tx),
-            "dst_endpoint": _endpoint(dst[bp], dport[bp], is_tx),
-            "evidences": [evidence],
+            "src_endpoint": _endpoint(key_src, None, is_tx),
+            "dst_endpoint": _endpoint(key_dst, row.get("dst_port") if by == "src" or is_tx else None, is_tx),
+            "evidences": evidences,
             "unmapped": {
-                "score": max_score, "mean_score": float(np.nanmean(sc)) if np.isfinite(sc).any() else None,
-                "threshold": threshold, "count": len(ks), "technique": tech,
+                "score": max_score, "mean_score": float(np.nanmean(sc)) if fin.any() else None,
+                "threshold": threshold,
+                "score_ratio": (max_score / threshold) if threshold and fin.any() else None,
+                "count": len(members), "technique": tech,
+                "technique_name": attack_db.technique(tech)[0] if tech != NO_TECHNIQUE else None,
+                "group_by": by, "key": ep,
+                "sources": n_src, "destinations": n_dst, "services": n_svc,
+                "top_sources": top_src, "top_destinations": top_dst,
+                "inbound": facts.inbound, "severity_points": points(facts),
                 "window": {"start": float(window.start), "end": float(window.end)},
-                "rows": [int(refs[p]) for p in ps[:MAX_REFS]],
-                "uids": [u for u in (uid[p] for p in ps[:MAX_REFS]) if u is not None],
-                "top_destinations": [{"endpoint": k, "count": v} for k, v in dsts.most_common(5)],
+                "rows": rows, "uids": uid_list,
                 "model_version": model_version,
             },
         })
         if beh.on:
             u = out[-1]["unmapped"]
-            u["behaviour_techniques"] = beh.union(ks)
+            u["behaviour_techniques"] = beh.union(ks[members].tolist())
             u["technique_source"] = (None if tech == NO_TECHNIQUE else
-                                     "knowledge" if any(techs[k] for k in ks) else "behaviour")
-    return WindowAlerts(out, int(alerts_mask.sum()), int(alerts_mask.sum()) - len(out), first_pos)
+                                     "knowledge" if any(techs[k] for k in ks[members].tolist()) else "behaviour")
+    return WindowAlerts(out, len(ks), len(ks) - len(out), first_pos, finding_of, sketches)
+
+
+def _services(sub: pa.Table, dst_col: str) -> np.ndarray:
+    """Integer code of each record's destination service (destination and port)."""
+    import pyarrow.compute as pc
+
+    dst = _col(sub, dst_col).cast(pa.string()).fill_null("")
+    if "dst_port" in sub.column_names:
+        dst = pc.binary_join_element_wise(dst, sub.column("dst_port").cast(pa.string()).fill_null(""), ":")
+    enc = dst.combine_chunks().dictionary_encode()
+    return np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _title(by: str, ep: str, tech: str, n_src: int, is_tx: bool) -> str:
+    name = attack_db.technique(tech)[0] if tech != NO_TECHNIQUE else ""
+    what = "" if tech == NO_TECHNIQUE else f" ({tech}{' ' + name if name else ''})"
+    if is_tx:
+        return (f"Suspected card fraud at terminal {ep} from {n_src} customers" if by == "dst"
+                else f"Suspected card fraud: customer {ep}") + what
+    if by == "dst":
+        return f"Anomalous traffic against {ep} from {n_src} sources{what}"
+    return f"Anomalous traffic from {ep}{what}"
+
+
+def _evidence(row: dict, is_tx: bool, ref: int, score: float, threshold: float | None) -> dict:
+    """OCSF evidence of the finding's best record (the highest score)."""
+    data = {"row": ref, "score": score, "threshold": threshold}
+    if is_tx:
+        return {"src_endpoint": {"uid": row.get("customer_id")}, "dst_endpoint": {"uid": row.get("terminal_id")},
+                "data": {**data, "tx_id": row.get("tx_id"), "amount": row.get("amount")}}
+    return {"src_endpoint": {"ip": row.get("src_ip"), "port": row.get("src_port")},
+            "dst_endpoint": {"ip": row.get("dst_ip"), "port": row.get("dst_port")},
+            "connection_info": {"protocol_name": row.get("proto")},
+            "data": {**data, "uid": row.get("uid")}}
+
+
+def _spread_evidence(by: str, ep: str, tops: list[dict], is_tx: bool) -> list[dict]:
+    """One evidence per top source (destination-keyed findings) or top destination (source-keyed)."""
+    out = []
+    for t in tops[:5]:
+        other = t["endpoint"]
+        src, dst = (other, ep) if by == "dst" else (ep, other)
+        out.append({"src_endpoint": _endpoint(src, None, is_tx), "dst_endpoint": _endpoint(dst, None, is_tx),
+                    "data": {"records": t["count"]}})
+    return out
+
+
+def _explain(explain: Any, k: int) -> dict | None:
+    """The knowledge explanation of scored record ``k`` with ATT&CK names on every technique."""
+    if explain is None:
+        return None
+    try:
+        ex = explain(k)
+    except Exception:  # noqa: BLE001 - an explanation failure must not lose the alert
+        return None
+    if not ex:
+        return None
+    ex = dict(ex)
+    techs = []
+    for t in ex.get("techniques") or []:
+        t = dict(t)
+        ids = t.get("tactics") or attack_db.technique(str(t.get("id")))[1]
+        t["tactics"] = [{"uid": ta, "name": attack_db.tactic_name(ta)} for ta in ids]
+        t.pop("refs", None)
+        techs.append(t)
+    ex["techniques"] = techs
+    return ex
 
 
 class _BehaviourView:
@@ -250,6 +314,14 @@ def source_id(a: dict) -> str:
 
 
 def alert_key(a: dict) -> tuple[float, str, str]:
-    """(window start, src, technique) — what identifies an alert across runs."""
+    """(window start, key, technique) — what identifies a window's finding across runs. The key is the
+    source endpoint, or ``dst:<endpoint>`` for a finding grouped by destination."""
     u = a["unmapped"]
-    return (round(u["window"]["start"], 6), source_id(a), u["technique"])
+    key = f"dst:{u['key']}" if u.get("group_by") == "dst" else source_id(a)
+    return (round(u["window"]["start"], 6), key, u["technique"])
+
+
+def finding_key(a: dict) -> tuple[str, str, str]:
+    """(group_by, key endpoint, technique): what an ongoing activity is across windows."""
+    u = a["unmapped"]
+    return (u.get("group_by", "src"), str(u.get("key", source_id(a))), u["technique"])

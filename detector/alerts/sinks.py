@@ -1,10 +1,12 @@
 """Alert sinks. Each has ``write(alerts)``, ``flush()`` (returns only once the alerts are durable)
 and ``close()``. The daemon commits Kafka offsets only after every *required* sink flushed.
 
-* :class:`SQLiteAlertStore` — embedded default; an upsert on the alert id, so a window
-  re-scored after a crash updates its alert instead of duplicating it.
+* :class:`SQLiteAlertStore` — embedded default; an upsert on the finding id, so a window
+  re-scored after a crash updates its alert instead of duplicating it, and an ongoing incident
+  (:mod:`detector.alerts.incidents`) keeps one row that its updates overwrite.
 * :class:`JsonLinesSink` — one OCSF JSON object per line, fsync'd on flush.
-* :class:`KafkaAlertSink` — a topic, acks=all, keyed by source endpoint.
+* :class:`KafkaAlertSink` — a topic, acks=all, keyed by the finding id (consumers see its updates
+  in order, on one partition).
 * :class:`AlertmanagerSink` — Alertmanager HTTP API v2 ``POST /api/v2/alerts``; notification,
   so not required by default (a down Alertmanager does not stall detection).
 """
@@ -22,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from detector.alerts.ocsf import source_id
+
+#: columns added to ``alerts`` after its first version (added to an existing store when it is opened)
+EXTRA_COLUMNS = (("dst_ip", "TEXT"), ("group_by", "TEXT"), ("first_seen", "REAL"), ("last_seen", "REAL"),
+                 ("windows", "INTEGER"), ("sources", "INTEGER"), ("activity_id", "INTEGER"))
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,10 @@ class SQLiteAlertStore(AlertSink):
                  src_ip TEXT, technique TEXT, severity_id INTEGER, score REAL, count INTEGER,
                  model_version TEXT, finding TEXT)"""
         )
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(alerts)")}
+        for name, typ in EXTRA_COLUMNS:  # migration of a store written before these columns existed
+            if name not in have:
+                self._db.execute(f"ALTER TABLE alerts ADD COLUMN {name} {typ}")
         self._db.execute("CREATE INDEX IF NOT EXISTS alerts_window ON alerts(window_start)")
         # One row per scored window (an audit of what was scored, written in the same transaction).
         self._db.execute(
@@ -112,20 +122,29 @@ class SQLiteAlertStore(AlertSink):
     def write(self, alerts: list[dict]) -> None:
         rows = []
         for a in alerts:
-            u = a["unmapped"]
+            u, fi = a["unmapped"], a["finding_info"]
             rows.append((
-                a["finding_info"]["uid"], a["time"], u["window"]["start"], u["window"]["end"],
+                fi["uid"], a["time"], u["window"]["start"], u["window"]["end"],
                 source_id(a), u["technique"], a["severity_id"], u["score"], u["count"],
                 u.get("model_version", ""), json.dumps(a, default=str),
+                a.get("dst_endpoint", {}).get("ip", a.get("dst_endpoint", {}).get("uid")), u.get("group_by", "src"),
+                fi.get("first_seen_time", 0) / 1000.0, fi.get("last_seen_time", 0) / 1000.0,
+                int(u.get("windows", 1)), int(u.get("sources", 1)), int(a.get("activity_id", 1)),
             ))
         with self._lock:
-            # Upsert on the alert id, keeping the version that saw the most records: after a crash a
-            # window may be re-scored from a replay that starts inside it (at-least-once).
+            # Upsert on the finding id, keeping the version that saw the most records: after a crash a
+            # window may be re-scored from a replay that starts inside it (at-least-once); an incident's
+            # update (a later window, a cumulative count) replaces its row.
             self._db.executemany(
-                """INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?)
-                   ON CONFLICT(id) DO UPDATE SET time_ms=excluded.time_ms, severity_id=excluded.severity_id,
+                """INSERT INTO alerts (id, time_ms, window_start, window_end, src_ip, technique, severity_id, score,
+                     count, model_version, finding, dst_ip, group_by, first_seen, last_seen, windows, sources,
+                     activity_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT(id) DO UPDATE SET time_ms=excluded.time_ms, window_start=excluded.window_start,
+                     window_end=excluded.window_end, src_ip=excluded.src_ip, severity_id=excluded.severity_id,
                      score=excluded.score, count=excluded.count, model_version=excluded.model_version,
-                     finding=excluded.finding
+                     finding=excluded.finding, dst_ip=excluded.dst_ip, group_by=excluded.group_by,
+                     first_seen=excluded.first_seen, last_seen=excluded.last_seen, windows=excluded.windows,
+                     sources=excluded.sources, activity_id=excluded.activity_id
                    WHERE excluded.count >= alerts.count""", rows)
 
     def flush(self) -> None:
@@ -174,7 +193,7 @@ class KafkaAlertSink(AlertSink):
     def write(self, alerts: list[dict]) -> None:
         for a in alerts:
             self._acked.send(self.topic, json.dumps(a, separators=(",", ":"), default=str).encode(),
-                             key=source_id(a).encode())
+                             key=a["finding_info"]["uid"].encode())
 
     def flush(self) -> None:
         self._acked.flush()  # raises while the broker has not acknowledged: offsets are not committed
@@ -189,9 +208,11 @@ class KafkaAlertSink(AlertSink):
 class AlertmanagerSink(AlertSink):
     """POST findings to Alertmanager's API v2 as alerts with labels and annotations.
 
-    Labels: alertname=GraphsentryDetection, severity, technique, src_ip (Alertmanager labels are
-    not Prometheus series, so an address is fine here). ``endsAt`` = now + ``resolve_after`` so a
-    finding that is not seen again resolves by itself.
+    Labels: alertname=GraphsentryDetection, finding_uid, severity, technique, src_ip, dst_ip
+    (Alertmanager labels are not Prometheus series, so an address is fine here): the updates of one
+    ongoing finding carry the same labels, so Alertmanager keeps ONE alert and refreshes it (a
+    severity escalation is a new label set: a new notification). ``endsAt`` = now + ``resolve_after``
+    so a finding that is not seen again resolves by itself.
     """
 
     name = "alertmanager"
@@ -205,17 +226,21 @@ class AlertmanagerSink(AlertSink):
         now = time.time()
         for a in alerts:
             u = a["unmapped"]
+            by = u.get("group_by", "src")
             self._pending.append({
                 "labels": {
                     "alertname": "GraphsentryDetection", "severity": a["severity"].lower(),
-                    "technique": u["technique"], "src_ip": source_id(a),
-                    "service": "graphsentry",
+                    # the finding's key only (the best record's other end changes between updates)
+                    "technique": u["technique"], "src_ip": source_id(a) if by == "src" else "",
+                    "dst_ip": str(u.get("key", "")) if by == "dst" else "",
+                    "finding_uid": a["finding_info"]["uid"], "service": "graphsentry",
                 },
                 "annotations": {
                     "summary": a["finding_info"]["title"], "score": f"{u['score']:.4g}",
-                    "count": str(u["count"]), "finding_uid": a["finding_info"]["uid"],
+                    "count": str(u["count"]), "sources": str(u.get("sources", 1)),
+                    "windows": str(u.get("windows", 1)),
                 },
-                "startsAt": _rfc3339(u["window"]["start"]),
+                "startsAt": _rfc3339(a["finding_info"].get("first_seen_time", u["window"]["start"] * 1000) / 1000.0),
                 "endsAt": _rfc3339(now + self.resolve_after),
             })
 

@@ -46,7 +46,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from detector.alerts import build_alerts, make_sink
+from detector.alerts import make_sink
 from detector.alerts.sinks import AlertSink
 from detector.metrics import Metrics, MetricsServer
 from ingest.archive import fsync_dir
@@ -1393,8 +1393,12 @@ class Daemon:
             threshold = self._cal.threshold_
             m.threshold.labels("deployed").set(float(threshold))
         ref, arrival = self.ledger.lookup(rows_local)
-        wa = build_alerts(w, ws, model_version=model.version, threshold=threshold, ref_rows=ref,
-                          explain=model.explain)
+        if getattr(self, "_alert_stage", None) is None:  # findings + ongoing incidents (detector/alerts/stage.py)
+            from detector.alerts.stage import AlertStage
+
+            self._alert_stage = AlertStage.from_config(self.cfg["alerts"])
+        wa = self._alert_stage.build(w, ws, model_version=model.version, threshold=threshold, ref_rows=ref,
+                                     explain=model.explain)
         info = {"window_start": float(w.start), "window_end": float(w.end), "records": int(w.table.num_rows),
                 "alerts": len(wa.alerts), "flagged": wa.flagged, "model_version": model.version,
                 "rows": ref.tolist() if self.cfg["pipeline"].get("audit_rows") else None}
@@ -1561,32 +1565,13 @@ class Daemon:
 
     def _record_alert_ids(self, w: Any, ws: Any, wa: Any, pos: np.ndarray, valid: np.ndarray) -> pa.Array | None:
         """The alert id (OCSF ``finding_info.uid``) of each table row's alert, null for rows not flagged: the
-        grouping of :func:`detector.alerts.build_alerts` (source endpoint, technique; behaviour technique where
-        the window gave none) and its :func:`detector.alerts.ocsf.alert_id`."""
-        mask = np.asarray(ws.alerts, dtype=bool)
-        if not wa.alerts or not mask.any():
+        finding each scored record went into (:attr:`detector.alerts.WindowAlerts.finding_of`)."""
+        if not wa.alerts or wa.finding_of is None:
             return None
-        from detector.alerts.ocsf import NO_TECHNIQUE, _BehaviourView, alert_id
-        from ingest.schema import is_transactions
-
-        table = w.table
-        src_col = "customer_id" if is_transactions(table.schema) else "src_ip"
-        ks = np.flatnonzero(mask & valid)
-        srcs = table.column(src_col).take(pa.array(pos[ks])).to_pylist() if src_col in table.column_names \
-            else [None] * len(ks)
-        n_ws = len(mask)
-        techs = list(ws.top_technique) if getattr(ws, "top_technique", None) is not None else [None] * n_ws
-        beh = _BehaviourView(ws, n_ws)
-        out: list = [None] * table.num_rows
-        start = float(w.start)
-        for k, src in zip(ks.tolist(), srcs):
-            out[int(pos[k])] = alert_id(start, str(src), techs[k] or beh.best(int(k)) or NO_TECHNIQUE)
-        known = {a["finding_info"]["uid"] for a in wa.alerts}
-        if not {x for x in out if x is not None} <= known and not self._alert_id_warned:
-            self._alert_id_warned = True
-            log.warning("archive: the alert ids of some flagged records are not among their window's alerts "
-                        "(detector.alerts.build_alerts groups differently?); archived as computed")
-        return pa.array(out, pa.string())
+        out = np.full(w.table.num_rows, None, dtype=object)
+        sel = np.flatnonzero(valid)
+        out[pos[sel]] = np.asarray(wa.finding_of, dtype=object)[sel]
+        return pa.array(out.tolist(), pa.string())
 
     def _archive_table(self, prepared: tuple, model: Any) -> tuple[pa.Table, dict] | None:
         """One prepared window's records and the columns :meth:`ArchiveWriter.write` takes with them."""
