@@ -1,22 +1,24 @@
-"""Subcommands contributed by the `training` package (train, calibrate, evaluate)."""
+"""What the training commands share: their inputs, the ``train`` options and the training run.
+
+``graphsentry train|calibrate|evaluate`` (:mod:`training.cli`), ``fraud``, ``retrain`` and every rank of a
+``train --nproc N`` job (:mod:`training.distributed`) read their inputs the same way: positional ``INPUT...``
+(``--data`` a hidden alias), one canonical table, the stream kind sniffed from the first file.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ingest.cli_ingest import require_parent
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
-    """Add this package's subcommands to the `graphsentry` parser."""
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``graphsentry train`` (also parsed by each rank of ``--nproc``, training.distributed)."""
     from training.pretrain import TrainConfig
 
     DEFAULTS = TrainConfig()
-    p = subparsers.add_parser(
-        "train", help="pretrain the spatio-temporal GNN on flows and write a model directory",
-        description="Self-supervised (contrastive) pretraining on earlier windows, detectors fitted on the "
-                    "training embeddings, alert threshold calibrated on the latest held-back windows.")
     inputs_argument(p, "training inputs")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
     p.add_argument("--format", default="auto", help="input format (default: auto-detect)")
@@ -63,50 +65,6 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--nproc", type=int, default=0, metavar="N",
                    help="pretrain with N processes on this host (torchrun, gloo, one torch thread each; "
                         "docs/distributed-training.md); default: one process")
-    p.set_defaults(func=run_train)
-
-    c = subparsers.add_parser(
-        "calibrate", help="refit a model's alert threshold on recent traffic (no retraining), to a new model dir",
-        description="Score INPUT... with MODEL_DIR exactly as `graphsentry score` does and write a copy of the "
-                    "model whose threshold is the conformal (1 - target FPR) quantile of those scores. For benign "
-                    "drift (new devices): the answer to a GraphsentryThresholdDrift alert that is not an attack. "
-                    "Records labelled malicious are left out (unless --all-records); unlabelled attacks in the "
-                    "inputs raise the threshold.")
-    c.add_argument("--model", required=True, metavar="MODEL_DIR", help="the model to recalibrate (left unchanged)")
-    inputs_argument(c, "recent traffic to calibrate on")
-    c.add_argument("--out", required=True, metavar="NEW_MODEL_DIR", help="model directory to write")
-    c.add_argument("--format", default="auto", help="input format (default: auto-detect)")
-    c.add_argument("--target-fpr", type=float, default=None, help="default: the model's own target")
-    c.add_argument("--all-records", dest="benign_only", action="store_false",
-                   help="keep records labelled malicious in the calibration scores")
-    c.set_defaults(func=run_calibrate)
-
-    e = subparsers.add_parser(
-        "evaluate", help="time-ordered evaluation of the model against baselines and ablations",
-        description="Train on --train (earlier), score --test (later / other captures), compare with "
-                    "IsolationForest on raw features, Anomal-E (DGI + IsolationForest) and ablations; "
-                    "write report.json, report.md and PR/ROC curves.")
-    e.add_argument("--train", nargs="+", required=True, metavar="INPUT")
-    e.add_argument("--test", nargs="+", required=True, metavar="INPUT")
-    e.add_argument("--report", required=True, metavar="DIR")
-    e.add_argument("--format", default="auto")
-    e.add_argument("--kind", choices=["auto", "flows", "transactions"], default="auto",
-                   help="transactions: the Fraud Detection Handbook protocol (rolling folds over --train and "
-                        "--test taken together, in time order); default: sniffed from the input")
-    e.add_argument("--window", default=None, help="window size (default: 60s for flows, 1d for transactions)")
-    e.add_argument("--epochs", type=int, default=3)
-    e.add_argument("--benign-only", action="store_true", default=True,
-                   help="drop malicious-labelled training records (default: on)")
-    e.add_argument("--with-malicious", dest="benign_only", action="store_false",
-                   help="keep malicious-labelled records in training (unsupervised contaminated setting)")
-    e.add_argument("--max-train", type=int, default=0, help="subsample training records to this many (0: all)")
-    e.add_argument("--max-test", type=int, default=0, help="subsample test records to this many (0: all)")
-    e.add_argument("--variants", default="all",
-                   help="comma list of: ours,no_temporal,no_knowledge,no_pretrain,fixed_weights,dgi_ours,"
-                        "anomal_e,iforest_raw (default: all)")
-    e.add_argument("--name", default=None, help="split name for the report title")
-    e.add_argument("--seed", type=int, default=0)
-    e.set_defaults(func=run_evaluate)
 
 
 def inputs_argument(p: argparse.ArgumentParser, what: str) -> None:
@@ -152,13 +110,16 @@ def input_kind(paths: list[str], fmt: str = "auto", kind: str = "auto") -> str:
     return getattr(open_inputs(paths[:1], format=fmt), "kind", "flows")
 
 
-def _window_s(args: argparse.Namespace, kind: str) -> float:
+def window_seconds(args: argparse.Namespace, kind: str) -> float:
+    """``--window`` in seconds (default: 60 s for flows, 1 day for transactions)."""
     from ingest.windows import parse_duration
 
     return parse_duration(args.window or ("1d" if kind == "transactions" else "60s"))
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace, launch: Callable[[argparse.Namespace], int] | None = None) -> int:
+    """``graphsentry train``: flows pretrain the STGNN, transactions train the fraud model. ``launch``
+    runs ``--nproc N`` > 1 as N processes (``training.distributed.launch``; rank 0 calls this again without it)."""
     from training.pretrain import TrainConfig, train_bundle
 
     args.data = input_paths(args)
@@ -167,15 +128,13 @@ def run_train(args: argparse.Namespace) -> int:
     if kind == "transactions":
         from training.fraud import train
 
-        res = train(args.data, args.out, epochs=args.epochs, window_s=_window_s(args, kind), seed=args.seed,
+        res = train(args.data, args.out, epochs=args.epochs, window_s=window_seconds(args, kind), seed=args.seed,
                     hidden=args.hidden, progress=not args.no_progress)
         print(json.dumps(res, default=float))
         return 0
-    if getattr(args, "nproc", 0) > 1:  # N ranks under torchrun; rank 0 runs this function (training/distributed.py)
-        from training.distributed import launch
-
+    if launch is not None and getattr(args, "nproc", 0) > 1:  # N ranks under torchrun; each rank runs this
         return launch(args)
-    cfg = TrainConfig(window=_window_s(args, kind), epochs=args.epochs, objective=args.objective,
+    cfg = TrainConfig(window=window_seconds(args, kind), epochs=args.epochs, objective=args.objective,
                       weighting=args.weighting, detector=args.detector, target_fpr=args.target_fpr,
                       flow_parts=args.flow_parts, validation=args.validation,
                       temporal=not args.no_temporal, use_time=not args.no_temporal,
@@ -199,36 +158,9 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_calibrate(args: argparse.Namespace) -> int:
-    from detector.bundle import model_kind
-    from training.recalibrate import recalibrate
-
-    args.data = input_paths(args)
-    require_parent(args.out, "--out")
-    if model_kind(args.model) != "flows":
-        raise ValueError("calibrate recalibrates flow models; transaction models are retrained (graphsentry train)")
-    table, reader = read_table(args.data, args.format)
-    if getattr(reader, "kind", "flows") != "flows":
-        raise ValueError("these inputs hold transactions; a flow model scores flows")
-    res = recalibrate(args.model, table, args.out, target_fpr=args.target_fpr, benign_only=args.benign_only)
-    print(f"{args.out}: threshold {res['previous_threshold']:.6g} -> {res['threshold']:.6g} on {res['used']} records "
-          f"(the old threshold flagged {res['flagged_share_before']:.2%} of them, the new one "
-          f"{res['flagged_share_after']:.2%}; target {res['target_fpr']:.2%})")
-    return 0
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    require_parent(args.report, "--report")
-    kind = input_kind(args.train, args.format, args.kind)
-    if kind == "transactions":
-        from training.fraud import evaluate
-
-        rep = evaluate(list(args.train) + list(args.test), args.report, window_s=_window_s(args, kind),
-                       epochs=args.epochs, seed=args.seed)
-        print((Path(args.report) / "report.md").read_text())
-        return 0 if rep.get("summary") else 1
-    if args.window is None:
-        args.window = "60s"
-    from training.evaluate import evaluate_cli
-
-    return evaluate_cli(args)
+def one_line(exc: BaseException) -> str:
+    """An exception as the one line a command prints for it (with the missing file's name)."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return " ".join(text.split())  # one line, whatever the message held

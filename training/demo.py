@@ -15,7 +15,9 @@ Stratosphere captures (GPL-2.0, see samples/NOTICE.md):
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -50,7 +52,8 @@ metrics:
 """
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction, main: Callable[[list[str]], int]) -> None:
+    """Add ``demo``; its steps run through ``main``, the `graphsentry` entry point (training.cli)."""
     p = subparsers.add_parser(
         "demo",
         help="run the main job end to end on the bundled sample data",
@@ -62,12 +65,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--metrics-port", type=int, default=9109, help="daemon metrics port on 127.0.0.1 (default: 9109)")
     p.add_argument("--report", default="reports/demo.json",
                    help="JSON report of the figures the demo prints, rendered into README.md (default: reports/demo.json)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=functools.partial(run, main=main))
 
 
-def _step(title: str, argv: list[str]) -> None:
-    from training.cli import main
-
+def _step(main: Callable[[list[str]], int], title: str, argv: list[str]) -> None:
     print(f"\n=== {title}\n$ graphsentry {' '.join(argv)}", flush=True)
     t0 = time.perf_counter()
     rc = main(argv)
@@ -76,30 +77,31 @@ def _step(title: str, argv: list[str]) -> None:
     print(f"--- {title}: {time.perf_counter() - t0:.1f} s", flush=True)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, main: Callable[[list[str]], int]) -> int:
+    step = functools.partial(_step, main)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for f in (TRAIN, TEST):
         if not f.exists():
             raise FileNotFoundError(f"bundled sample missing: {f}")
     model = out / "model"
-    _step("1/5 ingest the earlier capture", ["ingest", str(TRAIN), "--out", str(out / "008.parquet"),
-                                              "--dead-letter", str(out / "dead-letter.jsonl")])
-    _step("2/5 event-time windows and graphs", ["windows", str(TRAIN), "--window", "60s", "--lateness", "10s"])
-    _step("3/5 attack knowledge graph (bundled artifact)", ["kg", "stats"])
-    _step("4/5 pretrain on benign flows of the earlier day",
-          ["train", str(TRAIN), "--out", str(model), "--benign-only", "--epochs", str(args.epochs),
-           # ip:port nodes (as E-GraphSAGE): with plain ip nodes the monitored host's benign flows inherit
-           # the anomaly of the scans it receives on the later day (see the Model section of README.md)
-           "--node-mode", "ipport", "--window", "5m", "--no-progress",
-           # one encoder: `--objective auto` (the default) pretrains three and keeps the best on validation,
-           # about three times the training time, too slow for a first run
-           "--objective", "contrastive"])
+    step("1/5 ingest the earlier capture", ["ingest", str(TRAIN), "--out", str(out / "008.parquet"),
+                                             "--dead-letter", str(out / "dead-letter.jsonl")])
+    step("2/5 event-time windows and graphs", ["windows", str(TRAIN), "--window", "60s", "--lateness", "10s"])
+    step("3/5 attack knowledge graph (bundled artifact)", ["kg", "stats"])
+    step("4/5 pretrain on benign flows of the earlier day",
+         ["train", str(TRAIN), "--out", str(model), "--benign-only", "--epochs", str(args.epochs),
+          # ip:port nodes (as E-GraphSAGE): with plain ip nodes the monitored host's benign flows inherit
+          # the anomaly of the scans it receives on the later day (see the Model section of README.md)
+          "--node-mode", "ipport", "--window", "5m", "--no-progress",
+          # one encoder: `--objective auto` (the default) pretrains three and keeps the best on validation,
+          # about three times the training time, too slow for a first run
+          "--objective", "contrastive"])
     config = out / "serve.yaml"
     config.write_text(_SERVE_CONFIG.format(test=TEST.resolve(), model=model.resolve(), out=out.resolve(),
                                            port=args.metrics_port))
-    _step("5/5 daemon on the later day (file source -> SQLite alerts, metrics on 127.0.0.1)",
-          ["serve", "--config", str(config), "--summary-json", str(out / "summary.json")])
+    step("5/5 daemon on the later day (file source -> SQLite alerts, metrics on 127.0.0.1)",
+         ["serve", "--config", str(config), "--summary-json", str(out / "summary.json")])
     _write_report(Path(args.report), out / "summary.json", _alert_quality(TEST, out / "alerts.jsonl"))
     print(f"\nDone. Outputs in {out}/: model/ (the trained model), alerts.db (SQLite alert store: "
           f"`sqlite3 {out}/alerts.db 'select * from alerts limit 5'`), summary.json, 008.parquet, dead-letter.jsonl")

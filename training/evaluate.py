@@ -311,24 +311,3 @@ def subsample(table: pa.Table, n: int, seed: int = 0) -> pa.Table:
         return table
     idx = np.sort(np.random.default_rng(seed).choice(table.num_rows, n, replace=False))
     return table.take(pa.array(idx))
-
-
-def evaluate_cli(args) -> int:
-    from ingest.windows import parse_duration
-    from training.commands import read_table
-
-    variants = DEFAULT_VARIANTS if args.variants == "all" else tuple(v.strip() for v in args.variants.split(","))
-    bad = [v for v in variants if v not in VARIANTS and v not in BASELINES]
-    if bad:
-        raise ValueError(f"unknown variants {bad}; choose from {sorted(VARIANTS) + list(BASELINES)}")
-    train, _ = read_table(args.train, args.format)
-    test, _ = read_table(args.test, args.format)
-    train = subsample(train, args.max_train, args.seed)
-    test = subsample(test, args.max_test, args.seed)
-    cfg = TrainConfig(window=parse_duration(args.window), epochs=args.epochs, benign_only=args.benign_only,
-                      seed=args.seed)
-    name = args.name or f"{' '.join(Path(p).name for p in args.train)} -> {' '.join(Path(p).name for p in args.test)}"
-    rep = evaluate_split(train, test, cfg, variants, name=name)
-    write_report(rep, args.report)
-    print(f"report written to {args.report}/report.md")
-    return 0

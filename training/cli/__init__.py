@@ -1,10 +1,18 @@
-"""The `graphsentry` command-line program.
+"""The `graphsentry` command line: one program for every package's subcommands.
 
-Each package contributes its own subcommands through a ``register(subparsers)``
-function in its ``cli`` module (``ingest.cli``, ``knowledge.cli``,
-``detector.cli``, ``training.commands``). This module only assembles them and
-applies one error discipline to all of them (it lives in ``training`` because
-that package is the most downstream one: it may import all others, none imports it):
+It lives in ``training`` because that package is the last layer (ingest -> knowledge ->
+detector -> training): it may import all the others and none imports it. Each subcommand is
+defined next to the code it drives and is added here by one ``register(subparsers)`` line in
+:func:`register_all`:
+
+* ``ingest``, ``windows`` (``ingest.cli``), ``kg build|stats|explain`` (``knowledge.cli``),
+  ``score``, ``serve``, ``replay`` (``detector.cli``);
+* ``train``, ``calibrate``, ``evaluate`` (this package's :mod:`training.cli.train`,
+  :mod:`training.cli.calibrate`, :mod:`training.cli.evaluate`), ``fraud`` (``training.fraud.cli``),
+  ``demo`` (``training.demo``), ``archive``, ``models``, ``retrain`` (``training.archive_cli``,
+  ``training.registry_cli``, ``training.retrain``).
+
+This module applies one error discipline to all of them:
 
 * exit 0: done; the summary is on stdout, logs on stderr;
 * exit 2: a user error (bad option, missing file, broken config or model directory):
@@ -13,22 +21,44 @@ that package is the most downstream one: it may import all others, none imports 
 * exit 1: an internal error (a bug): one line, the traceback only with ``--debug``.
 
 ``--debug``, ``--version``, ``-v`` and ``--log-format`` are accepted before or after
-the subcommand, and every subcommand's ``--help`` ends with an example.
+the subcommand, and every subcommand's ``--help`` ends with an example (:mod:`training.cli.examples`).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
 
 from detector import cli as detector_cli
+from detector.logs import configure_logging as _configure_logging
 from ingest import cli as ingest_cli
+from ingest.readers import NothingReadable
 from knowledge import cli as knowledge_cli
-from training import commands as training_commands
-from training.cli_examples import EXAMPLES
+from training import archive_cli, demo, registry_cli, retrain
+from training.cli import calibrate, evaluate, train
+from training.cli.examples import EXAMPLES
+from training.commands import one_line as _one_line
+from training.fraud.cli import register_fraud
 
 EXIT_USAGE = 2
 EXIT_NOTHING_READ = 3
+
+
+def register_all(sub: argparse._SubParsersAction) -> None:
+    """Every subcommand, one line each, in the order ``graphsentry --help`` lists them."""
+    ingest_cli.register(sub)  # ingest, windows
+    knowledge_cli.register(sub)  # kg build|stats|explain
+    detector_cli.register(sub)  # score, serve, replay
+    train.register(sub)
+    calibrate.register(sub)
+    evaluate.register(sub)
+    register_fraud(sub)  # fraud train|score|evaluate
+    demo.register(sub, main)
+    archive_cli.register(sub)
+    registry_cli.register(sub)  # models list|show|register|promote|rollback|diff|verify
+    retrain.register(sub)
+    __import__("detector.ui.cli").ui.cli.register(sub)  # ui, ui export-verdicts
 
 
 def version() -> str:
@@ -54,7 +84,8 @@ def _add_common(p: argparse.ArgumentParser, top: bool) -> None:
                    **({"default": None} if top else keep))
 
 
-def _subparsers(p: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+def _subparsers(p: argparse.ArgumentParser,
+                path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     """``(path, parser)`` of every subcommand under ``p``, nested ones (``kg build``) included."""
     for action in p._actions:  # argparse keeps subcommands here; there is no public accessor
         if isinstance(action, argparse._SubParsersAction):
@@ -74,16 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (ingest_cli, knowledge_cli, detector_cli, training_commands):
-        module.register(sub)
-    from training import demo, registry_cli
-    from training.fraud.cli import register_fraud
-
-    register_fraud(sub)
-    demo.register(sub)
-    __import__("training.archive_cli").archive_cli.register(sub)  # graphsentry archive (one line: no merge conflicts)
-    registry_cli.register(sub)
-    __import__("training.retrain").retrain.register(sub)  # graphsentry retrain (one line: no merge conflicts)
+    register_all(sub)
     for path, sp in _subparsers(parser):
         _add_common(sp, top=False)
         example = EXAMPLES.get(" ".join(path))
@@ -96,29 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def configure_logging(verbose: int, fmt: str) -> None:
     """Logs go to stderr: WARNING by default, INFO with -v, DEBUG with -vv; text or JSON lines."""
-    level = logging.WARNING - 10 * min(verbose or 0, 2)
-    try:
-        from detector.logs import configure_logging as configure
-    except ImportError:  # pragma: no cover - detector.logs is part of the package
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return
-    configure(level, fmt)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
-        text = f"{text}: {exc.filename}"
-    return " ".join(text.split())  # one line, whatever the message held
-
-
-def _nothing_readable():
-    """The exception class the readers raise when no input could be read at all (exit 3)."""
-    try:
-        from ingest.readers import NothingReadable
-    except ImportError:  # pragma: no cover
-        return ()
-    return NothingReadable
+    _configure_logging(logging.WARNING - 10 * min(verbose or 0, 2), fmt)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"graphsentry {command}: interrupted", file=sys.stderr)
         return 130
-    except _nothing_readable() as exc:
+    except NothingReadable as exc:
         if args.debug:
             raise
         print(f"graphsentry {command}: {_one_line(exc)}", file=sys.stderr)
@@ -151,7 +151,3 @@ def main(argv: list[str] | None = None) -> int:
               f"(run again with --debug for the traceback and report it)", file=sys.stderr)
         return 1
     return int(rc or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
