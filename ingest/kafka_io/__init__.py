@@ -1,7 +1,8 @@
 """Kafka I/O for the streaming daemon: message codecs, consumer source, producer, dead-letter topic.
 
-One module per idea, everything importable from here: :mod:`~ingest.kafka_io.codecs` (message values to a
-canonical table), :mod:`~ingest.kafka_io.json_batch` (a poll of JSON messages decoded at once),
+One module per idea, everything importable from here: :mod:`~ingest.kafka_io.codecs` (the message formats),
+:mod:`~ingest.kafka_io.decode` (a poll's messages to a canonical table), :mod:`~ingest.kafka_io.json_batch` (a
+poll of JSON messages decoded at once),
 :mod:`~ingest.kafka_io.clients` (producers, topics, broker availability, dead-letter topic),
 :mod:`~ingest.kafka_io.offsets` (what may be committed), :mod:`~ingest.kafka_io.source` (the consumer
 source), :mod:`~ingest.kafka_io.replay` (reading and replaying topics), :mod:`~ingest.kafka_io.confluent`
@@ -35,23 +36,16 @@ from ingest.kafka_io.codecs import (  # noqa: F401
     ARROW_MAGIC,
     FORMATS,
     SECURITY_KEYS,
-    _ts_seconds,
     table_to_json_messages,
     encode_arrow,
     decode_arrow,
     sniff_message,
-    _parse_ts,
     normalise_records,
-    _json_schema,
-    _fast_table,
-    _fast_json_bytes,
-    _finish_fast,
-    records_to_table,
+)
+from ingest.kafka_io.decode import (  # noqa: F401
     Decoded,
     decode_messages,
-    _as_schema,
-    _conform_norow,
-    _raw_text,
+    records_to_table,
 )
 from ingest.kafka_io.clients import (  # noqa: F401
     client_options,
@@ -65,19 +59,16 @@ from ingest.kafka_io.clients import (  # noqa: F401
     Backoff,
     BrokerHealth,
     retry_kafka,
-    _attempt,
     AckedProducer,
     partition_for,
     KafkaDeadLetter,
 )
 from ingest.kafka_io.offsets import (  # noqa: F401
-    _Chunk,
     OffsetTracker,
 )
 from ingest.kafka_io.source import (  # noqa: F401
     SourceBatch,
     KafkaSource,
-    _Polled,
 )
 from ingest.kafka_io.replay import (  # noqa: F401
     iter_topic,
@@ -85,7 +76,6 @@ from ingest.kafka_io.replay import (  # noqa: F401
     replay,
 )
 from ingest.kafka_io.confluent import (  # noqa: F401
-    _CONFLUENT_KEYS,
     ConfluentSource,
     source_class,
 )

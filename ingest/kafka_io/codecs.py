@@ -1,18 +1,16 @@
-"""Kafka message codecs: JSON-per-record and Arrow IPC messages to one canonical table, bad messages to the
-dead-letter sink with a reason (never an exception)."""
+"""The message formats on a flow topic: JSON per record and Arrow IPC streams (encode, decode, tell apart),
+and the per-record normaliser that judges one JSON record (a reason for each bad one)."""
 from __future__ import annotations
 
 import io
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from ingest.schema import FLOW_SCHEMA, TX_SCHEMA, conform
@@ -177,135 +175,6 @@ def normalise_records(records: list[dict], kind: str, dead_letter: Any = None, s
 def _json_schema(schema: pa.Schema) -> pa.Schema:
     """The canonical schema with ``ts`` as float seconds (how JSON carries it), all nullable."""
     return pa.schema([pa.field(f.name, pa.float64() if f.name == "ts" else f.type) for f in schema])
-
-
-def _fast_table(records: list[dict], kind: str) -> pa.Table | None:
-    """Columnar conversion in Arrow's C++ (``from_pylist``) for well-formed records; None if any
-    record needs the careful per-record path (a wrong type, a string timestamp, a missing field)."""
-    schema = TX_SCHEMA if kind == "transactions" else FLOW_SCHEMA
-    try:
-        t = pa.Table.from_pylist(records, schema=_json_schema(schema))
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        return None
-    return _finish_fast(t, schema)
-
-
-def _fast_json_bytes(values: list[bytes], kind: str) -> pa.Table | None:
-    """Parse many one-line JSON messages at once with Arrow's JSON reader (C++); None -> slow path."""
-    schema = TX_SCHEMA if kind == "transactions" else FLOW_SCHEMA
-    if any(b"\n" in v for v in values):
-        return None
-    import pyarrow.json as pajson
-
-    try:
-        t = pajson.read_json(
-            io.BytesIO(b"\n".join(values)),
-            read_options=pajson.ReadOptions(block_size=max(1 << 20, 2 * sum(map(len, values)))),
-            parse_options=pajson.ParseOptions(explicit_schema=_json_schema(schema), unexpected_field_behavior="ignore"),
-        )
-    except (pa.ArrowException, ValueError, TypeError):
-        return None
-    if t.num_rows != len(values):
-        return None
-    return _finish_fast(t, schema)
-
-
-def _finish_fast(t: pa.Table, schema: pa.Schema) -> pa.Table | None:
-    for f in schema:
-        if not f.nullable and f.name != "row" and t.column(f.name).null_count:
-            return None
-    ts = t.column("ts")
-    if ts.null_count or not pc.all(pc.is_finite(ts)).as_py():
-        return None
-    row = t.column("row")
-    if row.null_count:
-        row = pc.fill_null(row, -1)
-    cols = []
-    for f in schema:
-        if f.name == "ts":
-            cols.append(pc.cast(pc.round(pc.multiply(ts, 1e6)), pa.int64()).cast(f.type))
-        elif f.name == "row":
-            cols.append(row.cast(pa.int64()))
-        elif f.name == "proto":
-            cols.append(pc.utf8_lower(t.column("proto")))
-        else:
-            cols.append(t.column(f.name))
-    return pa.Table.from_arrays(cols, schema=schema)
-
-
-def records_to_table(records: list[dict], kind: str, dead_letter: Any = None) -> pa.Table:
-    """Canonical table from JSON records, keeping each record's own ``row`` (-1 when absent).
-
-    Fast path: all records well-formed -> one columnar conversion. Otherwise each record is
-    checked on its own and the bad ones are dead-lettered with a reason (missing_<field>,
-    bad_ts, bad_<field>).
-    """
-    fast = _fast_table(records, kind)
-    if fast is not None:
-        return fast
-    return normalise_records(records, kind, dead_letter)
-
-
-@dataclass
-class Decoded:
-    """What one poll's messages of one partition decode to."""
-
-    table: pa.Table
-    malformed: dict[str, int] = field(default_factory=dict)
-
-
-def decode_messages(
-    values: Iterable[bytes | None], fmt: str, kind: str, dead_letter: Any = None, source: str = "kafka",
-) -> Decoded:
-    """Decode message values (JSON-per-record and/or Arrow IPC) into one canonical table.
-
-    Undecodable messages are dead-lettered with a reason (``bad_json``, ``bad_arrow``,
-    ``unknown_format``, ``schema``) and counted; they never raise.
-    """
-    schema = TX_SCHEMA if kind == "transactions" else FLOW_SCHEMA
-    malformed: dict[str, int] = {}
-    json_recs: list[dict] = []
-    tables: list[pa.Table] = []
-
-    class _Counting:
-        # Count record-level rejects from the normaliser too, then forward to the real sink.
-        def add(self, src: str, line: Any, reason: str, raw: Any) -> None:
-            malformed[reason] = malformed.get(reason, 0) + 1
-            if dead_letter is not None:
-                dead_letter.add(src, line, reason, raw)
-
-    counting = _Counting()
-    values = list(values)
-    if fmt in ("json", "auto") and values and all(v is not None and v[:1] == b"{" for v in values):
-        fast = _fast_json_bytes(values, kind)   # the common case: a poll of well-formed JSON records
-        if fast is not None:
-            return Decoded(fast, malformed)
-    for i, raw in enumerate(values):
-        kindm = sniff_message(raw) if fmt == "auto" else fmt
-        if kindm == "json":
-            try:
-                rec = json.loads(raw)
-                if not isinstance(rec, dict):
-                    raise ValueError("not an object")
-                json_recs.append(rec)
-            except (ValueError, UnicodeDecodeError, TypeError):
-                counting.add(source, i, "bad_json", _raw_text(raw))
-        elif kindm == "arrow":
-            try:
-                t = decode_arrow(raw)
-                t = conform(t, schema) if "row" in t.column_names else _conform_norow(t, schema)
-                tables.append(t)
-            except (pa.ArrowException, ValueError, TypeError, OSError) as exc:
-                counting.add(source, i, "bad_arrow", f"{type(exc).__name__}: {exc}"[:512])
-        else:
-            counting.add(source, i, "unknown_format", _raw_text(raw))
-    if json_recs:
-        tables.append(records_to_table(json_recs, kind, counting))
-    if not tables:
-        return Decoded(schema.empty_table(), malformed)
-    tables = [_as_schema(t, schema) for t in tables]
-    t = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    return Decoded(t, malformed)
 
 
 def _as_schema(t: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from ingest.kafka_io.clients import (Backoff, BrokerHealth, KafkaUnavailable, _attempt, client_options, describe_error,
                                      probe)
+from ingest.kafka_io.decode import Decoded, decode_messages
 from ingest.kafka_io.offsets import OffsetTracker
 from ingest.kafka_positions import decode_positions
 
@@ -391,8 +392,7 @@ class KafkaSource:
                     if c is None:
                         continue
                     offs = c.offsets if c.offsets is not None else range(c.first_offset, c.last_offset + 1)
-                    dec, row_offs, row_idx = decode_positions(c.values, offs, self.fmt, self.kind, self.dead_letter,
-                                                              source=f"kafka:{c.topic}/{c.partition}")
+                    dec, row_offs, row_idx = self._decode(c.values, offs, f"kafka:{c.topic}/{c.partition}")
                     if self.metrics:
                         self.metrics.records.labels("kafka").inc(dec.table.num_rows)
                         for reason, n in dec.malformed.items():
@@ -427,6 +427,17 @@ class KafkaSource:
             self._close()
         except Exception:  # noqa: BLE001
             pass
+
+    def _decode(self, values: list, offs: Any, source: str) -> tuple[Decoded, np.ndarray | None, np.ndarray | None]:
+        """``(Decoded, offsets, indexes)`` of one partition's messages: a poll of JSON messages places each row by
+        the message it came from (one decode); anything else through :func:`decode_positions`."""
+        if len(offs) == len(values) and (self.fmt == "json" or (
+                self.fmt == "auto" and all(v is not None and v[:1] == b"{" for v in values))):
+            dec = decode_messages(values, self.fmt, self.kind, self.dead_letter, source=source)
+            if dec.msg_index is not None:
+                row_offs = np.asarray(offs, np.int64)[dec.msg_index]
+                return dec, row_offs, np.zeros(len(row_offs), np.int64)
+        return decode_positions(values, offs, self.fmt, self.kind, self.dead_letter, source=source)
 
     def _drop_redelivered(self, c: "_Polled") -> "_Polled | None":
         """Messages at or below the last offset already handed on for this partition are held in
