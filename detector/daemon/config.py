@@ -83,6 +83,16 @@ def _http_url(v: str) -> str:
     return v
 
 
+def _cidr(v: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise PydanticCustomError("config_value", "expected a CIDR network, e.g. 10.0.0.0/8") from None
+    return v
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=False)
 
@@ -248,6 +258,15 @@ class AlertsSection(_Section):
     sinks: list[Sink] = Field(default_factory=lambda: [SQLiteSink(type="sqlite", path="out/alerts.db")],
                               min_length=1, description="alert sinks, each `{type: ..., ...}` (below)")
     dedup: bool = Field(True, description="one alert per (source endpoint, technique) per window")
+    incident_gap: NonNegFloat = Field(
+        0.0, description="seconds of event time without activity after which the same (source or destination, "
+                         "technique) opens a new finding; windows within it update one finding (count, first/last "
+                         "seen, OCSF activity Update). 0: one finding per window (docs/findings.md)")
+    incident_max_open: PosInt = Field(100_000, description="ongoing findings tracked at most (the least recently "
+                                                           "active are closed first)")
+    internal_networks: list[Annotated[str, AfterValidator(_cidr)]] | None = Field(
+        None, description="the monitored networks (CIDRs): traffic from outside into them raises a finding's "
+                          "severity; null: private, loopback, link-local and CGNAT space")
 
 
 class MetricsSection(_Section):
