@@ -191,7 +191,8 @@ def test_pick_best_breaks_near_ties_by_threshold_drift():
 
 def test_warm_start_loads_matching_tensors_only(table):
     """A retraining job starts from the champion's weights: every tensor of the same name and shape."""
-    from training.pretrain import STGNN, ModelConfig, warm_start
+    from detector.models import STGNN, ModelConfig
+    from training.pretrain import warm_start
 
     champ = train_bundle([table], _cfg(epochs=0), progress=False)
     state = champ.model.state_dict()
