@@ -217,6 +217,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(200, out)
         elif url.path == "/api/stamp":
             self._json(200, self.app.stamp())
+        elif url.path == "/favicon.ico":
+            self._send(204, b"", "image/x-icon")
         elif url.path == "/login":
             self._login(params)
         else:
