@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench test-llm clean
+.PHONY: run test install bench test-llm clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Render the figures in README.md and docs/ from reports/*.json (marked blocks; `--check` in the tests)
+docs: $(STAMP)
+	$(BIN)/python -m scripts.render_results
 
 bench: $(STAMP)
 	for b in benchmarks/*_bench.py; do $(BIN)/python $$b || exit 1; done

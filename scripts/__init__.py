@@ -1,0 +1,1 @@
+"""Repository scripts (``python -m scripts.render_results``); not part of the installed packages."""

@@ -1,0 +1,37 @@
+"""The README's one results table: a row per area, each figure from the report that measured it."""
+from __future__ import annotations
+
+from scripts.render import bench, fraud, knowledge, model
+from scripts.render.common import Reports, f3, table, thousands
+
+
+def render(reports: Reports) -> list[str]:
+    gen = reports.get(model.REPORT)
+    st = model.stats(gen)
+    score = reports.get(bench.SCORE)["runs"][0]
+    serve, confluent = reports.get(bench.SERVE), reports.get(bench.SERVE_CONFLUENT)
+    train = reports.get(bench.TRAIN)["runs"]
+    kg = reports.get(knowledge.THROUGHPUT)["throughput_60s"]
+    fr = reports.get(fraud.REPORT)["summary"]
+    base = fraud.best_baseline(fr)
+    two = train.get("2proc_1thread", {})
+    one = train.get("1proc_1thread", {})
+    rows = [
+        ["detection, leave one network out", f"best AUPRC on {st['ours_auprc_wins']} of {st['with_attacks']} "
+         f"splits; >= 90% of episodes at FPR <= 1% on {st['ours_goal']} of {st['with_episodes']}",
+         "[model](docs/model.md)"],
+        ["`graphsentry score`, end to end", f"{thousands(score['score_records_per_s'])} records/s "
+         f"({score['detector']}, {thousands(score['records'])} LUFlow records)", "[benchmarks](docs/benchmarks.md)"],
+        ["daemon through Kafka, batched Arrow", f"{thousands(serve['daemon_arrow']['records_per_s'])} records/s "
+         f"(kafka-python), {thousands(confluent['daemon_arrow']['records_per_s'])} (confluent-kafka)",
+         "[benchmarks](docs/benchmarks.md)"],
+        ["event to alert, p99", f"{serve['latency']['event_to_alert_p99_s']:.1f} s with "
+         f"{serve['latency']['window_s']:.0f} s windows", "[daemon](docs/daemon.md)"],
+        ["knowledge features, 60 s windows", f"{thousands(kg['with_kg_rps'])} records/s with them, "
+         f"{thousands(kg['base_rps'])} without", "[knowledge](docs/knowledge.md)"],
+        ["pretraining epoch, bundled samples", f"{one.get('epoch_seconds_median', 0):.1f} s (1 process), "
+         f"{two.get('epoch_seconds_median', 0):.1f} s (2 ranks)", "[benchmarks](docs/benchmarks.md)"],
+        ["fraud, average precision", f"{f3(fr['ours']['average_precision']['mean'])} (ours) vs "
+         f"{f3(fr[base]['average_precision']['mean'])} ({base.replace('_', ' ')})", "[fraud](docs/fraud.md)"],
+    ]
+    return table(["area", "measured", "details"], rows)
