@@ -72,6 +72,11 @@ def _one(rec: dict, msg: int, kind: str, schema: pa.Schema, dead_letter: Any, so
         return None
 
 
+def _no_ts(schema: pa.Schema) -> pa.Schema:
+    """What Arrow converts: every field but ``ts`` (converted by the per-record rule), all nullable."""
+    return pa.schema([pa.field(f.name, f.type) for f in _json_schema(schema) if f.name != "ts"])
+
+
 def _finish(t: pa.Table, ts_us: list, schema: pa.Schema) -> pa.Table:
     cols = []
     for f in schema:
@@ -167,7 +172,7 @@ def records_batch(recs: list[dict], msgs: list[int], kind: str, dead_letter: Any
         return schema.empty_table(), np.empty(0, np.int64)
     ts_us = [_parse_ts(r.get("ts")) if isinstance(r, dict) else None for r in recs]
     pieces: list = []
-    _convert(recs, msgs, ts_us, kind, schema, _json_schema(schema), dead_letter, source, pieces)
+    _convert(recs, msgs, ts_us, kind, schema, _no_ts(schema), dead_letter, source, pieces)
     if not pieces:
         return schema.empty_table(), np.empty(0, np.int64)
     tables = [_as_schema(t, schema) for t, _ in pieces]
