@@ -21,6 +21,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# ruff (lint rules) and mypy (type check) on the packages, configured in pyproject.toml; tools: the dev extra
+.PHONY: lint
+$(VENV)/.installed-dev: $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check ingest knowledge detector training
+	$(BIN)/mypy
+
 # Render the figures in README.md and docs/ from reports/*.json (marked blocks; `--check` in the tests)
 docs: $(STAMP)
 	$(BIN)/python -m scripts.render_results
