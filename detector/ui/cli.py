@@ -17,7 +17,7 @@ from detector.ui.config import DEFAULT_BIND, UIConfig, parse_bind, read_token
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "ui", help="the analysts' alert page (queue, alert detail, triage) on 127.0.0.1",
         description="Serve the alert queue and alert pages of a SQLite alert store, with triage. "

@@ -302,7 +302,7 @@ class UIServer:
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.cfg.tls else 'http'}://{host}:{port}/"
 
-    def start(self) -> "UIServer":
+    def start(self) -> UIServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="graphsentry-ui", daemon=True)
         self._thread.start()
         return self
@@ -317,7 +317,7 @@ class UIServer:
             self._thread.join(timeout=5)
         self.app.close()
 
-    def __enter__(self) -> "UIServer":
+    def __enter__(self) -> UIServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

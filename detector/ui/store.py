@@ -71,7 +71,7 @@ class Query:
     group: str | None = None
 
     @classmethod
-    def from_params(cls, p: dict[str, list[str]]) -> "Query":
+    def from_params(cls, p: dict[str, list[str]]) -> Query:
         def one(k: str) -> str | None:
             v = (p.get(k) or [""])[-1].strip()
             return v or None
@@ -142,29 +142,33 @@ class AlertQueue:
                 int(self._stamp_db.execute("SELECT COALESCE(MAX(rowid), 0) FROM alerts").fetchone()[0])
 
     def _where(self, q: Query) -> tuple[str, list]:
-        w, args = [], []
+        w: list[str] = []
+        args: list[Any] = []
+
+        def add(sql: str, *values: Any) -> None:
+            w.append(sql)
+            args.extend(values)
+
         if q.since is not None:
-            w.append("a.window_end > ?"); args.append(q.since)
+            add("a.window_end > ?", q.since)
         if q.until is not None:
-            w.append("a.window_start < ?"); args.append(q.until)
+            add("a.window_start < ?", q.until)
         if q.severity_min is not None:
-            w.append("a.severity_id >= ?"); args.append(q.severity_min)
+            add("a.severity_id >= ?", q.severity_min)
         if q.technique:
-            w.append("(a.technique = ? OR a.technique LIKE ? ESCAPE '\\')")
-            args += [q.technique, _like(q.technique) + ".%"]
+            add("(a.technique = ? OR a.technique LIKE ? ESCAPE '\\')", q.technique, _like(q.technique) + ".%")
         if q.host:
-            w.append(f"(a.src_ip = ? OR {self.dst_expr} = ?)"); args += [q.host, q.host]
+            add(f"(a.src_ip = ? OR {self.dst_expr} = ?)", q.host, q.host)
         if q.status:
-            w.append(f"{STATUS} = ?"); args.append(q.status)
+            add(f"{STATUS} = ?", q.status)
         if q.text:
             pat = "%" + _like(q.text) + "%"
-            w.append("(a.id LIKE ? ESCAPE '\\' OR a.src_ip LIKE ? ESCAPE '\\' OR a.technique LIKE ? ESCAPE '\\' "
-                     "OR a.finding LIKE ? ESCAPE '\\')")
-            args += [pat] * 4
+            add("(a.id LIKE ? ESCAPE '\\' OR a.src_ip LIKE ? ESCAPE '\\' OR a.technique LIKE ? ESCAPE '\\' "
+                "OR a.finding LIKE ? ESCAPE '\\')", pat, pat, pat, pat)
         for neg, items in ((False, q.include), (True, q.exclude)):
             for name, value in items:
                 expr = FIELDS[name].format(dst=self.dst_expr)
-                w.append(f"COALESCE(CAST({expr} AS TEXT), '') {'!=' if neg else '='} ?"); args.append(value)
+                add(f"COALESCE(CAST({expr} AS TEXT), '') {'!=' if neg else '='} ?", value)
         return (" WHERE " + " AND ".join(w)) if w else "", args
 
     def page(self, q: Query) -> dict:

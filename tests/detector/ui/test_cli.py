@@ -63,7 +63,7 @@ def test_serves_then_stops_on_sigterm(alert_store):
                     break
             except OSError:
                 if time.time() > deadline or p.poll() is not None:
-                    raise AssertionError(f"server did not come up: {p.stderr.read() if p.poll() is not None else ''}")
+                    raise AssertionError(f"server did not come up: {p.stderr.read() if p.poll() is not None else ''}") from None
                 time.sleep(0.3)
         p.terminate()
         assert p.wait(timeout=20) == 0
