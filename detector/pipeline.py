@@ -8,38 +8,24 @@ import numpy as np
 import torch
 
 from detector.tensors import cat_rows
+from ingest.features import FlowPreprocessor
+from ingest.graph import GraphBuilder, NodeIdMap
 
 log = logging.getLogger(__name__)
 
 
-def default_impl() -> str:
-    """``"ingest"`` when the data-plane modules are importable, else ``"fallback"``."""
-    try:
-        import ingest.features  # noqa: F401
-        import ingest.graph  # noqa: F401
-    except ImportError:
-        return "fallback"
-    return "ingest"
+IMPL = "ingest"  # the one feature implementation (ingest.features, ingest.graph); model configs record it
 
 
-def preprocessor_class(impl: str):
-    if impl == "ingest":
-        from ingest.features import FlowPreprocessor
-
-        return FlowPreprocessor
-    from detector._fallback import FallbackPreprocessor
-
-    return FallbackPreprocessor
+def _check_impl(impl: str) -> None:
+    if impl != IMPL:
+        raise ValueError(f"pipeline impl {impl!r} is not supported (only {IMPL!r}): retrain the model")
 
 
-def _graph_classes(impl: str):
-    if impl == "ingest":
-        from ingest.graph import GraphBuilder, NodeIdMap
-
-        return GraphBuilder, NodeIdMap
-    from detector._fallback import FallbackGraphBuilder, FallbackIdMap
-
-    return FallbackGraphBuilder, FallbackIdMap
+def preprocessor_class(impl: str = IMPL) -> type[FlowPreprocessor]:
+    """The flow preprocessor class of a model whose pipeline config names ``impl``."""
+    _check_impl(impl)
+    return FlowPreprocessor
 
 
 def load_featurizer(enabled: bool = True):
@@ -57,10 +43,13 @@ def load_featurizer(enabled: bool = True):
 
 @dataclass
 class PipelineConfig:
-    impl: str = "fallback"
+    impl: str = IMPL
     node_mode: str = "ip"
     knowledge: bool = True
     id_capacity: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        _check_impl(self.impl)
 
 
 def window_groups(windows, max_records: int = 65536):
@@ -84,9 +73,8 @@ class GraphStream:
     """Stateful per-stream builder (NodeIdMap and previous-flow times live here)."""
 
     def __init__(self, pre, cfg: PipelineConfig, featurizer) -> None:
-        gb_cls, map_cls = _graph_classes(cfg.impl)
-        self.ids = map_cls(capacity=cfg.id_capacity)
-        self.builder = gb_cls(node_mode=cfg.node_mode, preprocessor=pre, id_map=self.ids)
+        self.ids = NodeIdMap(capacity=cfg.id_capacity)
+        self.builder = GraphBuilder(node_mode=cfg.node_mode, preprocessor=pre, id_map=self.ids)
         self.kf = featurizer
         self.knowledge_errors = 0
 
