@@ -105,6 +105,8 @@ def run(args: argparse.Namespace, main: Callable[[list[str]], int]) -> int:
     _write_report(Path(args.report), out / "summary.json", _alert_quality(TEST, out / "alerts.jsonl"))
     print(f"\nDone. Outputs in {out}/: model/ (the trained model), alerts.db (SQLite alert store: "
           f"`sqlite3 {out}/alerts.db 'select * from alerts limit 5'`), summary.json, 008.parquet, dead-letter.jsonl")
+    print(f"\nOpen the alert page on the demo's alerts (then browse http://127.0.0.1:8080/):\n"
+          f"  graphsentry ui --alerts {out}/alerts.db")
     return 0
 
 
