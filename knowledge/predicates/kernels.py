@@ -12,6 +12,8 @@ from ingest.jit import jit
 
 __all__ = ["node_activations", "numba_kernels"]
 
+# A key range up to this many slots per row (plus a fixed 64k) is ranked with a table over the range
+# (two linear passes) instead of a sort: both give np.unique's inverse.
 _DENSE_PER_ROW = 4
 _DENSE_FIXED = 1 << 16
 

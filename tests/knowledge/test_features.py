@@ -257,7 +257,7 @@ def test_compiled_propagation_equals_numpy(kf, rows, variant):
 def test_compiled_dedup_is_exact(kf):
     """Rows that differ in one bit (or in the sign of a zero) stay apart; equal rows share one id."""
     pytest.importorskip("numba")
-    from knowledge.features import _kernels
+    from knowledge.features.kernels import _kernels
 
     rng = np.random.default_rng(3)
     a = _random_act(rng, 500, 8)
