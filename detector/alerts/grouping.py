@@ -26,7 +26,7 @@ BY_DESTINATION: dict[str, str] = {
     "T1110": "brute force: many sources guessing one account or service",
 }
 MIN_SOURCES_LISTED = 2
-MIN_SOURCES_OTHER = 10
+MIN_SOURCES_OTHER = 3
 
 
 def by_destination(technique: str | None) -> bool:

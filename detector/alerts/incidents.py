@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from detector.alerts.ocsf import ACTIVITY_CREATE, ACTIVITY_UPDATE, CLASS_UID, SEVERITIES, SKETCH_K, WindowAlerts, \
-    finding_key
+    finding_key, title
 from detector.alerts.severity import FindingFacts, points, severity
 
 KEEP_WINDOWS = 32
@@ -147,7 +147,8 @@ class IncidentTracker:
                              int(u.get("destinations", 1)), int(u.get("services", 1)), inc.max_score if np.isfinite(inc.max_score) else u["score"],
                              u.get("threshold"), bool(u.get("inbound")), "uid" in a["src_endpoint"])
         inc.severity_id = max(inc.severity_id, severity(facts), int(a["severity_id"]))
-        fi.update(uid=inc.uid, first_seen_time=int(inc.first_seen_ms), last_seen_time=int(inc.last_seen_ms))
+        fi.update(uid=inc.uid, first_seen_time=int(inc.first_seen_ms), last_seen_time=int(inc.last_seen_ms),
+                  title=title(u.get("group_by", "src"), str(u.get("key")), u["technique"], n_src, facts.transactions))
         b["finding_info"] = fi
         b["metadata"] = {**a["metadata"], "uid": inc.uid}
         b.update(activity_id=act, activity_name="Update" if update else "Create", type_uid=CLASS_UID * 100 + act,

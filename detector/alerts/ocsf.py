@@ -150,7 +150,6 @@ def build_alerts(
         evidences = [evidence] + _spread_evidence(by, ep, top_src if by == "dst" else top_dst, is_tx)
         key_src = ep if by == "src" else bsrc
         key_dst = ep if by == "dst" else bdst
-        title = _title(by, ep, tech, n_src, is_tx)
         rows = [int(refs[p]) for p in fp[members[:MAX_REFS]]]
         uid_list = [u for u in uids.take(pa.array(members[:MAX_REFS])).to_pylist() if u is not None]
         out.append({
@@ -167,7 +166,7 @@ def build_alerts(
                 "product": {"name": "graphsentry", "vendor_name": "graphsentry", "version": model_version},
             },
             "finding_info": {
-                "uid": aid, "title": title,
+                "uid": aid, "title": title(by, ep, tech, n_src, is_tx),
                 "first_seen_time": int(float(ts[members].min()) * 1000),
                 "last_seen_time": int(float(ts[members].max()) * 1000),
                 "analytic": {"name": "graphsentry-stgnn", "type": "Learning (ML/DL)", "type_id": 4,
@@ -211,7 +210,8 @@ def _services(sub: pa.Table, dst_col: str) -> np.ndarray:
     return np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _title(by: str, ep: str, tech: str, n_src: int, is_tx: bool) -> str:
+def title(by: str, ep: str, tech: str, n_src: int, is_tx: bool) -> str:
+    """The finding's title (``finding_info.title``)."""
     name = attack_db.technique(tech)[0] if tech != NO_TECHNIQUE else ""
     what = "" if tech == NO_TECHNIQUE else f" ({tech}{' ' + name if name else ''})"
     if is_tx:

@@ -33,6 +33,9 @@ class WindowScores:
     # (their embedding score was at or below the threshold; their top_technique is the channel's).
     technique_scores: np.ndarray | None = None
     technique_raised: np.ndarray | None = None
+    # ``explain(k) -> dict``: the knowledge explanation of flow k (the predicates that fired with their values,
+    # the techniques they point to); None when the scorer has no knowledge block (detector.alerts evidence).
+    explain: object = None
 
     @property
     def num_alerts(self) -> int:

@@ -137,6 +137,7 @@ class StreamScorer:
             behaviour_scores=behaviour[1] if behaviour is not None else None,
             technique_scores=tech[1] if tech is not None else None,
             technique_raised=tech[4] if tech is not None else None,
+            explain=_explainer(getattr(self.stream, "kf", None), kb),
         )
 
     def _decide(self, flow: np.ndarray) -> np.ndarray:
@@ -387,6 +388,13 @@ class StreamScorer:
                 continue
             ok.append((k, data, kb, flow.numpy()))
         return ok, None
+
+
+def _explainer(kf, kb):
+    """``explain(k)`` of one window's flows (KnowledgeFeaturizer.explain on its block), None without one."""
+    if kf is None or kb is None:
+        return None
+    return lambda k: kf.explain(kb, edge=int(k))
 
 
 # --- offline scoring of whole inputs (``graphsentry score`` and the evaluation harness) -------------
