@@ -63,6 +63,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ingest.archive_compact import finish_compactions, replaced_files
 from ingest.archive_layout import (EXTRA_FIELDS, HOUR_US, META_KEY, PARTITIONING, POSITION_COLUMNS, archive_schema,
                                    check_file, fsync_dir, parse_time, part_dirs, part_start)
 from ingest.archive_read import ArchiveScan, read_archive
@@ -216,6 +217,7 @@ class ArchiveWriter:
             for j in jdir.glob("*.tmp"):
                 j.unlink()
             fsync_dir(jdir)
+        finish_compactions(self.root)
         for trash in self.root.glob(".trash-*"):
             shutil.rmtree(trash, ignore_errors=True)
         for _part, d in part_dirs(self.root):
@@ -241,6 +243,22 @@ class ArchiveWriter:
                 if self.kind is None and meta.get("kind"):
                     self.kind = meta["kind"]
                     self._schema = archive_schema(self.kind)
+
+    def _reindex(self, part: tuple[str, int]) -> None:
+        """Index one hour again (its files changed under this writer: ``graphsentry archive compact``)."""
+        for f in [f for f, info in self._files.items() if info.part == part]:
+            del self._files[f]
+            for key in [k for k in self._keys if k[0] == f]:
+                del self._keys[key]
+        d = self.root / f"date={part[0]}" / f"hour={part[1]:02d}"
+        replaced = replaced_files(self.root)
+        for f in sorted(d.glob("*.parquet")) if d.is_dir() else []:
+            if f.name.startswith(".") or os.path.normpath(str(f)) in replaced:
+                continue
+            meta, _why = check_file(f)
+            if meta is not None:
+                ranges = {(t, int(p)): (int(lo), int(hi)) for t, p, lo, hi in meta.get("positions", [])}
+                self._files[f] = _FileInfo(f, part, f.stat().st_size, ranges)
 
     def _compute_high_water(self) -> dict[tuple[str, int], int]:
         high: dict[tuple[str, int], int] = {}
@@ -334,6 +352,9 @@ class ArchiveWriter:
                 continue
             k = self._keys.get((info.path, tp))
             if k is None:
+                if not info.path.exists():   # merged by a compaction since this writer opened: look again
+                    self._reindex(info.part)
+                    return self._archived_keys(tp, lo, hi)
                 t = pq.read_table(info.path, columns=list(POSITION_COLUMNS))
                 m = pc.and_(pc.equal(t.column("kafka_topic"), tp[0]), pc.equal(t.column("kafka_partition"), tp[1]))
                 t = t.filter(pc.fill_null(m, False))

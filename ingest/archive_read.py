@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from ingest.archive_compact import replaced_files
 from ingest.archive_layout import PARTITIONING, check_file, parse_time, part_dirs, part_start
 from ingest.schema import TS_TYPE
 
@@ -43,12 +44,13 @@ class ArchiveScan:
         lo = self.since.timestamp() if self.since else None
         hi = self.until.timestamp() if self.until else None
         good, bad = [], []
+        replaced = replaced_files(self.root)     # old files of a compaction whose new file is in place
         for part, d in part_dirs(self.root):
             start = part_start(part)
             if (lo is not None and start + 3600 <= lo) or (hi is not None and start >= hi):
                 continue
             for f in sorted(d.glob("*.parquet")):
-                if f.name.startswith("."):
+                if f.name.startswith(".") or os.path.normpath(str(f)) in replaced:
                     continue
                 meta, why = check_file(f)
                 if meta is None:

@@ -7,6 +7,8 @@ them to an :class:`ingest.archive.ArchiveWriter` with their Kafka positions (sco
 scored them) and commits offsets only after the archive flushed them.
 A second run over the same records (same group, or another group) archives nothing twice.
 
+``compact --archive DIR`` merges the small files of each closed hour into one (:mod:`ingest.archive_compact`).
+
 ``--from-files INPUT...`` reads capture files with :func:`ingest.readers.open_inputs`; each record's
 position is ``("file:<absolute path>", 0, row)``, so archiving the same file again adds nothing.
 """
@@ -16,7 +18,6 @@ import argparse
 import json
 import logging
 import queue
-import re
 import signal
 import threading
 import time
@@ -25,22 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from ingest.archive_layout import parse_size
+
 log = logging.getLogger(__name__)
-
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "ki": 1024, "kib": 1024, "mi": 1024 ** 2, "mib": 1024 ** 2, "gi": 1024 ** 3, "gib": 1024 ** 3,
-          "ti": 1024 ** 4, "tib": 1024 ** 4}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``"500MB"``, ``"20GiB"``, ``"1.5G"`` or a bare number of bytes."""
-    m = _SIZE.match(str(text))
-    unit = (m.group(2) or "").lower() if m else None
-    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
-        raise ValueError(f"invalid size {text!r}: use a positive number with an optional unit "
-                         "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 20GB")
-    return int(float(m.group(1)) * _UNITS[unit])
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -52,10 +40,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "(offsets committed only after the archive is flushed; nothing archived twice) or "
                     "from capture files.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--from-kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers HOST:PORT[,...]")
     src.add_argument("--from-files", nargs="+", metavar="INPUT", help="capture files (any reader format)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the archive directory")
+    p.add_argument("--out", metavar="DIR", help="the archive directory")
     p.add_argument("--topic", help="--from-kafka: the topic of canonical records")
     p.add_argument("--group", default="graphsentry-archive", help="consumer group (default graphsentry-archive)")
     p.add_argument("--format", dest="fmt", default="auto", choices=["auto", "json", "arrow"],
@@ -70,6 +58,33 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="--from-kafka: flush (and then commit) at least every S seconds (default 5)")
     p.add_argument("--dead-letter", metavar="FILE", help="JSON-lines file for records that could not be decoded")
     p.set_defaults(func=_archive)
+    sub = p.add_subparsers(dest="archive_action", metavar="compact")
+    c = sub.add_parser("compact", help="merge the small files of each closed hour into one (atomic, same records)",
+                       description="Merge each closed hour's files into one file (several above --max-rows), "
+                                   "atomically, keeping exactly the same records (docs/archive.md, Compaction). "
+                                   "An hour is closed when it ended more than --grace ago and is not the newest "
+                                   "hour of the archive; a daemon may keep writing meanwhile.")
+    c.add_argument("--archive", required=True, metavar="DIR", help="the archive directory")
+    c.add_argument("--grace", default="1h", help="time after an hour's end before it is compacted (default 1h)")
+    c.add_argument("--max-rows", type=int, default=5_000_000, help="most records per new file (default 5000000)")
+    c.add_argument("--dry-run", action="store_true", help="only say what would be merged")
+    c.set_defaults(func=_compact)
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from ingest.archive_compact import compact
+    from ingest.windows import parse_duration
+
+    if not Path(args.archive).is_dir():
+        raise FileNotFoundError(f"--archive {args.archive}: no such directory")
+    grace = parse_duration(args.grace)
+    if grace < 0:
+        raise ValueError(f"--grace {args.grace!r}: give a duration >= 0 (e.g. 1h)")
+    if args.max_rows < 1:
+        raise ValueError(f"--max-rows {args.max_rows}: give a positive number of records")
+    print(json.dumps(compact(args.archive, grace=grace, max_rows=args.max_rows, dry_run=args.dry_run),
+                     sort_keys=True))
+    return 0
 
 
 def _writer(args: argparse.Namespace):
@@ -84,6 +99,11 @@ def _writer(args: argparse.Namespace):
 
 
 def _archive(args: argparse.Namespace) -> int:
+    if args.from_kafka is None and args.from_files is None:
+        raise ValueError("give a source: graphsentry archive --from-kafka BOOTSTRAP --topic T --out DIR, "
+                         "--from-files INPUT... --out DIR, or graphsentry archive compact --archive DIR")
+    if not args.out:
+        raise ValueError("--out DIR is required: the archive directory to write")
     if args.until_idle is not None and args.until_idle <= 0:
         raise ValueError(f"--until-idle {args.until_idle}: give a positive number of seconds")
     if args.flush_interval <= 0:

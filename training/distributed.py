@@ -44,6 +44,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -406,8 +407,7 @@ def follow(group, commands, rank: int, world: int, device, backend: str) -> int:
 
 def _train_namespace(args_json: Path | None, train_argv: list[str]) -> argparse.Namespace:
     """The `graphsentry train` options: from the launcher's JSON file, or parsed from ``train INPUT... --out ...``."""
-    from training.cli import build_parser
-    from training.commands import run_train
+    from training.commands import input_paths, run_train, train_arguments
 
     if args_json is not None:
         ns = argparse.Namespace(**json.loads(args_json.read_text()))
@@ -415,22 +415,24 @@ def _train_namespace(args_json: Path | None, train_argv: list[str]) -> argparse.
         if not train_argv or train_argv[0] != "train":
             raise ValueError("give the training command after the module: python -m training.distributed train "
                              "INPUT... --out DIR [options]")
-        ns = build_parser().parse_args(train_argv)
-        from training.commands import input_paths
-
+        parser = argparse.ArgumentParser(prog="graphsentry train")
+        train_arguments(parser)  # the options of `graphsentry train` (training.cli imports this module: no circle)
+        parser.set_defaults(command="train")
+        ns = parser.parse_args(train_argv[1:])
         ns.data = input_paths(ns)
     ns.nproc, ns.func = 0, run_train
     return ns
 
 
-def _rank0(leader: Leader, args_json: Path | None, train_argv: list[str]) -> int:
-    from training.cli import _one_line
-    from training.commands import run_train
+def lead(leader: Leader, job: Callable[[], int], what: str = "train") -> int:
+    """Rank 0: run ``job`` (a whole ``graphsentry train`` or ``retrain``) with ``leader`` as the epoch runner of its
+    pretraining, then release the followers; its exit code (2: a user error, reported in one line)."""
+    from training.commands import one_line as _one_line
 
     token = EPOCH_RUNNER.set(leader)
     msg = "exited non-zero"
     try:
-        rc = int(run_train(_train_namespace(args_json, train_argv)) or 0)
+        rc = int(job() or 0)
     except (ValueError, OSError) as exc:
         rc, msg = 2, f"error: {_one_line(exc)}"
     except Exception as exc:  # noqa: BLE001 - reported in one line; torchrun's summary has the traceback
@@ -440,17 +442,26 @@ def _rank0(leader: Leader, args_json: Path | None, train_argv: list[str]) -> int
     finally:
         EPOCH_RUNNER.reset(token)
     if rc:
-        print(f"graphsentry train: rank 0/{leader.world}: {msg}", file=sys.stderr, flush=True)
+        print(f"graphsentry {what}: rank 0/{leader.world}: {msg}", file=sys.stderr, flush=True)
     leader.finish(rc == 0, "" if rc == 0 else msg)
     return rc
 
 
-def worker(argv: list[str] | None = None) -> int:
-    """One rank under torchrun (env:// rendezvous: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK)."""
+def _rank0(leader: Leader, args_json: Path | None, train_argv: list[str]) -> int:
+    from training.commands import run_train
+
+    return lead(leader, lambda: run_train(_train_namespace(args_json, train_argv)))
+
+
+def worker(argv: list[str] | None = None, rank0: Callable[[Leader, Path | None, list[str]], int] | None = None,
+           prog: str = "python -m training.distributed") -> int:
+    """One rank under torchrun (env:// rendezvous: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK). Rank 0
+    runs ``rank0(leader, args_json, argv)`` (default: ``graphsentry train``), the others follow it."""
     from detector.runtime import torch_threads
     from training.pretrain import deterministic_torch
 
-    ap = argparse.ArgumentParser(prog="python -m training.distributed",
+    rank0 = rank0 or _rank0
+    ap = argparse.ArgumentParser(prog=prog,
                                  usage="torchrun [torchrun options] -m training.distributed train INPUT... --out DIR "
                                        "[graphsentry train options]")
     ap.add_argument("--args-json", type=Path, help="the `graphsentry train` options as JSON (written by --nproc)")
@@ -469,7 +480,7 @@ def worker(argv: list[str] | None = None) -> int:
         commands = dist.new_group(backend="gloo", timeout=timedelta(seconds=COMMAND_TIMEOUT_S))
         with torch_threads(), deterministic_torch():
             if rank == 0:
-                rc = _rank0(Leader(world, dist.group.WORLD, commands, device, backend), args.args_json, train_argv)
+                rc = rank0(Leader(world, dist.group.WORLD, commands, device, backend), args.args_json, train_argv)
             else:
                 rc = follow(dist.group.WORLD, commands, rank, world, device, backend)
     except Exception as exc:
@@ -487,12 +498,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def torchrun_command(nproc: int, args_json: Path, port: int | None = None) -> list[str]:
+def torchrun_command(nproc: int, args_json: Path, port: int | None = None,
+                     module: str = "training.distributed") -> list[str]:
     """torchrun on this host only: static rendezvous on 127.0.0.1 (``--standalone`` would advertise the host
-    name, which can resolve to a public interface), no restarts."""
+    name, which can resolve to a public interface), no restarts; each rank runs ``python -m module``."""
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--node-rank", "0",
             "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port", str(port or free_port()),
-            "--max-restarts", "0", "--monitor-interval", "0.5", "-m", "training.distributed",
+            "--max-restarts", "0", "--monitor-interval", "0.5", "-m", module,
             "--args-json", str(args_json)]
 
 
@@ -506,8 +518,10 @@ def local_env(env: dict | None = None) -> dict:
     return env
 
 
-def launch(args: argparse.Namespace, timeout: float | None = None) -> int:
-    """``graphsentry train --nproc N``: run this train command as N ranks under torchrun; torchrun's exit code."""
+def launch(args: argparse.Namespace, timeout: float | None = None, module: str = "training.distributed",
+           what: str = "train") -> int:
+    """``graphsentry train --nproc N`` (or ``retrain``, with ``module="training.retrain_worker"``): run this command
+    as N ranks under torchrun, rank 0 running it (``module``'s worker); torchrun's exit code."""
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc!r}")
     opts = {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
@@ -516,20 +530,24 @@ def launch(args: argparse.Namespace, timeout: float | None = None) -> int:
         f = Path(tmp) / "train-args.json"
         f.write_text(json.dumps(opts))
         t0 = time.perf_counter()
-        r = subprocess.run(torchrun_command(args.nproc, f), env=local_env(), timeout=timeout)
+        r = subprocess.run(torchrun_command(args.nproc, f, module=module), env=local_env(), timeout=timeout)
         log.info("torchrun with %d ranks exited %d after %.1f s", args.nproc, r.returncode, time.perf_counter() - t0)
     if r.returncode:
-        print(f"graphsentry train: the {args.nproc}-process job failed (torchrun exit {r.returncode}); the failing "
+        print(f"graphsentry {what}: the {args.nproc}-process job failed (torchrun exit {r.returncode}); the failing "
               f"rank's message is above", file=sys.stderr)
     return r.returncode
 
 
-if __name__ == "__main__":
+def main(rank0=None, prog: str = "python -m training.distributed") -> None:
+    """A rank's process: run :func:`worker`, then leave without the interpreter's teardown, where a C++ thread of the
+    torch/gloo runtime was seen to abort the finished rank 0 ("terminate called without an active exception")."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    code = record(worker)()
-    # Done (the process group is destroyed): leave without the interpreter's teardown, where a C++ thread of the
-    # torch/gloo runtime was seen to abort the finished rank 0 ("terminate called without an active exception").
+    code = record(lambda: worker(None, rank0, prog))()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

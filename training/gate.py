@@ -20,15 +20,23 @@ strictly later than the challenger's training data:
 * ``benign_fpr``: the challenger's benign FPR at its own operating threshold is at most
   ``fpr_factor`` x the target FPR (the champion's is reported beside it).
 * ``alert_volume``: the challenger's alerts on benign records per hour of data are within
-  ``alert_budget_per_hour`` (skipped when no budget is configured).
+  ``alert_budget_per_hour`` (default 60: one alert a minute for the whole stream; ``null`` switches the
+  check off, and the report says so).
+* ``score_drift``: the challenger's scores on the benign records stay where the champion's are: the
+  population stability index (PSI) of the challenger's benign scores over ten bins cut at the deciles
+  of the champion's is at most ``drift_max_psi`` (default 0.25, the usual "significant shift" line;
+  shares floored at 1e-4); the Kolmogorov-Smirnov distance and both models' 10/50/90 % quantiles are
+  reported beside it. The alerts, their evidence ("score vs threshold"), dashboards and SIEM rules
+  read the raw score, so a retrained model that moves it is a change someone must look at first.
 * ``speed``: the challenger scores at least ``speed_ratio`` x the champion's records per second.
 
 The first three are *labelled* checks: they need records labelled malicious and benign. They run on
 every labelled set given (the later archive slice when it holds labels, the ``--eval`` data when
-given); a set without labels gets them ``skipped`` with the reason. ``benign_fpr`` and
-``alert_volume`` run on the later archive slice (every record not labelled malicious counts as
-benign there: an archive is mostly unlabelled), or on the benign records of the labelled data when
-there is no archive slice.
+given); a set without labels gets them ``skipped`` with the reason. ``benign_fpr``,
+``alert_volume`` and ``score_drift`` run on the later archive slice (every record not labelled
+malicious counts as benign there: an archive is mostly unlabelled), or on the benign records of the
+labelled data when there is no archive slice. :attr:`GateResult.data_sources` names, per check, the
+sets it ran on (``holdout``: archive labels and verdicts; ``eval``: the ``--eval`` replay data).
 
 A check is ``passed``, ``failed`` or ``skipped`` (with why). The gate passes when no check failed
 (and, with ``require_labels``, at least one labelled check ran). The bootstrap is seeded: the same
@@ -62,8 +70,10 @@ class GateConfig(BaseModel):
     fpr_factor: float = Field(1.5, ge=1, description="challenger benign FPR <= fpr_factor x target FPR")
     slice_min_positives: int = Field(30, ge=1, description="slices with fewer positives are not checked")
     slice_max_drop: float = Field(0.05, ge=0, le=1, description="largest allowed drop of a slice's recall")
-    alert_budget_per_hour: float | None = Field(None, gt=0, description="alerts on benign records per hour of "
-                                                "data the analysts can take; None: check skipped")
+    alert_budget_per_hour: float | None = Field(60.0, gt=0, description="alerts on benign records per hour of "
+                                                "data the analysts can take; null: check switched off")
+    drift_max_psi: float | None = Field(0.25, gt=0, description="largest PSI of the challenger's benign scores "
+                                        "over the champion's deciles; null: check switched off")
     speed_ratio: float = Field(0.9, gt=0, le=1, description="challenger records/s >= speed_ratio x champion's")
     min_labelled: int = Field(10, ge=1, description="a set needs this many malicious and benign records for "
                               "the labelled checks")
@@ -137,6 +147,17 @@ class GateResult:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def data_sources(self) -> dict[str, list[str]]:
+        """Per check, the sets it ran on (passed or failed): ``holdout`` (the archive's later slice, its labels
+        and verdicts) and/or ``eval`` (the ``--eval`` replay data); [] when it was skipped everywhere."""
+        out: dict[str, list[str]] = {}
+        for c in self.checks:
+            out.setdefault(c.name, [])
+            if c.status != SKIPPED and c.data and c.data not in out[c.name]:
+                out[c.name].append(c.data)
+        return out
+
+    @property
     def decision(self) -> str:
         return "promote" if self.passed else "refuse"
 
@@ -150,7 +171,8 @@ class GateResult:
 
     def to_dict(self) -> dict:
         return {"decision": self.decision, "passed": self.passed, "reasons": self.reasons, "notes": self.notes,
-                "checks": [c.to_dict() for c in self.checks], "config": self.config}
+                "data_sources": self.data_sources, "checks": [c.to_dict() for c in self.checks],
+                "config": self.config}
 
 
 # -- metrics on presorted arrays (one sort per model, O(n) per bootstrap replicate) ---------------------
@@ -338,12 +360,55 @@ def _volume_check(name: str, a: EvalSet, b: EvalSet, ta: float, tb: float, cfg: 
     values = {"champion_per_hour": _r(va, 3), "challenger_per_hour": _r(vb, 3), "hours": _r(a.hours, 3),
               "budget_per_hour": cfg.alert_budget_per_hour}
     if cfg.alert_budget_per_hour is None:
-        return Check("alert_volume", SKIPPED, f"no analyst budget configured (gate.alert_budget_per_hour); "
+        return Check("alert_volume", SKIPPED, f"switched off (gate.alert_budget_per_hour: null); "
                      f"challenger {vb:.2f} vs champion {va:.2f} benign alerts per hour", name, values)
     ok = vb <= cfg.alert_budget_per_hour
     return Check("alert_volume", PASSED if ok else FAILED,
                  f"challenger {vb:.2f} alerts on benign records per hour {'<=' if ok else '>'} budget "
                  f"{cfg.alert_budget_per_hour:g} (champion {va:.2f}; {a.hours:.2f} h of data)", name, values)
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10, eps: float = 1e-4) -> float:
+    """Population stability index of ``actual`` against ``expected``: ``sum((q - p) ln(q / p))`` over ``bins``
+    bins cut at the quantiles of ``expected`` (open at both ends; tied quantiles merged), shares floored at
+    ``eps``."""
+    e, a = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+    edges = np.unique(np.quantile(e, np.linspace(0, 1, bins + 1)[1:-1]))
+    p = np.bincount(np.searchsorted(edges, e, side="right"), minlength=len(edges) + 1) / len(e)
+    q = np.bincount(np.searchsorted(edges, a, side="right"), minlength=len(edges) + 1) / len(a)
+    p, q = np.maximum(p, eps), np.maximum(q, eps)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def ks_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Largest gap between the empirical CDFs of ``x`` and ``y`` (two-sample Kolmogorov-Smirnov statistic)."""
+    x, y = np.sort(np.asarray(x, np.float64)), np.sort(np.asarray(y, np.float64))
+    grid = np.concatenate([x, y])
+    return float(np.max(np.abs(np.searchsorted(x, grid, side="right") / len(x)
+                                - np.searchsorted(y, grid, side="right") / len(y))))
+
+
+def _drift_check(name: str, a: EvalSet, b: EvalSet, cfg: GateConfig) -> Check:
+    benign = _benign_of(a)
+    both = benign & np.isfinite(a.scores) & np.isfinite(b.scores)
+    n = int(both.sum())
+    if n < 20:
+        return Check("score_drift", SKIPPED, f"{n} benign records scored by both models (< 20): no score "
+                     f"distribution to compare", name)
+    sa, sb = a.scores[both], b.scores[both]
+    value, ks = psi(sa, sb), ks_distance(sa, sb)
+    q = [0.1, 0.5, 0.9]
+    values = {"psi": _r(value), "ks": _r(ks), "benign_records": n, "max_psi": cfg.drift_max_psi,
+              "champion_quantiles": [_r(v, 6) for v in np.quantile(sa, q)],
+              "challenger_quantiles": [_r(v, 6) for v in np.quantile(sb, q)], "quantiles": q}
+    if cfg.drift_max_psi is None:
+        return Check("score_drift", SKIPPED, f"switched off (gate.drift_max_psi: null); PSI {value:.3f}, KS "
+                     f"{ks:.3f}", name, values)
+    ok = value <= cfg.drift_max_psi
+    return Check("score_drift", PASSED if ok else FAILED,
+                 f"PSI of the challenger's benign scores over the champion's deciles {value:.3f} "
+                 f"{'<=' if ok else '>'} {cfg.drift_max_psi:g} (KS {ks:.3f}; median {np.median(sa):.4g} -> "
+                 f"{np.median(sb):.4g}; {n} benign records)", name, values)
 
 
 def _speed_check(a: ModelEval, b: ModelEval, cfg: GateConfig) -> Check:
@@ -395,11 +460,12 @@ def gate(champion_eval: ModelEval, challenger_eval: ModelEval, cfg: GateConfig |
         checks += _labelled_checks(k, a.sets[k], b.sets[k], fpr, cfg)
     base = HOLDOUT if HOLDOUT in a.sets else (labelled[0] if labelled else None)
     if base is None:
-        for name in ("benign_fpr", "alert_volume"):
+        for name in ("benign_fpr", "alert_volume", "score_drift"):
             checks.append(Check(name, SKIPPED, "no archive slice and no labelled benign records"))
     else:
         checks.append(_fpr_check(base, a.sets[base], b.sets[base], a.threshold, b.threshold, fpr, cfg))
         checks.append(_volume_check(base, a.sets[base], b.sets[base], a.threshold, b.threshold, cfg))
+        checks.append(_drift_check(base, a.sets[base], b.sets[base], cfg))
     checks.append(_speed_check(a, b, cfg))
     failed = any(c.status == FAILED for c in checks)
     ran_labelled = any(c.status != SKIPPED for c in checks if c.name in ("auprc", "recall_at_fpr"))
@@ -410,5 +476,5 @@ def gate(champion_eval: ModelEval, challenger_eval: ModelEval, cfg: GateConfig |
     return GateResult(passed, checks, {**cfg.model_dump(), "target_fpr_used": fpr}, notes)
 
 
-__all__ = ["Check", "EvalSet", "GateConfig", "GateResult", "ModelEval", "gate", "paired_bootstrap",
-           "threshold_at_fpr"]
+__all__ = ["Check", "EvalSet", "GateConfig", "GateResult", "ModelEval", "gate", "ks_distance", "paired_bootstrap",
+           "psi", "threshold_at_fpr"]

@@ -326,3 +326,99 @@ def test_empty_write_is_a_no_op(tmp_path):
     w = ArchiveWriter(tmp_path)
     assert w.write(flows(0), scores=[], positions=pos([])) == 0
     assert w.flush() == [] and w.stats.flushes == 0
+
+
+# -- compaction (graphsentry archive compact) ---------------------------------------------------------------
+
+
+def _small_files_archive(root: Path) -> pa.Table:
+    """Three hours (22:xx, 23:xx, 00:xx) written one record per flush: a file per record, like a busy daemon."""
+    w = ArchiveWriter(root)
+    t = flows(36, step=100)                       # 22:30 .. 23:28:20 (18 per hour), then 00:xx below
+    for i in range(t.num_rows):
+        w.write(t.slice(i, 1), scores=[float(i)], model_version="v1", positions=pos([i]))
+        w.flush()
+    late = flows(4, start=T0 + 5400, step=60, row0=100)    # 00:00 .. 00:03 next day: the newest hour
+    for i in range(late.num_rows):
+        w.write(late.slice(i, 1), scores=[0.5], model_version="v1", positions=pos([100 + i]))
+        w.flush()
+    w.close()
+    return rows(root)
+
+
+def _key(t: pa.Table) -> pa.Table:
+    return t.sort_by([("kafka_offset", "ascending")])
+
+
+def test_compact_merges_closed_hours_and_keeps_exactly_the_same_records(tmp_path, capsys):
+    from training.cli import main
+
+    before = _small_files_archive(tmp_path)
+    files = parquet_files(tmp_path)
+    per_hour = {h: sum(1 for f in files if f.parent.name == h) for h in {f.parent.name for f in files}}
+    assert before.num_rows == 40 and per_hour == {"hour=22": 18, "hour=23": 18, "hour=00": 4}
+    assert main(["archive", "compact", "--archive", str(tmp_path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["hours"] == 2 and summary["files_before"] == 36 and summary["files_after"] == 2
+    assert summary["records"] == 36 and summary["hours_open"] == 1       # the newest hour is left alone
+    files = parquet_files(tmp_path)
+    per_hour = {h: sum(1 for f in files if f.parent.name == h) for h in {f.parent.name for f in files}}
+    assert per_hour == {"hour=22": 1, "hour=23": 1, "hour=00": 4}
+    after = rows(tmp_path)
+    assert after.num_rows == 40
+    assert _key(after).equals(_key(before))                              # the same records, every column
+    merged = pq.read_table(next(f for f in files if f.parent.name == "hour=22"))
+    ts = merged.column("ts").cast(pa.int64()).to_numpy()
+    assert merged.num_rows == 18 and (np.diff(ts) >= 0).all()
+    meta = json.loads(pq.read_metadata(next(f for f in files if f.parent.name == "hour=22")).metadata[b"graphsentry.archive"])
+    assert meta["positions"] == [["flows", 0, 0, 17]] and meta["compacted_from"] == 18
+    # a second run has nothing to do; a writer opened now still knows every archived position
+    assert main(["archive", "compact", "--archive", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["hours"] == 0
+    w = ArchiveWriter(tmp_path)
+    assert w.write(flows(36, step=100), positions=pos(range(36))) == 0 and w.stats.duplicates_dropped == 36
+
+
+def test_a_writer_open_during_compaction_still_drops_re_read_records(tmp_path):
+    from ingest.archive_compact import compact
+
+    before = _small_files_archive(tmp_path)
+    w = ArchiveWriter(tmp_path)                  # indexed the small files
+    assert compact(tmp_path)["files_after"] == 2
+    assert w.write(flows(36, step=100), positions=pos(range(36))) == 0   # looked up in the merged file
+    w.close()
+    assert rows(tmp_path).num_rows == before.num_rows == 40
+
+
+def test_a_compaction_interrupted_after_its_journal_is_finished_and_never_doubles(tmp_path, monkeypatch):
+    from ingest.archive_compact import compact
+
+    before = _small_files_archive(tmp_path)
+    real = os.replace
+
+    def crash_at_publish(src, dst):
+        if str(dst).endswith(".parquet") and "-c" in Path(str(dst)).name:
+            raise KeyboardInterrupt("killed")     # after the journal, before the new file is in place
+        return real(src, dst)
+
+    monkeypatch.setattr(archive_mod.os, "replace", crash_at_publish)
+    with pytest.raises(KeyboardInterrupt):
+        compact(tmp_path)
+    monkeypatch.setattr(archive_mod.os, "replace", real)
+    assert list((tmp_path / "_journal").glob("compact-*.json"))            # the decision is on disk
+    assert _key(rows(tmp_path)).equals(_key(before))                      # readers: every record once
+    w = ArchiveWriter(tmp_path)                                           # opening finishes it
+    assert not list((tmp_path / "_journal").glob("compact-*.json")) and not list(tmp_path.rglob("*.tmp"))
+    assert w.write(flows(36, step=100), positions=pos(range(36))) == 0
+    assert _key(rows(tmp_path)).equals(_key(before))
+    assert sum(1 for f in parquet_files(tmp_path) if f.parent.name == "hour=22") == 1
+
+
+def test_compact_user_errors_are_one_line(tmp_path, capsys):
+    from training.cli import main
+
+    assert main(["archive", "compact", "--archive", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "no such directory" in err and "Traceback" not in err
+    assert main(["archive", "--out", str(tmp_path)]) == 2
+    assert "give a source" in capsys.readouterr().err

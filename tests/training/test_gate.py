@@ -49,7 +49,9 @@ def test_same_model_passes_every_check():
     r = gate(a, b, GateConfig(alert_budget_per_hour=100))
     assert r.passed and r.decision == "promote" and r.reasons == []
     assert {c.name: c.status for c in r.checks} == {"auprc": "passed", "recall_at_fpr": "passed", "slices": "passed",
-                                                     "benign_fpr": "passed", "alert_volume": "passed", "speed": "passed"}
+                                                     "benign_fpr": "passed", "alert_volume": "passed", "score_drift": "passed",
+                                                     "speed": "passed"}
+    assert r.data_sources["auprc"] == [HOLDOUT] and r.to_dict()["data_sources"]["score_drift"] == [HOLDOUT]
 
 
 def test_auprc_and_recall_fail_when_the_challenger_ranks_worse():
@@ -97,14 +99,43 @@ def test_benign_fpr_limit_is_1_5_times_the_target():
     assert c.status == "failed" and c.values["limit"] == 0.015 and 0.025 < c.values["challenger"] < 0.035
 
 
-def test_alert_volume_against_the_budget_and_skipped_without_one():
+def test_alert_volume_against_the_budget_runs_by_default_and_can_be_switched_off():
     a, b = _pair()
     # ~20 benign alerts at FPR 0.01 over 10 hours: ~2 per hour
     assert _check(gate(a, b, GateConfig(alert_budget_per_hour=5)), "alert_volume").status == "passed"
     c = _check(gate(a, b, GateConfig(alert_budget_per_hour=0.5)), "alert_volume")
     assert c.status == "failed" and "budget 0.5" in c.reason
-    c = _check(gate(a, b), "alert_volume")
-    assert c.status == "skipped" and "no analyst budget configured" in c.reason
+    c = _check(gate(a, b), "alert_volume")                       # the default budget: 60 per hour
+    assert c.status == "passed" and c.values["budget_per_hour"] == 60.0
+    c = _check(gate(a, b, GateConfig(alert_budget_per_hour=None)), "alert_volume")
+    assert c.status == "skipped" and "switched off" in c.reason
+
+
+def test_score_drift_psi_against_the_champions_deciles():
+    a, b = _pair(lambda s, y, att: s + 0.02)                     # the same scale: passes
+    c = _check(gate(a, b), "score_drift")
+    assert c.status == "passed" and c.values["psi"] < 0.01 and c.values["benign_records"] == N_BENIGN
+    a, b = _pair(lambda s, y, att: 3.0 * s)                      # the same ranking, three times the scale
+    r = gate(a, b, GateConfig(auprc_margin=1.0))
+    c = _check(r, "score_drift")
+    assert c.status == "failed" and c.values["psi"] > 0.25 and c.values["ks"] > 0.2
+    assert any(x.startswith("score_drift [holdout]") for x in r.reasons)
+    assert _check(gate(a, b, GateConfig(drift_max_psi=None)), "score_drift").status == "skipped"
+
+
+def test_psi_and_ks_match_their_definitions():
+    from scipy.stats import ks_2samp
+
+    from training.gate import ks_distance, psi
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=3000), rng.normal(0.5, 1.0, size=2000)
+    assert ks_distance(x, y) == pytest.approx(ks_2samp(x, y).statistic)
+    assert psi(x, x) == 0.0
+    edges = np.quantile(x, np.linspace(0, 1, 11)[1:-1])
+    p = np.bincount(np.searchsorted(edges, x, side="right"), minlength=10) / len(x)
+    q = np.bincount(np.searchsorted(edges, y, side="right"), minlength=10) / len(y)
+    assert psi(x, y) == pytest.approx(float(np.sum((q - p) * np.log(q / p))))
 
 
 @pytest.mark.parametrize("chall_rps,status", [(950.0, "passed"), (900.0, "passed"), (850.0, "failed"), (None, "skipped")])
