@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import ingest.readers as readers
+import ingest.readers.readahead as readahead
 from ingest.readers import FORMATS, FormatInfo, InputReader, open_inputs
 
 LU_HEADER = ("avg_ipt,bytes_in,bytes_out,dest_ip,dest_port,entropy,num_pkts_out,num_pkts_in,proto,src_ip,"
@@ -148,8 +148,8 @@ def test_read_ahead_equals_serial_on_mixed_formats(mixed, tmp_path, read_ahead, 
 
 def test_tight_bounds_still_equal(mixed, tmp_path, monkeypatch):
     """One queued table and three held-back dead letters per file: threads wait, output is the same."""
-    monkeypatch.setattr(readers, "AHEAD_TABLES", 1)
-    monkeypatch.setattr(readers, "AHEAD_PENDING", 3)
+    monkeypatch.setattr(readahead, "AHEAD_TABLES", 1)
+    monkeypatch.setattr(readahead, "AHEAD_PENDING", 3)
     serial = snapshot(mixed, tmp_path / "s.jsonl", 0, batch_size=40)
     assert_same(serial, snapshot(mixed, tmp_path / "a.jsonl", 2, batch_size=40))
 
@@ -272,7 +272,7 @@ def test_early_close_stops_and_joins_threads(mixed, tmp_path, close_after):
 
 def test_early_close_while_read_ahead_waits_for_room(tmp_path, monkeypatch):
     """The file ahead is all malformed and its held-back dead letters are full: close still returns."""
-    monkeypatch.setattr(readers, "AHEAD_PENDING", 5)
+    monkeypatch.setattr(readahead, "AHEAD_PENDING", 5)
     first = tmp_path / "first.csv"
     first.write_text(LU_HEADER + lu_rows(2000, 1))
     junk = tmp_path / "junk.csv"
