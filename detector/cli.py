@@ -6,7 +6,7 @@ import argparse
 from detector import cli_score, cli_serve
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `score`, `serve` and `replay`."""
     cli_score.register(subparsers)
     cli_serve.register(subparsers)

@@ -35,6 +35,9 @@ from pathlib import Path
 MANIFEST = "manifest.json"
 FORMAT = 1
 IGNORED = ("checkpoint.pt", "checkpoint.tmp", "*.md")
+#: The alias symlinks of a model registry (``REGISTRY/champion -> versions/v0002``, training.registry), which
+#: the daemon follows and reports.
+REGISTRY_ALIASES = ("champion", "challenger", "previous")
 RETRAIN = "retrain the model (graphsentry train --out DIR) or restore the directory as it was saved"
 
 

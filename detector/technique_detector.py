@@ -313,7 +313,7 @@ def behaviour_scores(windows, group_records: int = 16384) -> list:
     in order through one fresh behaviour state, a scoring group at a time (as :class:`detector.scoring.
     StreamScorer` feeds them; default parameters). A window that failed gets zeros."""
     from detector.pipeline import window_groups
-    from detector.scoring import _Behaviour
+    from detector.scoring.behaviour import _Behaviour
     from knowledge.behaviour_predicates import TECHNIQUES
 
     state = _Behaviour(None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -133,3 +134,19 @@ def fsync_dir(d: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "ki": 1024, "kib": 1024, "mi": 1024 ** 2, "mib": 1024 ** 2, "gi": 1024 ** 3, "gib": 1024 ** 3,
+          "ti": 1024 ** 4, "tib": 1024 ** 4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"500MB"``, ``"20GiB"``, ``"1.5G"`` or a bare number of bytes."""
+    m = _SIZE.match(str(text))
+    unit = (m.group(2) or "").lower() if m else None
+    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise ValueError(f"invalid size {text!r}: use a positive number with an optional unit "
+                         "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 20GB")
+    return int(float(m.group(1)) * _UNITS[unit])

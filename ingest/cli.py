@@ -6,7 +6,7 @@ import argparse
 from ingest import cli_ingest, cli_windows
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `ingest` and `windows`."""
     cli_ingest.register(subparsers)
     cli_windows.register(subparsers)

@@ -42,7 +42,7 @@ def _is_json(raw: bytes | None, fmt: str) -> bool:
 
 
 def _sniff(raw: bytes | None) -> str:
-    from ingest.kafka_io import sniff_message
+    from ingest.kafka_io.codecs import sniff_message
 
     return sniff_message(raw)
 
@@ -110,7 +110,7 @@ def _split_json(parts: _Parts, values: list, lo: int, hi: int, fmt: str, kind: s
 
 
 def _halve(parts: _Parts, values: list, lo: int, hi: int, fmt: str, kind: str, known_bad: bool) -> None:
-    from ingest.kafka_io import decode_messages
+    from ingest.kafka_io.decode import decode_messages
 
     if not known_bad or hi - lo == 1:
         t = decode_messages(values[lo:hi], fmt, kind).table
@@ -146,7 +146,7 @@ def decode_positions(values: Sequence[bytes | None], offsets: Sequence[int], fmt
     holds several Arrow messages is decoded run by run (each message once), rows in message order.
     ``offsets`` holds one offset per message of ``values``, in the same order; when it does not (a backend
     that gave no offsets), the decode is returned with ``None, None``: positions unknown."""
-    from ingest.kafka_io import Decoded, decode_messages
+    from ingest.kafka_io.decode import Decoded, decode_messages
 
     values = list(values)
     if len(offsets) != len(values):

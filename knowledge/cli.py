@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `graphsentry` parser."""
     kg = subparsers.add_parser("kg", help="attack knowledge graph: build, stats, explain",
                                description="Attack knowledge graph (ATT&CK, CAPEC, CWE, D3FEND) and its links "

@@ -42,11 +42,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from detector.model_files import MANIFEST, ModelDirError, verify_manifest, write_manifest
+from detector.model_files import MANIFEST, REGISTRY_ALIASES, ModelDirError, verify_manifest, write_manifest
 from training.registry_meta import (RegistryError, code_version, differences, flatten, installed_knowledge, iso,
                                     now_text, read_json, sha256, user)
 
-ALIASES = ("champion", "challenger", "previous")
+ALIASES = REGISTRY_ALIASES
 METADATA = "registry.json"
 HISTORY = "history.jsonl"
 LOCK = ".lock"

@@ -333,10 +333,10 @@ class CalibrationSection(_Section):
 
 
 def _size(v: Any) -> Any:
-    """Bytes from a number or a size text (``"20GB"``, ``"500MiB"``; read by training.archive_cli.parse_size)."""
+    """Bytes from a number or a size text (``"20GB"``, ``"500MiB"``; read by ingest.archive_layout.parse_size)."""
     _no_bool(v)
     if isinstance(v, str):
-        from training.archive_cli import parse_size
+        from ingest.archive_layout import parse_size
 
         try:
             return parse_size(v)

@@ -127,10 +127,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 def registry_alias(path: str | os.PathLike) -> str:
     """The registry alias ``path`` follows (``champion``, ``challenger``, ``previous``) when it is one of a
     model registry's alias symlinks (``REGISTRY/champion -> versions/v0002``, training/registry.py); else ""."""
-    try:
-        from training.registry import ALIASES
-    except ImportError:  # pragma: no cover - a deployment without the training package
-        ALIASES = ("champion", "challenger", "previous")
+    from detector.model_files import REGISTRY_ALIASES as ALIASES
     p = Path(path)
     try:
         if p.name in ALIASES and p.is_symlink() and (p.parent / "versions").is_dir():

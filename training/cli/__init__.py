@@ -29,6 +29,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 from detector import cli as detector_cli
 from detector.logs import configure_logging as _configure_logging
@@ -75,7 +76,7 @@ def version() -> str:
 def _add_common(p: argparse.ArgumentParser, top: bool) -> None:
     """The options every command takes. On subcommands they default to SUPPRESS, so a value given
     before the subcommand is not reset by the subcommand's default."""
-    keep = {} if top else {"default": argparse.SUPPRESS}
+    keep: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     p.add_argument("--version", action="version", version=version())
     p.add_argument("--debug", action="store_true", help="show the traceback of an error", **keep)
     p.add_argument("-v", "--verbose", action="count", help="more logging (-v info, -vv debug)",

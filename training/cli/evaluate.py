@@ -56,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate_flows(args: argparse.Namespace) -> int:
     from ingest.windows import parse_duration
-    from training.evaluate import (BASELINES, DEFAULT_VARIANTS, VARIANTS, evaluate_split, subsample,
-                                   write_report)
+    from training.evaluate import BASELINES, DEFAULT_VARIANTS, VARIANTS, evaluate_split, subsample, write_report
     from training.pretrain import TrainConfig
 
     variants = DEFAULT_VARIANTS if args.variants == "all" else tuple(v.strip() for v in args.variants.split(","))
