@@ -20,6 +20,8 @@ from typing import Any
 from detector.ui.fields import summary
 
 MAX_PAGE = 200
+# The destination of a store without a dst_ip column: an expression SQLite can index (ensure_indexes).
+DST_JSON = "COALESCE(json_extract(finding, '$.dst_endpoint.ip'), json_extract(finding, '$.dst_endpoint.uid'))"
 STATUS = "COALESCE(s.status, 'new')"
 SORTS = {"time": "a.window_start", "severity": "a.severity_id", "score": "a.score", "count": "a.count",
          "src": "a.src_ip", "technique": "a.technique", "created": "a.time_ms"}
@@ -41,7 +43,7 @@ def ensure_indexes(alerts: Path) -> bool:
     try:
         for name, cols in (("ui_time", "window_start, id"), ("ui_sev", "severity_id, window_start"),
                            ("ui_src", "src_ip, window_start"), ("ui_tech", "technique, window_start"),
-                           ("ui_score", "score"), ("ui_created", "time_ms")):
+                           ("ui_score", "score"), ("ui_created", "time_ms"), ("ui_dst", DST_JSON)):
             db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON alerts({cols})")
         db.commit()
         return True
@@ -120,8 +122,7 @@ class AlertQueue:
         if "id" not in cols:
             raise ValueError(f"{self.alerts} has no alerts table of the graphsentry sqlite sink")
         # The enriched store may carry dst_ip; otherwise the destination comes from the finding JSON.
-        self.dst_expr = "a.dst_ip" if "dst_ip" in cols else \
-            "COALESCE(json_extract(a.finding, '$.dst_endpoint.ip'), json_extract(a.finding, '$.dst_endpoint.uid'))"
+        self.dst_expr = "a.dst_ip" if "dst_ip" in cols else DST_JSON.replace("finding", "a.finding")
         self.extra_cols = [c for c in ("dst_ip", "first_seen", "last_seen") if c in cols]
 
     def _connect(self) -> sqlite3.Connection:
