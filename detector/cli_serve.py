@@ -25,6 +25,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--input", nargs="+", metavar="PATH", dest="input_alias", help=argparse.SUPPRESS)
     p.add_argument("--follow", action="store_true", help="file source: keep tailing the inputs")
     p.add_argument("--summary-json", metavar="FILE", help="write the run summary as JSON here")
+    p.add_argument("--ui", metavar="HOST:PORT", help="while it runs, serve the alert page (graphsentry ui) on the "
+                   "config's sqlite alert store here, e.g. 127.0.0.1:8080")
     p.set_defaults(func=_serve)
 
     r = subparsers.add_parser(
@@ -85,7 +87,12 @@ def _serve(args: argparse.Namespace) -> int:
         root = logging.getLogger()  # the config's log.format, unless --log-format was given
         configure_logging(root.level if root.level != logging.NOTSET else logging.WARNING, cfg["log"]["format"])
     _daemon_log_level()
-    summary = run_daemon(cfg)
+    ui = __import__("detector.ui.cli").ui.cli.start_beside_daemon(cfg, args.ui) if args.ui else None
+    try:
+        summary = run_daemon(cfg)
+    finally:
+        if ui is not None:
+            ui.stop()
     print(summary.text())
     if args.summary_json:
         with open(args.summary_json, "w") as f:
