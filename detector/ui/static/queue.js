@@ -27,6 +27,7 @@
       if (!input) continue;
       const v = p.get(k) || "";
       input.value = (k === "since" || k === "until") ? toInput(v) : v;
+      if (input.tagName === "SELECT" && input.selectedIndex < 0) input.selectedIndex = 0;
     }
   }
 
