@@ -38,9 +38,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from detector.fraud.bundle import FraudBundle
-    from detector.fraud.data import read_transactions, tumbling
     from detector.fraud.model import FraudModel, FraudModelConfig
-    from ingest.hetero import HeteroGraphBuilder
+    from ingest.fraud.data import read_transactions, tumbling
+    from ingest.fraud.graph import HeteroGraphBuilder
 
     t0 = time.perf_counter()
     table = read_transactions([args.data])

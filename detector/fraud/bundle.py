@@ -18,7 +18,7 @@ import torch
 
 from detector.fraud.model import FraudModel, FraudModelConfig, config_dict
 from detector.model_files import ModelDirError, remove_manifest, verify_manifest, write_manifest
-from ingest.hetero import DAY, HeteroGraphBuilder, ts_seconds
+from ingest.fraud.graph import DAY, HeteroGraphBuilder, ts_seconds
 
 log = logging.getLogger(__name__)
 

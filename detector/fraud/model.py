@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from detector.fraud.conv import TimeRelAttnConv
-from ingest.hetero import CUSTOMER_NODE_FEATURES, EDGE_FEATURES, FEATURE_GROUPS, TERMINAL_NODE_FEATURES
+from ingest.fraud.graph import CUSTOMER_NODE_FEATURES, EDGE_FEATURES, FEATURE_GROUPS, TERMINAL_NODE_FEATURES
 
 PAYS = ("customer", "pays", "terminal")
 REV = ("terminal", "rev_pays", "customer")

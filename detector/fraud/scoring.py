@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import torch
 
 from detector.fraud.bundle import FraudBundle
-from detector.fraud.data import read_transactions, tumbling
+from ingest.fraud.data import read_transactions, tumbling
 
 log = logging.getLogger(__name__)
 

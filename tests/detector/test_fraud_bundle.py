@@ -10,9 +10,9 @@ import torch
 from detector.bundle import load_bundle
 from detector.fraud.bundle import FraudBundle
 from detector.model_files import ModelDirError, write_manifest
-from detector.fraud.data import read_transactions, tumbling
 from detector.fraud.model import FraudModel, FraudModelConfig
-from ingest.hetero import HeteroGraphBuilder
+from ingest.fraud.data import read_transactions, tumbling
+from ingest.fraud.graph import HeteroGraphBuilder
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from detector.fraud.conv import TimeRelAttnConv
-from detector.fraud.data import read_transactions, tumbling
 from detector.fraud.model import (FraudModel, FraudModelConfig, contrastive_loss, focal_loss,
                                   synthesize)
-from ingest.hetero import EDGE_FEATURES, FEATURE_GROUPS, HeteroGraphBuilder
+from ingest.fraud.data import read_transactions, tumbling
+from ingest.fraud.graph import EDGE_FEATURES, FEATURE_GROUPS, HeteroGraphBuilder
 from training.fraud.simulate import simulate
 
 

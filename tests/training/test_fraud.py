@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ingest.hetero import DAY
+from ingest.fraud.graph import DAY
 from training.fraud.loop import calibrate_threshold, known_labels, WindowFeat
 from training.fraud.metrics import card_precision_top_k
 from training.fraud.simulate import simulate
@@ -35,7 +35,7 @@ def test_card_precision_top_k_by_hand():
 
 
 def test_training_sees_only_labels_known_at_training_time():
-    from ingest.hetero import TxFeatures
+    from ingest.fraud.graph import TxFeatures
 
     ts = np.array([0.0, 5 * DAY, 8 * DAY, 9.5 * DAY])
     f = TxFeatures(edge=np.zeros((4, 1)), handbook=np.zeros((4, 1)), cust=np.zeros(4, np.int64),

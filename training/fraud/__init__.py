@@ -1,4 +1,14 @@
-"""Transaction (fraud) training and evaluation: ``train``, ``evaluate`` (see :mod:`training.fraud.api`)."""
+"""Transaction (fraud) training and evaluation: ``train``, ``evaluate`` (see :mod:`training.fraud.api`).
+
+One pipeline per stream kind, in the same three layers (a layer imports only the ones before it)::
+
+    layer      flows                                    transactions (fraud)
+    ingest     readers/, windows.py, graph.py           fraud/data.py, fraud/graph.py
+    detector   layers/, models/, bundle.py, scoring/    fraud/conv.py, fraud/model.py, fraud/bundle.py,
+                                                        fraud/scoring.py
+    training   pretrain/, cli/                          fraud/loop.py, fraud/api.py, fraud/cli.py,
+                                                        fraud/metrics.py, fraud/simulate.py
+"""
 from __future__ import annotations
 
 

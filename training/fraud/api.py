@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from detector.fraud.bundle import FraudBundle
-from detector.fraud.data import read_transactions
 from detector.fraud.model import FraudModelConfig
-from ingest.hetero import DAY
+from ingest.fraud.data import read_transactions
+from ingest.fraud.graph import DAY
 from training.fraud.loop import WindowFeat, calibrate_threshold, feature_pass, fit_select_refit, predict
 from training.fraud.metrics import fraud_metrics
 from training.report_meta import report_meta

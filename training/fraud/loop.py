@@ -11,9 +11,9 @@ import pyarrow as pa
 import torch
 from sklearn.metrics import average_precision_score
 
-from detector.fraud.data import tumbling
 from detector.fraud.model import FraudModel, FraudModelConfig, contrastive_loss, edge_batch_subgraph, focal_loss
-from ingest.hetero import DAY, HeteroGraphBuilder, TxFeatures, assemble
+from ingest.fraud.data import tumbling
+from ingest.fraud.graph import DAY, HeteroGraphBuilder, TxFeatures, assemble
 
 log = logging.getLogger(__name__)
 

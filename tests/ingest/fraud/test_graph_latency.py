@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from ingest.hetero import EDGE_FEATURES, HeteroGraphBuilder
+from ingest.fraud.graph import EDGE_FEATURES, HeteroGraphBuilder
 from ingest.schema import TX_SCHEMA, conform
 
 D = 86400.0

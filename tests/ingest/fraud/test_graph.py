@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ingest.hetero import EDGE_FEATURES, HANDBOOK_FEATURES, HeteroGraphBuilder
+from ingest.fraud.graph import EDGE_FEATURES, HANDBOOK_FEATURES, HeteroGraphBuilder
 from ingest.schema import TX_SCHEMA, conform
 
 D = 86400.0

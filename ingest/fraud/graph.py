@@ -27,7 +27,7 @@ Label-latency rule: the label of a transaction at time ``s`` becomes known at
 ``s + label_delay_s``. Fraud labels enter the terminal bins only when released,
 and they are released at the start of each day chunk only if ``known_at <= t0``
 (t0 = earliest time of the chunk). Any label not yet known at ``t`` can therefore
-never influence a feature at ``t`` (``tests/ingest/test_hetero_latency.py``).
+never influence a feature at ``t`` (``tests/ingest/fraud/test_graph_latency.py``).
 Labels never enter any other feature.
 """
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Reading transaction inputs into TX_SCHEMA tables, and cutting them into windows.
 
-Uses :func:`ingest.readers.open_inputs` when the readers package provides it; until
-then (and for the Fraud Detection Handbook parquet) a small adapter below converts
-FDH columns to ``TX_SCHEMA``. Windows use :class:`ingest.windows.EventTimeWindower`
-when present, else a tumbling split of the (time-sorted) table.
+Inputs go through :func:`ingest.readers.open_inputs` when it reads them as transactions;
+otherwise (Fraud Detection Handbook parquet/csv, or ``TX_SCHEMA`` columns) a small adapter
+below converts them to ``TX_SCHEMA``. Windows are a tumbling split of the time-sorted
+table (:func:`tumbling`, the same shape as :class:`ingest.windows.Window`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.hetero import ts_seconds
+from ingest.fraud.graph import ts_seconds
 from ingest.schema import TX_SCHEMA, conform
 
 log = logging.getLogger(__name__)
