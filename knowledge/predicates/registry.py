@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from knowledge.predicates.context import WindowContext
-from knowledge.predicates import definitions as d
+import knowledge.predicates.definitions as d
 from knowledge.predicates.ports import (ADMIN_PORTS, AMPLIFIER_PORTS, AUTH_PORTS, CLEARTEXT_PORTS, DB_PORTS,
                                         DNS_PORTS, FILE_TRANSFER_PORTS, IRC_PORTS, PROXY_PORTS,
                                         REMOTE_DESKTOP_PORTS, SMB_PORTS, WEB_PORTS)
