@@ -904,6 +904,7 @@ class Daemon:
                 q_win.put(w)  # blocks when scoring falls behind: the backpressure chain starts here
                 m.queue_depth.labels("windows").set(q_win.qsize())
 
+        quiet_since = time.monotonic()  # when the last chunk came in
         merger = PartitionMerger(idle_after=float(self.cfg["pipeline"].get("partition_idle") or 10.0),
                                  max_rows=int(self.cfg["pipeline"].get("merge_max_rows") or 200_000),
                                  assigned=lambda: {p for _t, p in (self.source.assigned if self.source else ())})
@@ -924,9 +925,11 @@ class Daemon:
                     handle_side_outputs()
                 if merger.buffered == 0:
                     emit(windower.poll())
+                    emit(self._quiet_watermark(windower, quiet_since))
                 continue
             t: pa.Table = item.table
             n = t.num_rows
+            quiet_since = time.monotonic()
             ref = t.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
             start = self.ledger.add(ref, item.arrival, self._positions_of(item, ref) if self._archive_on else None)
             if self.tracker is not None and item.partition is not None:
@@ -958,6 +961,23 @@ class Daemon:
             emit(windower.flush())
         handle_side_outputs()
         q_win.put(None)
+
+    #: a stream is live when its newest event time is within this many seconds of the wall clock
+    LIVE_SKEW = 30.0
+
+    def _quiet_watermark(self, windower: Any, quiet_since: float) -> list:
+        """Windows a quiet *live* stream has closed: while no record comes, its event time is taken to go on
+        with the wall clock from the newest record, so the last window of a burst closes at its end plus the
+        lateness, as it would with records flowing, not ``window.idle_timeout`` later. A backlog (event times
+        older than :data:`LIVE_SKEW`) is left to the idle timeout: a pause there says nothing about event time."""
+        newest = windower.max_event_time
+        if newest is None or abs(time.time() - newest) > self.LIVE_SKEW:
+            return []
+        quiet = time.monotonic() - quiet_since
+        lateness = float(self.cfg["window"]["lateness"] or 0.0)
+        if quiet <= lateness:
+            return []
+        return windower.advance_watermark(newest + quiet - lateness)
 
     def _file_topic(self) -> str:
         """The archive's ``kafka_topic`` of a file source's records: ``file:`` and the source paths (absolute,
@@ -1427,7 +1447,10 @@ class Daemon:
                 self.e2a_samples.append(lat)
             sev = a["severity"].lower()
             tech = a["unmapped"]["technique"]
-            m.alerts.labels(tech, sev).inc()
+            m.alerts.labels(tech, sev).inc()  # every write, updates of an ongoing finding included (paging rule)
+            if a.get("activity_id", 1) != 1:
+                continue  # the summary counts findings, not their updates (alerts.incident_gap)
+            self.summary.alerts += 1
             self.summary.alerts_by_severity[sev] = self.summary.alerts_by_severity.get(sev, 0) + 1
             self.summary.alerts_by_technique[tech] = self.summary.alerts_by_technique.get(tech, 0) + 1
         m.alerts_suppressed.inc(wa.suppressed)
@@ -1436,7 +1459,6 @@ class Daemon:
         m.flagged_records.inc(wa.flagged)
         self.summary.windows_scored += 1
         self.summary.records_scored += int(w.table.num_rows)
-        self.summary.alerts += len(wa.alerts)
         self.summary.flagged_records += wa.flagged
         self._mark_done(rows_local)
         self._check_fit(model, int(wa.flagged), int(w.table.num_rows))

@@ -162,6 +162,7 @@ def test_daemon_folds_windows_and_continues_after_a_restart(tmp_path):
     assert s.windows_scored >= 10
     first = [a for a in read_alert_store(tmp_path / "alerts.db") if a["unmapped"]["key"] == SCANNER]
     assert len(first) == 1 and first[0]["unmapped"]["windows"] >= 3
+    assert s.alerts == len(read_alert_store(tmp_path / "alerts.db"))      # findings, not their updates
     arch = read_archived(tmp_path / "archive")
     ids = {x for x in arch.column("alert_id").to_pylist() if x}
     assert ids == {a["finding_info"]["uid"] for a in read_alert_store(tmp_path / "alerts.db")}
