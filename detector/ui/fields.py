@@ -111,7 +111,9 @@ def summary(row: dict) -> dict:
         "status": row.get("status") or "new",
         "assignee": row.get("assignee"),
         "verdict": row.get("verdict"),
-        "distinct_sources": _num(u.get("distinct_sources", u.get("sources"))),
+        "distinct_sources": _num(row.get("sources")) if _num(row.get("sources")) is not None
+        else _num(u.get("distinct_sources", u.get("sources"))),
+        "windows": _num(row.get("windows")) if _num(row.get("windows")) is not None else _num(u.get("windows")),
         "distinct_destinations": _num(u.get("distinct_destinations", u.get("destinations"))),
-        "group_by": _str(u.get("group_by")),
+        "group_by": _str(row.get("group_by")) or _str(u.get("group_by")),
     }

@@ -41,9 +41,11 @@ def ensure_indexes(alerts: Path) -> bool:
         return False
     db = sqlite3.connect(str(alerts), timeout=10)
     try:
+        have = {r[1] for r in db.execute("PRAGMA table_info(alerts)")}
+        dst_name, dst = ("ui_dst_ip", "dst_ip, window_start") if "dst_ip" in have else ("ui_dst", DST_JSON)
         for name, cols in (("ui_time", "window_start, id"), ("ui_sev", "severity_id, window_start"),
                            ("ui_src", "src_ip, window_start"), ("ui_tech", "technique, window_start"),
-                           ("ui_score", "score"), ("ui_created", "time_ms"), ("ui_dst", DST_JSON)):
+                           ("ui_score", "score"), ("ui_created", "time_ms"), (dst_name, dst)):
             db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON alerts({cols})")
         db.commit()
         return True
@@ -123,7 +125,8 @@ class AlertQueue:
             raise ValueError(f"{self.alerts} has no alerts table of the graphsentry sqlite sink")
         # The enriched store may carry dst_ip; otherwise the destination comes from the finding JSON.
         self.dst_expr = "a.dst_ip" if "dst_ip" in cols else DST_JSON.replace("finding", "a.finding")
-        self.extra_cols = [c for c in ("dst_ip", "first_seen", "last_seen") if c in cols]
+        self.extra_cols = [c for c in ("dst_ip", "first_seen", "last_seen", "windows", "sources", "group_by")
+                           if c in cols]
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(_ro_uri(self.alerts), uri=True, check_same_thread=False, timeout=10)
@@ -157,7 +160,9 @@ class AlertQueue:
         if q.severity_min is not None:
             add("a.severity_id >= ?", q.severity_min)
         if q.technique:
-            add("(a.technique = ? OR a.technique LIKE ? ESCAPE '\\')", q.technique, _like(q.technique) + ".%")
+            # the technique or its sub-techniques ("T1046.xxx" sorts between "T1046." and "T1046/"): index ranges
+            add("(a.technique = ? OR (a.technique > ? AND a.technique < ?))", q.technique, q.technique + ".",
+                q.technique + "/")
         if q.host:
             add(f"(a.src_ip = ? OR {self.dst_expr} = ?)", q.host, q.host)
         if q.status:
@@ -169,21 +174,37 @@ class AlertQueue:
         for neg, items in ((False, q.include), (True, q.exclude)):
             for name, value in items:
                 expr = FIELDS[name].format(dst=self.dst_expr)
-                add(f"COALESCE(CAST({expr} AS TEXT), '') {'!=' if neg else '='} ?", value)
+                if neg:
+                    add(f"COALESCE(CAST({expr} AS TEXT), '') != ?", value)
+                elif value == "":
+                    add(f"({expr} IS NULL OR {expr} = '')")
+                else:  # a plain equality, so the field's index serves it
+                    add(f"{expr} = ?", value)
         return (" WHERE " + " AND ".join(w)) if w else "", args
 
     def page(self, q: Query) -> dict:
         """One page of alerts (``items``) and the number matching (``total``)."""
         where, args = self._where(q)
-        frm = " FROM alerts a LEFT JOIN t.triage s ON s.alert_id = a.id"
+        # The triage join only when a filter needs it: with it SQLite's planner scans instead of using indexes.
+        needs = q.status is not None or any(n in ("status", "assignee") for n, _ in q.include + q.exclude)
+        frm = " FROM alerts a" + (" LEFT JOIN t.triage s ON s.alert_id = a.id" if needs else "")
         db = self._db()
         total = db.execute("SELECT COUNT(*)" + frm + where, args).fetchone()[0]
-        order = f" ORDER BY {SORTS[q.sort]} {'DESC' if q.desc else 'ASC'}, a.id {'DESC' if q.desc else 'ASC'}"
-        sql = (f"SELECT {_COLS}, s.status, s.assignee, s.verdict" + "".join(f", a.{c}" for c in self.extra_cols)
+        # A selective filter (one host, one technique, one value) finds few rows through its own index: the
+        # unary + keeps SQLite from walking the sort column's index over the whole store instead.
+        selective = bool(q.host or q.technique or any(n in ("src", "dst", "technique", "id") for n, _ in q.include))
+        order = (f" ORDER BY {'+' if selective else ''}{SORTS[q.sort]} {'DESC' if q.desc else 'ASC'}, "
+                 f"a.id {'DESC' if q.desc else 'ASC'}")
+        sql = (f"SELECT {_COLS}" + "".join(f", a.{c}" for c in self.extra_cols)
                + frm + where + order + " LIMIT ? OFFSET ?")
         cur = db.execute(sql, args + [q.limit, q.offset])
         names = [d[0] for d in cur.description]
-        items = [summary(dict(zip(names, r))) for r in cur.fetchall()]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        ids = [r["id"] for r in rows]
+        state = {r[0]: {"status": r[1], "assignee": r[2], "verdict": r[3]} for r in db.execute(
+            f"SELECT alert_id, status, assignee, verdict FROM t.triage WHERE alert_id IN ({','.join('?' * len(ids))})",
+            ids)} if ids else {}
+        items = [summary({**r, **state.get(r["id"], {})}) for r in rows]
         return {"total": total, "offset": q.offset, "limit": q.limit, "items": items}
 
     def groups(self, q: Query) -> dict:

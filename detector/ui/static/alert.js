@@ -36,6 +36,7 @@
     if (s.kind === "transaction") pairs.push(["amount", num(s.amount, 2)]);
     if (s.distinct_sources !== null) pairs.push(["distinct sources", num(s.distinct_sources)]);
     if (s.distinct_destinations !== null) pairs.push(["distinct destinations", num(s.distinct_destinations)]);
+    if (s.windows !== null) pairs.push(["windows seen in", num(s.windows)]);
     if (s.group_by) pairs.push(["grouped by", s.group_by === "dst" ? "destination (incident)" : s.group_by]);
     const pivots = el("div", {cls: "actions"},
       link("#flows", "related flows"), " · ",
