@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 # Scoring a window takes milliseconds to seconds; event-to-alert includes the window length.
 SCORING_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-E2A_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+# fine around a window plus a few seconds (the goal with 5-60 s windows is window + 2 s), coarse beyond
+E2A_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 45.0, 60.0, 62.0,
+               65.0, 90.0, 120.0, 300.0, 600.0, 1800.0)
 
 
 class Metrics:
@@ -58,7 +60,8 @@ class Metrics:
         )
         self.event_to_alert = Histogram(
             "graphsentry_event_to_alert_seconds",
-            "Wall time from a record's arrival at the daemon to its alert being durably written",
+            "Wall time from an alert's first flagged record (its producer timestamp; file: read time) to the alert "
+            "being durably written",
             buckets=E2A_BUCKETS,
             registry=r,
         )
