@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from detector.ui.config import DEFAULT_BIND, UIConfig, parse_bind, read_token
 
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _store_args(p: argparse.ArgumentParser, required: bool, suppress: bool = False) -> None:
-    kw = {"default": argparse.SUPPRESS} if suppress else {}
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
     p.add_argument("--alerts", metavar="ALERTS.db", required=required, help="the SQLite alert store", **kw)
     p.add_argument("--triage", metavar="TRIAGE.db", help="triage database (default: ALERTS.db.triage.db)", **kw)
 

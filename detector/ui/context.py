@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from detector.ui.fields import dig, endpoint, parse_finding
+from detector.ui.fields import dig, endpoint, obj, parse_finding
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def explanation(finding: dict) -> dict:
     behaviour: dict[str, Any] = {}
     knowledge: list[dict] = []
     for ev in finding.get("evidences") or []:
-        data = dig(ev, "data") or {}
+        data = obj(dig(ev, "data"))
         for src in (dig(data, "predicates"), dig(data, "knowledge", "predicates")):
             if isinstance(src, dict):
                 preds.update({str(k): v for k, v in src.items() if not isinstance(v, (dict, list))})
@@ -58,7 +58,7 @@ def explanation(finding: dict) -> dict:
         b = dig(data, "behaviour")
         if isinstance(b, dict) and isinstance(b.get("scores"), dict):
             behaviour.update(b["scores"])
-    u = finding.get("unmapped") if isinstance(finding.get("unmapped"), dict) else {}
+    u = obj(finding.get("unmapped"))
     return {"predicates": [{"name": k, "value": v} for k, v in sorted(preds.items())],
             "knowledge_techniques": knowledge,
             "behaviour_scores": [{"technique": k, "score": v} for k, v in sorted(behaviour.items())],
@@ -91,10 +91,10 @@ def from_finding(finding: dict, others: list[dict]) -> dict:
     """Flows, subgraph and timeline from the findings alone (no archive)."""
     src = endpoint(finding.get("src_endpoint")) or "?"
     dst = endpoint(finding.get("dst_endpoint"))
-    u = finding.get("unmapped") if isinstance(finding.get("unmapped"), dict) else {}
+    u = obj(finding.get("unmapped"))
     flows = []
     for ev in finding.get("evidences") or []:
-        data = dig(ev, "data") or {}
+        data = obj(dig(ev, "data"))
         flows.append({"ts": None, "uid": _clean(data.get("uid") or data.get("tx_id")),
                       "src": endpoint(dig(ev, "src_endpoint")), "src_port": dig(ev, "src_endpoint", "port"),
                       "dst": endpoint(dig(ev, "dst_endpoint")), "dst_port": dig(ev, "dst_endpoint", "port"),

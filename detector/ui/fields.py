@@ -24,6 +24,11 @@ def dig(obj: Any, *path: Any) -> Any:
     return obj
 
 
+def obj(x: Any) -> dict:
+    """``x`` when it is a dict, else an empty one."""
+    return x if isinstance(x, dict) else {}
+
+
 def parse_finding(text: Any) -> dict:
     """The finding JSON as a dict ({} when it is not a JSON object)."""
     if isinstance(text, dict):
@@ -81,7 +86,7 @@ def is_transaction(finding: dict) -> bool:
 def summary(row: dict) -> dict:
     """The queue's fields of one alert from its store row (``finding`` parsed here)."""
     f = parse_finding(row.get("finding"))
-    u = f.get("unmapped") if isinstance(f.get("unmapped"), dict) else {}
+    u = obj(f.get("unmapped"))
     sev = row.get("severity_id")
     sev = sev if isinstance(sev, int) else dig(f, "severity_id")
     first = _num(dig(f, "finding_info", "first_seen_time"))

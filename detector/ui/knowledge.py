@@ -23,7 +23,7 @@ class TechniqueCatalog:
         self.dir = Path(artifact) if artifact else DEFAULT_ARTIFACT
         self._techs: dict[str, dict] = {}
         self._tactics: dict[str, str] = {}
-        self._links = None
+        self._links: list[dict] | None = None
         try:
             spec = json.loads((self.dir / "features.json").read_text(encoding="utf-8"))
             self._tactics = {t["id"]: t["name"] for t in spec.get("tactics", [])}
@@ -46,7 +46,7 @@ class TechniqueCatalog:
             except Exception as exc:  # noqa: BLE001 - optional context
                 log.warning("knowledge links not readable (%s)", exc)
                 self._links = []
-        rows = [r for r in self._links if r["source_id"] == tid and r["status"] == "ok"]
+        rows = [r for r in self._links or [] if r["source_id"] == tid and r["status"] == "ok"]
         rows.sort(key=lambda r: (r["predicate"] not in predicates, -(r["confidence"] or 0)))
         seen, out = set(), []
         for r in rows:

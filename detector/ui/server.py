@@ -149,7 +149,7 @@ class Handler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").strip().lower()
         if not is_loopback(self.app.cfg.host):
             return True  # a token guards it; names in front of it are the operator's choice
-        port = self.server.server_address[1]
+        port = getattr(self.server, "server_port", 0)
         return host in {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
 
     def _authed(self) -> bool:
@@ -168,7 +168,7 @@ class Handler(BaseHTTPRequestHandler):
         return c is not None and hmac.compare_digest(c.value.encode(), self._session_value().encode())
 
     def _session_value(self) -> str:
-        return hmac.new(self.app.cfg.token.encode(), b"graphsentry-ui-session", "sha256").hexdigest()
+        return hmac.new((self.app.cfg.token or "").encode(), b"graphsentry-ui-session", "sha256").hexdigest()
 
     def _guard(self) -> bool:
         if not self._host_ok():
@@ -298,7 +298,7 @@ class UIServer:
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
+        host, port = self.cfg.host, self.httpd.server_port
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.cfg.tls else 'http'}://{host}:{port}/"
 

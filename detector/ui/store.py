@@ -209,7 +209,8 @@ class AlertQueue:
 
     def groups(self, q: Query) -> dict:
         """Alerts grouped by ``q.group``: key fields, alert and flow counts, first/last seen, top severity."""
-        keys = [k.format(dst=self.dst_expr) for k in GROUPS[q.group]]
+        group = q.group or "host"
+        keys = [k.format(dst=self.dst_expr) for k in GROUPS[group]]
         where, args = self._where(q)
         key_sql = ", ".join(f"{k} AS k{i}" for i, k in enumerate(keys))
         sql = (f"SELECT {key_sql}, COUNT(*) AS n, SUM(a.count) AS flows, MIN(a.window_start) AS first, "
@@ -221,7 +222,7 @@ class AlertQueue:
         total = db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0]
         rows = db.execute(sql + " ORDER BY n DESC, last DESC LIMIT ? OFFSET ?", args + [q.limit, q.offset]).fetchall()
         names = {"host": ["src"], "technique": ["technique"], "rule": ["technique", "src"],
-                 "rule_dst": ["technique", "src", "dst"]}[q.group]
+                 "rule_dst": ["technique", "src", "dst"]}[group]
         items = [{"key": dict(zip(names, r[:len(keys)])), "alerts": r[len(keys)], "flows": r[len(keys) + 1],
                   "first_seen": r[len(keys) + 2], "last_seen": r[len(keys) + 3], "severity_id": r[len(keys) + 4],
                   "open": r[len(keys) + 5]} for r in rows]
