@@ -18,7 +18,9 @@ Layout (``docs/retraining.md``, section "Model registry")::
 
 A version folder appears whole or not at all: it is assembled under ``versions/.staging-*`` and
 renamed into place. Writers (register, promote, rollback, set-alias) hold ``.lock``; a second writer
-waits up to ``lock_timeout`` seconds, then gets :class:`RegistryLocked`.
+waits up to ``lock_timeout`` seconds, then gets :class:`RegistryLocked`. The lock is an ``flock``, so it
+goes with its process: a writer killed mid-way (even SIGKILL) leaves no lock behind, and the next writer
+removes the staging folder or temporary alias link it left (:attr:`Registry.stale_cleaned`).
 
 The daemon follows an alias: started with ``model.path: REGISTRY/champion``, its model watcher resolves
 the symlink at every poll (:func:`detector.daemon.pipeline.model_fingerprint` includes the resolved
@@ -73,6 +75,7 @@ class Registry:
             raise ValueError(f"lock_timeout={lock_timeout!r}: must be >= 0 seconds")
         self.root = Path(root)
         self.lock_timeout = float(lock_timeout)
+        self.stale_cleaned: list[str] = []   # what the last lock holder removed of a killed writer's work
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r}, lock_timeout={self.lock_timeout})"
@@ -227,9 +230,27 @@ class Registry:
                         raise RegistryLocked(f"another registry writer holds {path} (waited {self.lock_timeout:g} s): "
                                              f"let it finish and run the command again") from None
                     time.sleep(0.05)
+            self.stale_cleaned = self._clean_stale()
             yield
         finally:
             os.close(fd)  # releases the flock
+
+    def _clean_stale(self) -> list[str]:
+        """Remove what a writer killed mid-way left: staging folders and temporary alias links. Only a writer
+        creates them, and only while it holds the lock, so any found by the lock's holder are stale."""
+        removed = []
+        for p in sorted(self.versions_dir.glob(".staging-*")):
+            _make_writable(p)
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(str(p.relative_to(self.root)))
+        for p in sorted(self.root.glob(".*.tmp-*")):
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+                removed.append(p.name)
+        if removed:
+            _fsync_dir(self.versions_dir)
+            _fsync_dir(self.root)
+        return removed
 
     def _append(self, event: str, reason: str | None = None, **fields: Any) -> dict:
         ev = {"time": now_text(), "event": event, "user": user(), **fields, "reason": reason}

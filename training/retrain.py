@@ -380,7 +380,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     for p in opts.eval:
         if not Path(p).exists():
             raise FileNotFoundError(f"--eval {p}: no such file")
-    if args.nproc and args.nproc > 1:   # N ranks under torchrun; rank 0 runs this function (training/retrain_worker.py)
+    if not Path(args.archive).is_dir():   # before any torchrun start
+        raise FileNotFoundError(f"--archive {args.archive}: no such directory (write one with graphsentry archive "
+                                f"or the daemon's archive sink)")
+    load_config(args.config)              # a bad config: one line now, not from rank 0 later
+    if args.nproc < 0:
+        raise ValueError(f"--nproc {args.nproc}: give the number of processes (2 or more), or leave it out")
+    if args.nproc > 1:   # N ranks under torchrun; rank 0 runs this function (training/retrain_worker.py)
         from training.distributed import launch
 
         return launch(args, module="training.retrain_worker", what="retrain")

@@ -456,3 +456,32 @@ def test_daemon_picks_up_a_promotion_made_while_it_starts(tmp_path):
         d.stop("test")
         th.join(30)
     assert loaded == ["a", "b"]
+
+
+def test_a_writer_killed_while_registering_leaves_no_lock_and_its_staging_is_cleaned(tiny_model, tmp_path):
+    import signal
+
+    big = tmp_path / "big-model"
+    shutil.copytree(tiny_model, big)
+    (big / "extra.bin").write_bytes(os.urandom(64 << 20))   # copying and hashing it takes a while
+    write_manifest(big)
+    reg = Registry(tmp_path / "reg", lock_timeout=1.0)
+    reg.promote(reg.register(tiny_model))
+    history = (reg.root / "history.jsonl").read_text()
+    code = ("import sys; from training.registry import Registry; "
+            f"Registry({str(reg.root)!r}).register({str(big)!r})")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(reg.versions_dir.glob(".staging-*")) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.wait(30)
+    assert p.returncode == -signal.SIGKILL
+    left = list(reg.versions_dir.glob(".staging-*"))
+    assert left, "the writer finished before it could be killed"
+    assert reg.versions() == ["v0001"] and (reg.root / "history.jsonl").read_text() == history
+    assert reg.register(tiny_model) == "v0002"     # the flock went with the process (else RegistryLocked after 1 s)
+    assert reg.stale_cleaned == [str(left[0].relative_to(reg.root))] and not left[0].exists()
+    assert reg.aliases() == {"champion": "v0001"} and reg.verify("v0002")

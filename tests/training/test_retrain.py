@@ -303,6 +303,39 @@ def test_a_failed_run_changes_nothing_and_the_next_starts_clean(champion, archiv
     assert "nothing was registered" in (tmp_path / "rep" / "report.md").read_text()
 
 
+def test_a_run_killed_mid_training_leaves_the_registry_untouched_and_the_next_completes(champion, archives,
+                                                                                         tmp_path, capsys):
+    import os
+    import signal
+    import sys
+
+    reg = _registry(tmp_path, champion)
+    history = (reg.root / "history.jsonl").read_text()
+    cmd = [sys.executable, "-m", "training.cli", "retrain", "--archive", str(archives["clean"][0]), "--registry",
+           str(reg.root), "--since", SINCE, "--verdicts", str(archives["clean"][1])]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        for line in p.stderr:                                      # progress lines, one per stage
+            if "training the challenger" in line:
+                os.kill(p.pid, signal.SIGKILL)
+                break
+    finally:
+        p.kill()
+        p.wait(30)
+        p.stdout.close()
+        p.stderr.close()
+    assert p.returncode == -signal.SIGKILL
+    left = list((reg.root / ".retrain-tmp").iterdir())
+    assert len(left) == 1 and (left[0] / ".owner").exists()       # killed mid-run: its work folder is still there
+    assert reg.versions() == ["v0001"] and reg.aliases() == {"champion": "v0001"}
+    assert (reg.root / "history.jsonl").read_text() == history and not list(reg.versions_dir.glob(".*"))
+    rc, s, err = _retrain(reg, archives["clean"], capsys)          # the next run: no lock to wait for, completes
+    assert rc == 0, err
+    assert f"removed 1 work folder(s) of interrupted runs: {left[0].name}" in err
+    assert s["version"] == "v0002" and reg.versions() == ["v0001", "v0002"]
+    assert not any((reg.root / ".retrain-tmp").iterdir()) and not list(reg.versions_dir.glob(".*"))
+
+
 @pytest.mark.parametrize("text,match", [
     ("gate:\n  auprc_margni: 0.02\n", "unknown key 'gate.auprc_margni'"),
     ("holdout: 0.3\n", "unknown key 'holdout'"),
