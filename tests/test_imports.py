@@ -15,16 +15,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("ingest", "knowledge", "detector", "training")
-# Known circles, named by two of their modules; the list only shrinks:
-# - knowledge.extract: the package defines TextItem/Link that its backends import, and its get_extractor
-#   imports the backends (fix: TextItem/Link/Extractor in a module of their own);
-# - training.eval_suites <-> generalise -> grace_eval: grace_eval reads the suites' data helpers from
-#   eval_suites, whose command line also runs the generalise benchmark (fix: the data helpers in a module
-#   of their own, below both).
-KNOWN_CIRCLES: tuple[tuple[str, str], ...] = (
-    ("knowledge.extract", "knowledge.extract.lexicon"),
-    ("training.eval_suites", "training.grace_eval"),
-)
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -166,23 +156,9 @@ def test_the_walk_sees_every_package(graph):
     assert sum(len(e) for e in graph.values()) > 100  # a walk that found nothing would pass the rules below
 
 
-def _known_by(pair: tuple[str, str], component: list[str]) -> bool:
-    return all(any(m == k or m.startswith(k + ".") for m in component) for k in pair)
-
-
-def _known(component: list[str]) -> bool:
-    return any(_known_by(pair, component) for pair in KNOWN_CIRCLES)
-
-
 def test_no_import_circles(graph):
-    found = [c for c in cycles(graph) if not _known(c)]
-    assert not found, "import circles:\n" + "\n".join(_describe(c, graph) for c in found)
-
-
-def test_known_circles_are_still_there(graph):
     found = cycles(graph)
-    stale = [pair for pair in KNOWN_CIRCLES if not any(_known_by(pair, c) for c in found)]
-    assert not stale, f"fixed circles: remove {stale} from KNOWN_CIRCLES"
+    assert not found, "import circles:\n" + "\n".join(_describe(c, graph) for c in found)
 
 
 def test_packages_import_only_earlier_layers(graph):

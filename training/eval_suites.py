@@ -28,20 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from training.eval_data import DATA, read
+from training.eval_data import renumber as _renumber
 from training.evaluate import DEFAULT_VARIANTS, evaluate_split, subsample, write_report
 from training.pretrain import TrainConfig
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flows"
-
-
-def read(paths) -> pa.Table:
-    from ingest.readers import open_inputs
-
-    return pa.Table.from_batches(list(open_inputs([str(p) for p in paths])))
-
-
-def _renumber(t: pa.Table) -> pa.Table:
-    return t.set_column(t.schema.get_field_index("row"), "row", pa.array(np.arange(t.num_rows), pa.int64()))
 
 
 def stratosphere(out: Path, cfg: TrainConfig, variants) -> list[dict]:

@@ -37,7 +37,8 @@ METHODS = ("trained", "quantile", "robust")
 
 
 def _cases(want: list[str]):
-    from training.eval_suites import DATA, _renumber, read
+    from training.eval_data import DATA, read
+    from training.eval_data import renumber as _renumber
 
     d = DATA / "iot23"
     files = sorted(d.glob("*.csv"))
@@ -225,7 +226,7 @@ def markdown(rep: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from training.eval_suites import DATA
+    from training.eval_data import DATA
     from training.evaluate import _git_head
     from training.pretrain import TrainConfig
 

@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 
 from detector.bundle import load_bundle
 from detector.scoring import score_table
-from training.eval_suites import DATA, _renumber, read
+from training.eval_data import DATA, read
+from training.eval_data import renumber as _renumber
 from training.evaluate import _git_head, metrics
 from training.pretrain import TrainConfig, train_bundle
 from training.recalibrate import MIN_PER_TARGET, malicious_mask, recalibrate

@@ -1,64 +1,26 @@
 """Extraction: link ATT&CK techniques and CAPEC patterns to network-behaviour predicates.
 
 Every backend implements :class:`Extractor` — ``extract(items) -> list[Link]`` — over the same
-:class:`TextItem` inputs, so they can be swapped and combined by vote (:mod:`knowledge.extract.vote`).
+:class:`TextItem` inputs (the three in :mod:`knowledge.extract.base`), so they can be swapped and combined by
+vote (:mod:`knowledge.extract.vote`).
 
 Backends: ``lexicon`` (default, deterministic rules), ``embedding`` (optional extra, local
 sentence-embedding model), ``llm`` (OpenAI-compatible chat-completions endpoint).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Iterable, Protocol
+from collections.abc import Iterable
 
 import networkx as nx
 
+from knowledge.extract.base import Extractor, Link, TextItem
 from knowledge.graph import technique_sections
+
+__all__ = ["NETWORK_COMPONENTS", "Extractor", "Link", "TextItem", "get_extractor", "is_network_relevant",
+           "items_from_graph"]
 
 # Data components that make a technique observable in network flows (ATT&CK v18 names).
 NETWORK_COMPONENTS = {"Network Traffic Flow", "Network Traffic Content", "Network Connection Creation"}
-
-
-@dataclass(frozen=True)
-class TextItem:
-    """What an extractor reads: a node id, its text and a few structured fields."""
-
-    id: str                       # graph node id, e.g. "attack:T1046" or "capec:CAPEC-169"
-    source_id: str                # "T1046"
-    name: str
-    text: str                     # name + description
-    detection: str = ""           # detection guidance (ATT&CK analytics), may be empty
-    tactics: tuple[str, ...] = ()
-    network: bool = False         # observed by a network data component in ATT&CK
-
-
-@dataclass
-class Link:
-    """One extracted (technique|pattern) -> predicate link with provenance."""
-
-    subject: str                  # graph node id
-    predicate: str
-    confidence: float
-    evidence: str
-    backend: str
-    protocols: tuple[str, ...] = ()
-    ports: tuple[int, ...] = ()
-    status: str = "ok"            # ok | failed (llm gave no usable answer)
-    low_confidence: bool = False
-    extra: dict = field(default_factory=dict)
-
-    def row(self) -> dict:
-        d = asdict(self)
-        d["protocols"], d["ports"] = list(self.protocols), list(self.ports)
-        d["extra"] = {k: str(v) for k, v in self.extra.items()}
-        return d
-
-
-class Extractor(Protocol):
-    name: str
-
-    def extract(self, items: list[TextItem]) -> list[Link]:
-        ...
 
 
 def is_network_relevant(g: nx.MultiDiGraph, node: str) -> bool:

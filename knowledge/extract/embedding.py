@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from knowledge.extract import Link, TextItem
+from knowledge.extract.base import Link, TextItem
 from knowledge.predicates import PREDICATES
 
 _SENT = re.compile(r"(?<=[.!?])\s+|\n+")

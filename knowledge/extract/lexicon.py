@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from knowledge.extract import Link, TextItem
+from knowledge.extract.base import Link, TextItem
 from knowledge.predicates import PREDICATES
 
 # A rule is (pattern, weight) or (pattern, weight, veto): a match does not count when its sentence also

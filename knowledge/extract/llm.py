@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from knowledge.extract import Link, TextItem
+from knowledge.extract.base import Link, TextItem
 from knowledge.predicates import PREDICATES
 
 log = logging.getLogger(__name__)
