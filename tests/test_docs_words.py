@@ -133,3 +133,13 @@ def test_every_subcommand_in_the_docs_exists(capsys):
         f"README.md/docs mention graphsentry subcommands that do not exist: {sorted(set(unknown) - set(KNOWN_MISSING))}"
     fixed = set(KNOWN_MISSING) - set(unknown)
     assert not fixed, f"{sorted(fixed)} now exist or are no longer mentioned: remove them from KNOWN_MISSING"
+
+
+REPO_PATH = re.compile(r"`((?:ingest|knowledge|detector|training|benchmarks|deploy|scripts|tests|samples)/[\w./-]+)`")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_repository_paths_named_exist(doc):
+    """A module, test or file written as `pkg/path` is one the checkout has (docs follow the code's layout)."""
+    missing = [m[1] for m in REPO_PATH.finditer(doc.read_text()) if not (REPO / m[1].rstrip("/")).exists()]
+    assert not missing, f"{doc.name} names paths that do not exist: {sorted(set(missing))}"
