@@ -64,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
                    tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                    tls_key=Path(args.tls_key) if args.tls_key else None, actor=args.actor)
     server = UIServer(cfg)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops it like Ctrl-C
     print(f"graphsentry ui: serving {alerts} on {server.url} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
@@ -75,6 +75,10 @@ def _serve(args: argparse.Namespace) -> int:
         server.app.close()
     print("graphsentry ui: stopped", file=sys.stderr)
     return 0
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -1,7 +1,6 @@
 """`graphsentry ui` and `graphsentry ui export-verdicts` from the command line: exit codes and one-line errors."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -17,11 +16,6 @@ from ingest.verdicts import read_verdicts
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _run(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
 @pytest.mark.parametrize("args, needle", [
     (["ui", "--alerts", "missing.db"], "alert store not found"),
     (["ui"], "give --alerts"),
@@ -29,24 +23,29 @@ def _run(*args, env=None, timeout=120):
     (["ui", "--alerts", "{db}", "--bind", "nonsense"], "HOST:PORT"),
     (["ui", "export-verdicts", "--alerts", "{db}", "--out", "{tmp}/v.csv"], "no triage database"),
 ])
-def test_user_errors_exit_2_with_one_line(alert_store, args, needle):
-    args = [a.format(db=alert_store.db, tmp=alert_store.tmp) for a in args]
-    r = _run(*args, env={"GRAPHSENTRY_UI_TOKEN": ""})
-    assert r.returncode == 2, r.stderr
-    assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_user_errors_exit_2_with_one_line(alert_store, args, needle, capsys, monkeypatch):
+    from training.cli import main
+
+    monkeypatch.delenv("GRAPHSENTRY_UI_TOKEN", raising=False)
+    rc = main([a.format(db=alert_store.db, tmp=alert_store.tmp) for a in args])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_export_verdicts(alert_store):
+def test_export_verdicts(alert_store, capsys):
     aid = alert_store.found["flows"][0]["finding_info"]["uid"]
     t = TriageStore(str(alert_store.db) + ".triage.db")
     t.apply(aid, {"action": "close", "verdict": "true_positive", "reason": "confirmed C2"}, "ana")
     t.close()
     out = alert_store.tmp / "verdicts.csv"
-    r = _run("ui", "export-verdicts", "--alerts", str(alert_store.db), "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    assert "1 verdicts written" in r.stdout and read_verdicts(out).by_alert == {aid: "malicious"}
+    from training.cli import main
+
+    assert main(["ui", "export-verdicts", "--alerts", str(alert_store.db), "--out", str(out)]) == 0
+    assert "1 verdicts written" in capsys.readouterr().out and read_verdicts(out).by_alert == {aid: "malicious"}
 
 
+@pytest.mark.slow
 def test_serves_then_stops_on_sigterm(alert_store):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

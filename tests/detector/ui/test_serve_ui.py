@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -40,6 +41,7 @@ def _wait(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_serve_ui_follows_new_alerts(tmp_path):
     from daemon_helpers import make_flows, write_fanout_model
 
