@@ -480,7 +480,8 @@ def test_mapping_examples_in_the_docs_validate():
     from ingest.readers.mapping import load_mapping
 
     found = 0
-    for m in re.finditer(r"```ya?ml\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+    docs = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    for m in re.finditer(r"```ya?ml\n(.*?)```", docs, re.S):
         data = yaml.safe_load(m.group(1))
         if isinstance(data, dict) and "columns" in data:
             load_mapping(data)
