@@ -145,7 +145,7 @@ class IncidentTracker:
         n_src = max(inc.sources(), int(u.get("sources", 1)))
         facts = FindingFacts(None if u["technique"] == "none" else u["technique"], inc.count, n_src,
                              int(u.get("destinations", 1)), int(u.get("services", 1)), inc.max_score if np.isfinite(inc.max_score) else u["score"],
-                             u.get("threshold"), bool(u.get("inbound")), "uid" in a["src_endpoint"])
+                             u.get("threshold"), str(u.get("direction", "")), "uid" in a["src_endpoint"])
         inc.severity_id = max(inc.severity_id, severity(facts), int(a["severity_id"]))
         fi.update(uid=inc.uid, first_seen_time=int(inc.first_seen_ms), last_seen_time=int(inc.last_seen_ms),
                   title=title(u.get("group_by", "src"), str(u.get("key")), u["technique"], n_src, facts.transactions))

@@ -139,7 +139,7 @@ def build_alerts(
         row = sub.slice(bi, 1).to_pylist()[0]
         n_svc = len(np.unique(svc[members]))
         facts = FindingFacts(None if tech == NO_TECHNIQUE else tech, len(members), n_src, n_dst, n_svc, max_score,
-                             threshold, nets.inbound(bsrc, bdst), is_tx)
+                             threshold, nets.direction(bsrc, bdst), is_tx)
         sev = severity(facts)
         evidence = _evidence(row, is_tx, int(refs[fp[bi]]), float(scores[best]), threshold)
         ex = _explain(explain, best)
@@ -185,7 +185,7 @@ def build_alerts(
                 "group_by": by, "key": ep,
                 "sources": n_src, "destinations": n_dst, "services": n_svc,
                 "top_sources": top_src, "top_destinations": top_dst,
-                "inbound": facts.inbound, "severity_points": points(facts),
+                "direction": facts.direction, "severity_points": points(facts),
                 "window": {"start": float(window.start), "end": float(window.end)},
                 "rows": rows, "uids": uid_list,
                 "model_version": model_version,

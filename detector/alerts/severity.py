@@ -10,12 +10,18 @@ records                       +1 at >= 50 flagged records, +2 at >= 1000
 spread                        +1 when >= 100 distinct sources, destinations or destination services
                               (address:port)
 score margin                  +1 when the best score is >= 2x the threshold
-direction / asset             +1 when the traffic goes from an external to an internal address
+direction / asset             +1 when the traffic's direction is the one the technique's tactic
+                              threatens (:data:`TACTIC_DIRECTION`): inbound (external -> internal)
+                              for reconnaissance, resource development, initial access; internal -> internal
+                              (east-west) for discovery, lateral movement, collection; outbound
+                              (internal -> external) for command and control, exfiltration; inbound
+                              or east-west for impact and the other tactics; inbound for a finding
+                              without a technique
 ============================  =====================================================================
 
 0-1 points Low, 2-3 Medium, 4-5 High, >= 6 Critical. Critical needs a technique of impact >= 2: an
 anomaly the knowledge layer does not name is at most High. Transactions (card fraud) have no tactic:
-their impact is 2 (financial fraud), and no direction.
+their impact is 2 (financial fraud), and no direction. Internal addresses: ``alerts.internal_networks``.
 """
 from __future__ import annotations
 
@@ -31,6 +37,15 @@ TACTIC_IMPACT: dict[str, int] = {
     "TA0043": 1, "TA0042": 1, "TA0007": 1,                    # Reconnaissance, Resource Development, Discovery
     "TA0040": 3, "TA0010": 3, "TA0011": 3, "TA0008": 3, "TA0006": 3,  # Impact, Exfiltration, C2, Lateral, Cred.
 }
+#: the directions in which a tactic's technique threatens the monitored assets; tactics not listed: DEFAULT_DIRECTIONS
+TACTIC_DIRECTION: dict[str, frozenset] = {
+    "TA0043": frozenset({"inbound"}), "TA0001": frozenset({"inbound"}), "TA0040": frozenset({"inbound", "internal"}),
+    "TA0042": frozenset({"inbound"}),
+    "TA0007": frozenset({"internal"}), "TA0008": frozenset({"internal"}), "TA0009": frozenset({"internal"}),
+    "TA0011": frozenset({"outbound"}), "TA0010": frozenset({"outbound"}),
+}
+DEFAULT_DIRECTIONS = frozenset({"inbound", "internal"})
+UNNAMED_DIRECTIONS = frozenset({"inbound"})
 RECORDS_STEPS = (50, 1000)
 SPREAD = 100
 MARGIN = 2.0
@@ -48,7 +63,7 @@ class FindingFacts:
     services: int = 1            # distinct destination services (address:port)
     max_score: float = float("nan")
     threshold: float | None = None
-    inbound: bool = False        # from an external to an internal address
+    direction: str = ""          # inbound, outbound, internal or external (Networks.direction)
     transactions: bool = False
 
 
@@ -61,6 +76,16 @@ def impact(tid: str | None, transactions: bool = False) -> int:
     return max((TACTIC_IMPACT.get(t, 2) for t in tactics), default=2)
 
 
+def threatened(tid: str | None) -> frozenset:
+    """The directions in which the technique threatens the monitored assets (the union over its tactics)."""
+    if not tid or tid == "none":
+        return UNNAMED_DIRECTIONS
+    _name, tactics = technique(tid)
+    if not tactics:
+        return DEFAULT_DIRECTIONS
+    return frozenset().union(*(TACTIC_DIRECTION.get(t, DEFAULT_DIRECTIONS) for t in tactics))
+
+
 def points(f: FindingFacts) -> dict[str, int]:
     """Each term of the severity, by name (the finding carries them in ``unmapped.severity_points``)."""
     ratio = (f.max_score / f.threshold) if f.threshold and f.threshold > 0 and np.isfinite(f.max_score) else 1.0
@@ -69,7 +94,7 @@ def points(f: FindingFacts) -> dict[str, int]:
         "records": sum(f.records >= s for s in RECORDS_STEPS),
         "spread": int(max(f.sources, f.destinations, f.services) >= SPREAD),
         "margin": int(ratio >= MARGIN),
-        "inbound": int(f.inbound and not f.transactions),
+        "direction": int(not f.transactions and f.direction in threatened(f.technique)),
     }
 
 
@@ -116,3 +141,8 @@ class Networks:
     def inbound(self, src, dst) -> bool:
         """From an external to an internal address."""
         return (not self.internal(src)) and self.internal(dst)
+
+    def direction(self, src, dst) -> str:
+        """``inbound`` (external -> internal), ``outbound``, ``internal`` (east-west) or ``external``."""
+        si, di = self.internal(src), self.internal(dst)
+        return {(False, True): "inbound", (True, False): "outbound", (True, True): "internal"}.get((si, di), "external")

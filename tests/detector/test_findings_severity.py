@@ -24,29 +24,45 @@ def test_impact_comes_from_the_tactics(tid, want):
     assert impact(tid) == want
 
 
-@pytest.mark.parametrize("facts, sev", [
+SEVERITY_CASES = [
     (FindingFacts(None, 1, max_score=1.1, threshold=1.0), 2),                          # one unexplained flow: Low
-    (FindingFacts(None, 1, max_score=5.0, threshold=1.0, inbound=True), 3),            # far over, inbound: Medium
-    (FindingFacts("T1046", 3000, services=3000, max_score=150.0, threshold=20.0), 4),  # internal port scan: High
-    (FindingFacts("T1498", 1_000_000, sources=1_000_000, max_score=2.5, threshold=1.0, inbound=True), 5),
+    (FindingFacts(None, 1, max_score=5.0, threshold=1.0, direction="inbound"), 3),  # far over, inbound: Medium
+    (FindingFacts("T1046", 3000, services=3000, max_score=150.0, threshold=20.0), 4),  # a scan, direction unknown
+    (FindingFacts("T1498", 1_000_000, sources=1_000_000, max_score=2.5, threshold=1.0, direction="inbound"), 5),
     (FindingFacts("T1498", 10, max_score=1.1, threshold=1.0), 3),                      # a few flood-like flows
-    (FindingFacts(None, 5000, sources=900, max_score=9.0, threshold=1.0, inbound=True), 4),  # capped: no technique
-    (FindingFacts("T1071", 60, max_score=2.0, threshold=1.0, inbound=True), 5),        # C2 inbound, volume, margin
-])
+    # 5 points, but no technique: High at most
+    (FindingFacts(None, 5000, sources=900, max_score=9.0, threshold=1.0, direction="inbound"), 4),
+    (FindingFacts("T1071", 60, max_score=2.0, threshold=1.0, direction="outbound"), 5),       # C2 out, volume, margin
+    (FindingFacts("T1071", 60, max_score=2.0, threshold=1.0, direction="inbound"), 4),        # C2 the wrong way
+    (FindingFacts("T1046", 60, max_score=3.0, threshold=1.0, direction="internal"), 4),       # east-west port scan
+    (FindingFacts("T1046", 60, max_score=3.0, threshold=1.0, direction="outbound"), 3),       # scanning out
+]
+
+
+@pytest.mark.parametrize("facts, sev", SEVERITY_CASES)
 def test_severity_levels(facts, sev):
     assert severity(facts) == sev
 
 
+@pytest.mark.parametrize("tid, direction, point", [
+    (None, "inbound", 1), (None, "internal", 0), ("T1595", "inbound", 1), ("T1595", "outbound", 0),
+    ("T1046", "internal", 1), ("T1021", "internal", 1), ("T1041", "outbound", 1), ("T1041", "inbound", 0),
+    ("T1498", "inbound", 1), ("T1498", "external", 0),
+])
+def test_direction_point_follows_the_tactic(tid, direction, point):
+    assert points(FindingFacts(tid, 1, direction=direction))["direction"] == point
+
+
 def test_critical_needs_a_named_technique_of_impact_two_or_more():
-    big = dict(records=10**6, sources=10**6, max_score=10.0, threshold=1.0, inbound=True)
+    big = dict(records=10**6, sources=10**6, max_score=10.0, threshold=1.0, direction="inbound")
     assert severity(FindingFacts(None, **big)) == 4
     assert sum(points(FindingFacts("T1595", **big)).values()) >= 6 and severity(FindingFacts("T1595", **big)) == 4
     assert severity(FindingFacts("T1498", **big)) == 5
 
 
 def test_transactions_have_fraud_impact_and_no_direction():
-    p = points(FindingFacts(None, 1, transactions=True, inbound=True))
-    assert p["impact"] == 2 and p["inbound"] == 0
+    p = points(FindingFacts(None, 1, transactions=True, direction="inbound"))
+    assert p["impact"] == 2 and p["direction"] == 0
 
 
 def test_networks_decide_direction():
@@ -54,6 +70,9 @@ def test_networks_decide_direction():
     assert n.inbound("79.124.62.34", "147.32.83.234") and not n.inbound("147.32.83.234", "79.124.62.34")
     assert not n.internal("C000123")                      # a card id is no address
     assert Networks().inbound("8.8.8.8", "192.168.1.2") and not Networks().inbound("10.0.0.1", "10.0.0.2")
+    assert [Networks().direction(s, d) for s, d in [("8.8.8.8", "10.0.0.1"), ("10.0.0.1", "8.8.8.8"),
+                                                     ("10.0.0.1", "10.0.0.2"), ("8.8.8.8", "1.1.1.1")]] == \
+        ["inbound", "outbound", "internal", "external"]
     with pytest.raises(ValueError, match="expected CIDRs"):
         Networks(["10.0.0.0/33"])
 
