@@ -154,7 +154,7 @@ class GraphStream:
             kbs = many([w.table for w in windows], [d.edge_index.numpy() for d in graphs],
                        [int(d.num_nodes) for d in graphs])
             for kb in kbs:
-                kb.node  # node blocks are computed together on first access: fail here, not later
+                _ = kb.node  # node blocks are computed together on first access: fail here, not later
             return kbs
         except Exception as exc:  # noqa: BLE001 - retried window by window
             log.debug("batched knowledge features failed (%s); one window at a time", exc)

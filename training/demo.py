@@ -103,8 +103,8 @@ def run(args: argparse.Namespace, main: Callable[[list[str]], int]) -> int:
           # about three times the training time, too slow for a first run
           "--objective", "contrastive"])
     config = out / "serve.yaml"
-    for f in ("alerts.db", "alerts.db-wal", "alerts.db-shm", "alerts.jsonl"):  # this run's findings only
-        (out / f).unlink(missing_ok=True)
+    for name in ("alerts.db", "alerts.db-wal", "alerts.db-shm", "alerts.jsonl"):  # this run's findings only
+        (out / name).unlink(missing_ok=True)
     config.write_text(_SERVE_CONFIG.format(test=TEST.resolve(), model=model.resolve(), out=out.resolve(),
                                            port=args.metrics_port))
     step("5/5 daemon on the later day (file source -> SQLite alerts, metrics on 127.0.0.1)",
