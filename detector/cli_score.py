@@ -47,6 +47,11 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="robust: entity-trimmed quantile (default); quantile: plain grace quantile; trained: off")
     p.add_argument("--target-fpr", type=float, default=None,
                    help="benign FPR the deployed threshold aims at (default: the model's)")
+    p.add_argument("--findings", default=None, metavar="FINDINGS.jsonl",
+                   help="also write the OCSF findings of the flagged records, grouped and folded into ongoing "
+                        "incidents as the daemon does (docs/findings.md)")
+    p.add_argument("--incident-gap", type=float, default=600.0, metavar="SECONDS",
+                   help="with --findings: a pause longer than this opens a new finding (default: 600)")
     p.set_defaults(func=run)
 
 
@@ -181,6 +186,18 @@ def run(args: argparse.Namespace) -> int:
         if cal.in_grace_ or cal.calibrated_threshold_ is None:
             print("warning: no scored records to calibrate on; the trained threshold was used", file=sys.stderr)
     _warn_if_misfit(bundle, args.model, alerts, scored)
+    if args.findings:
+        from detector.alerts.offline import write_findings
+
+        require_parent(args.findings, "--findings")
+        batches = list(open_inputs(args.inputs, format=args.format, mapping=args.mapping))
+        records = pa.Table.from_batches(batches) if batches else empty.empty_table()
+        if records.num_rows != n:
+            raise ValueError(f"the inputs changed while being scored ({records.num_rows} records, {n} scores)")
+        f = write_findings(records, out, args.findings, float((bundle.window or {}).get("size", 60.0)),
+                           cal.threshold_ if cal is not None else float(bundle.threshold),
+                           model_version=Path(args.model).resolve().name, incident_gap=args.incident_gap)
+        print(f"{f['findings']} findings ({f['writes']} writes with their updates) -> {args.findings}")
     return 0
 
 
