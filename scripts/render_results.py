@@ -5,6 +5,7 @@ renderer NAME (scripts/render/) makes of the reports, followed by each report's 
 
     python -m scripts.render_results           # rewrite the blocks (what `make docs` runs)
     python -m scripts.render_results --check   # exit 1 listing the blocks that differ; nothing written
+    python -m scripts.render_results --age     # per report: commits to the packages since the one it names
 
 Exit codes: 0 done (or up to date), 1 blocks differ (``--check``), 2 a block or report is missing or broken.
 """
@@ -65,6 +66,26 @@ def reports_of(name: str, root: Path = REPO) -> list[str]:
     return list(dict.fromkeys(reports.used))
 
 
+CODE = ("ingest", "knowledge", "detector", "training", "benchmarks")
+
+
+def age(root: Path = REPO) -> list[tuple[str, str, int | None]]:
+    """(report, commit it names, commits touching the packages since then; None when not in the history)."""
+    import subprocess
+
+    from scripts.render import BLOCKS
+    from scripts.render.common import Reports, provenance
+
+    out = []
+    reports = Reports(root)
+    for rel in dict.fromkeys(r for name in BLOCKS for r in reports_of(name, root)):
+        commit = provenance(reports.get(rel))["commit"] or ""
+        log = subprocess.run(["git", "rev-list", "--count", f"{commit}..HEAD", "--", *CODE], cwd=root,
+                             capture_output=True, text=True, timeout=60)
+        out.append((rel, commit[:10], int(log.stdout) if log.returncode == 0 and commit else None))
+    return out
+
+
 def write(root: Path = REPO) -> list[Block]:
     """Rewrite every block that differs; returns those blocks."""
     changed = [b for b in blocks(root) if b.current != b.rendered]
@@ -78,10 +99,17 @@ def write(root: Path = REPO) -> list[Block]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m scripts.render_results", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 listing the blocks that differ; write nothing")
+    ap.add_argument("--age", action="store_true",
+                    help="list each report's commit and how many commits changed the packages since; write nothing")
     ap.add_argument("--root", type=Path, default=REPO, help="repository checkout to render (default: this one)")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     try:
+        if a.age:
+            for rel, commit, n in age(a.root):
+                print(f"{rel}: commit {commit or 'none'}, " +
+                      ("not in this history" if n is None else f"{n} commit(s) to {', '.join(CODE)} since"))
+            return 0
         if a.check:
             stale = [b for b in blocks(a.root) if b.current != b.rendered]
             for b in stale:

@@ -118,3 +118,12 @@ def test_reports_name_a_commit_date_and_cores_in_this_history(name):
             assert _git("cat-file", "-e", f"{c}^{{commit}}").returncode == 0, f"{rel}: commit {c} not in this repository"
             assert _git("merge-base", "--is-ancestor", c, "HEAD").returncode == 0, \
                 f"{rel}: commit {c} is not in the history of HEAD"
+
+
+def test_age_lists_every_report_a_block_reads():
+    if _git("rev-parse", "--git-dir").returncode != 0:
+        pytest.skip("not a git checkout")
+    rows = render_results.age(REPO)
+    used = {r for name in BLOCKS for r in render_results.reports_of(name)}
+    assert {rel for rel, _, _ in rows} == used
+    assert all(isinstance(n, int) and n >= 0 for _, _, n in rows), rows
