@@ -147,12 +147,14 @@ def from_archive(archive: Path, finding: dict, alert_id: str, others: list[dict]
     edges: dict[tuple[str, str], dict] = {}
     span = float(we) - float(ws)
     buckets: dict[int, dict] = defaultdict(lambda: {"records": 0, "flagged": 0, "max_score": None})
+    kind_ok = False  # an archive of the other kind (flows vs transactions) says nothing about this alert
     scan = read_archive(archive, since=float(ws) - TIMELINE_SPAN, until=float(we) + TIMELINE_SPAN)
     try:
         for b in scan:
             names = b.schema.names
             if s_col not in names or d_col not in names:
                 continue
+            kind_ok = True
             hv = pa.array(sorted(hosts), pa.string())
             mask = pc.or_(pc.is_in(b.column(s_col), value_set=hv), pc.is_in(b.column(d_col), value_set=hv))
             data = b.filter(mask).select([c for c in cols if c in names]).to_pylist()
@@ -184,6 +186,8 @@ def from_archive(archive: Path, finding: dict, alert_id: str, others: list[dict]
                                   "score": sc, "alert": bool(r.get("alert")), "in_alert": r.get("alert_id") == alert_id})
     except (OSError, ValueError) as exc:
         log.warning("archive %s not readable for alert %s (%s): showing the finding's own evidence", archive, alert_id, exc)
+        return from_finding(finding, others)
+    if not kind_ok:
         return from_finding(finding, others)
     flows.sort(key=lambda f: (not f["in_alert"], -(f["score"] or 0)))
     timeline = [{"window_start": float(ws) + k * span, "window_end": float(ws) + (k + 1) * span, **v}

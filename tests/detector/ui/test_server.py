@@ -125,3 +125,33 @@ def test_config_checks(alert_store, tmp_path):
         UIConfig(alerts=alert_store.db, token="short")
     with pytest.raises(ValueError, match="both"):
         UIConfig(alerts=alert_store.db, tls_cert=alert_store.db)
+
+
+def test_fraud_finding_detail(server, alert_store):
+    tx = alert_store.found["tx"][0]
+    d = json.loads(_req(server.url + f"api/alert?id={tx['finding_info']['uid']}")[2])
+    s = d["summary"]
+    assert s["kind"] == "transaction" and s["src"] == "4711" and s["dst"] in {"T0", "T1"}
+    assert s["amount"] == tx["evidences"][0]["data"]["amount"]
+    ctx = d["context"]  # the archive holds flows: the card's detail comes from the finding itself
+    assert ctx["source"] == "findings" and ctx["flows"][0]["amount"] == s["amount"]
+    assert {n["id"] for n in ctx["graph"]["nodes"]} >= {"4711", s["dst"]}
+    assert any(t["alert_id"] == tx["finding_info"]["uid"] for t in d["context"]["timeline"])
+
+
+def test_tls(alert_store, tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    with UIServer(UIConfig(alerts=alert_store.db, port=0, tls_cert=cert, tls_key=key)) as s:
+        assert s.url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        with urllib.request.urlopen(s.url + "api/stamp", context=ctx, timeout=10) as r:
+            assert r.status == 200 and r.headers["Strict-Transport-Security"]
