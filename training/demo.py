@@ -110,7 +110,7 @@ def run(args: argparse.Namespace, main: Callable[[list[str]], int]) -> int:
     step("5/5 daemon on the later day (file source -> SQLite alerts, metrics on 127.0.0.1)",
          ["serve", "--config", str(config), "--summary-json", str(out / "summary.json")])
     _write_report(Path(args.report), out / "summary.json", _alert_quality(TEST, out / "alerts.jsonl"))
-    _findings_report(Path(args.report).with_name("findings.json"), out / "alerts.db")
+    _findings_report(Path(args.report).with_name("findings.json"), out / "alerts.db", out / "alerts.jsonl")
     print(f"\nDone. Outputs in {out}/: model/ (the trained model), alerts.db (SQLite alert store: "
           f"`sqlite3 {out}/alerts.db 'select * from alerts limit 5'`), summary.json, 008.parquet, dead-letter.jsonl")
     print(f"\nOpen the alert page on the demo's alerts (then browse http://127.0.0.1:8080/):\n"
@@ -164,14 +164,29 @@ def _write_report(path: Path, summary_json: Path, quality: dict) -> None:
     print(f"figures written to {path}")
 
 
-def _findings_report(path: Path, alerts_db: Path) -> None:
-    """Figures of the findings in the store (count, technique none, severity, per key) with provenance."""
+def _findings_report(path: Path, alerts_db: Path, alerts_jsonl: Path) -> None:
+    """Figures of the findings in the store (count, technique none, severity, per key) with provenance, and
+    (evaluation only) the capture's labels of the records listed in the findings of each final severity."""
     import json
+    from collections import Counter
+
+    import pyarrow as pa
 
     from detector.alerts.report import findings_figures
+    from detector.alerts.sinks import read_alert_store
+    from ingest.readers import open_inputs
     from training.report_meta import report_meta
 
     fig = findings_figures(alerts_db)
+    labels = pa.Table.from_batches(list(open_inputs([str(TEST)])))["label"].fill_null(-1).to_pylist()
+    severity = {a["finding_info"]["uid"]: a["severity"] for a in read_alert_store(alerts_db)}
+    by_sev: dict[str, Counter] = {}
+    with open(alerts_jsonl) as fh:  # every write lists (up to 50 of) its window's records
+        for line in fh:
+            a = json.loads(line)
+            c = by_sev.setdefault(severity.get(a["finding_info"]["uid"], a["severity"]), Counter())
+            c.update({1: "malicious", 0: "benign"}.get(labels[r], "other") for r in a["unmapped"]["rows"])
+    fig["listed_records_by_severity_labels"] = {s: dict(c) for s, c in sorted(by_sev.items())}
     fig["store"] = f"{alerts_db.parent.name}/{alerts_db.name}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"report": "graphsentry demo findings (make run)", **report_meta(),
