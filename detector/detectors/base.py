@@ -88,7 +88,7 @@ class _Base:
         return params, {k: np.asarray(getattr(self, k)) for k in self._ARRAYS}
 
     @classmethod
-    def from_state(cls, params: dict, arrays: dict) -> "_Base":
+    def from_state(cls, params: dict, arrays: dict) -> _Base:
         """The detector :meth:`state` described: scores as the one saved. ValueError naming what is missing,
         unknown or inconsistent (nothing is executed: parameters are plain values, arrays numbers)."""
         if not isinstance(params, dict):

@@ -42,7 +42,7 @@ class FusionDetector(_Base):
             raise ValueError(f"bank must be one of {KNNDetector.BANKS}, got {bank!r}")
         self.bank = bank
 
-    def fit(self, X: np.ndarray) -> "FusionDetector":
+    def fit(self, X: np.ndarray) -> FusionDetector:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] <= self.raw_dim:
             raise ValueError(f"fusion needs embedding columns before the last raw_dim={self.raw_dim}, "
@@ -101,7 +101,7 @@ class FusionDetector(_Base):
         return params, arrays
 
     @classmethod
-    def from_state(cls, params: dict, arrays: dict) -> "FusionDetector":
+    def from_state(cls, params: dict, arrays: dict) -> FusionDetector:
         params = dict(params) if isinstance(params, dict) else params
         parts, sums = {}, {}
         for prefix, (attr, part_cls) in cls.PARTS.items():

@@ -29,7 +29,7 @@ class IForestDetector(_Base):
             raise ValueError(f"max_samples must be 'auto' or an integer >= 2, got {max_samples!r}")
         self.max_samples = max_samples
 
-    def fit(self, X: np.ndarray) -> "IForestDetector":
+    def fit(self, X: np.ndarray) -> IForestDetector:
         Z = self._scale_fit(X)
         ms = self.max_samples if isinstance(self.max_samples, str) else min(int(self.max_samples), len(Z))
         self._set_forest(IsolationForest(n_estimators=self.n_estimators, max_samples=ms,
@@ -69,7 +69,7 @@ class IForestDetector(_Base):
         return params, {**arrays, **self.nodes_}
 
     @classmethod
-    def from_state(cls, params: dict, arrays: dict) -> "IForestDetector":
+    def from_state(cls, params: dict, arrays: dict) -> IForestDetector:
         own = {k: v for k, v in arrays.items() if k not in iforest_walk.NODE_ARRAYS}
         det = super().from_state(params, own)
         det.nodes_, det.tree_depths_ = iforest_walk.check_nodes(arrays, det.mean_.shape[0])

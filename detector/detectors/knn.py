@@ -48,7 +48,7 @@ class KNNDetector(_Base):
             raise ValueError(f"bank must be one of {self.BANKS}, got {bank!r}")
         self.bank = bank
 
-    def fit(self, X: np.ndarray) -> "KNNDetector":
+    def fit(self, X: np.ndarray) -> KNNDetector:
         Z = np.ascontiguousarray(self._scale_fit(X), dtype=np.float32)
         rng = np.random.default_rng(self.random_state)
         if len(Z) <= self.max_bank:
@@ -67,7 +67,7 @@ class KNNDetector(_Base):
         self._finish_fit(self._knn_mean(Z, self_col))  # leave-one-out: a bank row skips itself
         return self
 
-    def decision_function(self, X: "np.ndarray | FactoredRows") -> np.ndarray:
+    def decision_function(self, X: np.ndarray | FactoredRows) -> np.ndarray:
         """Scores of the rows of ``X``; a :class:`~detector.tensors.FactoredRows` is searched block by
         block (the shared rows' partial products once per shared row), with the same scores up to
         float rounding of the product."""

@@ -10,7 +10,6 @@ from detector.detectors.fusion import FusionDetector
 from detector.detectors.iforest import IForestDetector
 from detector.detectors.knn import KNNDetector
 
-
 DETECTORS = {"knn": KNNDetector, "iforest": IForestDetector, "fusion": FusionDetector}
 
 

@@ -82,7 +82,7 @@ class FraudBundle:
         return d
 
     @classmethod
-    def load(cls, model_dir: str | os.PathLike) -> "FraudBundle":
+    def load(cls, model_dir: str | os.PathLike) -> FraudBundle:
         """The bundle saved in ``model_dir``, checked against its manifest before anything is read;
         :class:`~detector.model_files.ModelDirError` naming the file that is wrong."""
         d = Path(model_dir)
@@ -128,7 +128,7 @@ class FraudBundle:
                                     f"{_RETRAIN}") from None
         return cls(model=model, config=cfg, builder_state=state)
 
-    def stream_scorer(self, *, use_labels: bool = True, resume_state: bool | str = "auto") -> "FraudStreamScorer":
+    def stream_scorer(self, *, use_labels: bool = True, resume_state: bool | str = "auto") -> FraudStreamScorer:
         """Scorer that keeps node history across windows.
 
         ``use_labels``: labels present in the stream are used as fraud feedback, but

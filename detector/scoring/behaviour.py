@@ -8,7 +8,6 @@ import logging
 
 import numpy as np
 
-
 log = logging.getLogger(__name__)
 
 

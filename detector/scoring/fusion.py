@@ -7,7 +7,6 @@ import logging
 
 import numpy as np
 
-
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +39,7 @@ class _TechniqueChannel:
             self.nb = 0
 
     @classmethod
-    def of(cls, bundle) -> "_TechniqueChannel | None":
+    def of(cls, bundle) -> _TechniqueChannel | None:
         det = getattr(bundle, "technique", None)
         return cls(det) if det is not None else None
 

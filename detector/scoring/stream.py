@@ -16,7 +16,7 @@ import torch
 from detector.pipeline import window_groups
 from detector.runtime import torch_threads
 from detector.scoring.behaviour import _Behaviour
-from detector.scoring.fusion import _TechniqueChannel, _named
+from detector.scoring.fusion import _named, _TechniqueChannel
 from detector.scoring.records import FlowScores, WindowScores
 from detector.tensors import FactoredRows
 
@@ -357,7 +357,7 @@ class StreamScorer:
                 res[k] = exc
         return done
 
-    def _embed_group(self, live: list, built: list, res: list) -> tuple[list, "np.ndarray | FactoredRows | None"]:
+    def _embed_group(self, live: list, built: list, res: list) -> tuple[list, np.ndarray | FactoredRows | None]:
         """``([(k, data, kb, flow), ...], all flows or None)`` for the windows that embedded, in order.
 
         One batched encoder call for the group (:meth:`STGNN.embed_many`; scores equal the window by

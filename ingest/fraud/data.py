@@ -8,8 +8,8 @@ table (:func:`tumbling`, the same shape as :class:`ingest.windows.Window`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa

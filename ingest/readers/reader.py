@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
 import time
-from typing import Any, Iterator, Sequence
+import zipfile
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from ingest.deadletter import DeadLetter
 from ingest.readers.base import FileContext, ReadStats, schema_for
-from ingest.readers.formats import FORMATS, _ALIASES, _known, _resolve
+from ingest.readers.formats import _ALIASES, FORMATS, _known, _resolve
 from ingest.readers.readahead import SERIAL_FORMATS, _ReadAhead
 from ingest.readers.sources import InputSpec, expand, unreadable_spec
 
@@ -254,7 +255,7 @@ class InputReader:
         if self._own_dl:
             self.dead_letter.close()
 
-    def __enter__(self) -> "InputReader":
+    def __enter__(self) -> InputReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,10 +3,9 @@ flow) and the stacking of several windows' blocks (shared rows gathered once).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
-
 
 TOP_MIN_SCORE = 0.35  # context-only evidence stays <= 0.3; below this, a flow has no top technique (None)
 

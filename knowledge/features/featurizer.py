@@ -4,17 +4,16 @@ and tactic scores (noisy-OR, context factor, signature gate; the maths is in :mo
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as _sparse  # comes with scikit-learn, a pinned dependency
 
-from knowledge.features.block import KnowledgeBlock, _Rows, _csr_ptr
+from knowledge.features.block import KnowledgeBlock, _csr_ptr, _Rows
 from knowledge.features.kernels import _kernels
 from knowledge.predicates import PREDICATES, compute_predicates_many, node_activations
-
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "artifacts" / "default"
 SIGNATURE_SHARE = 0.8
@@ -100,14 +99,14 @@ class KnowledgeFeaturizer:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, artifact_dir: str | Path) -> "KnowledgeFeaturizer":
+    def load(cls, artifact_dir: str | Path) -> KnowledgeFeaturizer:
         d = Path(artifact_dir)
         spec = json.loads((d / "features.json").read_text())
         manifest = json.loads((d / "manifest.json").read_text()) if (d / "manifest.json").exists() else {}
         return cls(spec, manifest)
 
     @classmethod
-    def default(cls) -> "KnowledgeFeaturizer":
+    def default(cls) -> KnowledgeFeaturizer:
         """The artifact bundled with the package (built with the lexicon extractor)."""
         return cls.load(DEFAULT_ARTIFACT)
 

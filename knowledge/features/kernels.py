@@ -7,7 +7,6 @@ import numpy as np
 
 from knowledge.predicates.kernels import numba_kernels
 
-
 # ---------------------------------------------------------------- compiled propagation (numba)
 #
 # The same float32 operations as the NumPy path (KnowledgeFeaturizer._propagate_rows_numpy), in the same

@@ -5,7 +5,7 @@ dictionary codes, so per-value work (lower-casing, regexes) runs once per distin
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa

@@ -10,9 +10,22 @@ import numpy as np
 
 from knowledge.predicates.context import WindowContext
 from knowledge.predicates.kernels import _distinct, _group
-from knowledge.predicates.ports import (ADMIN_PORTS, AMPLIFIER_PORTS, AUTH_PORTS, CLEARTEXT_PORTS, COMMON_PORTS,
-                                        DB_PORTS, DNS_PORTS, FILE_TRANSFER_PORTS, IRC_PORTS,
-                                        PROXY_PORTS, REMOTE_DESKTOP_PORTS, SERVICE_PORTS, SMB_PORTS, WEB_PORTS)
+from knowledge.predicates.ports import (
+    ADMIN_PORTS,
+    AMPLIFIER_PORTS,
+    AUTH_PORTS,
+    CLEARTEXT_PORTS,
+    COMMON_PORTS,
+    DB_PORTS,
+    DNS_PORTS,
+    FILE_TRANSFER_PORTS,
+    IRC_PORTS,
+    PROXY_PORTS,
+    REMOTE_DESKTOP_PORTS,
+    SERVICE_PORTS,
+    SMB_PORTS,
+    WEB_PORTS,
+)
 
 
 def ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -6,16 +6,27 @@ docstrings) are what the text extractors (embedding, llm) see.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from knowledge.predicates.context import WindowContext
 import knowledge.predicates.definitions as d
-from knowledge.predicates.ports import (ADMIN_PORTS, AMPLIFIER_PORTS, AUTH_PORTS, CLEARTEXT_PORTS, DB_PORTS,
-                                        DNS_PORTS, FILE_TRANSFER_PORTS, IRC_PORTS, PROXY_PORTS,
-                                        REMOTE_DESKTOP_PORTS, SMB_PORTS, WEB_PORTS)
+from knowledge.predicates.context import WindowContext
+from knowledge.predicates.ports import (
+    ADMIN_PORTS,
+    AMPLIFIER_PORTS,
+    AUTH_PORTS,
+    CLEARTEXT_PORTS,
+    DB_PORTS,
+    DNS_PORTS,
+    FILE_TRANSFER_PORTS,
+    IRC_PORTS,
+    PROXY_PORTS,
+    REMOTE_DESKTOP_PORTS,
+    SMB_PORTS,
+    WEB_PORTS,
+)
 
 __all__ = ["Predicate", "PREDICATES", "PREDICATE_NAMES", "VOCAB_VERSION"]
 

@@ -56,7 +56,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0 if rep["summary"] else 1
 
 
-def register_fraud(subparsers: "argparse._SubParsersAction") -> None:
+def register_fraud(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fraud`` with ``train``, ``score`` and ``evaluate`` subcommands."""
     p = subparsers.add_parser("fraud", help="transaction streams: fraud detection on heterogeneous temporal graphs",
                               description="Fraud detection on customer-terminal transaction graphs (TMR-GGNN style).")

@@ -40,12 +40,38 @@ from __future__ import annotations
 
 from training.generalise.methods import ECOD_CHUNK, GRACE_FRAC, METHODS, evaluate
 from training.generalise.provenance import _dirty, _versions, git_head
-from training.generalise.report import (EPISODE_GOAL, FPR_GOAL, GROUP_ORDER, load_splits, markdown, render, verdict,
-                                        worst)
+from training.generalise.report import (
+    EPISODE_GOAL,
+    FPR_GOAL,
+    GROUP_ORDER,
+    load_splits,
+    markdown,
+    render,
+    verdict,
+    worst,
+)
 from training.generalise.run import add_arguments, main, run, run_args
-from training.generalise.splits import (CIC_TRAIN_FRAC, DATA, GAP_DAYS, Split, SplitSpec, _concat, build, cic_families,
-                                        ips, local_host, luflow_cut, luflow_days, read_file, select, split_specs,
-                                        stride, time_sorted, ts_seconds, zeek_captures)
+from training.generalise.splits import (
+    CIC_TRAIN_FRAC,
+    DATA,
+    GAP_DAYS,
+    Split,
+    SplitSpec,
+    _concat,
+    build,
+    cic_families,
+    ips,
+    local_host,
+    luflow_cut,
+    luflow_days,
+    read_file,
+    select,
+    split_specs,
+    stride,
+    time_sorted,
+    ts_seconds,
+    zeek_captures,
+)
 
 __all__ = ["CIC_TRAIN_FRAC", "DATA", "ECOD_CHUNK", "EPISODE_GOAL", "FPR_GOAL", "GAP_DAYS", "GRACE_FRAC", "GROUP_ORDER",
            "METHODS", "Split", "SplitSpec", "_concat", "_dirty", "_versions", "add_arguments", "build", "cic_families",

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from training.generalise.splits import Split, ts_seconds
 
+from training.generalise.splits import Split, ts_seconds
 
 METHODS = ("ours", "iforest_raw", "ecod", "hbos")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from training.generalise.methods import GRACE_FRAC, METHODS, _f
 from training.generalise.provenance import git_head
 
-
 EPISODE_GOAL = 0.9      # verdict: ours detects >= 90 % of the episodes ...
 FPR_GOAL = 0.01         # ... at a benign FPR <= 1 %
 

@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "flows"
 
 

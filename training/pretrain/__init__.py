@@ -35,13 +35,27 @@ from __future__ import annotations
 
 from training.pretrain.assemble import train_bundle
 from training.pretrain.checkpoint import _plain, load_checkpoint, save_checkpoint, warm_start
-from training.pretrain.config import (DETECTOR_CANDIDATES, FLOW_CANDIDATES, OBJECTIVE_CANDIDATES, PRETRAIN_PARTS,
-                                      VIEWS, TrainConfig)
+from training.pretrain.config import (
+    DETECTOR_CANDIDATES,
+    FLOW_CANDIDATES,
+    OBJECTIVE_CANDIDATES,
+    PRETRAIN_PARTS,
+    VIEWS,
+    TrainConfig,
+)
 from training.pretrain.data import Prepared, as_table, fingerprint, make_windows, prepare, split_windows, ts_seconds
 from training.pretrain.determinism import deterministic_torch, runtime_info, seed_everything
 from training.pretrain.embed import embed_blocks, embed_graphs
-from training.pretrain.selection import (RARE, ROUND_DIGITS, TIE_REL, class_groups, pick_best, select_flow_detector,
-                                         stratified_keep, val_score)
+from training.pretrain.selection import (
+    RARE,
+    ROUND_DIGITS,
+    TIE_REL,
+    class_groups,
+    pick_best,
+    select_flow_detector,
+    stratified_keep,
+    val_score,
+)
 from training.pretrain.trainer import EPOCH_RUNNER, Pretrainer
 
 __all__ = ["DETECTOR_CANDIDATES", "EPOCH_RUNNER", "FLOW_CANDIDATES", "OBJECTIVE_CANDIDATES", "PRETRAIN_PARTS",

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def train_bundle(tables, cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
                  resume: bool = False, extra_meta: dict | None = None,
-                 prepared: "Prepared | None" = None, init_state: dict | None = None) -> ModelBundle:
+                 prepared: Prepared | None = None, init_state: dict | None = None) -> ModelBundle:
     """Train encoder + detectors + threshold on ``tables`` (canonical flow records); save when ``out_dir``.
 
     ``init_state``: a model ``state_dict`` to start pretraining from (warm start, e.g. the deployed

@@ -25,7 +25,7 @@ def _plain(x):
     return float(x)
 
 
-def save_checkpoint(trainer: "Pretrainer", path: Path) -> None:
+def save_checkpoint(trainer: Pretrainer, path: Path) -> None:
     """``trainer.state_dict()`` to ``path`` (via a temporary file): tensors and plain containers of numbers
     and strings only, so :func:`load_checkpoint` reads it with ``weights_only=True``."""
     tmp = path.with_suffix(".tmp")

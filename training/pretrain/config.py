@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from detector.detectors import KNNDetector
 from detector.models import parse_flow_parts
 
-
 VIEWS = ("temporal", "structural", "feature")
 PRETRAIN_PARTS = ("src", "dst", "edge")   # the flow embedding the pretraining objectives see
 # Detector inputs tried by the validation rule (flow_parts="auto"), in tie-break order.

@@ -58,7 +58,7 @@ def val_score(y: np.ndarray, s: np.ndarray, groups: np.ndarray, max_fpr: float) 
     return (float(np.mean(list(per.values()))) if per else float("nan")), per
 
 
-def _val_max_fpr(cfg: "TrainConfig", n_benign: int) -> float:
+def _val_max_fpr(cfg: TrainConfig, n_benign: int) -> float:
     base = cfg.val_max_fpr if cfg.val_max_fpr > 0 else cfg.target_fpr
     return float(min(1.0, max(base, 10.0 / max(n_benign, 1))))
 

@@ -9,9 +9,8 @@ import torch
 
 from detector.models import STGNN
 from training.losses import EdgeDGI, GradNormWeighter, ProjectionHead, info_nce
+from training.pretrain.config import PRETRAIN_PARTS, VIEWS, TrainConfig
 from training.views import feature_view, structural_view, temporal_pairs
-from training.pretrain.config import PRETRAIN_PARTS, TrainConfig, VIEWS
-
 
 # Sharded/multi-process pretraining (training/distributed.py) sets this for the duration of a run: a callable
 # ``(trainer, graphs, progress) -> epoch record`` that replaces :meth:`Pretrainer.run_epoch`'s loop.
