@@ -10,7 +10,7 @@ defined next to the code it drives and is added here by one ``register(subparser
 * ``train``, ``calibrate``, ``evaluate`` (this package's :mod:`training.cli.train`,
   :mod:`training.cli.calibrate`, :mod:`training.cli.evaluate`), ``fraud`` (``training.fraud.cli``),
   ``demo`` (``training.demo``), ``archive``, ``models``, ``retrain`` (``training.archive_cli``,
-  ``training.registry_cli``, ``training.retrain``).
+  ``training.registry_cli``, ``training.retrain``), ``ui`` (``detector.ui.cli``).
 
 This module applies one error discipline to all of them:
 
@@ -33,6 +33,7 @@ from typing import Any
 
 from detector import cli as detector_cli
 from detector.logs import configure_logging as _configure_logging
+from detector.ui import cli as ui_cli
 from ingest import cli as ingest_cli
 from ingest.readers import NothingReadable
 from knowledge import cli as knowledge_cli
@@ -59,7 +60,7 @@ def register_all(sub: argparse._SubParsersAction) -> None:
     archive_cli.register(sub)
     registry_cli.register(sub)  # models list|show|register|promote|rollback|diff|verify
     retrain.register(sub)
-    __import__("detector.ui.cli").ui.cli.register(sub)  # ui, ui export-verdicts
+    ui_cli.register(sub)  # ui, ui export-verdicts
 
 
 def version() -> str:
