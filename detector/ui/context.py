@@ -35,6 +35,18 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _int(x: Any, default: int = 0) -> int:
+    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else default
+
+
+def _str(x: Any) -> str | None:
+    return None if x is None or isinstance(x, (dict, list)) else str(x)
+
+
 def explanation(finding: dict) -> dict:
     """What fired: predicates with their values, knowledge/behaviour techniques and their scores."""
     preds: dict[str, Any] = {}
@@ -54,7 +66,11 @@ def explanation(finding: dict) -> dict:
         if isinstance(kn, dict):
             for t in kn.get("techniques") or []:
                 if isinstance(t, dict):
-                    knowledge.append({k: t.get(k) for k in ("id", "uid", "name", "score", "weight") if k in t})
+                    preds_t = [f"{dig(p, 'name')}={dig(p, 'value')}" for p in t.get("predicates") or []
+                               if isinstance(p, dict)]
+                    knowledge.append({"id": _str(t.get("id") or t.get("uid")), "name": _str(t.get("name")),
+                                      "score": t.get("score") if isinstance(t.get("score"), (int, float)) else None,
+                                      "predicates": ", ".join(preds_t)})
         b = dig(data, "behaviour")
         if isinstance(b, dict) and isinstance(b.get("scores"), dict):
             behaviour.update(b["scores"])
@@ -77,7 +93,11 @@ def _host(ep: str) -> str:
 
 
 def _graph(edges: dict[tuple[str, str], dict], focus: set[str]) -> dict:
-    top = sorted(edges.items(), key=lambda kv: -(kv[1].get("score") or 0))[:MAX_EDGES]
+    def score(e: dict) -> float:
+        v = e.get("score")
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
+
+    top = sorted(edges.items(), key=lambda kv: -score(kv[1]))[:MAX_EDGES]
     nodes: dict[str, dict] = {}
     out_edges = []
     for i, ((s, d), e) in enumerate(top):
@@ -109,21 +129,21 @@ def from_finding(finding: dict, others: list[dict]) -> dict:
     for t in u.get("top_destinations") or []:
         ep = dig(t, "endpoint")
         if ep is not None:
-            e = edges.setdefault((src, _host(str(ep))), {"count": 0, "score": u.get("score"), "flagged": 0})
-            e["count"] += int(dig(t, "count") or 0)
+            e = edges.setdefault((src, _host(str(ep))), {"count": 0, "score": _num(u.get("score")), "flagged": 0})
+            e["count"] += _int(dig(t, "count"))
             e["flagged"] = e["count"]
     for t in u.get("top_sources") or []:  # per-destination incidents list their sources
         ep = dig(t, "endpoint") or dig(t, "ip") or dig(t, "src")
         if ep is not None and dst:
-            e = edges.setdefault((_host(str(ep)), dst), {"count": 0, "score": u.get("score"), "flagged": 0})
-            e["count"] += int(dig(t, "count") or 0)
+            e = edges.setdefault((_host(str(ep)), dst), {"count": 0, "score": _num(u.get("score")), "flagged": 0})
+            e["count"] += _int(dig(t, "count"))
             e["flagged"] = e["count"]
     if not edges and dst:
-        edges[(src, dst)] = {"count": int(u.get("count") or 1), "score": u.get("score"), "flagged": int(u.get("count") or 1)}
+        edges[(src, dst)] = {"count": _int(u.get("count"), 1), "score": _num(u.get("score")), "flagged": _int(u.get("count"), 1)}
     timeline = [{"window_start": o["window_start"], "window_end": o["window_end"], "records": None,
                  "flagged": o["count"], "max_score": _clean(o["score"]), "alert_id": o["id"],
                  "technique": o["technique"], "severity_id": o["severity_id"]} for o in others]
-    return {"source": "findings", "flows": flows[:MAX_FLOWS], "flows_total": int(u.get("count") or len(flows)),
+    return {"source": "findings", "flows": flows[:MAX_FLOWS], "flows_total": _int(u.get("count"), len(flows)),
             "graph": _graph(edges, {src} | ({dst} if dst else set())), "timeline": timeline}
 
 

@@ -63,6 +63,11 @@
     parts.push(el("h3", {text: "predicates that fired"}));
     parts.push(w.predicates.length ? table(["predicate", "value"], w.predicates.map((p) => [p.name, typeof p.value === "object" ? JSON.stringify(p.value) : p.value]), {id: "predicates"})
       : el("p", {cls: "muted", text: "the finding carries no predicate values"}));
+    if (w.knowledge_techniques.length) {
+      parts.push(el("h3", {text: "candidate techniques (knowledge graph)"}));
+      parts.push(table(["technique", "score", "predicates (value)"], w.knowledge_techniques.map((t) =>
+        [t.name ? `${t.id} ${t.name}` : t.id, num(t.score, 3), t.predicates || "—"]), {id: "knowledge-techniques"}));
+    }
     if (w.behaviour_scores.length || w.behaviour_techniques.length) {
       parts.push(el("h3", {text: "long-horizon behaviour"}));
       parts.push(w.behaviour_scores.length ? table(["technique", "score"], w.behaviour_scores.map((b) => [b.technique, num(b.score, 3)]))
