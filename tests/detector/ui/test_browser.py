@@ -141,3 +141,25 @@ def test_grouping_and_pivot(page, alert_store):
     pg.locator("#alerts tbody tr").first.locator("td").nth(6).locator("button[title='exclude this']").click()
     pg.wait_for_function("() => document.querySelector('#count').textContent === 'no alerts match'")
     assert pg.problems == []
+
+
+def test_queue_updates_live(page, alert_store):
+    """A finding the daemon writes while the queue is open appears without a reload."""
+    from detector.alerts.sinks import SQLiteAlertStore
+
+    pg = page
+    pg.goto(pg.base)
+    pg.wait_for_selector("#alerts tbody tr")
+    before = len(_queue_rows(pg))
+    a = alert_store.found["flows"][0]
+    new = {**a, "finding_info": {**a["finding_info"], "uid": "feedfacefeedfacefeedface"},
+           "unmapped": {**a["unmapped"], "window": {"start": a["unmapped"]["window"]["start"] + 3600,
+                                                    "end": a["unmapped"]["window"]["end"] + 3600}}}
+    store = SQLiteAlertStore(alert_store.db)
+    store.write([new])
+    store.flush()
+    store.close()
+    pg.wait_for_function(f"() => document.querySelectorAll('#alerts tbody tr').length == {before + 1}", timeout=15000)
+    assert "feedfacefeedfacefeedface" in _queue_rows(pg)
+    assert "updated" in pg.locator("#live").inner_text()
+    assert pg.problems == [], "\n".join(pg.problems)
