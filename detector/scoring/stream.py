@@ -395,6 +395,3 @@ def _explainer(kf, kb):
     if kf is None or kb is None:
         return None
     return lambda k: kf.explain(kb, edge=int(k))
-
-
-# --- offline scoring of whole inputs (``graphsentry score`` and the evaluation harness) -------------

@@ -7,8 +7,6 @@ import numpy as np
 
 from knowledge.predicates.kernels import numba_kernels
 
-# ---------------------------------------------------------------- compiled propagation (numba)
-#
 # The same float32 operations as the NumPy path (KnowledgeFeaturizer._propagate_rows_numpy), in the same
 # order, row by row, so the blocks are equal bit for bit (tests/knowledge/test_features.py):
 # * log keep: per row, ``acc[j] = 0; acc[j] += a_p * log_keep[p, j]`` over non-zero a_p in ascending p,

@@ -21,8 +21,6 @@ ECOD_CHUNK = 2000       # ECOD ranks test rows against training rows + the rows 
                         # most this and 1 % of the training rows keep it (nearly) inductive
 
 
-# -- methods ---------------------------------------------------------------------------------------------
-
 def _raw(prep, table: pa.Table) -> np.ndarray:
     X = np.asarray(prep.pipeline.pre.transform(table), dtype=np.float64)
     return np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
