@@ -1,4 +1,4 @@
-"""Leave-one-network-out benchmark (training/generalise.py): split builder and a tiny end-to-end run."""
+"""Leave-one-network-out benchmark (training/generalise/): split builder and a tiny end-to-end run."""
 from __future__ import annotations
 
 import datetime as dt
