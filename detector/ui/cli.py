@@ -98,7 +98,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def start_beside_daemon(cfg: dict, bind: str):
-    """``graphsentry serve --ui HOST:PORT``: the page on the daemon's SQLite alert store, on a thread.
+    """``graphsentry serve --ui HOST:PORT``: the page on the daemon's SQLite alert store (and its archive
+    when the config's ``archive`` section is enabled), on a thread.
 
     Returns the started :class:`~detector.ui.server.UIServer` (call ``stop()``)."""
     from detector.ui.server import UIServer
@@ -112,7 +113,11 @@ def start_beside_daemon(cfg: dict, bind: str):
 
         SQLiteAlertStore(path).close()
     host, port = parse_bind(bind)
-    server = UIServer(UIConfig(alerts=path, host=host, port=port, token=read_token(None))).start()
+    arch = cfg.get("archive") or {}
+    archive = Path(arch["path"]) if arch.get("enabled") and arch.get("path") else None
+    if archive is not None:
+        archive.mkdir(parents=True, exist_ok=True)  # the daemon creates it too
+    server = UIServer(UIConfig(alerts=path, archive=archive, host=host, port=port, token=read_token(None))).start()
     log.info("alert page on %s", server.url)
     print(f"graphsentry serve: alert page on {server.url}", flush=True)
     return server

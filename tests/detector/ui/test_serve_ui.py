@@ -1,4 +1,4 @@
-"""`graphsentry serve --ui`: the page runs beside the daemon and follows its alerts live."""
+"""`graphsentry serve --ui`: the page runs beside the daemon, follows its alerts live and reads its archive."""
 from __future__ import annotations
 
 import json
@@ -55,6 +55,7 @@ def test_serve_ui_follows_new_alerts(tmp_path):
         "model": {"path": str(tmp_path / "model"), "loader": "daemon_helpers:load_fanout", "watch": False},
         "alerts": {"sinks": [{"type": "sqlite", "path": str(tmp_path / "alerts.db")}]},
         "metrics": {"port": 0},
+        "archive": {"enabled": True, "path": str(tmp_path / "archive")},
     }))
     port = _free_port()
     base = f"http://127.0.0.1:{port}/"
@@ -65,6 +66,14 @@ def test_serve_ui_follows_new_alerts(tmp_path):
         _wait(lambda: _get(base + "api/stamp") or p.poll() is not None, 90, "the page")
         assert p.poll() is None, p.communicate()[0]
         first = _wait(lambda: (_get(base + "api/alerts") or {}).get("total"), 90, "the first alerts on the page")
+        aid = _get(base + "api/alerts")["items"][0]["id"]
+
+        def archived_flows():
+            d = _get(base + f"api/alert?id={aid}") or {}
+            ctx = d.get("context") or {}
+            return ctx.get("source") == "archive" and [f for f in ctx.get("flows", []) if f.get("in_alert")]
+
+        _wait(archived_flows, 60, "the alert's records from the daemon's archive")
         stamp = _get(base + "api/stamp")
         later = make_flows(seed=1, t0=float(make_flows().column("ts").to_pylist()[-1].timestamp()) + 100)
         pq.write_table(later, tmp_path / "in" / "b.parquet")
