@@ -257,7 +257,8 @@ class AlertsSection(_Section):
 
     sinks: list[Sink] = Field(default_factory=lambda: [SQLiteSink(type="sqlite", path="out/alerts.db")],
                               min_length=1, description="alert sinks, each `{type: ..., ...}` (below)")
-    dedup: bool = Field(True, description="one alert per (source endpoint, technique) per window")
+    dedup: bool = Field(True, description="no effect, accepted so that older configs load: the records of a "
+                                          "window are always grouped into findings (docs/findings.md)")
     incident_gap: NonNegFloat = Field(
         0.0, description="seconds of event time without activity after which the same (source or destination, "
                          "technique) opens a new finding; windows within it update one finding (count, first/last "
