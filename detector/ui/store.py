@@ -24,7 +24,8 @@ MAX_PAGE = 200
 DST_JSON = "COALESCE(json_extract(finding, '$.dst_endpoint.ip'), json_extract(finding, '$.dst_endpoint.uid'))"
 STATUS = "COALESCE(s.status, 'new')"
 SORTS = {"time": "a.window_start", "severity": "a.severity_id", "score": "a.score", "count": "a.count",
-         "src": "a.src_ip", "technique": "a.technique", "created": "a.time_ms"}
+         "src": "a.src_ip", "technique": "a.technique", "created": "a.time_ms",
+         "last_seen": "a.window_end"}  # a.last_seen where the store has it (findings that span windows)
 GROUPS = {"host": ("a.src_ip",), "technique": ("a.technique",), "rule": ("a.technique", "a.src_ip"),
           "rule_dst": ("a.technique", "a.src_ip", "{dst}")}
 _COLS = "a.id, a.time_ms, a.window_start, a.window_end, a.src_ip, a.technique, a.severity_id, a.score, a.count, " \
@@ -43,7 +44,8 @@ def ensure_indexes(alerts: Path) -> bool:
     try:
         have = {r[1] for r in db.execute("PRAGMA table_info(alerts)")}
         dst_name, dst = ("ui_dst_ip", "dst_ip, window_start") if "dst_ip" in have else ("ui_dst", DST_JSON)
-        for name, cols in (("ui_time", "window_start, id"), ("ui_sev", "severity_id, window_start"),
+        extra = (("ui_last", "last_seen"),) if "last_seen" in have else ()
+        for name, cols in extra + (("ui_time", "window_start, id"), ("ui_sev", "severity_id, window_start"),
                            ("ui_src", "src_ip, window_start"), ("ui_tech", "technique, window_start"),
                            ("ui_score", "score"), ("ui_created", "time_ms"), (dst_name, dst)):
             db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON alerts({cols})")
@@ -125,6 +127,7 @@ class AlertQueue:
             raise ValueError(f"{self.alerts} has no alerts table of the graphsentry sqlite sink")
         # The enriched store may carry dst_ip; otherwise the destination comes from the finding JSON.
         self.dst_expr = "a.dst_ip" if "dst_ip" in cols else DST_JSON.replace("finding", "a.finding")
+        self.sorts = {**SORTS, **({"last_seen": "a.last_seen"} if "last_seen" in cols else {})}
         self.extra_cols = [c for c in ("dst_ip", "first_seen", "last_seen", "windows", "sources", "group_by")
                            if c in cols]
 
@@ -193,7 +196,7 @@ class AlertQueue:
         # A selective filter (one host, one technique, one value) finds few rows through its own index: the
         # unary + keeps SQLite from walking the sort column's index over the whole store instead.
         selective = bool(q.host or q.technique or any(n in ("src", "dst", "technique", "id") for n, _ in q.include))
-        order = (f" ORDER BY {'+' if selective else ''}{SORTS[q.sort]} {'DESC' if q.desc else 'ASC'}, "
+        order = (f" ORDER BY {'+' if selective else ''}{self.sorts[q.sort]} {'DESC' if q.desc else 'ASC'}, "
                  f"a.id {'DESC' if q.desc else 'ASC'}")
         sql = (f"SELECT {_COLS}" + "".join(f", a.{c}" for c in self.extra_cols)
                + frm + where + order + " LIMIT ? OFFSET ?")

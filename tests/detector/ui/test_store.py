@@ -64,9 +64,9 @@ def test_filters_keep_exactly_the_matching_alerts(queue, params, check):
     assert {a["id"] for a in got} == {a["id"] for a in everything if check(a)}
 
 
-@pytest.mark.parametrize("sort", ["severity", "score", "count", "src"])
+@pytest.mark.parametrize("sort", ["severity", "score", "count", "src", "last_seen"])
 def test_sorting(queue, sort):
-    key = {"severity": "severity_id", "score": "score", "count": "count", "src": "src"}[sort]
+    key = {"severity": "severity_id", "score": "score", "count": "count", "src": "src", "last_seen": "last_seen"}[sort]
     items = queue.page(_q(sort=sort, order="asc", limit=200))["items"]
     vals = [a[key] for a in items]
     assert vals == sorted(vals)
