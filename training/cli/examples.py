@@ -30,6 +30,9 @@ EXAMPLES: dict[str, str] = {
     "archive": "graphsentry archive --from-kafka 127.0.0.1:9092 --topic graphsentry-flows --out out/archive "
                "--max-bytes 20GB --max-age 30d\n"
                f"graphsentry archive --from-files {_LOG} --out out/archive",
+    "archive compact": "graphsentry archive compact --archive out/archive --dry-run",
+    "ui": "graphsentry ui --alerts out/demo/alerts.db          # then browse http://127.0.0.1:8080/",
+    "ui export-verdicts": "graphsentry ui export-verdicts --alerts out/demo/alerts.db --out out/verdicts.csv",
     "models": "graphsentry models list --registry out/registry",
     "models list": "graphsentry models list --registry out/registry --json",
     "models show": "graphsentry models show champion --registry out/registry --verify",
