@@ -176,3 +176,28 @@ def test_daemon_folds_windows_and_continues_after_a_restart(tmp_path):
     assert after[0]["finding_info"]["first_seen_time"] == first[0]["finding_info"]["first_seen_time"]
     assert AlertStage.from_config({"incident_gap": 0}).tracker is None
     assert np.isfinite(after[0]["unmapped"]["score"])
+
+
+@pytest.mark.kafka
+def test_kafka_messages_are_keyed_by_the_finding(kafka_bootstrap):
+    import json
+
+    from detector.alerts.sinks import KafkaAlertSink
+    from ingest.kafka_io import iter_topic, make_producer
+    from kafka_fixtures import new_topic
+
+    topic = new_topic(kafka_bootstrap, 3)
+    sink = KafkaAlertSink(make_producer({"bootstrap": kafka_bootstrap}), topic, bootstrap=kafka_bootstrap)
+    tr = IncidentTracker(gap=10.0)
+    sent = []
+    for wa in _scan_alerts(_scan_windows(duration=100.0)):
+        folded = tr.fold(wa).alerts
+        sink.write(folded)
+        sent += folded
+    sink.close()
+    msgs = list(iter_topic(kafka_bootstrap, topic, idle_s=1.5))
+    assert len(msgs) == len(sent) >= 3
+    assert {m.key.decode() for m in msgs} == {sent[0]["finding_info"]["uid"]}
+    assert len({m.partition for m in msgs}) == 1                      # one finding, one partition: in order
+    counts = [json.loads(m.value)["unmapped"]["count"] for m in sorted(msgs, key=lambda m: m.offset)]
+    assert counts == sorted(counts) and counts[-1] == sent[-1]["unmapped"]["count"]
