@@ -7,5 +7,8 @@
 * :mod:`detector.ui.context`   an alert's evidence flows, subgraph, entity timeline and score history;
 * :mod:`detector.ui.knowledge` ATT&CK names, tactics, mitigations and text from the bundled knowledge artifact;
 * :mod:`detector.ui.server`    the HTTP server (JSON API, static pages, CSRF, CSP, auth);
-* :mod:`detector.ui.cli`       the ``ui`` subcommand and ``ui export-verdicts``.
+* :mod:`detector.ui.cli`       the ``ui`` subcommand, ``ui export-verdicts`` and ``serve --ui``;
+* :mod:`detector.ui.screenshots` the docs' screenshots (headless Chromium).
+
+Static pages and the vendored cytoscape.js (with its licence) are under ``static/``.
 """

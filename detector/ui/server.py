@@ -115,6 +115,9 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     app: AlertApp  # set on the subclass made per server
 
+    def version_string(self) -> str:
+        return self.server_version
+
     def log_message(self, fmt: str, *args: Any) -> None:  # access log at debug level, not stderr
         log.debug("%s " + fmt, self.client_address[0], *args)
 
