@@ -16,6 +16,9 @@ reported:
   column of every record in one Arrow table (no training);
 * ``baseline``: the interpreter with the retraining modules imported (the fixed part of every run).
 
+The ``retrain`` rows also give the peak RSS reached by the end of each phase: counting the windows (first pass),
+reading the kept blocks (second pass), training the challenger; the rest is scoring and the gate.
+
 Writes reports/retrain_memory.json (with commit, date and cores) and prints it.
 """
 from __future__ import annotations
@@ -43,7 +46,20 @@ t0 = time.perf_counter()
 what, args = sys.argv[1], json.loads(sys.argv[2])
 out = {}
 if what == "retrain":
+    import training.pretrain, training.retrain_data
     from training.cli import main
+    def peak():
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    def phase(name, fn):
+        def wrapped(*a, **k):
+            r = fn(*a, **k)
+            out[f"peak_rss_after_{name}_mb"] = peak()
+            return r
+        return wrapped
+    out["peak_rss_before_mb"] = peak()
+    training.retrain_data.count_windows = phase("count", training.retrain_data.count_windows)
+    training.retrain_data.read_sample = phase("read", training.retrain_data.read_sample)
+    training.pretrain.train_bundle = phase("train", training.pretrain.train_bundle)
     out["rc"] = main(args)
 elif what == "read_all":
     import pyarrow as pa

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
 SHARED_DATA = Path(os.environ.get("GRAPHSENTRY_SHARED_DATA", REPO.parent / "shared" / "data"))
+# shared test helpers (cli_helpers, kafka_fixtures) import as top-level modules; --import-mode=importlib adds no path
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +35,17 @@ def one_torch_thread():
 
     with torch_threads(1):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny real flow model (random encoder + kNN, 10-minute windows) trained once per session on the bundled
+    Zeek sample; treat it as read-only (copy it to change it)."""
+    from training.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-model") / "m"
+    rc = main(["train", "--data", str(SAMPLES / "stratosphere" / "008-zeek-mixed.conn.log.labeled"), "--out",
+               str(out), "--epochs", "1", "--objective", "none", "--window", "10m", "--detector", "knn",
+               "--no-progress"])
+    assert rc == 0 and (out / "manifest.json").exists()
+    return out

@@ -106,14 +106,7 @@ def model_dir(tmp_path_factory) -> Path:
     return m
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """``graphsentry argv`` in-process: (exit code, stdout, stderr). argparse exits with SystemExit."""
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 2
-    out, err = capsys.readouterr()
-    return rc, out, err
+from cli_helpers import run_cli  # noqa: E402  graphsentry in-process: (exit code, stdout, stderr)
 
 
 def check(rc: int, err: str, what: str) -> None:

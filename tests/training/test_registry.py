@@ -1,7 +1,7 @@
 """The file-based model registry (training.registry) and `graphsentry models`, on real files and symlinks.
 
-A tiny real model is trained once (random encoder + kNN on the bundled Zeek sample, as in
-tests/detector/test_daemon_bundle.py); a second one is the same model with another threshold, saved
+A tiny real model is trained once per session (the ``tiny_model`` fixture of tests/conftest.py: random
+encoder + kNN on the bundled Zeek sample); a second one is the same model with another threshold, saved
 with a fresh manifest. The last test runs the daemon on ``REGISTRY/champion`` and checks that it
 follows a promotion and a rollback.
 """
@@ -20,21 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import run_cli
 from detector.model_files import ModelDirError, write_manifest
-from training.cli import main
 from training.registry import Registry, RegistryError, RegistryLocked, export_model_info
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "samples" / "stratosphere" / "008-zeek-mixed.conn.log.labeled"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("model") / "m"
-    rc = main(["train", "--data", str(SAMPLE), "--out", str(out), "--epochs", "1", "--objective", "none",
-               "--window", "10m", "--detector", "knn", "--no-progress"])
-    assert rc == 0 and (out / "manifest.json").exists()
-    return out
 
 
 def _retuned(model: Path, dst: Path, threshold: float) -> Path:
@@ -51,15 +42,6 @@ def _retuned(model: Path, dst: Path, threshold: float) -> Path:
 @pytest.fixture(scope="module")
 def other_model(tiny_model, tmp_path_factory) -> Path:
     return _retuned(tiny_model, tmp_path_factory.mktemp("model2") / "m2", 123.5)
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 2
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _one_error_line(err: str) -> str:

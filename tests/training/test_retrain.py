@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from cli_helpers import run_cli
 from training.cli import main
 from training.registry import Registry
 
@@ -51,15 +52,6 @@ SINCE = "2022-06-12T00:00:00Z"
 # it -- as it should: a human looks before such a model goes live. The drift refusal has its own test
 # (tests/training/test_gate_refusals.py); this one follows the promotion path.
 TEST_GATE = "speed_repeats: 10\ngate:\n  target_fpr: 0.05\n  fpr_factor: 2.0\n  drift_max_psi: null\n"
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 2
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")
