@@ -10,8 +10,8 @@ Safety (docs/alert-page.md, "Security"):
 * every response carries a strict Content-Security-Policy (``default-src 'self'``, no inline script
   or style), ``nosniff``, ``frame-ancestors 'none'``; the pages build their DOM with ``textContent``;
 * the Host header must name the bound address (no DNS rebinding onto a loopback server);
-* outside loopback every request needs the access token (cookie set by ``/login?token=...`` or an
-  ``Authorization: Bearer`` header);
+* with a token (required outside loopback) every data request needs it: a session cookie set by the
+  sign-in form (``POST /login``) or an ``Authorization: Bearer`` header;
 * triage POSTs need the per-server CSRF token in ``X-CSRF-Token``, a JSON body, and a same-origin
   ``Origin`` when the browser sends one.
 """
@@ -47,6 +47,11 @@ TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=u
          ".css": "text/css; charset=utf-8", ".txt": "text/plain; charset=utf-8", ".png": "image/png"}
 MAX_BODY = 16 * 1024
 COOKIE = "graphsentry_ui"
+
+
+def url_path_is_page(path: str) -> bool:
+    """A page a browser navigates to (sent to the sign-in form when not signed in), not an API call."""
+    return path in ("/", "/alert")
 
 
 def _safe(obj: Any) -> Any:
@@ -178,8 +183,12 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.MISDIRECTED_REQUEST, "the Host header does not name this server")
             return False
         path = urlsplit(self.path).path
-        if path != "/login" and not self._authed():
-            self._error(HTTPStatus.UNAUTHORIZED, "open /login?token=TOKEN once, or send Authorization: Bearer TOKEN")
+        open_paths = path == "/login" or path.startswith("/static/")  # the sign-in form and the code, no data
+        if not open_paths and not self._authed():
+            if url_path_is_page(path):
+                self._send(303, b"", "text/plain", {"Location": "/login"})
+            else:
+                self._error(HTTPStatus.UNAUTHORIZED, "sign in at /login, or send Authorization: Bearer TOKEN")
             return False
         return True
 
@@ -223,13 +232,19 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/favicon.ico":
             self._send(204, b"", "image/x-icon")
         elif url.path == "/login":
-            self._login(params)
+            self._send(200, self.app.static["login.html"].read_bytes(), TYPES[".html"])
         else:
             self._error(404, "not found")
 
-    def _login(self, params: dict[str, list[str]]) -> None:
+    def _login(self) -> None:
+        """POST /login with the form's ``token``: a session cookie, then the queue."""
         token = self.app.cfg.token
-        given = (params.get("token") or [""])[-1]
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = 0
+        body = self.rfile.read(n).decode("utf-8", "replace") if 0 < n <= MAX_BODY else ""
+        given = (parse_qs(body).get("token") or [""])[-1]
         if not token:
             self._send(303, b"", "text/plain", {"Location": "/"})
         elif hmac.compare_digest(given.encode(), token.encode()):
@@ -251,6 +266,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post(self) -> None:
         url = urlsplit(self.path)
+        if url.path == "/login":
+            self._login()
+            return
         if url.path != "/api/triage":
             self._error(404, "not found")
             return

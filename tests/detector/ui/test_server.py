@@ -105,9 +105,14 @@ def test_token_required_when_configured(alert_store):
         assert _req(s.url + "api/alerts", headers={"Authorization": "Bearer wrong-token-000000000"})[0] == 401
         assert _req(s.url + "api/alerts", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        page = opener.open(s.url, timeout=10)  # a page: sent to the sign-in form
+        assert page.url.endswith("/login") and b'name="token"' in page.read()
         with pytest.raises(urllib.error.HTTPError):
-            opener.open(s.url + "login?token=nope", timeout=10)
-        assert opener.open(s.url + f"login?token={TOKEN}", timeout=10).status == 200  # redirected to the queue
+            opener.open(s.url + "login", data=b"token=nope", timeout=10)
+        status, headers, _ = _req(s.url + f"login?token={TOKEN}")  # a token in the URL is not a sign-in
+        assert status == 200 and "Set-Cookie" not in headers
+        r = opener.open(s.url + "login", data=f"token={TOKEN}".encode(), timeout=10)
+        assert r.status == 200 and r.url == s.url  # signed in, redirected to the queue
         assert opener.open(s.url + "api/alerts", timeout=10).status == 200  # the session cookie
 
 
