@@ -16,13 +16,19 @@ from training.distributed import Leader, lead, main
 
 
 def rank0(leader: Leader, args_json: Path | None, argv: list[str]) -> int:
-    """Rank 0: the retraining job of the launcher's options (``--args-json``), its pretraining led by ``leader``."""
-    from training.retrain import cmd_retrain
+    """Rank 0: the retraining job of the launcher's options (``--args-json``) or of ``argv`` (``retrain --archive
+    ...``), its pretraining led by ``leader``."""
+    from training.retrain import cmd_retrain, register
 
-    if args_json is None:
-        raise ValueError("python -m training.retrain_worker is started by graphsentry retrain --nproc N "
-                         "(it passes --args-json)")
-    ns = argparse.Namespace(**json.loads(args_json.read_text()))
+    if args_json is not None:      # graphsentry retrain --nproc N wrote the options
+        ns = argparse.Namespace(**json.loads(args_json.read_text()))
+    else:                          # several hosts: torchrun ... -m training.retrain_worker retrain --archive ...
+        if not argv or argv[0] != "retrain":
+            raise ValueError("give the retraining command after the module: python -m training.retrain_worker "
+                             "retrain --archive DIR --registry DIR [options]")
+        ap = argparse.ArgumentParser(prog="graphsentry")
+        register(ap.add_subparsers())
+        ns = ap.parse_args(argv)
     ns.nproc = 0
     return lead(leader, lambda: cmd_retrain(ns), what="retrain")
 
