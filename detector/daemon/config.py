@@ -743,14 +743,16 @@ def dump(cfg: dict) -> str:
 def file_config(paths: list[str], model: str, out_dir: str = "out", metrics_port: int = 9109,
                 env: Mapping[str, str] | None = None) -> dict:
     """A ready config for a finite run over files (what ``make run`` uses): file source, the model's
-    own windows, alerts in ``out_dir/alerts.db`` (SQLite) and ``out_dir/alerts.jsonl``, dead letters
+    own windows, alerts in ``out_dir/alerts.db`` (SQLite) and ``out_dir/alerts.jsonl`` (ongoing activity folded
+    into one finding, ``alerts.incident_gap`` 600 s), dead letters
     in ``out_dir/dead-letter.jsonl``, metrics on 127.0.0.1:``metrics_port`` (0: any free port)."""
     out = Path(out_dir)
     return load_config(overrides={
         "source": {"type": "file", "paths": [str(p) for p in paths], "follow": False},
         "model": {"path": str(model), "watch": False},
         "alerts": {"sinks": [{"type": "sqlite", "path": str(out / "alerts.db")},
-                             {"type": "jsonl", "path": str(out / "alerts.jsonl")}]},
+                             {"type": "jsonl", "path": str(out / "alerts.jsonl")}],
+                   "incident_gap": 600.0},  # one finding per ongoing activity (docs/findings.md)
         "metrics": {"port": int(metrics_port)},
         "pipeline": {"dead_letter_path": str(out / "dead-letter.jsonl")},
     }, env={} if env is None else env)
