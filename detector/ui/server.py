@@ -183,7 +183,7 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.MISDIRECTED_REQUEST, "the Host header does not name this server")
             return False
         path = urlsplit(self.path).path
-        open_paths = path == "/login" or path.startswith("/static/")  # the sign-in form and the code, no data
+        open_paths = path in ("/login", "/favicon.ico") or path.startswith("/static/")  # no data behind these
         if not open_paths and not self._authed():
             if url_path_is_page(path):
                 self._send(303, b"", "text/plain", {"Location": "/login"})

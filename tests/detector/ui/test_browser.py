@@ -163,3 +163,22 @@ def test_queue_updates_live(page, alert_store):
     assert "feedfacefeedfacefeedface" in _queue_rows(pg)
     assert "updated" in pg.locator("#live").inner_text()
     assert pg.problems == [], "\n".join(pg.problems)
+
+
+def test_sign_in_with_a_token(browser, alert_store):
+    token = "browser-test-token-0123456789abcdef"
+    with UIServer(UIConfig(alerts=alert_store.db, port=0, token=token)) as server:
+        ctx = browser.new_context()
+        pg = ctx.new_page()
+        problems: list[str] = []
+        pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        try:
+            pg.goto(server.url)
+            assert pg.url.endswith("/login")
+            pg.fill("input[name=token]", token)
+            pg.click("button[type=submit]")
+            pg.wait_for_selector("#alerts tbody tr")
+            assert pg.url == server.url
+            assert problems == [], "\n".join(problems)
+        finally:
+            ctx.close()
