@@ -19,7 +19,7 @@ IMPL = "ingest"  # the one feature implementation (ingest.features, ingest.graph
 
 def _check_impl(impl: str) -> None:
     if impl != IMPL:
-        raise ValueError(f"pipeline impl {impl!r} is not supported (only {IMPL!r}): retrain the model")
+        raise ValueError(f"pipeline impl {impl!r} is not supported (only {IMPL!r})")
 
 
 def preprocessor_class(impl: str = IMPL) -> type[FlowPreprocessor]:
