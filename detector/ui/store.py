@@ -216,14 +216,19 @@ class AlertQueue:
         keys = [k.format(dst=self.dst_expr) for k in GROUPS[group]]
         where, args = self._where(q)
         key_sql = ", ".join(f"{k} AS k{i}" for i, k in enumerate(keys))
+        needs = q.status is not None or any(n in ("status", "assignee") for n, _ in q.include + q.exclude)
+        join = " LEFT JOIN t.triage s ON s.alert_id = a.id" if needs else ""
+        # open = not triaged yet; the triaged ids are one small set looked up per row (no join to plan around)
         sql = (f"SELECT {key_sql}, COUNT(*) AS n, SUM(a.count) AS flows, MIN(a.window_start) AS first, "
                f"MAX(a.window_end) AS last, MAX(a.severity_id) AS sev, "
-               f"SUM(CASE WHEN {STATUS} = 'new' THEN 1 ELSE 0 END) AS open "
-               f"FROM alerts a LEFT JOIN t.triage s ON s.alert_id = a.id{where} "
-               f"GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}")
+               f"SUM(CASE WHEN a.id IN (SELECT alert_id FROM t.triage WHERE status != 'new') THEN 0 ELSE 1 END) "
+               f"AS open FROM alerts a{join}{where} GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}")
         db = self._db()
-        total = db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0]
-        rows = db.execute(sql + " ORDER BY n DESC, last DESC LIMIT ? OFFSET ?", args + [q.limit, q.offset]).fetchall()
+        # one pass: the number of groups rides along as a window function over the grouped rows
+        rows = db.execute(f"SELECT *, COUNT(*) OVER () FROM ({sql}) ORDER BY n DESC, last DESC LIMIT ? OFFSET ?",
+                          args + [q.limit, q.offset]).fetchall()
+        total = rows[0][-1] if rows else (0 if q.offset == 0 else
+                                          db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0])
         names = {"host": ["src"], "technique": ["technique"], "rule": ["technique", "src"],
                  "rule_dst": ["technique", "src", "dst"]}[group]
         items = [{"key": dict(zip(names, r[:len(keys)])), "alerts": r[len(keys)], "flows": r[len(keys) + 1],

@@ -94,6 +94,11 @@ def test_status_filter_follows_triage(alert_store, queue):
     closed = queue.page(_q(status="closed"))["items"]
     assert [a["id"] for a in closed] == [aid] and closed[0]["verdict"] == "false_positive"
     assert aid not in {a["id"] for a in queue.page(_q(status="new", limit=200))["items"]}
+    src = alert_store.found["flows"][0]["src_endpoint"]["ip"]
+    g = {i["key"]["src"]: i for i in queue.groups(_q(group="host", limit=200))["items"]}[src]
+    assert g["open"] == g["alerts"] - 1  # the closed one is no longer open
+    closed_groups = queue.groups(_q(group="host", status="closed"))["items"]
+    assert [(i["key"]["src"], i["alerts"], i["open"]) for i in closed_groups] == [(src, 1, 0)]
 
 
 @pytest.mark.parametrize("params, message", [
