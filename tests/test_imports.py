@@ -139,6 +139,58 @@ def layer_violations(graph: dict[str, dict[str, int]], root: Path, layers=LAYERS
     return out
 
 
+def _defined_names(tree: ast.Module) -> set[str]:
+    """Names a module defines at its top level (also inside top-level ``if``/``try``/``with`` blocks)."""
+    names: set[str] = set()
+
+    def visit(stmts: list[ast.stmt]) -> None:
+        for s in stmts:
+            if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(s.name)
+            elif isinstance(s, ast.Assign):
+                names.update(n.id for t in s.targets for n in ast.walk(t) if isinstance(n, ast.Name))
+            elif isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name):
+                names.add(s.target.id)
+            elif isinstance(s, ast.Import):
+                names.update(a.asname or a.name.split(".")[0] for a in s.names)
+            elif isinstance(s, ast.ImportFrom):
+                names.update(a.asname or a.name for a in s.names)
+            elif isinstance(s, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+                for block in (s.body, getattr(s, "orelse", []), getattr(s, "finalbody", [])):
+                    visit(block)
+                for handler in getattr(s, "handlers", []):
+                    visit(handler.body)
+
+    visit(tree.body)
+    return names
+
+
+def stale_imports(root: Path, importers: dict[str, Path], packages=LAYERS) -> list[str]:
+    """``file:line: ...`` for every absolute import from the packages that names a module that does not
+    exist, or a name its module does not define (a function-level import fails only when it runs)."""
+    modules = source_modules(root, packages)
+    defined: dict[str, set[str]] = {}
+    out = []
+    for path in importers.values():
+        rel = path.relative_to(root)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                out += [f"{rel}:{node.lineno}: no module {a.name}" for a in node.names
+                        if a.name.split(".")[0] in packages and a.name not in modules]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module \
+                    and node.module.split(".")[0] in packages:
+                if node.module not in modules:
+                    out.append(f"{rel}:{node.lineno}: no module {node.module}")
+                    continue
+                if node.module not in defined:
+                    defined[node.module] = _defined_names(ast.parse(modules[node.module].read_text()))
+                names = defined[node.module]
+                out += [f"{rel}:{node.lineno}: {node.module} has no {a.name}" for a in node.names
+                        if a.name != "*" and f"{node.module}.{a.name}" not in modules and a.name not in names
+                        and "__getattr__" not in names]
+    return out
+
+
 def _describe(component: list[str], graph: dict[str, dict[str, int]]) -> str:
     inside = set(component)
     edges = [f"{a} -> {b} (line {graph[a][b]})" for a in component for b in sorted(graph[a]) if b in inside]
@@ -164,6 +216,14 @@ def test_no_import_circles(graph):
 def test_packages_import_only_earlier_layers(graph):
     bad = layer_violations(graph, REPO)
     assert not bad, "imports against ingest -> knowledge -> detector -> training:\n" + "\n".join(bad)
+
+
+def test_every_import_of_the_packages_names_what_exists():
+    # the packages, and the tests, benchmarks and scripts that import them
+    importers = {**source_modules(REPO), **{str(p): p for d in ("tests", "benchmarks", "scripts")
+                                             for p in sorted((REPO / d).rglob("*.py"))}}
+    bad = stale_imports(REPO, importers)
+    assert not bad, "imports of modules or names that do not exist:\n" + "\n".join(bad)
 
 
 def test_the_cli_registers_only_modules_that_exist(graph):
@@ -212,3 +272,12 @@ def test_a_later_layer_import_is_found(tmp_path):
                             "ingest/r.py": "def f():\n    from detector.x import y\n",
                             "knowledge/k.py": "from ingest import r\n"})
     assert layer_violations(import_graph(root), root) == ["ingest/r.py:2: ingest.r imports detector.x"]
+
+
+def test_a_stale_import_is_found(tmp_path):
+    root = _tree(tmp_path, {"ingest/__init__.py": "", "ingest/a.py": "X = 1\ndef f():\n    pass\n",
+                            "ingest/b.py": "from ingest.a import X, f\ndef g():\n    from ingest.a import moved\n",
+                            "ingest/c.py": "import ingest.gone\nfrom ingest.old import y\n"})
+    assert stale_imports(root, source_modules(root, ("ingest",)), ("ingest",)) == [
+        "ingest/b.py:3: ingest.a has no moved", "ingest/c.py:1: no module ingest.gone",
+        "ingest/c.py:2: no module ingest.old"]
