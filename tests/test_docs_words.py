@@ -143,3 +143,23 @@ def test_repository_paths_named_exist(doc):
     """A module, test or file written as `pkg/path` is one the checkout has (docs follow the code's layout)."""
     missing = [m[1] for m in REPO_PATH.finditer(doc.read_text()) if not (REPO / m[1].rstrip("/")).exists()]
     assert not missing, f"{doc.name} names paths that do not exist: {sorted(set(missing))}"
+
+
+IMPORT = re.compile(r"^\s*from ((?:ingest|knowledge|detector|training)[\w.]*) import ([\w, ]+?)\s*(?:#.*)?$", re.M)
+
+
+def test_python_imports_in_the_docs_exist():
+    """Every `from graphsentry_package import name` in a ```python block imports (the API the docs teach exists)."""
+    import importlib
+
+    missing = []
+    for doc in DOCS:
+        for block in re.findall(r"```python\n(.*?)```", doc.read_text(), re.S):
+            for mod, names in IMPORT.findall(block):
+                try:
+                    m = importlib.import_module(mod)
+                except ImportError as e:
+                    missing.append(f"{doc.name}: {mod} ({e})")
+                    continue
+                missing += [f"{doc.name}: {mod}.{n.strip()}" for n in names.split(",") if not hasattr(m, n.strip())]
+    assert not missing, missing
