@@ -16,6 +16,10 @@ Environment variables are ``GRAPHSENTRY_<SECTION>_<KEY>`` (upper case), e.g.
 (``cfg["kafka"]["bootstrap"]``), every key present. ``python -m detector.daemon.config
 --reference`` prints the reference (docs/configuration.md is that text); ``python -m
 detector.daemon.config FILE...`` checks config files.
+
+One module, above the 600-line aim on purpose: it is one schema (a section class per config section, each
+key's type, default and description), read top to bottom as the reference is; splitting the sections
+apart would scatter the one place an operator's key is defined.
 """
 from __future__ import annotations
 
