@@ -147,7 +147,7 @@ def from_finding(finding: dict, others: list[dict]) -> dict:
             "graph": _graph(edges, {src} | ({dst} if dst else set())), "timeline": timeline}
 
 
-def from_archive(archive: Path, finding: dict, alert_id: str, others: list[dict]) -> dict:
+def from_archive(archive: Path, finding: dict, alert_id: str, others: list[dict], by_dst: bool = False) -> dict:
     """Flows, subgraph and timeline from the archived records around the alert."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -184,7 +184,7 @@ def from_archive(archive: Path, finding: dict, alert_id: str, others: list[dict]
                     continue
                 t = _clean(r.get("ts")) or 0.0
                 sc = _clean(r.get("score"))
-                if s == src:  # the source's timeline, one bucket per window length
+                if (d == dst if by_dst else s == src):  # the entity's timeline, one bucket per window length
                     k = int((t - float(ws)) // span) if span > 0 else 0
                     bk = buckets[k]
                     bk["records"] += 1
@@ -212,7 +212,11 @@ def from_archive(archive: Path, finding: dict, alert_id: str, others: list[dict]
     flows.sort(key=lambda f: (not f["in_alert"], -(f["score"] or 0)))
     timeline = [{"window_start": float(ws) + k * span, "window_end": float(ws) + (k + 1) * span, **v}
                 for k, v in sorted(buckets.items())]
-    by_start = {round(o["window_start"], 3): o for o in others}
+    by_start: dict[float, dict] = {}  # one finding per window: this alert where it is one of several
+    for o in others:
+        k = round(o["window_start"], 3)
+        if k not in by_start or o["id"] == alert_id:
+            by_start[k] = o
     for t in timeline:
         o = by_start.get(round(t["window_start"], 3))
         if o:
@@ -221,8 +225,8 @@ def from_archive(archive: Path, finding: dict, alert_id: str, others: list[dict]
             "graph": _graph(edges, hosts), "timeline": timeline}
 
 
-def alert_context(archive: Path | None, row: dict, others: list[dict]) -> dict:
+def alert_context(archive: Path | None, row: dict, others: list[dict], by_dst: bool = False) -> dict:
     finding = parse_finding(row.get("finding"))
     if archive is not None:
-        return from_archive(Path(archive), finding, str(row.get("id")), others)
+        return from_archive(Path(archive), finding, str(row.get("id")), others, by_dst)
     return from_finding(finding, others)

@@ -109,10 +109,14 @@ class AlertApp:
         why = explanation(finding)
         fired = {p["name"] for p in why["predicates"]}
         techs = [self.catalog.describe(t["id"], fired) for t in s["techniques"]]
-        others = self.queue.entity_findings(s["src"]) if s["src"] else []
+        # the entity: the source, or the destination of a finding keyed by it (many sources against one host)
+        by_dst = s["group_by"] == "dst" and bool(s["dst"])
+        entity = s["dst"] if by_dst else s["src"]
+        s["entity"] = entity
+        others = self.queue.entity_findings(entity, by_dst=by_dst) if entity else []
         return {"summary": s, "finding": finding, "triage": state, "history": self.triage.history(alert_id),
                 "explanation": why, "techniques": techs,
-                "context": alert_context(self.cfg.archive, row, others)}
+                "context": alert_context(self.cfg.archive, row, others, by_dst)}
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -243,11 +243,12 @@ class AlertQueue:
         r = cur.fetchone()
         return dict(zip([d[0] for d in cur.description], r)) if r else None
 
-    def entity_findings(self, host: str, limit: int = 200) -> list[dict]:
-        """Other findings with this source, by window: the timeline when no archive is given."""
+    def entity_findings(self, host: str, by_dst: bool = False, limit: int = 200) -> list[dict]:
+        """Other findings of this source (or destination, for findings keyed by it), by window."""
+        col = self.dst_expr if by_dst else "a.src_ip"
         cur = self._db().execute(
             "SELECT a.id, a.window_start, a.window_end, a.technique, a.severity_id, a.score, a.count "
-            "FROM alerts a WHERE a.src_ip = ? ORDER BY a.window_start DESC LIMIT ?", (host, limit))
+            f"FROM alerts a WHERE {col} = ? ORDER BY a.window_start DESC LIMIT ?", (host, limit))
         rows = [dict(zip(["id", "window_start", "window_end", "technique", "severity_id", "score", "count"], r))
                 for r in cur.fetchall()]
         return rows[::-1]

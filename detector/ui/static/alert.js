@@ -40,7 +40,7 @@
     if (s.group_by) pairs.push(["grouped by", s.group_by === "dst" ? "destination (incident)" : s.group_by]);
     const pivots = el("div", {cls: "actions"},
       link("#flows", "related flows"), " · ",
-      s.src ? link(`/?host=${encodeURIComponent(s.src)}`, "all alerts of this entity") : null);
+      s.entity ? link(`/?host=${encodeURIComponent(s.entity)}`, `all alerts of ${s.entity}`) : null);
     $("summary-body").replaceChildren(kv(pairs), pivots);
     $("raw-json").textContent = JSON.stringify(d.finding, null, 2);
   }
@@ -145,11 +145,11 @@
     return svg;
   }
 
-  function renderTimeline(ctx) {
+  function renderTimeline(ctx, entity) {
     const t = ctx.timeline;
     const rows = t.map((x) => [time(x.window_start), num(x.records), num(x.flagged), num(x.max_score, 4),
       x.technique || "", x.alert_id ? (x.alert_id === id ? el("b", {text: "this alert"}) : link(`/alert?id=${encodeURIComponent(x.alert_id)}`, x.alert_id)) : ""]);
-    $("timeline-body").replaceChildren(el("p", {cls: "muted", text: "score history: highest score per window (orange: the window raised an alert)"}),
+    $("timeline-body").replaceChildren(el("p", {cls: "muted", text: `${entity || "the entity"}: highest score per window (orange: the window raised an alert)`}),
       spark(t), table(["window (UTC)", "records", "flagged", "max score", "technique", "alert"], rows, {id: "timeline-table"}));
   }
 
@@ -176,7 +176,7 @@
     try {
       const d = await api(`/api/alert?id=${encodeURIComponent(id)}`);
       renderSummary(d); renderTriage(d.triage, d.history); renderWhy(d.explanation);
-      renderTechniques(d.techniques); renderFlows(d.context); renderTimeline(d.context);
+      renderTechniques(d.techniques); renderFlows(d.context); renderTimeline(d.context, d.summary.entity);
       renderGraph(d.context.graph);
       document.body.dataset.loaded = "1";
     } catch (err) {

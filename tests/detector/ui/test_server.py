@@ -144,6 +144,14 @@ def test_fraud_finding_detail(server, alert_store):
     assert any(t["alert_id"] == tx["finding_info"]["uid"] for t in d["context"]["timeline"])
 
 
+def test_incident_keyed_by_destination_follows_the_destination(server, alert_store):
+    inc = next(a for a in alert_store.found["flows"] if a["unmapped"].get("group_by") == "dst")
+    d = json.loads(_req(server.url + f"api/alert?id={inc['finding_info']['uid']}")[2])
+    assert d["summary"]["entity"] == "10.0.0.100"
+    t = {x["window_start"]: x for x in d["context"]["timeline"]}[inc["unmapped"]["window"]["start"]]
+    assert t["records"] == 4 + 5 + 6 + 7 + 8 and t["alert_id"] == inc["finding_info"]["uid"]  # every record to it
+
+
 def test_tls(alert_store, tmp_path):
     import shutil
     import ssl
