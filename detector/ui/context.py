@@ -218,9 +218,9 @@ def from_archive(archive: Path, finding: dict, alert_id: str, others: list[dict]
         if k not in by_start or o["id"] == alert_id:
             by_start[k] = o
     for t in timeline:
-        o = by_start.get(round(t["window_start"], 3))
-        if o:
-            t.update(alert_id=o["id"], technique=o["technique"], severity_id=o["severity_id"])
+        hit = by_start.get(round(t["window_start"], 3))
+        if hit:
+            t.update(alert_id=hit["id"], technique=hit["technique"], severity_id=hit["severity_id"])
     return {"source": "archive", "flows": flows[:MAX_FLOWS], "flows_total": len(flows),
             "graph": _graph(edges, hosts), "timeline": timeline}
 
