@@ -143,8 +143,34 @@ def from_finding(finding: dict, others: list[dict]) -> dict:
     timeline = [{"window_start": o["window_start"], "window_end": o["window_end"], "records": None,
                  "flagged": o["count"], "max_score": _clean(o["score"]), "alert_id": o["id"],
                  "technique": o["technique"], "severity_id": o["severity_id"]} for o in others]
+    timeline = _with_window_counts(timeline, finding)
     return {"source": "findings", "flows": flows[:MAX_FLOWS], "flows_total": _int(u.get("count"), len(flows)),
             "graph": _graph(edges, {src} | ({dst} if dst else set())), "timeline": timeline}
+
+
+def _with_window_counts(timeline: list[dict], finding: dict) -> list[dict]:
+    """An ongoing finding's own per-window record counts (``unmapped.window_counts``) in the timeline."""
+    u = obj(finding.get("unmapped"))
+    counts = u.get("window_counts")
+    ws, we = dig(u, "window", "start"), dig(u, "window", "end")
+    if not isinstance(counts, dict) or not isinstance(ws, (int, float)) or not isinstance(we, (int, float)):
+        return timeline
+    span = float(we) - float(ws)
+    by_start = {round(float(t["window_start"]), 3): t for t in timeline if isinstance(t.get("window_start"), (int, float))}
+    aid = _str(dig(finding, "finding_info", "uid"))
+    for k, c in counts.items():
+        try:
+            start = float(k)
+        except (TypeError, ValueError):
+            continue
+        t = by_start.get(round(start, 3))
+        if t is None:
+            t = by_start[round(start, 3)] = {"window_start": start, "window_end": start + span, "records": None,
+                                             "flagged": None, "max_score": None, "alert_id": aid,
+                                             "technique": _str(u.get("technique")), "severity_id": None}
+        if t.get("alert_id") == aid:
+            t["flagged"] = _int(c, 0)
+    return sorted(by_start.values(), key=lambda t: t["window_start"])
 
 
 def from_archive(archive: Path, finding: dict, alert_id: str, others: list[dict], by_dst: bool = False) -> dict:

@@ -121,4 +121,7 @@ def summary(row: dict) -> dict:
         "windows": _num(row.get("windows")) if _num(row.get("windows")) is not None else _num(u.get("windows")),
         "distinct_destinations": _num(u.get("distinct_destinations", u.get("destinations"))),
         "group_by": _str(row.get("group_by")) or _str(u.get("group_by")),
+        "direction": _str(u.get("direction")),
+        "services": _num(u.get("services")),
+        "activity": _str(f.get("activity_name")),
     }

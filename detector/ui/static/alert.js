@@ -37,6 +37,9 @@
     if (s.distinct_sources !== null) pairs.push(["distinct sources", num(s.distinct_sources)]);
     if (s.distinct_destinations !== null) pairs.push(["distinct destinations", num(s.distinct_destinations)]);
     if (s.windows !== null) pairs.push(["windows seen in", num(s.windows)]);
+    if (s.services !== null) pairs.push(["distinct services", num(s.services)]);
+    if (s.direction) pairs.push(["direction", s.direction]);
+    if (s.activity) pairs.push(["last activity", s.activity]);
     if (s.group_by) pairs.push(["grouped by", s.group_by === "dst" ? "destination (incident)" : s.group_by]);
     const pivots = el("div", {cls: "actions"},
       link("#flows", "related flows"), " · ",
@@ -126,7 +129,9 @@
 
   function spark(timeline) {
     const w = 600, h = 80, n = timeline.length;
-    const max = Math.max(1e-9, ...timeline.map((t) => t.max_score || 0));
+    // the highest score per window; the flagged records where no window has a score (no archive)
+    const val = timeline.some((t) => t.max_score != null) ? ((t) => t.max_score || 0) : ((t) => t.flagged || 0);
+    const max = Math.max(1e-9, ...timeline.map(val));
     const NS = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(NS, "svg");
     svg.setAttribute("viewBox", `0 0 ${w} ${h}`); svg.setAttribute("width", w); svg.setAttribute("height", h);
@@ -134,12 +139,12 @@
     const bw = n ? w / n : w;
     timeline.forEach((t, i) => {
       const r = document.createElementNS(NS, "rect");
-      const bh = Math.max(1, (t.max_score || 0) / max * (h - 4));
+      const bh = Math.max(1, val(t) / max * (h - 4));
       r.setAttribute("x", i * bw + 1); r.setAttribute("width", Math.max(1, bw - 2));
       r.setAttribute("y", h - bh); r.setAttribute("height", bh);
       if (t.alert_id) r.setAttribute("class", "alerted");
       const title = document.createElementNS(NS, "title");
-      title.textContent = `${time(t.window_start)}: max score ${num(t.max_score, 4)}`;
+      title.textContent = `${time(t.window_start)}: max score ${num(t.max_score, 4)}, flagged ${num(t.flagged)}`;
       r.append(title); svg.append(r);
     });
     return svg;

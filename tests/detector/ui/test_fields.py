@@ -43,3 +43,15 @@ def test_enriched_finding_explanation():
     assert why["severity_points"] == {"impact": 1, "records": 2}
     s = summary({"id": "x", "finding": json.dumps(f), "technique": "T1046"})
     assert s["techniques"] == [{"id": "T1046", "name": "Network Service Discovery", "tactics": ["Discovery"]}]
+
+
+def test_ongoing_finding_window_counts_fill_the_timeline():
+    f = {"finding_info": {"uid": "inc1"}, "src_endpoint": {"ip": "a"}, "dst_endpoint": {"ip": "b"},
+         "unmapped": {"technique": "T1498", "window": {"start": 600.0, "end": 900.0},
+                      "window_counts": {"0.000000": 4, "300.000000": 9, "600.000000": 2, "bad": 1}}}
+    others = [{"id": "inc1", "window_start": 600.0, "window_end": 900.0, "technique": "T1498", "severity_id": 4,
+               "score": 3.0, "count": 15}]
+    t = from_finding(f, others)["timeline"]
+    assert [(x["window_start"], x["flagged"], x["alert_id"]) for x in t] == [(0.0, 4, "inc1"), (300.0, 9, "inc1"),
+                                                                             (600.0, 2, "inc1")]
+    assert t[2]["max_score"] == 3.0
