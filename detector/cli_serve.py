@@ -87,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         root = logging.getLogger()  # the config's log.format, unless --log-format was given
         configure_logging(root.level if root.level != logging.NOTSET else logging.WARNING, cfg["log"]["format"])
     _daemon_log_level()
-    ui = __import__("detector.ui.cli").ui.cli.start_beside_daemon(cfg, args.ui) if args.ui else None
+    ui = __import__("detector.ui.cli").ui.cli.start_beside_daemon(cfg, args.ui)  # None without --ui
     try:
         summary = run_daemon(cfg)
     finally:

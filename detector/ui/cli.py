@@ -97,13 +97,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_beside_daemon(cfg: dict, bind: str):
+def start_beside_daemon(cfg: dict, bind: str | None):
     """``graphsentry serve --ui HOST:PORT``: the page on the daemon's SQLite alert store (and its archive
     when the config's ``archive`` section is enabled), on a thread.
 
-    Returns the started :class:`~detector.ui.server.UIServer` (call ``stop()``)."""
+    Returns the started :class:`~detector.ui.server.UIServer` (call ``stop()``), or None without ``bind``."""
     from detector.ui.server import UIServer
 
+    if not bind:
+        return None
     sinks = [s for s in (cfg.get("alerts") or {}).get("sinks") or [] if (s or {}).get("type") == "sqlite"]
     if not sinks:
         raise ValueError("--ui needs a sqlite alert sink in the config (alerts.sinks: [{type: sqlite, path: ...}])")
