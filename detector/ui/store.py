@@ -20,6 +20,7 @@ from typing import Any
 from detector.ui.fields import summary
 
 MAX_PAGE = 200
+SORT_IN_MEMORY = 5000  # matches up to which a page is sorted from the filter's index rather than the sort's
 # The destination of a store without a dst_ip column: an expression SQLite can index (ensure_indexes).
 DST_JSON = "COALESCE(json_extract(finding, '$.dst_endpoint.ip'), json_extract(finding, '$.dst_endpoint.uid'))"
 STATUS = "COALESCE(s.status, 'new')"
@@ -193,9 +194,9 @@ class AlertQueue:
         frm = " FROM alerts a" + (" LEFT JOIN t.triage s ON s.alert_id = a.id" if needs else "")
         db = self._db()
         total = db.execute("SELECT COUNT(*)" + frm + where, args).fetchone()[0]
-        # A selective filter (one host, one technique, one value) finds few rows through its own index: the
-        # unary + keeps SQLite from walking the sort column's index over the whole store instead.
-        selective = bool(q.host or q.technique or any(n in ("src", "dst", "technique", "id") for n, _ in q.include))
+        # Few matches: fetch them through the filter's own index and sort them (the unary + keeps SQLite from
+        # walking the sort column's index over the whole store); many: walking that index finds a page quickly.
+        selective = bool(where) and total <= SORT_IN_MEMORY
         order = (f" ORDER BY {'+' if selective else ''}{self.sorts[q.sort]} {'DESC' if q.desc else 'ASC'}, "
                  f"a.id {'DESC' if q.desc else 'ASC'}")
         sql = (f"SELECT {_COLS}" + "".join(f", a.{c}" for c in self.extra_cols)
