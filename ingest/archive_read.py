@@ -81,16 +81,18 @@ class ArchiveScan:
             missing = [c for c in cols if c not in schema.names]
             if missing:
                 raise ValueError(f"columns {missing} are not in the archive; it has {schema.names}")
-        dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet",
-                             partitioning=PARTITIONING, partition_base_dir=str(self.root))
-        frags = {os.path.normpath(fr.path): fr for fr in dataset.get_fragments()}
         flt = self._filter()
         for f in files:  # partition order, then write order (file names start with the write time)
-            frag = frags[os.path.normpath(str(f))]
+            # one small dataset per file, dropped after it: a fragment keeps its file's footer once read, and one
+            # dataset over every file would hold thousands of footers (memory growing with the archive)
+            dataset = ds.dataset([str(f)], schema=schema, format="parquet", partitioning=PARTITIONING,
+                                 partition_base_dir=str(self.root))
+            frag = next(iter(dataset.get_fragments()))
             for b in frag.to_batches(schema=dataset.schema, columns=cols, filter=flt, batch_size=self.batch_size):
                 if b.num_rows:
                     self.rows += b.num_rows
                     yield b
+            del dataset, frag
 
 
 def read_archive(root: str | os.PathLike, since: Any = None, until: Any = None,
