@@ -122,3 +122,14 @@ def test_store_rows_never_change(alert_store, tmp_path):
     assert _rows(alert_store.db) == before
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         q._db().execute("DELETE FROM alerts")
+
+
+@pytest.mark.parametrize("in_memory", [0, 10_000])
+def test_both_sort_plans_give_the_same_page(queue, monkeypatch, in_memory):
+    import detector.ui.store as store
+
+    expect = sorted((a for a in queue.page(_q(limit=200))["items"] if a["src"] != "4711"),
+                    key=lambda a: (a["score"], a["id"]), reverse=True)
+    monkeypatch.setattr(store, "SORT_IN_MEMORY", in_memory)
+    got = queue.page(_q(sort="score", limit=5, f=["-src:4711"]))["items"]
+    assert [a["id"] for a in got] == [a["id"] for a in expect[:5]]
