@@ -93,10 +93,12 @@ class AlertApp:
     def alerts(self, params: dict[str, list[str]]) -> dict:
         q = Query.from_params(params)
         out = self.queue.groups(q) if q.group else self.queue.page(q)
-        if not q.group:
-            for item in out["items"]:
-                for t in item["techniques"]:
-                    t.setdefault("name", self.catalog.name(t["id"]))
+        for item in out["items"]:
+            for t in item.get("techniques", []):
+                t.setdefault("name", self.catalog.name(t["id"]))
+            tid = item.get("key", {}).get("technique")
+            if tid and tid != "none":
+                item["technique_name"] = self.catalog.name(tid)
         return out
 
     def alert(self, alert_id: str) -> dict | None:

@@ -109,7 +109,7 @@
         el("td", {cls: "num", text: num(a.score, 3)}),
         el("td", {}, pivot("model", a.model_version)),
         el("td", {}, pivot("status", a.status, el("span", {cls: "status", text: a.status + (a.verdict ? ` (${a.verdict})` : "")}))),
-        el("td", {}, el("a", {href: `/alert?id=${encodeURIComponent(a.id)}`, cls: "open", text: "open"})));
+        el("td", {}, el("a", {href: `/alert?id=${encodeURIComponent(a.id)}`, cls: "open", title: a.title, text: "open"})));
     });
     results.replaceChildren(el("table", {id: "alerts"}, el("thead", {}, head), el("tbody", {}, ...body)));
   }
@@ -119,7 +119,8 @@
     const head = el("tr", {}, ...[...names, "alerts", "open", "flows", "first seen", "last seen", "top severity", ""]
       .map((h) => el("th", {text: h})));
     const body = data.items.map((g) => el("tr", {},
-      ...names.map((k) => el("td", {text: g.key[k] === null ? "—" : g.key[k]})),
+      ...names.map((k) => el("td", {text: g.key[k] === null ? "—" :
+        (k === "technique" && g.technique_name ? `${g.key[k]} ${g.technique_name}` : g.key[k])})),
       el("td", {cls: "num", text: num(g.alerts)}), el("td", {cls: "num", text: num(g.open)}),
       el("td", {cls: "num", text: num(g.flows)}), el("td", {text: time(g.first_seen)}), el("td", {text: time(g.last_seen)}),
       el("td", {}, sevBadge(g.severity_id)),
