@@ -215,6 +215,8 @@ def from_archive(archive: Path, finding: dict, alert_id: str, others: list[dict]
                     bk = buckets[k]
                     bk["records"] += 1
                     bk["flagged"] += 1 if r.get("alert") else 0
+                    if r.get("alert_id") == alert_id:  # an ongoing finding spans windows under one id
+                        bk["alert_id"] = alert_id
                     if sc is not None and (bk["max_score"] is None or sc > bk["max_score"]):
                         bk["max_score"] = sc
                 if not float(ws) <= t < float(we):
@@ -245,7 +247,9 @@ def from_archive(archive: Path, finding: dict, alert_id: str, others: list[dict]
             by_start[k] = o
     for t in timeline:
         hit = by_start.get(round(t["window_start"], 3))
-        if hit:
+        if t.get("alert_id") == alert_id:
+            t.setdefault("technique", _str(dig(finding, "unmapped", "technique")))
+        elif hit:
             t.update(alert_id=hit["id"], technique=hit["technique"], severity_id=hit["severity_id"])
     return {"source": "archive", "flows": flows[:MAX_FLOWS], "flows_total": len(flows),
             "graph": _graph(edges, hosts), "timeline": timeline}

@@ -128,6 +128,7 @@ class AlertQueue:
             raise ValueError(f"{self.alerts} has no alerts table of the graphsentry sqlite sink")
         # The enriched store may carry dst_ip; otherwise the destination comes from the finding JSON.
         self.dst_expr = "a.dst_ip" if "dst_ip" in cols else DST_JSON.replace("finding", "a.finding")
+        self.seen_cols = {"first_seen", "last_seen"} <= cols
         self.sorts = {**SORTS, **({"last_seen": "a.last_seen"} if "last_seen" in cols else {})}
         self.extra_cols = [c for c in ("dst_ip", "first_seen", "last_seen", "windows", "sources", "group_by")
                            if c in cols]
@@ -157,10 +158,11 @@ class AlertQueue:
             w.append(sql)
             args.extend(values)
 
+        # time range: the activity overlaps it (first/last seen of a finding that spans windows, else its window)
         if q.since is not None:
-            add("a.window_end > ?", q.since)
+            add("a.last_seen >= ?" if self.seen_cols else "a.window_end > ?", q.since)
         if q.until is not None:
-            add("a.window_start < ?", q.until)
+            add("a.first_seen < ?" if self.seen_cols else "a.window_start < ?", q.until)
         if q.severity_min is not None:
             add("a.severity_id >= ?", q.severity_min)
         if q.technique:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from detector.alerts.incidents import IncidentTracker
 from detector.alerts.ocsf import build_alerts
 from detector.alerts.sinks import SQLiteAlertStore
 from ingest.schema import FLOW_SCHEMA, TX_SCHEMA, conform
@@ -70,9 +71,11 @@ def tx_window() -> tuple[SimpleNamespace, list[dict]]:
 
 
 def write_store(path: Path, archive: Path | None = None) -> dict[str, list[dict]]:
-    """Write the findings (and the archive); returns the findings by kind."""
+    """Write the findings (and the archive) as the daemon does, consecutive windows of one activity folded
+    into one finding (``IncidentTracker``); returns the findings by kind, the latest version of each."""
     store = SQLiteAlertStore(path)
     found: dict[str, list[dict]] = {"flows": [], "tx": []}
+    tracker = IncidentTracker(gap=300.0)  # windows that follow each other fold
     writer = None
     if archive is not None:
         from ingest.archive import ArchiveWriter
@@ -80,13 +83,13 @@ def write_store(path: Path, archive: Path | None = None) -> dict[str, list[dict]
         writer = ArchiveWriter(archive)
     for window, recs in flow_windows():
         ws = _scores(recs)
-        alerts = build_alerts(window, ws, model_version="model-test", threshold=1.0, now=window.end + 5).alerts
-        store.write(alerts)
-        found["flows"] += alerts
+        wa = tracker.fold(build_alerts(window, ws, model_version="model-test", threshold=1.0, now=window.end + 5))
+        store.write(wa.alerts)
+        found["flows"] = [a for a in found["flows"] if a["finding_info"]["uid"] not in
+                          {b["finding_info"]["uid"] for b in wa.alerts}] + wa.alerts
         if writer is not None:
-            by_row = {r: a["finding_info"]["uid"] for a in alerts for r in a["unmapped"]["rows"]}
             writer.write(window.table, scores=ws.scores, alerts=ws.alerts, model_version="model-test",
-                         alert_ids=[by_row.get(int(r)) for r in ws.rows])
+                         alert_ids=list(wa.finding_of))
     window, recs = tx_window()
     alerts = build_alerts(window, _scores(recs), model_version="fraud-test", threshold=1.0, now=window.end).alerts
     store.write(alerts)

@@ -67,9 +67,9 @@ def test_queue_filter_open_graph_triage_reload(page, alert_store):
     pg.fill("input[name=technique]", "T1046")
     pg.click("#apply")
     pg.wait_for_url("**technique=T1046**")
-    pg.wait_for_function("() => document.querySelectorAll('#alerts tbody tr').length > 0")
-    ids = _queue_rows(pg)
     expect = {a["finding_info"]["uid"] for a in alert_store.found["flows"] if a["unmapped"]["technique"] == "T1046"}
+    pg.wait_for_function(f"() => document.querySelector('#count').textContent.endsWith(' of {len(expect)}')")
+    ids = _queue_rows(pg)
     assert set(ids) == expect
     assert "Network Service Discovery" in pg.locator("#alerts tbody tr").first.inner_text()
 

@@ -150,6 +150,9 @@ def test_incident_keyed_by_destination_follows_the_destination(server, alert_sto
     assert d["summary"]["entity"] == "10.0.0.100"
     t = {x["window_start"]: x for x in d["context"]["timeline"]}[inc["unmapped"]["window"]["start"]]
     assert t["records"] == 4 + 5 + 6 + 7 + 8 and t["alert_id"] == inc["finding_info"]["uid"]  # every record to it
+    # an ongoing finding: every window it spans is marked as its own
+    mine = [x for x in d["context"]["timeline"] if x["alert_id"] == inc["finding_info"]["uid"]]
+    assert len(mine) == inc["unmapped"]["windows"] > 1
 
 
 def test_tls(alert_store, tmp_path):
