@@ -10,6 +10,7 @@ fixed tables (:data:`FIELDS`, :data:`SORTS`), never pasted.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from detector.ui.fields import summary
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE = 200
 SORT_IN_MEMORY = 5000  # matches up to which a page is sorted from the filter's index rather than the sort's
@@ -120,6 +123,8 @@ class AlertQueue:
     def __init__(self, alerts: Path, triage: Path) -> None:
         self.alerts, self.triage = Path(alerts), Path(triage)
         self.indexed = ensure_indexes(self.alerts)
+        if not self.indexed:
+            log.warning("%s is read-only: the queue's indexes were not added, a large store pages slower", self.alerts)
         self._local = threading.local()
         self._stamp_db = self._connect()
         self._stamp_lock = threading.Lock()
