@@ -275,6 +275,7 @@ def _run(opts: RetrainOptions, cfg: RetrainConfig, reg, champion_v: str, work: P
         max_train=cfg.max_train_records, max_holdout=cfg.max_holdout_records,
         block_s=parse_duration(cfg.sample_block), now=opts.now, say=say)
     train_t, sel = training_selection(early)
+    train_from, train_to = _span(train_t.filter(pc.fill_null(pc.not_equal(train_t.column("label"), 1), True)))
     say(f"split at {_iso(plan.cut)}: {early.num_rows} earlier records read ({sel['kept']} kept for training: "
         f"{sel['excluded_alerted_by_champion']} alerted, {sel['excluded_malicious']} malicious left out), "
         f"{later.num_rows} held-out records read")
@@ -317,7 +318,6 @@ def _run(opts: RetrainOptions, cfg: RetrainConfig, reg, champion_v: str, work: P
     b = ModelEval("challenger", challenger.threshold, ev_chall, rps["challenger"], challenger.calibration.target_fpr)
     result = gate(a, b, cfg.gate)
     say(f"gate: {result.decision}" + (f" ({'; '.join(result.reasons)})" if result.reasons else ""))
-    train_from, train_to = _span(early.filter(pc.fill_null(pc.not_equal(early.column("label"), 1), True)))
     holdout_from, holdout_to = _span(later)
     summary.update({
         "status": "done", "decision": result.decision, "gate_passed": result.passed, "reasons": result.reasons,
