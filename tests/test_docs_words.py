@@ -163,3 +163,9 @@ def test_python_imports_in_the_docs_exist():
                     continue
                 missing += [f"{doc.name}: {mod}.{n.strip()}" for n in names.split(",") if not hasattr(m, n.strip())]
     assert not missing, missing
+
+
+def test_every_docs_page_is_in_the_index():
+    index = (REPO / "docs" / "README.md").read_text()
+    missing = [p.name for p in DOCS[1:] if p.name != "README.md" and f"]({p.name})" not in index]
+    assert not missing, f"docs/README.md does not list {missing}"
