@@ -33,6 +33,6 @@ def render(reports: Reports) -> list[str]:
         ["pretraining epoch, bundled samples", f"{one.get('epoch_seconds_median', 0):.1f} s (1 process), "
          f"{two.get('epoch_seconds_median', 0):.1f} s (2 ranks)", "[benchmarks](docs/benchmarks.md)"],
         ["fraud, average precision", f"{f3(fr['ours']['average_precision']['mean'])} (ours) vs "
-         f"{f3(fr[base]['average_precision']['mean'])} ({base.replace('_', ' ')})", "[fraud](docs/fraud.md)"],
+         f"{f3(fr[base]['average_precision']['mean'])} (best other model, `{base}`)", "[fraud](docs/fraud.md)"],
     ]
     return table(["area", "measured", "details"], rows)
