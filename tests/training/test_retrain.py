@@ -274,6 +274,31 @@ def test_a_large_archive_is_read_as_whole_blocks_spread_over_time(archives):
     assert plan.hours("holdout") < full_plan.hours("holdout")
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_block_choice_never_passes_the_cap_and_spreads_over_time(seed):
+    from training.retrain_data import choose_blocks
+
+    counts = np.random.default_rng(seed).integers(50, 500, 400)          # 400 hours of uneven traffic
+    for cap in (1000, 10_000, 50_000, int(counts.sum())):
+        keep = choose_blocks(np.arange(400), counts, cap)
+        kept = int(counts[keep].sum())
+        assert kept <= cap and kept >= min(cap, counts.sum()) - counts.max()   # full up to one block
+        if 10_000 <= cap < counts.sum():  # even in time: each quarter of the records gets about a quarter
+            quarter = np.minimum((np.cumsum(counts) - counts / 2) * 4 // counts.sum(), 3).astype(int)
+            per_quarter = np.bincount(quarter[keep], weights=counts[keep], minlength=4)
+            assert (np.abs(per_quarter - kept / 4) <= 0.1 * kept / 4 + counts.max()).all(), per_quarter
+    assert choose_blocks(np.arange(3), np.array([10, 10, 10]), 5).sum() == 0   # every block above the cap
+
+
+def test_a_range_of_one_window_cannot_be_split():
+    from training.retrain_data import plan_sample
+
+    with pytest.raises(ValueError, match="at least two windows"):
+        plan_sample(np.array([7]), np.array([500]), 600.0, 0.2, 1000, 1000, 3600.0)
+    with pytest.raises(ValueError, match="raise max_train_records or shorten sample_block"):
+        plan_sample(np.arange(12), np.full(12, 100), 600.0, 0.2, 50, 10_000, 3600.0)
+
+
 # -- failures never touch the champion -----------------------------------------------------------------
 
 
