@@ -417,9 +417,11 @@ class KafkaSource:
             if mono >= next_lag and not self._stop_reading.is_set() and broker_ok:
                 # every 5 s once partitions are assigned; until then retry soon
                 next_lag = mono + (5.0 if self._update_lag() else 0.5)
-        # Final commit of everything durable, in this thread (the consumer is not thread-safe).
+        # Final commit of everything durable, in this thread (the consumer is not thread-safe), and a
+        # last reading of the lag so a short run still reports it.
         if self._broker_down_since is None:
             self._commit()
+            self._update_lag()
         else:
             log.warning("Kafka at %s unreachable at shutdown: offsets not committed; a restart re-reads "
                         "from the last commit", self.cfg["bootstrap"])
