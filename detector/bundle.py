@@ -146,7 +146,7 @@ class ModelBundle:
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ModelBundle":
+    def load(cls, directory: str | Path) -> ModelBundle:
         """The bundle saved in ``directory``, checked against its manifest before anything is read and
         checked to score (the detector answers a probe of the model's output width). FileNotFoundError
         without config.json; :class:`~detector.model_files.ModelDirError` naming the file that is wrong."""

@@ -25,7 +25,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add subcommands: score."""
     p = subparsers.add_parser(
         "score", help="score flow/transaction files with a trained model (one output row per input record)",
@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from detector.bundle import load_bundle, model_kind
-    from ingest.cli_ingest import require_parent
     from detector.scoring import score_batches
+    from ingest.cli_ingest import require_parent
     from ingest.readers import open_inputs
     from ingest.schema import FLOW_SCHEMA, TX_SCHEMA
 

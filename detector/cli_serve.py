@@ -10,7 +10,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add subcommands: serve, replay."""
     p = subparsers.add_parser(
         "serve", help="run the live detection daemon (Kafka or files -> windows -> model -> alerts)",
@@ -101,8 +101,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ingest.kafka_io import (client_options, describe_error, ensure_topics, kafka_errors, make_producer,
-                                 parse_speed, probe, replay)
+    from ingest.kafka_io import (
+        client_options,
+        describe_error,
+        ensure_topics,
+        kafka_errors,
+        make_producer,
+        parse_speed,
+        probe,
+        replay,
+    )
     from ingest.tail import read_files
 
     speed = parse_speed(args.speed)

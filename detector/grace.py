@@ -131,7 +131,7 @@ class GraceCalibrator:
         self.reset()
 
     # -- public state -------------------------------------------------------------------------
-    def reset(self) -> "GraceCalibrator":
+    def reset(self) -> GraceCalibrator:
         """Start a new grace period (the trained threshold applies until it ends)."""
         self.threshold_ = self.trained_threshold
         self.in_grace_ = True
@@ -166,7 +166,7 @@ class GraceCalibrator:
         return s > self.threshold_
 
     # -- streaming ----------------------------------------------------------------------------
-    def update(self, scores, entities=None, ts=None) -> "GraceCalibrator":
+    def update(self, scores, entities=None, ts=None) -> GraceCalibrator:
         """Feed scored records in arrival order (``ts``: event time, epoch seconds; needed for
         ``grace_seconds`` and for the drift rate). Alerts for these records should have been decided with
         ``threshold_`` *before* this call. Non-finite scores are ignored."""
@@ -238,7 +238,7 @@ class GraceCalibrator:
             self.update(ss[end:], None if e is None else e[end:], None if tt is None else tt[end:])
         return out
 
-    def finish_grace(self) -> "GraceCalibrator":
+    def finish_grace(self) -> GraceCalibrator:
         """End the grace period now with what was seen (e.g. a finite input shorter than the grace)."""
         if self.in_grace_ and self.grace_seen_:
             self._finish_grace()
@@ -375,7 +375,7 @@ class GraceCalibrator:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> "GraceCalibrator":
+    def from_state(cls, state: dict) -> GraceCalibrator:
         if not isinstance(state, dict) or state.get("version") != 1:
             raise ValueError("not a GraceCalibrator state (version 1)")
         obj = cls(**state["params"])

@@ -50,7 +50,8 @@ def _row_kmean(row, qi, k, skip, best):  # pragma: no cover - compiled by numba
             filled += 1
         j += 1
     worst = best[k - 1] if filled == k else np.inf
-    for j in range(j, m):  # the hot loop: one comparison per column, rarely taken
+    start = j
+    for j in range(start, m):  # the hot loop: one comparison per column, rarely taken
         v = row[j]
         if v < worst and j != skip:
             _insert(best, k - 1, v)

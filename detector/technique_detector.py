@@ -112,7 +112,7 @@ class TechniqueDetector:
                 f"min_activation={self.min_activation})")
 
     # ---------------------------------------------------------------- fitting
-    def fit(self, A, columns=None, calibration=None) -> "TechniqueDetector":
+    def fit(self, A, columns=None, calibration=None) -> TechniqueDetector:
         """Fit the per-technique bounds on benign activations ``A``; ``columns``: a name per column
         (``source:technique``, e.g. ``knowledge:T1071``; default ``c0, c1, ...``). ``calibration``:
         held-back benign activations for :meth:`calibrate` (default: ``A`` itself, in-sample)."""
@@ -131,7 +131,7 @@ class TechniqueDetector:
         self.calibrate(A if calibration is None else calibration)
         return self
 
-    def calibrate(self, A) -> "TechniqueDetector":
+    def calibrate(self, A) -> TechniqueDetector:
         """Per-technique margins ``column_threshold_`` from held-back benign activations (see the module
         docstring); ``threshold_`` is 0."""
         from detector.calibration import calibrate_threshold
@@ -155,7 +155,7 @@ class TechniqueDetector:
         self.calibration_fpr_ = float((s > self.threshold_).mean()) if n else float("nan")
         return self
 
-    def fit_lift(self, benign_scores, threshold: float) -> "TechniqueDetector":
+    def fit_lift(self, benign_scores, threshold: float) -> TechniqueDetector:
         """``lift_gap_``: the embedding score's benign spread below ``threshold`` (threshold minus the benign
         median), the unit of the lift in :func:`fuse`; positive whatever the scores."""
         s = np.asarray(benign_scores, dtype=np.float64)
@@ -239,7 +239,7 @@ class TechniqueDetector:
                         "column_threshold": self.column_threshold_.copy()}
 
     @classmethod
-    def from_state(cls, params: dict, arrays: dict) -> "TechniqueDetector":
+    def from_state(cls, params: dict, arrays: dict) -> TechniqueDetector:
         """The detector of :meth:`state`; ValueError when the parts do not describe one."""
         try:
             det = cls(params["target_fpr"], params["share"], params["quantile"], params["min_activation"])
@@ -271,7 +271,7 @@ class TechniqueDetector:
                 "arrays": {k: v.tolist() for k, v in arrays.items()}}
 
     @classmethod
-    def from_json(cls, obj) -> "TechniqueDetector":
+    def from_json(cls, obj) -> TechniqueDetector:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("class") != cls.__name__:
             raise ValueError(f"not a technique.json of format {FORMAT}")
         return cls.from_state(obj.get("params") or {}, obj.get("arrays") or {})

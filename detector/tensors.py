@@ -62,7 +62,7 @@ class FactoredRows:
     def __len__(self) -> int:
         return self.n_rows
 
-    def rows(self, lo: int, hi: int) -> "FactoredRows":
+    def rows(self, lo: int, hi: int) -> FactoredRows:
         """Rows ``lo:hi`` (views of the blocks)."""
         return FactoredRows([(a[lo:hi], None) if i is None else (a, i[lo:hi]) for a, i in self.blocks])
 

@@ -53,10 +53,11 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -64,8 +65,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ingest.archive_compact import finish_compactions, replaced_files
-from ingest.archive_layout import (EXTRA_FIELDS, HOUR_US, META_KEY, PARTITIONING, POSITION_COLUMNS, archive_schema,
-                                   check_file, fsync_dir, parse_time, part_dirs, part_start)
+from ingest.archive_layout import (
+    EXTRA_FIELDS,
+    HOUR_US,
+    META_KEY,
+    PARTITIONING,
+    POSITION_COLUMNS,
+    archive_schema,
+    check_file,
+    fsync_dir,
+    parse_time,
+    part_dirs,
+    part_start,
+)
 from ingest.archive_read import ArchiveScan, read_archive
 from ingest.schema import FLOW_SCHEMA, TX_SCHEMA, conform, is_transactions
 from ingest.windows import parse_duration
@@ -195,7 +207,7 @@ class ArchiveWriter:
         return (f"ArchiveWriter({str(self.root)!r}, max_bytes={self.max_bytes!r}, max_age={self.max_age!r}, "
                 f"rows_per_file={self.rows_per_file!r})")
 
-    def __enter__(self) -> "ArchiveWriter":
+    def __enter__(self) -> ArchiveWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -27,7 +27,7 @@ def _epilog() -> str:
     return "\n".join(lines)
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add subcommands: ingest."""
     p = subparsers.add_parser(
         "ingest",

@@ -57,7 +57,7 @@ def _positive_duration(text: str) -> float:
     return v
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add subcommands: windows."""
     p = subparsers.add_parser(
         "windows",

@@ -99,7 +99,7 @@ class DeadLetter:
                 self._fh.close()
                 self._fh = None
 
-    def __enter__(self) -> "DeadLetter":
+    def __enter__(self) -> DeadLetter:
         return self
 
     def __exit__(self, *exc: object) -> None:

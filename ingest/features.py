@@ -27,8 +27,8 @@ Features (names in :attr:`FlowPreprocessor.feature_names`):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -159,7 +159,7 @@ class FlowPreprocessor:
         return cont, np.column_stack(miss + [np.clip(ent / 8.0, 0.0, 1.0)])
 
     # -- API -------------------------------------------------------------------
-    def fit(self, data: pa.Table | pa.RecordBatch | Iterable[pa.Table | pa.RecordBatch]) -> "FlowPreprocessor":
+    def fit(self, data: pa.Table | pa.RecordBatch | Iterable[pa.Table | pa.RecordBatch]) -> FlowPreprocessor:
         """Fit on training flows (one table/batch or an iterable of them, streamed once)."""
         parts = [data] if isinstance(data, (pa.Table, pa.RecordBatch)) else data
         s = np.zeros(len(COUNT_COLUMNS) + len(DERIVED))
@@ -272,7 +272,7 @@ class FlowPreprocessor:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FlowPreprocessor":
+    def from_dict(cls, d: dict) -> FlowPreprocessor:
         if d.get("kind") != "FlowPreprocessor" or d.get("version") != FORMAT_VERSION:
             raise ValueError(
                 f"not a FlowPreprocessor v{FORMAT_VERSION} artifact (kind={d.get('kind')!r}, version={d.get('version')!r})"
@@ -292,7 +292,7 @@ class FlowPreprocessor:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "FlowPreprocessor":
+    def load(cls, path: str | Path) -> FlowPreprocessor:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def __repr__(self) -> str:

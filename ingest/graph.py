@@ -33,8 +33,8 @@ import gc
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -148,7 +148,7 @@ class NodeIdMap:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NodeIdMap":
+    def from_dict(cls, d: dict) -> NodeIdMap:
         m = cls(int(d["capacity"]))
         for slot, (k, g) in enumerate(zip(d["keys"], d["gids"])):
             m._map[k] = (int(g), slot)
@@ -161,7 +161,7 @@ class NodeIdMap:
         Path(path).write_text(json.dumps(self.to_dict()))
 
     @classmethod
-    def load(cls, path: str | Path) -> "NodeIdMap":
+    def load(cls, path: str | Path) -> NodeIdMap:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 

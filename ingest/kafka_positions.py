@@ -22,7 +22,8 @@ Used by :class:`ingest.kafka_io.KafkaSource` (every :class:`~ingest.kafka_io.Sou
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

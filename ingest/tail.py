@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from knowledge.extract import Link
-from knowledge.predicates import PREDICATES, PREDICATE_NAMES, VOCAB_VERSION
+from knowledge.predicates import PREDICATE_NAMES, PREDICATES, VOCAB_VERSION
 
 ARTIFACT_VERSION = "1"
 # A link weaker than this does not enter the feature weights (it stays in links.parquet).

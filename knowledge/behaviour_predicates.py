@@ -14,7 +14,7 @@ never fitted on labels.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pyarrow as pa

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import networkx as nx
 
-from knowledge.turtle import literal, parse as parse_turtle
+from knowledge.turtle import literal
+from knowledge.turtle import parse as parse_turtle
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "knowledge"
 FILES = {"attack": "enterprise-attack.json", "capec": "capec.json", "cwe": "cwec_v4.14.xml",

@@ -31,7 +31,7 @@ from ingest.archive_layout import parse_size
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``archive``."""
     p = subparsers.add_parser(
         "archive", help="archive canonical records (Parquet, date/hour partitions) for retraining",
@@ -158,8 +158,8 @@ def archive_files(args: argparse.Namespace) -> dict[str, Any]:
 
 def archive_kafka(args: argparse.Namespace) -> dict[str, Any]:
     from detector.cli_serve import _quiet_kafka_client
-    from ingest.deadletter import DeadLetter
     from ingest.archive import chunk_positions
+    from ingest.deadletter import DeadLetter
     from ingest.kafka_io import KafkaSource, OffsetTracker, client_options, describe_error, kafka_errors, probe
 
     bootstrap = args.from_kafka
@@ -188,7 +188,7 @@ def archive_kafka(args: argparse.Namespace) -> dict[str, Any]:
 
     writer = _writer(args)
     dl = DeadLetter(args.dead_letter)
-    q: "queue.Queue" = queue.Queue(maxsize=64)
+    q: queue.Queue = queue.Queue(maxsize=64)
     tracker = OffsetTracker()
     # every SourceBatch carries each record's offset and index in its message (ingest.kafka_positions)
     src = KafkaSource(cfg, q, tracker, dead_letter=dl, kind=args.kind, fmt=args.fmt, commit_interval=0.5)

@@ -30,8 +30,13 @@ sys.path.insert(0, str(REPO))
 
 from ingest.behaviour import BehaviourState  # noqa: E402
 from ingest.readers import open_inputs  # noqa: E402
-from knowledge.behaviour_predicates import (BEHAVIOUR_PREDICATE_NAMES, TECHNIQUES,  # noqa: E402
-                                            compute_behaviour_predicates, technique_scores, FIRE_THRESHOLD)
+from knowledge.behaviour_predicates import (  # noqa: E402
+    BEHAVIOUR_PREDICATE_NAMES,
+    FIRE_THRESHOLD,
+    TECHNIQUES,
+    compute_behaviour_predicates,
+    technique_scores,
+)
 from knowledge.predicates import compute_predicates_many  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "flows"

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from training.eval_data import DATA, read
 from training.eval_data import renumber as _renumber
@@ -157,8 +156,8 @@ def seeds(root: Path, ours: str = "ours", baseline: str = "iforest_raw") -> str:
            "AUPRC won | F1 won |", "|---|---|---|---|---|---|---|---|"]
     for split, by_seed in sorted(runs.items()):
         ss = sorted(by_seed)
-        get = lambda v, k: [by_seed[s][v][k] for s in ss]  # noqa: E731
-        won = lambda k: sum(a is not None and b is not None and a > b  # noqa: E731
+        get = lambda v, k, by_seed=by_seed, ss=ss: [by_seed[s][v][k] for s in ss]  # noqa: E731
+        won = lambda k, get=get: sum(a is not None and b is not None and a > b  # noqa: E731
                             for a, b in zip(get(ours, k), get(baseline, k)))
         out.append(f"| {split} | {','.join(map(str, ss))} | {fmt(get(ours, 'auprc'))} | {fmt(get(baseline, 'auprc'))} | "
                    f"{fmt(get(ours, 'macro_f1'))} | {fmt(get(baseline, 'macro_f1'))} | {won('auprc')}/{len(ss)} | "

@@ -12,7 +12,6 @@ threshold, data fingerprint, records used, and the share the old threshold flagg
 from __future__ import annotations
 
 import copy
-
 import math
 import time
 from pathlib import Path

@@ -40,13 +40,24 @@ import re
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from detector.model_files import MANIFEST, REGISTRY_ALIASES, ModelDirError, verify_manifest, write_manifest
-from training.registry_meta import (RegistryError, code_version, differences, flatten, installed_knowledge, iso,
-                                    now_text, read_json, sha256, user)
+from training.registry_meta import (
+    RegistryError,
+    code_version,
+    differences,
+    flatten,
+    installed_knowledge,
+    iso,
+    now_text,
+    read_json,
+    sha256,
+    user,
+)
 
 ALIASES = REGISTRY_ALIASES
 METADATA = "registry.json"

@@ -172,7 +172,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="the model registry: list, show, register, promote, roll back, diff",
                               description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
     sub = p.add_subparsers(dest="models_command", metavar="ACTION")

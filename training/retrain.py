@@ -396,7 +396,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("retrain", help="train a challenger on the recent archive, gate it, register/promote it",
                               description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
     p.add_argument("--archive", required=True, metavar="DIR", help="the archive (graphsentry archive / daemon sink)")

@@ -19,9 +19,10 @@ Peak memory follows the caps, not the archive: ``benchmarks/retrain_bench.py`` m
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

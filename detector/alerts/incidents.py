@@ -27,8 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from detector.alerts.ocsf import ACTIVITY_CREATE, ACTIVITY_UPDATE, CLASS_UID, SEVERITIES, SKETCH_K, WindowAlerts, \
-    finding_key, title
+from detector.alerts.ocsf import (
+    ACTIVITY_CREATE,
+    ACTIVITY_UPDATE,
+    CLASS_UID,
+    SEVERITIES,
+    SKETCH_K,
+    WindowAlerts,
+    finding_key,
+    title,
+)
 from detector.alerts.severity import FindingFacts, points, severity
 
 KEEP_WINDOWS = 32

@@ -20,7 +20,7 @@ class AlertStage:
         self.tracker = tracker
 
     @classmethod
-    def from_config(cls, alerts_cfg: dict[str, Any]) -> "AlertStage":
+    def from_config(cls, alerts_cfg: dict[str, Any]) -> AlertStage:
         nets = alerts_cfg.get("internal_networks")
         return cls(Networks(tuple(nets) if nets else DEFAULT_INTERNAL), tracker_from_config(alerts_cfg))
 

@@ -138,6 +138,7 @@ class AlertStage:
             delay = 0.5
             written = False
             failing_since = None
+            last_exc: Exception | None = None
             part = f"alert sink {s.name}"
             while True:
                 try:

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-
 log = logging.getLogger("detector.daemon.pipeline")
 
 

@@ -31,11 +31,21 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 ENV_PREFIX = "GRAPHSENTRY_"
@@ -177,7 +187,7 @@ class KafkaSection(_Section):
         return _check_bootstrap(v)
 
     @model_validator(mode="after")
-    def _heartbeat_below_session(self) -> "KafkaSection":
+    def _heartbeat_below_session(self) -> KafkaSection:
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise PydanticCustomError(
                 "config", "kafka.heartbeat_interval_ms={hb} must be lower than kafka.session_timeout_ms={st}",
@@ -253,7 +263,7 @@ class AlertmanagerSink(_Sink):
 #: every alert sink type, by its ``type`` value (detector/alerts/sinks.py:make_sink builds them)
 SINKS: dict[str, type[_Sink]] = {"sqlite": SQLiteSink, "jsonl": JsonLinesSink, "kafka": KafkaSink,
                                  "alertmanager": AlertmanagerSink}
-Sink = Annotated[Union[SQLiteSink, JsonLinesSink, KafkaSink, AlertmanagerSink], Field(discriminator="type")]
+Sink = Annotated[SQLiteSink | JsonLinesSink | KafkaSink | AlertmanagerSink, Field(discriminator="type")]
 
 
 class AlertsSection(_Section):
@@ -401,7 +411,7 @@ class GraphsentryConfig(BaseModel):
     archive: ArchiveSection = Field(default_factory=ArchiveSection)
 
     @model_validator(mode="after")
-    def _file_source_has_paths(self) -> "GraphsentryConfig":
+    def _file_source_has_paths(self) -> GraphsentryConfig:
         if self.source.type == "file" and not self.source.paths:
             raise PydanticCustomError(
                 "config", "source.paths is empty: give files or directories to read (or source.type: kafka)")

@@ -7,9 +7,10 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from detector.metrics import Metrics
 
@@ -128,7 +129,7 @@ class ModelWatcher:
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, name="model-watch", daemon=True)
 
-    def start(self) -> "ModelWatcher":
+    def start(self) -> ModelWatcher:
         self._t.start()
         return self
 

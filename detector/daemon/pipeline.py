@@ -44,30 +44,31 @@ import queue
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from detector.alerts.sinks import AlertSink
-from detector.metrics import Metrics, MetricsServer
-from detector.daemon.summary import DaemonSummary  # noqa: F401
-from detector.daemon.models import (  # noqa: F401
-    resolve_model_dir,
-    registry_alias,
-    model_fingerprint,
-    LoadedModel,
-    default_loader,
-    plugin_loader,
-    scorer_model,
-    ModelWatcher,
-)
-from detector.daemon.ledger import RowLedger, PartitionMerger, DoneFrontier, GatedOffsets  # noqa: F401
-from detector.daemon.behaviour import BehaviourCheckpoints, BehaviourStage  # noqa: F401
-from detector.daemon.calibration_stage import CalibrationStage  # noqa: F401
 from detector.daemon.alert_stage import AlertStage  # noqa: F401
 from detector.daemon.archive_stage import ArchiveStage  # noqa: F401
+from detector.daemon.behaviour import BehaviourCheckpoints, BehaviourStage  # noqa: F401
+from detector.daemon.calibration_stage import CalibrationStage  # noqa: F401
+from detector.daemon.helpers import _describe, _malformed, _opt  # noqa: F401
+from detector.daemon.ledger import DoneFrontier, GatedOffsets, PartitionMerger, RowLedger  # noqa: F401
+from detector.daemon.models import (  # noqa: F401
+    LoadedModel,
+    ModelWatcher,
+    default_loader,
+    model_fingerprint,
+    plugin_loader,
+    registry_alias,
+    resolve_model_dir,
+    scorer_model,
+)
 from detector.daemon.stages import Stages  # noqa: F401
-from detector.daemon.helpers import _opt, _malformed, _describe  # noqa: F401
+from detector.daemon.summary import DaemonSummary  # noqa: F401
+from detector.metrics import Metrics, MetricsServer
 from ingest.kafka_io import StoppedWaiting
 
 log = logging.getLogger(__name__)

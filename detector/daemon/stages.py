@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from detector.alerts.sinks import AlertSink
-from detector.daemon.ledger import PartitionMerger, _file_dead_letter, GatedOffsets
+from detector.daemon.ledger import GatedOffsets, PartitionMerger, _file_dead_letter
 from detector.daemon.models import ModelWatcher
 
 log = logging.getLogger("detector.daemon.pipeline")
@@ -34,7 +34,7 @@ class Stages:
                                  idle_timeout=float(idle) if idle else None)
 
     # -- stages --------------------------------------------------------------------------
-    def _file_source(self, q_in: "queue.Queue") -> threading.Thread:
+    def _file_source(self, q_in: queue.Queue) -> threading.Thread:
         from ingest.kafka_io import SourceBatch
         from ingest.tail import TailSource
 
@@ -75,11 +75,17 @@ class Stages:
         t.start()
         return t
 
-    def _kafka_source(self, q_in: "queue.Queue"):
+    def _kafka_source(self, q_in: queue.Queue):
         from kafka.errors import TopicAuthorizationFailedError
 
-        from ingest.kafka_io import (KafkaDeadLetter, OffsetTracker, ensure_topics, make_producer, retry_kafka,
-                                     source_class)
+        from ingest.kafka_io import (
+            KafkaDeadLetter,
+            OffsetTracker,
+            ensure_topics,
+            make_producer,
+            retry_kafka,
+            source_class,
+        )
 
         k = self.cfg["kafka"]
         cls = source_class(k.get("backend"))
@@ -107,7 +113,7 @@ class Stages:
         self.source = src
         return src.start()
 
-    def _window_stage(self, q_in: "queue.Queue", q_win: "queue.Queue", drain_open: bool) -> None:
+    def _window_stage(self, q_in: queue.Queue, q_win: queue.Queue, drain_open: bool) -> None:
         windower = self._make_windower()
         self.windower = windower
         m = self.metrics
@@ -244,7 +250,7 @@ class Stages:
         if self.tracker is not None:
             self.tracker.done_rows(rows)
 
-    def _score_stage(self, q_win: "queue.Queue", sinks: list[AlertSink], watcher: ModelWatcher | None) -> None:
+    def _score_stage(self, q_win: queue.Queue, sinks: list[AlertSink], watcher: ModelWatcher | None) -> None:
         m = self.metrics
         model = self._model
         while True:

@@ -4,8 +4,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 
-
-
 log = logging.getLogger("detector.daemon.pipeline")
 
 

@@ -35,7 +35,7 @@ class ModelConfig:
             raise ValueError(f"hidden and layers must be > 0, got hidden={self.hidden}, layers={self.layers}")
         if self.node_in < 0 or self.edge_in < 0:
             raise ValueError(f"node_in/edge_in must be >= 0, got {self.node_in}/{self.edge_in}")
-        self.parts  # validates flow_parts
+        _ = self.parts  # validates flow_parts
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -162,7 +162,7 @@ class STGNN(nn.Module):
                     getattr(data, "node_gid", None), t=float(getattr(data, "window_end", 0.0)),
                     update_state=update_state)
 
-    def embed_many(self, datas: list, update_state: bool = True, factored: bool = False) -> "Tensor | FactoredRows":
+    def embed_many(self, datas: list, update_state: bool = True, factored: bool = False) -> Tensor | FactoredRows:
         """Flow embeddings of consecutive windows, concatenated in window order ``[sum E_k, D]``
         (``factored=True``: the same rows as a :class:`~detector.tensors.FactoredRows`, the endpoint
         blocks kept once per node: :meth:`compose_factored`).
@@ -205,7 +205,7 @@ class STGNN(nn.Module):
         return SpatialBatch(datas, h, e, edge_index, edge_attr)
 
     def temporal_many(self, sb: SpatialBatch, update_state: bool = True,
-                      factored: bool = False) -> "Tensor | FactoredRows":
+                      factored: bool = False) -> Tensor | FactoredRows:
         """The stateful half of :meth:`embed_many`: memory steps window by window, then the flow blocks."""
         if not sb.datas:
             empty = torch.zeros(0, self.edge_emb_dim)

@@ -25,5 +25,5 @@ class BehaviourParams:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "BehaviourParams":
+    def from_json(cls, d: dict) -> BehaviourParams:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})

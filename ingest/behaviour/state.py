@@ -133,7 +133,7 @@ class BehaviourState:
         return meta, arrays
 
     @classmethod
-    def from_state(cls, meta: dict, arrays) -> "BehaviourState":
+    def from_state(cls, meta: dict, arrays) -> BehaviourState:
         if meta.get("version") != STATE_VERSION:
             raise ValueError(f"behaviour state version {meta.get('version')!r}, expected {STATE_VERSION}")
         self = cls(BehaviourParams.from_json(meta["params"]))
@@ -161,7 +161,7 @@ class BehaviourState:
             os.replace(tmp, d / name)
 
     @classmethod
-    def load(cls, directory: str | Path) -> "BehaviourState":
+    def load(cls, directory: str | Path) -> BehaviourState:
         d = Path(directory)
         meta = json.loads((d / "behaviour.json").read_text())
         with np.load(d / "behaviour.npz", allow_pickle=False) as z:

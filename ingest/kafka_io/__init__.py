@@ -32,52 +32,52 @@ processing side reports as durable through an :class:`OffsetTracker`. Each decod
 """
 from __future__ import annotations
 
+from ingest.kafka_io.clients import (  # noqa: F401
+    AckedProducer,
+    Backoff,
+    BrokerHealth,
+    KafkaDeadLetter,
+    KafkaUnavailable,
+    StoppedWaiting,
+    client_options,
+    describe_error,
+    ensure_topics,
+    kafka_errors,
+    make_producer,
+    partition_for,
+    probe,
+    retry_kafka,
+)
 from ingest.kafka_io.codecs import (  # noqa: F401
     ARROW_MAGIC,
     FORMATS,
     SECURITY_KEYS,
-    table_to_json_messages,
-    encode_arrow,
     decode_arrow,
-    sniff_message,
+    encode_arrow,
     normalise_records,
+    sniff_message,
+    table_to_json_messages,
+)
+from ingest.kafka_io.confluent import (  # noqa: F401
+    ConfluentSource,
+    source_class,
 )
 from ingest.kafka_io.decode import (  # noqa: F401
     Decoded,
     decode_messages,
     records_to_table,
 )
-from ingest.kafka_io.clients import (  # noqa: F401
-    client_options,
-    make_producer,
-    ensure_topics,
-    KafkaUnavailable,
-    StoppedWaiting,
-    probe,
-    describe_error,
-    kafka_errors,
-    Backoff,
-    BrokerHealth,
-    retry_kafka,
-    AckedProducer,
-    partition_for,
-    KafkaDeadLetter,
-)
 from ingest.kafka_io.offsets import (  # noqa: F401
     OffsetTracker,
-)
-from ingest.kafka_io.source import (  # noqa: F401
-    SourceBatch,
-    KafkaSource,
 )
 from ingest.kafka_io.replay import (  # noqa: F401
     iter_topic,
     parse_speed,
     replay,
 )
-from ingest.kafka_io.confluent import (  # noqa: F401
-    ConfluentSource,
-    source_class,
+from ingest.kafka_io.source import (  # noqa: F401
+    KafkaSource,
+    SourceBatch,
 )
 
 __all__ = [

@@ -6,8 +6,8 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable
-
+from collections.abc import Callable
+from typing import Any
 
 from ingest.kafka_io.codecs import SECURITY_KEYS
 

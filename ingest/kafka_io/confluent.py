@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-
 from ingest.kafka_io.source import KafkaSource, _Polled
 
 log = logging.getLogger("ingest.kafka_io")

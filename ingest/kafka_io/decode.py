@@ -2,8 +2,9 @@
 table; bad messages dead-lettered with a reason, never an exception."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

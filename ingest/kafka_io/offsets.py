@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
-
 
 log = logging.getLogger("ingest.kafka_io")
 

@@ -5,14 +5,22 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ingest.kafka_io.clients import (Backoff, BrokerHealth, KafkaUnavailable, _attempt, client_options, describe_error,
-                                     probe)
+from ingest.kafka_io.clients import (
+    Backoff,
+    BrokerHealth,
+    KafkaUnavailable,
+    _attempt,
+    client_options,
+    describe_error,
+    probe,
+)
 from ingest.kafka_io.decode import Decoded, decode_messages
 from ingest.kafka_io.offsets import OffsetTracker
 from ingest.kafka_positions import decode_positions
@@ -45,7 +53,7 @@ class KafkaSource:
     """
 
     def __init__(
-        self, cfg: dict[str, Any], out: "queue.Queue[SourceBatch | None]", tracker: OffsetTracker,
+        self, cfg: dict[str, Any], out: queue.Queue[SourceBatch | None], tracker: OffsetTracker,
         metrics=None, dead_letter: Any = None, kind: str = "flows", fmt: str = "auto",
         stop_at_end: bool = False, commit_interval: float = 1.0, on_assign: Callable[[], None] | None = None,
         health: BrokerHealth | None = None, backoff_cap: float = 30.0,
@@ -85,7 +93,7 @@ class KafkaSource:
         self.consumer = None
 
     # lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "KafkaSource":
+    def start(self) -> KafkaSource:
         self._thread.start()
         return self
 
@@ -441,7 +449,7 @@ class KafkaSource:
                 return dec, row_offs, np.zeros(len(row_offs), np.int64)
         return decode_positions(values, offs, self.fmt, self.kind, self.dead_letter, source=source)
 
-    def _drop_redelivered(self, c: "_Polled") -> "_Polled | None":
+    def _drop_redelivered(self, c: _Polled) -> _Polled | None:
         """Messages at or below the last offset already handed on for this partition are held in
         memory (a re-fetch after a reconnect or a rebalance that gave the partition back): drop them."""
         h = self.handed.get((c.topic, c.partition))
@@ -478,7 +486,7 @@ class KafkaSource:
 
         return (KafkaError,)
 
-    def _poll_chunks(self) -> list["_Polled"]:
+    def _poll_chunks(self) -> list[_Polled]:
         polled = self.consumer.poll(timeout_ms=200, max_records=self.max_poll_records)
         return [_Polled(tp.topic, tp.partition, [m.value for m in msgs], msgs[0].offset, msgs[-1].offset,
                         max((m.timestamp or 0 for m in msgs), default=0), [m.offset for m in msgs])

@@ -8,7 +8,7 @@ are dead-lettered with their record index as ``line``.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime, timedelta, timezone
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -244,7 +245,7 @@ def parse_float(arr: pa.Array, check: RowCheck | None, reason: str,
     return out
 
 
-def parse_int(arr: pa.Array, check: RowCheck | None, reason: str, typ: pa.DataType = pa.int64(),
+def parse_int(arr: pa.Array, check: RowCheck | None, reason: str, typ: pa.DataType = pa.int64(),  # noqa: B008 - an immutable type singleton
               lo: int | None = None, hi: int | None = None,
               tokens: Sequence[str] = NULL_TOKENS) -> pa.Array:
     """String -> integer; accepts integral floats ("3.0"); out of [lo, hi] or junk flags ``reason``."""

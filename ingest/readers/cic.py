@@ -19,15 +19,25 @@ mapped accept them only where they make sense (a non-finite duration is malforme
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.readers.base import (
-    FileContext, RowCheck, attack_where_malicious, finish, labels_from_text, optional_text, parse_float,
-    parse_int, proto_from_number, raw_joiner, require_text, text_to_ts,
+    FileContext,
+    RowCheck,
+    attack_where_malicious,
+    finish,
+    labels_from_text,
+    optional_text,
+    parse_float,
+    parse_int,
+    proto_from_number,
+    raw_joiner,
+    require_text,
+    text_to_ts,
 )
 from ingest.readers.sources import InputSpec
 from ingest.readers.textcsv import dedupe, iter_text, split_line

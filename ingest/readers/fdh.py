@@ -8,12 +8,12 @@ customer). ``TX_DATETIME`` is naive simulator time, taken as UTC.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 
 from ingest.readers.base import FileContext
-from ingest.readers.mapping import Mapping, MappedCSV
+from ingest.readers.mapping import MappedCSV, Mapping
 from ingest.readers.sources import InputSpec
 
 FDH_MAPPING = Mapping(

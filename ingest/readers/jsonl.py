@@ -9,7 +9,8 @@ be an ISO 8601 string or an epoch number whose unit is inferred from its size
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,8 +18,18 @@ import pyarrow.compute as pc
 
 from ingest.deadletter import DeadLetter
 from ingest.readers.base import (
-    FileContext, ReadStats, RowCheck, assemble, labels_from_text, optional_text,
-    parse_float, parse_int, proto_from_text, require_text, schema_for, text_to_ts,
+    FileContext,
+    ReadStats,
+    RowCheck,
+    assemble,
+    labels_from_text,
+    optional_text,
+    parse_float,
+    parse_int,
+    proto_from_text,
+    require_text,
+    schema_for,
+    text_to_ts,
 )
 from ingest.readers.sources import InputSpec
 from ingest.readers.textcsv import _lines

@@ -9,15 +9,25 @@ malicious 1, outlier 2 (kept apart); LUFlow has no attack classes (``attack`` nu
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.readers.base import (
-    FileContext, RowCheck, column, finish, has_column, labels_from_text, optional_text, parse_float, parse_int,
-    proto_from_number, raw_joiner, require_text,
+    FileContext,
+    RowCheck,
+    column,
+    finish,
+    has_column,
+    labels_from_text,
+    optional_text,
+    parse_float,
+    parse_int,
+    proto_from_number,
+    raw_joiner,
+    require_text,
 )
 from ingest.readers.sources import InputSpec
 from ingest.readers.textcsv import iter_text, split_line

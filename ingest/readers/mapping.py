@@ -33,16 +33,31 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.readers.base import (
-    NULL_TOKENS, FileContext, RowCheck, as_array, epoch_to_ts, finish, labels_from_text, label_of_word,
-    optional_text, parse_float, parse_int, proto_from_text, raw_joiner, require_text, schema_for, text_to_ts,
+    NULL_TOKENS,
+    FileContext,
+    RowCheck,
+    as_array,
+    epoch_to_ts,
+    finish,
+    label_of_word,
+    labels_from_text,
+    optional_text,
+    parse_float,
+    parse_int,
+    proto_from_text,
+    raw_joiner,
+    require_text,
+    schema_for,
+    text_to_ts,
 )
 from ingest.readers.sources import InputSpec
 from ingest.readers.textcsv import iter_text, split_line

@@ -15,15 +15,27 @@ README.md (Input readers)).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.readers.base import (
-    FileContext, RowCheck, attack_where_malicious, column, epoch_to_ts, finish, has_column, labels_from_text,
-    optional_text, parse_float, parse_int, proto_from_number, raw_joiner, require_text,
+    FileContext,
+    RowCheck,
+    attack_where_malicious,
+    column,
+    epoch_to_ts,
+    finish,
+    has_column,
+    labels_from_text,
+    optional_text,
+    parse_float,
+    parse_int,
+    proto_from_number,
+    raw_joiner,
+    require_text,
 )
 from ingest.readers.sources import InputSpec
 from ingest.readers.textcsv import iter_text, split_line

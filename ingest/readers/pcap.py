@@ -20,14 +20,20 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.readers.base import (
-    FileContext, RowCheck, epoch_to_ts, finish, parse_int, proto_from_number, require_text,
+    FileContext,
+    RowCheck,
+    epoch_to_ts,
+    finish,
+    parse_int,
+    proto_from_number,
+    require_text,
 )
 from ingest.readers.sources import InputSpec
 

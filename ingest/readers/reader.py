@@ -216,8 +216,7 @@ class InputReader:
                 self._next_row += n
                 fs.rows_ok += n
                 self.stats.rows_ok += n
-                for b in table.combine_chunks().to_batches(max_chunksize=self.batch_size):
-                    yield b
+                yield from table.combine_chunks().to_batches(max_chunksize=self.batch_size)
             if fmt == "zeek":
                 self._check_zeek_header(spec, ctx)
         except Exception as exc:  # noqa: BLE001 - a broken file must not stop the other inputs

@@ -13,11 +13,12 @@ never costs the rows after it.
 from __future__ import annotations
 
 import csv
+import logging
 import queue
 import sys
 import threading
-import logging
-from typing import BinaryIO, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +44,7 @@ def _quiet_undecodable_rows(hook: Callable = sys.unraisablehook) -> Callable:
     (a traceback on stderr) and then stops parsing. The fallback reader reads that row again and
     dead-letters it (``encoding``), so the report is noise, and never a lost row.
     """
-    def quiet(u: "sys.UnraisableHookArgs") -> None:
+    def quiet(u: sys.UnraisableHookArgs) -> None:
         if isinstance(u.exc_value, UnicodeDecodeError) and getattr(u.object, "__module__", None) == __name__:
             return
         hook(u)
@@ -174,7 +175,7 @@ def _fast(open_stream: Callable[[], BinaryIO], ctx: FileContext, names: list[str
     """The pyarrow part of :func:`iter_text` (runs in the reader thread)."""
     skipped: list[int] = []  # physical line numbers consumed without being emitted (in order)
 
-    def handler(row: "pacsv.InvalidRow") -> str:
+    def handler(row: pacsv.InvalidRow) -> str:
         num = row.number
         if num is None:
             state["unknown_lines"] = True

@@ -16,15 +16,29 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.readers.base import (
-    FILE_REASONS, FileContext, RowCheck, attack_where_malicious, epoch_to_ts, finish, labels_from_text, nullify,
-    optional_text, parse_float, parse_int, proto_from_text, raw_joiner, require_text, text_to_ts,
+    FILE_REASONS,
+    FileContext,
+    RowCheck,
+    attack_where_malicious,
+    epoch_to_ts,
+    finish,
+    labels_from_text,
+    nullify,
+    optional_text,
+    parse_float,
+    parse_int,
+    proto_from_text,
+    raw_joiner,
+    require_text,
+    text_to_ts,
 )
 from ingest.readers.sources import InputSpec
 from ingest.readers.textcsv import iter_text

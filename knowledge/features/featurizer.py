@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -302,8 +303,7 @@ class KnowledgeFeaturizer:
         out = []
         for i in range(W):
             if has[i]:
-                node: np.ndarray | Callable[[], np.ndarray] = (
-                    lambda a=int(noff[i]), b=int(noff[i + 1]): node_block(a, b))
+                node: np.ndarray | Callable[[], np.ndarray] = partial(node_block, int(noff[i]), int(noff[i + 1]))
             else:
                 node = np.zeros((nns[i], self.width), dtype=np.float32)
             kb = KnowledgeBlock(None, node, self.names, len(self.predicates), len(self.tech_ids),

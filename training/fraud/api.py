@@ -331,7 +331,7 @@ def render_markdown(report: dict) -> str:
              , "",
              f"| model | AUC-ROC | average precision | {k} | precision@thr | recall@thr |", "|---|---|---|---|---|---|"]
     for name, s in report["summary"].items():
-        f = lambda key: f"{s[key]['mean']:.4f} ± {s[key]['std']:.4f}"  # noqa: E731
+        f = lambda key, s=s: f"{s[key]['mean']:.4f} ± {s[key]['std']:.4f}"  # noqa: E731
         lines.append(f"| {name} | {f('auc_roc')} | {f('average_precision')} | {f(k)} | "
                      f"{f('precision_at_threshold')} | {f('recall_at_threshold')} |")
     lines += ["", "## Per fold", "", f"| fold | test days | test tx / frauds | model | AUC-ROC | AP | {k} |",

@@ -168,7 +168,7 @@ def markdown(report: dict) -> str:
     L += ["", "**Worst split** per method (lowest AUPRC, lowest episode recall, highest benign FPR):", "",
           "| method | worst AUPRC | worst episode recall | worst benign FPR |", "|---|---|---|---|"]
     for m, x in w.items():
-        cell = lambda k, nd=3: (f"{_f(x[k]['value'], nd)} ({x[k]['split']})" if k in x else "n/a")  # noqa: E731
+        cell = lambda k, nd=3, x=x: (f"{_f(x[k]['value'], nd)} ({x[k]['split']})" if k in x else "n/a")  # noqa: E731
         L.append(f"| {m} | {cell('auprc')} | {cell('episode_recall')} | {cell('fpr', 4)} |")
     for r in report["splits"]:
         L += ["", f"## {r['split']}", "", r.get("notes") or ""]
