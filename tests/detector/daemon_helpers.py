@@ -7,6 +7,9 @@ so a port scan scores high. It lets the transport/alerting tests run without a t
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,3 +263,20 @@ def topic_positions(bootstrap: str, topic: str) -> dict[tuple, str]:
         for i, u in enumerate(uids):
             out[(m.topic, m.partition, m.offset, i)] = u
     return out
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def serve_process(cfg: Path, log: Path, extra_env: dict | None = None) -> subprocess.Popen:
+    """``graphsentry serve --config CFG`` in a child process (these helpers importable by its loaders),
+    its output in ``log``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "detector"), os.environ.get("PYTHONPATH", "")]),
+           **(extra_env or {})}
+    return subprocess.Popen([sys.executable, "-m", "training.cli", "-v", "serve", "--config", str(cfg)], cwd=REPO,
+                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def log_tail(log: Path, n: int = 40) -> str:
+    """The last ``n`` lines of a child's log (for assertion messages)."""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-n:]) if log.exists() else ""

@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from daemon_helpers import (
+    FanoutScorer,
+    archived_positions,
+    log_tail,
+    make_flows,
+    read_archived,
+    serve_process,
+    topic_positions,
+    write_fanout_model,
+)
+from kafka_fixtures import new_topic
 
-from daemon_helpers import (FanoutScorer, archived_positions, make_flows, read_archived, topic_positions,
-                            write_fanout_model)
 from detector.alerts.sinks import read_alert_store
 from detector.daemon import Daemon, load_config, scorer_model
 from ingest.kafka_io import make_producer, replay
-from kafka_fixtures import new_topic
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE, LATE = 10.0, 1.0
@@ -192,17 +197,6 @@ def test_archive_failure_holds_commits_back_and_recovers(kafka_bootstrap, tmp_pa
 # -- kill -9 mid-stream, then a restart -------------------------------------------------------------------
 
 
-def _serve(cfg: Path, log: Path, extra_env: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "detector"), os.environ.get("PYTHONPATH", "")]),
-           **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "training.cli", "-v", "serve", "--config", str(cfg)], cwd=REPO,
-                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def _tail(log: Path, n: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-n:]) if log.exists() else ""
-
-
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_kill9_then_restart_archives_each_record_once(kafka_bootstrap, tmp_path):
@@ -227,11 +221,11 @@ def test_kill9_then_restart_archives_each_record_once(kafka_bootstrap, tmp_path)
         "metrics": {"port": 0}, "pipeline": {"queue_size": 4, "window_queue_size": 2},
         "archive": {"enabled": True, "path": str(archive)},
     }))
-    first = _serve(cfg, tmp_path / "first.log")
+    first = serve_process(cfg, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 90
         while sum(1 for _ in archive.glob("date=*/hour=*/*.parquet")) < 3:
-            assert first.poll() is None, f"daemon exited early\n{_tail(tmp_path / 'first.log')}"
+            assert first.poll() is None, f"daemon exited early\n{log_tail(tmp_path / 'first.log')}"
             assert time.monotonic() < deadline, "daemon archived nothing"
             time.sleep(0.1)
         first.send_signal(signal.SIGKILL)
@@ -242,9 +236,9 @@ def test_kill9_then_restart_archives_each_record_once(kafka_bootstrap, tmp_path)
             first.wait()
     before = read_archived(archive).num_rows
     assert 0 < before < t.num_rows, "the kill must land mid-stream"
-    second = _serve(cfg, tmp_path / "second.log", {"GRAPHSENTRY_KAFKA_STOP_AT_END": "true"})
+    second = serve_process(cfg, tmp_path / "second.log", {"GRAPHSENTRY_KAFKA_STOP_AT_END": "true"})
     try:
-        assert second.wait(150) == 0, _tail(tmp_path / "second.log")
+        assert second.wait(150) == 0, log_tail(tmp_path / "second.log")
     finally:
         if second.poll() is None:
             second.kill()
@@ -252,7 +246,7 @@ def test_kill9_then_restart_archives_each_record_once(kafka_bootstrap, tmp_path)
     check_archive(archive, expected, db)
     # the restart re-read records the first run had archived but not committed, and archived none of them again
     final = [ln for ln in (tmp_path / "second.log").read_text().splitlines() if "already in the archive" in ln]
-    assert final and " (0 already" not in final[-1], _tail(tmp_path / "second.log")
+    assert final and " (0 already" not in final[-1], log_tail(tmp_path / "second.log")
 
 
 # -- exact positions of decoded messages (no broker: the decoding the Kafka source does per poll) ----------

@@ -2,21 +2,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from daemon_helpers import log_tail, make_flows, reference_alerts, serve_process, write_fanout_model
+from kafka_fixtures import new_topic
 
-from daemon_helpers import make_flows, reference_alerts, write_fanout_model
 from detector.alerts import alert_key
 from detector.alerts.sinks import read_alert_store
 from ingest.kafka_io import make_producer, replay
-from kafka_fixtures import new_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -33,17 +30,6 @@ def _windows(db: Path) -> list[tuple[float, int, list[int]]]:
         return []
     finally:
         con.close()
-
-
-def _serve(cfg: Path, log: Path, extra_env: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "detector"), os.environ.get("PYTHONPATH", "")]),
-           **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "training.cli", "-v", "serve", "--config", str(cfg)], cwd=REPO,
-                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def _tail(log: Path, n: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-n:]) if log.exists() else ""
 
 
 def test_kill9_mid_stream_then_restart_accounts_for_every_record(kafka_bootstrap, tmp_path):
@@ -64,7 +50,7 @@ def test_kill9_mid_stream_then_restart_accounts_for_every_record(kafka_bootstrap
         "alerts": {"sinks": [{"type": "sqlite", "path": str(db)}]},
         "metrics": {"port": 0}, "pipeline": {"audit_rows": True, "queue_size": 4, "window_queue_size": 2},
     }))
-    first = _serve(cfg, tmp_path / "first.log")
+    first = serve_process(cfg, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 90
         while len(_windows(db)) < 3:
@@ -79,7 +65,7 @@ def test_kill9_mid_stream_then_restart_accounts_for_every_record(kafka_bootstrap
             first.wait()
     before = _windows(db)
     assert 3 <= len(before) < 12, "the kill must land mid-stream"
-    second = _serve(cfg, tmp_path / "second.log", {"GRAPHSENTRY_KAFKA_STOP_AT_END": "true"})
+    second = serve_process(cfg, tmp_path / "second.log", {"GRAPHSENTRY_KAFKA_STOP_AT_END": "true"})
     try:
         assert second.wait(150) == 0
     finally:
@@ -89,7 +75,7 @@ def test_kill9_mid_stream_then_restart_accounts_for_every_record(kafka_bootstrap
     after = _windows(db)
     scored = [r for _, _, rows in after for r in rows]
     missing = sorted(set(range(t.num_rows)) - set(scored))
-    assert not missing, f"rows never scored: {missing}\n--- restarted daemon ---\n{_tail(tmp_path / 'second.log')}"
+    assert not missing, f"rows never scored: {missing}\n--- restarted daemon ---\n{log_tail(tmp_path / 'second.log')}"
     assert set(scored) == set(range(t.num_rows))                 # every input record scored ...
     assert sum(n for _, n, _ in after) >= t.num_rows             # ... at least once
     got = read_alert_store(db)
