@@ -383,9 +383,10 @@ def _fast_rows(values: list, kind: str) -> tuple[pa.Table, np.ndarray, np.ndarra
     n = len(values)
     try:
         lens = np.fromiter(map(len, values), np.int64, n)
-        joined = b"\n".join(values)
-    except TypeError:  # a None value
-        return None
+    except TypeError:  # a None value: read as empty, so screened out
+        values = [b"" if v is None else v for v in values]
+        lens = np.fromiter(map(len, values), np.int64, n)
+    joined = b"\n".join(values)
     ok = _screen(values, joined, lens)
     all_ok = bool(ok.all())
     pos = np.arange(n) if all_ok else np.flatnonzero(ok)
