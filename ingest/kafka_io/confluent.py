@@ -113,9 +113,14 @@ class ConfluentSource(KafkaSource):
         out = {}
         for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.assigned]):
             part = TopicPartition(tp.topic, tp.partition)
-            _lo, hi = self.consumer.get_watermark_offsets(part, timeout=2)
-            cached = self.consumer.get_watermark_offsets(part, cached=True)  # see KafkaSource._positions
-            out[(tp.topic, tp.partition)] = (tp.offset, max(hi, cached[1] if cached else -1))
+            # The high watermark of the latest fetch response (librdkafka fetches all the time, so it is
+            # fresh) answers at once; a ListOffsets query is a broker round trip per partition (about
+            # 0.4 s each on Tansu), which would stall this poll thread. See also KafkaSource._positions.
+            cached = self.consumer.get_watermark_offsets(part, cached=True)
+            hi = cached[1] if cached and cached[1] >= 0 else -1
+            if hi < 0:  # nothing fetched yet: ask the broker
+                hi = self.consumer.get_watermark_offsets(part, timeout=2)[1]
+            out[(tp.topic, tp.partition)] = (tp.offset, hi)
         return out
 
     def _pause_all(self) -> bool:

@@ -411,9 +411,11 @@ class KafkaSource:
                                           c.first_offset, c.last_offset, row_offs, row_idx))
                     first, _ = self.handed.get((c.topic, c.partition), (c.first_offset, 0))
                     self.handed[(c.topic, c.partition)] = (first, c.last_offset)
-                # A paused consumer gets nothing by design: that is not the end of the topic.
+                # A paused consumer gets nothing by design: that is not the end of the topic. The first
+                # empty poll asks for the positions: a replay that read everything stops at once (an empty
+                # poll while fetches are in flight only costs that one round trip).
                 idle_polls = 0 if chunks or self._paused else idle_polls + 1
-                ends = self._end_positions() if self.stop_at_end and idle_polls >= 3 else None
+                ends = self._end_positions() if self.stop_at_end and idle_polls >= 1 else None
                 if ends is not None:
                     log.info("all assigned partitions read to the end (stop_at_end): read %s, (position, end) %s",
                              self.handed, ends)
