@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -122,11 +123,7 @@ class GraphStream:
         from knowledge.features import shared_edge_rows, stack_edges, stack_nodes
 
         def joined(parts, stack):
-            inputs = cat_rows([p.float() for p in parts])  # [R, F]
-            out = torch.empty(inputs.size(0), inputs.size(1) + len(kbs[0].names))
-            out[:, :inputs.size(1)] = inputs
-            stack(kbs, out=out[:, inputs.size(1):].numpy())
-            return out
+            return _joined(cat_rows([p.float() for p in parts]), len(kbs[0].names), partial(stack, kbs))
 
         shared = shared_edge_rows(kbs) if factored_kb else None
         if shared is not None and shared[0].dtype == np.float32:
@@ -165,7 +162,11 @@ class GraphStream:
             try:
                 if kb is None:
                     kb = self.kf.transform(window.table, data.edge_index.numpy(), int(data.num_nodes))
-                edge, node = np.asarray(kb.edge, np.float32), np.asarray(kb.node, np.float32)
+                from knowledge.features import stack_edges, stack_nodes
+
+                # the block written into the inputs (kb.edge stays unbuilt: readers use the shared rows)
+                edge_attr = _joined(data.edge_attr, len(kb.names), partial(stack_edges, [kb]))
+                x = _joined(data.x, len(kb.names), partial(stack_nodes, [kb]))
             except Exception as exc:  # never lose the window because of the knowledge block
                 self.knowledge_errors += 1
                 if self.knowledge_errors <= 3:
@@ -175,9 +176,19 @@ class GraphStream:
                 data.edge_attr = torch.cat([data.edge_attr, torch.zeros(data.edge_attr.size(0), k)], 1)
                 data.x = torch.cat([data.x, torch.zeros(data.x.size(0), k)], 1)
                 return data, None
-            data.edge_attr = torch.cat([data.edge_attr.float(), torch.from_numpy(edge)], 1)
-            data.x = torch.cat([data.x.float(), torch.from_numpy(node)], 1)
+            data.edge_attr, data.x = edge_attr, x
         return data, kb
+
+
+def _joined(inputs: torch.Tensor, width: int, fill) -> torch.Tensor:
+    """``torch.cat([inputs.float(), block], 1)`` for a ``width``-column knowledge block that ``fill(out)``
+    writes straight into the result's last columns (``out``: a NumPy view), e.g. gathered from the rows
+    a ``transform_many`` call shares: no block-sized temporary, same values."""
+    inputs = inputs.float()
+    out = torch.empty(inputs.size(0), inputs.size(1) + width)
+    out[:, :inputs.size(1)] = inputs
+    fill(out[:, inputs.size(1):].numpy())
+    return out
 
 
 class FeaturePipeline:

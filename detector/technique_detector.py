@@ -91,6 +91,7 @@ class TechniqueDetector:
     """
 
     name = "technique"
+    BLOCK = 1024  # rows per step of partial(): its float64 exceedances ([BLOCK, columns]) stay in cache
 
     def __init__(self, target_fpr: float = 0.01, share: float = 0.25, quantile: float = 0.999,
                  min_activation: float = 0.35) -> None:
@@ -190,9 +191,18 @@ class TechniqueDetector:
         if n == 0 or k == 0:
             return np.full(n, -1.0), np.full(n, start, dtype=np.int64)
         b = self.bound_[start:start + k]
-        e = (A - b) / np.maximum(1.0 - b, EPS) - self.column_threshold_[start:start + k]  # float64
-        j = np.argmax(e, axis=1)
-        return np.maximum(e[np.arange(n), j], -1.0), j.astype(np.int64) + start
+        room, ct = np.maximum(1.0 - b, EPS), self.column_threshold_[start:start + k]
+        score, col = np.empty(n), np.empty(n, dtype=np.int64)
+        e = np.empty((min(n, self.BLOCK), k))  # float64, reused: a block of rows stays in cache
+        for lo in range(0, n, self.BLOCK):
+            hi = min(lo + self.BLOCK, n)
+            eb = e[:hi - lo]
+            np.divide(np.subtract(A[lo:hi], b, out=eb), room, out=eb)
+            np.subtract(eb, ct, out=eb)  # (a - b) / room - margin, float64
+            j = np.argmax(eb, axis=1)
+            np.maximum(eb[np.arange(hi - lo), j], -1.0, out=score[lo:hi])
+            col[lo:hi] = j
+        return score, col + start
 
     def decision_function(self, A) -> np.ndarray:
         """Per flow, the largest normalised exceedance of a technique over its benign bound, less the

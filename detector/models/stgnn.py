@@ -144,6 +144,15 @@ class STGNN(nn.Module):
                   "raw": lambda: (edge_attr.float().numpy(), None)}
         return FactoredRows([blocks[p]() for p in parts])
 
+    @staticmethod
+    def compose_rows(z: Tensor, e: Tensor, edge_index: Tensor, edge_attr: Tensor, parts) -> FactoredRows:
+        """:meth:`compose` as a :class:`~detector.tensors.FactoredRows` of per-flow blocks (``z[src]``,
+        ``z[dst]``, ``e``, ``edge_attr``): the same rows and values, without copying the blocks side by side
+        (the widest, ``raw``, is handed over as it is)."""
+        src, dst = edge_index
+        blocks = {"src": lambda: z[src], "dst": lambda: z[dst], "edge": lambda: e, "raw": lambda: edge_attr.float()}
+        return FactoredRows([(blocks[p]().numpy(), None) for p in parts])
+
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, dt_window: Tensor, dt_prev: Tensor,
                 node_gid: Tensor | None = None, t: float | None = None,
                 update_state: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -161,6 +170,16 @@ class STGNN(nn.Module):
         return self(x, data.edge_index, ea, data.edge_dt_window, data.edge_dt_prev,
                     getattr(data, "node_gid", None), t=float(getattr(data, "window_end", 0.0)),
                     update_state=update_state)
+
+    def embed_rows(self, data, update_state: bool = True) -> tuple[Tensor, FactoredRows]:
+        """``(z, flows)``: :meth:`embed` on a GraphBuilder ``Data`` with the flow embeddings as
+        :meth:`compose_rows` blocks (the same values as ``embed``'s, which a detector reading
+        :class:`~detector.tensors.FactoredRows` takes without the ``[E, D]`` copy)."""
+        ea = full_edge_attr(data)
+        z, _h, e = self.encode(data.x, data.edge_index, ea, data.edge_dt_window, data.edge_dt_prev,
+                               getattr(data, "node_gid", None), t=float(getattr(data, "window_end", 0.0)),
+                               update_state=update_state)
+        return z, self.compose_rows(z, e, data.edge_index, ea, self.config.parts)
 
     def embed_many(self, datas: list, update_state: bool = True, factored: bool = False) -> Tensor | FactoredRows:
         """Flow embeddings of consecutive windows, concatenated in window order ``[sum E_k, D]``

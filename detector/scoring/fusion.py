@@ -48,7 +48,7 @@ class _TechniqueChannel:
         if kb is None or self.nk == 0 or getattr(kb, "n_tech", -1) != self.nk:
             return np.full(n, -1.0), np.zeros(n, dtype=np.int64)
         rows = getattr(kb, "_rows", None)
-        if getattr(kb, "_edge", True) is None and rows is not None:  # a transform_many block: shared rows
+        if rows is not None:  # a transform_many block (edge built or not): its shared rows
             shared, idx = rows
             cache = getattr(shared, "_technique", None)
             if cache is None or cache[0] is not det:

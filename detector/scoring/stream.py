@@ -140,8 +140,19 @@ class StreamScorer:
             explain=_explainer(getattr(self.stream, "kf", None), kb),
         )
 
-    def _decide(self, flow: np.ndarray) -> np.ndarray:
+    def _decide(self, flow: np.ndarray | FactoredRows) -> np.ndarray:
         return np.asarray(self.bundle.detector.decision_function(flow), dtype=np.float64)
+
+    @torch.no_grad()
+    def _embed_flows(self, window) -> tuple:
+        """``(data, kb, flows)``: :meth:`embed_window`'s flows as the detector takes them; for the
+        :attr:`FACTORED_DETECTORS` per-flow blocks side by side (:meth:`STGNN.embed_rows`: the same
+        values, no ``[E, D]`` copy, the fusion's raw block handed to its forest as it is)."""
+        if type(self.bundle.detector).__name__ not in self.FACTORED_DETECTORS:
+            data, kb, _z, flow = self.embed_window(window)
+            return data, kb, flow.numpy()
+        data, kb = self.stream.build(window)
+        return data, kb, self.model.embed_rows(data, update_state=True)[1]
 
     def score_window(self, window) -> WindowScores:
         if window.table.num_rows == 0:
@@ -150,8 +161,8 @@ class StreamScorer:
         # Small graphs: single-threaded torch (detector/runtime.py), as offline scoring; also for
         # callers such as the daemon that do not set it. Switching costs about a microsecond.
         with torch_threads():
-            data, kb, _z, flow = self.embed_window(window)
-        return self._finish(window, data, kb, self._decide(flow.numpy()), beh[0] if beh else None)
+            data, kb, flow = self._embed_flows(window)
+        return self._finish(window, data, kb, self._decide(flow), beh[0] if beh else None)
 
     # Detectors whose decision_function scores each row on its own, so one call over a group equals one per
     # window (the forest bit for bit; kNN up to the float rounding of its distance matrix product).

@@ -62,6 +62,13 @@ class KnowledgeBlock:
     def edge(self, value: np.ndarray) -> None:
         self._edge, self._rows = value, None
 
+    def edge_row(self, k: int) -> np.ndarray:
+        """``edge[k]`` without building ``edge`` (one row of the shared rows when it is not built)."""
+        if self._edge is None and self._rows is not None:
+            shared, idx = self._rows
+            return shared.rows[idx[k]]
+        return self.edge[k]
+
     @property
     def node(self) -> np.ndarray:
         if callable(self._node):
@@ -82,7 +89,7 @@ class KnowledgeBlock:
 
     def top_technique_array(self, edge_ids=None, min_score: float = TOP_MIN_SCORE) -> np.ndarray:
         """:meth:`top_technique` as an object array ``[E]`` (no Python loop over the edges)."""
-        if self._edge is None and self._rows is not None:
+        if self._rows is not None:  # built or not, edge == shared.rows[idx]: one argmax per shared row
             shared, idx = self._rows
             if edge_ids is not None:
                 idx = idx[np.asarray(edge_ids, dtype=np.int64)]
@@ -155,5 +162,7 @@ def _gather(rows: np.ndarray, idx: np.ndarray, out: np.ndarray | None) -> np.nda
 def _put(block: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     if out is None:
         return block.copy() if not block.flags.owndata else block
+    if out.shape != block.shape:
+        raise ValueError(f"out has shape {out.shape}, the block {block.shape}")
     out[...] = block
     return out

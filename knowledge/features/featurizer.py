@@ -322,7 +322,7 @@ class KnowledgeFeaturizer:
         """Top techniques for one edge or node, with the predicates that fired and references."""
         if (edge is None) == (node is None):
             raise ValueError("explain() needs exactly one of edge=... or node=...")
-        row = kb.edge[edge] if edge is not None else kb.node[node]
+        row = kb.edge_row(edge) if edge is not None else kb.node[node]
         act = row[: kb.n_pred]
         tech = row[kb.tech_slice]
         order = np.argsort(-tech, kind="stable")[:k]
