@@ -8,8 +8,10 @@ record parsing, so :func:`decode_json_batch` reads a poll in Arrow's C++, which 
    not in it are ignored), ``ts`` as a number or as text after the first message; the messages it
    cannot read exactly as orjson does are screened out first (:func:`_screen`: a ``None`` value, no
    ``{...}`` on one line, an empty message, another control byte, invalid UTF-8, ``NaN``/``Inf``, deep
-   nesting); a run Arrow refuses (a wrong type, a duplicate key, two objects in one message) is cut in
-   parts and read again, down to runs of 32 messages;
+   nesting); a message Arrow refuses with an error that names its row (a wrong JSON type, a duplicate
+   key) is set aside and the rest read again; a refusal that names none (a number the column's type
+   cannot hold) or a row count that differs from the message count (two objects in one message) cuts
+   the run in parts, each read the same way, down to runs of 32 messages;
 2. ``ts`` becomes microseconds vectorised with the per-record rule of
    :func:`ingest.kafka_io.codecs._parse_ts`: epoch seconds (a number or a plain decimal string) and
    ISO-8601 (``Z``, ``+HH:MM`` or naive = UTC, up to six fraction digits) with the same double
@@ -36,6 +38,7 @@ poll of 2,000 flow messages, wall time and GIL time per poll (reports/json_decod
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -235,7 +238,10 @@ FAST_MIN = 64
 _SPLIT, _MIN_RUN = 8, 32
 #: brackets one message may hold and still be read by Arrow (orjson and the standard library refuse deep nesting)
 _MAX_BRACKETS = 256
-_READ = pajson.ReadOptions(use_threads=False, block_size=1 << 20)
+_BLOCK = 1 << 20  # at least; a poll is always read as one block, in the calling thread
+_ROW = re.compile(r"in row (\d+)")
+#: parse errors that name their row followed one by one before a refused run is cut in parts
+_MAX_NAMED = 32
 _ISO = (r"^(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})[T ](?P<h>\d{2}):(?P<mi>\d{2}):(?P<s>\d{2})"
         r"(?:\.(?P<f>\d{1,6}))?(?P<z>Z|[+-]\d{2}:\d{2})?$")
 _NUMBER = r"^-?\d+(?:\.\d+)?$"
@@ -299,18 +305,53 @@ def _screen(values: list, joined: bytes, lens: np.ndarray) -> np.ndarray:
     return ok
 
 
+def _arrow(data: bytes, options: pajson.ParseOptions) -> pa.Table:
+    """``data`` read as one block (so an error's row is the line's place in ``data``), in this thread."""
+    return pajson.read_json(pa.BufferReader(data), parse_options=options, read_options=pajson.ReadOptions(
+        use_threads=False, block_size=max(_BLOCK, len(data) + 1)))
+
+
 def _read(vals: list[bytes], pos: np.ndarray, options: pajson.ParseOptions, out: list, refused: list,
           joined: bytes | None = None) -> None:
-    """Arrow's table of ``vals`` appended to ``out`` as ``(table, positions)``; runs Arrow refuses are cut into
-    parts and read again, and the messages of a refused run of at most ``_MIN_RUN`` go to ``refused``."""
-    try:
-        t = pajson.read_json(pa.BufferReader(joined if joined is not None else b"\n".join(vals)),
-                             read_options=_READ, parse_options=options)
-        if t.num_rows == len(vals):
-            out.append((t, pos))
+    """Arrow's table of ``vals`` appended to ``out`` as ``(table, positions)``, the positions of the messages
+    it cannot read to ``refused``.
+
+    A parse error names its row: that message is set aside and the rest read on from the next one, up to
+    ``_MAX_NAMED`` times, then what is left is read again at once. A refusal that names no row (a number a
+    column's type cannot hold) or a row count that differs from the message count cuts the run in
+    ``_SPLIT`` parts, each read the same way; a refused run of at most ``_MIN_RUN`` messages is refused whole.
+    """
+    keep = np.ones(len(vals), bool)
+    start, named = 0, 0
+    while True:
+        sel = np.flatnonzero(keep[start:]) + start  # the messages this attempt reads
+        if not len(sel):  # the last named one was the last message (or every message was named)
+            if start == 0:
+                break
+            start = 0
+            continue
+        whole = start == 0 and joined is not None and len(sel) == len(vals)
+        try:
+            t = _arrow(joined if whole else b"\n".join([vals[i] for i in sel.tolist()]), options)
+        except (pa.ArrowException, ValueError) as exc:
+            row = _ROW.search(str(exc))
+            if row is None or named >= _MAX_NAMED or int(row.group(1)) >= len(sel):
+                break
+            bad = int(sel[int(row.group(1))])
+            keep[bad] = False
+            start, named = bad + 1, named + 1
+            continue
+        if start > 0:  # read on to the end: now all that is kept, at once
+            start = 0
+            continue
+        if t.num_rows == len(sel):
+            out.append((t, pos[keep]))
+            refused.append(pos[~keep])
             return
-    except (pa.ArrowException, ValueError):
-        pass
+        break
+    if named:
+        refused.append(pos[~keep])
+        vals, pos = [v for v, k in zip(vals, keep.tolist()) if k], pos[keep]
     if len(vals) <= _MIN_RUN:
         refused.append(pos)
         return

@@ -107,6 +107,10 @@ def test_a_poll_decodes_like_each_message_alone(seed, every):
     np.testing.assert_array_equal(scores_of(d.table), scores_of(ref_t))
     reasons = {r for _, r, _ in dl.items}
     assert sum(d.malformed.values()) == len(dl.items) and set(d.malformed) == reasons
+    per_message_dl = ListDL()  # the whole-poll path (pyarrow.json) == orjson per message, dead letters in order
+    t, idx, bad = decode_json_batch(values, "flows", per_message_dl, fast=False)
+    assert t.equals(d.table) and idx.tolist() == ref_idx and per_message_dl.items == dl.items
+    assert bad == d.malformed
 
 
 def test_one_bad_message_is_one_dead_letter_and_its_neighbours_are_scored():

@@ -356,3 +356,18 @@ def test_the_screen_keeps_arrow_off_what_it_could_misread():
     values = [odd.get(i, m) for i, m in enumerate(good)]
     ok = _screen(values, b"\n".join(values), np.array([len(v) for v in values]))
     assert np.flatnonzero(~ok).tolist() == sorted(odd)
+
+
+@pytest.mark.parametrize("where", ["first", "last", "every", "every_other", "one_in_a_hundred"])
+def test_refusals_anywhere_in_the_poll(where):
+    """Messages Arrow refuses with a row-naming error (a word for a port) or without (a float port, a huge int)."""
+    good = flows(300)
+    at = {"first": [0], "last": [299], "every": range(300), "every_other": range(0, 300, 2),
+          "one_in_a_hundred": range(5, 300, 100)}[where]
+    values = list(good)
+    for j, i in enumerate(at):
+        values[i] = edit(good[i], **[{"dst_port": "http"}, {"dst_port": 22.5}, {"src_bytes": 2 ** 64},
+                                     {"ts": "never"}][j % 4])
+    check_same(values)
+    if where in ("first", "last", "one_in_a_hundred"):
+        assert fast_share(values) >= 0.75
