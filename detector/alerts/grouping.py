@@ -47,6 +47,8 @@ class Groups:
     src_names: list              # code -> source
     dst_codes: np.ndarray        # [F]
     dst_names: list
+    order: np.ndarray | None = None   # [F] the records group by group (members[0], members[1], ...)
+    bounds: np.ndarray | None = None  # [G + 1] group g is order[bounds[g]:bounds[g + 1]]
 
 
 def _codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list]:
@@ -89,7 +91,7 @@ def group(src: pa.Array, dst: pa.Array, technique: list[str]) -> Groups:
     srt = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[srt], np.arange(len(uniq) + 1))
     members = [srt[bounds[g]:bounds[g + 1]] for g in range(len(uniq))]
-    return Groups(inverse, by, endpoint, techs, members, s, s_names, d, d_names)
+    return Groups(inverse, by, endpoint, techs, members, s, s_names, d, d_names, srt, bounds)
 
 
 def top(codes: np.ndarray, names: list, k: int) -> tuple[int, list[dict]]:
@@ -97,3 +99,32 @@ def top(codes: np.ndarray, names: list, k: int) -> tuple[int, list[dict]]:
     vals, counts = np.unique(codes, return_counts=True)
     best = np.lexsort((vals, -counts))[:k]
     return len(vals), [{"endpoint": names[int(vals[i])], "count": int(counts[i])} for i in best]
+
+
+def distinct_pairs(g: Groups, codes: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(group, code, count)`` of each distinct (group, code) pair of the flagged records, sorted by group,
+    then code (``codes``: one per record, in ``[0, n_codes)``): every group's ``np.unique(codes[members],
+    return_counts=True)`` in one call."""
+    n = max(int(n_codes), 1)
+    pairs, counts = np.unique(g.inverse * n + np.asarray(codes, dtype=np.int64), return_counts=True)
+    return pairs // n, pairs % n, counts
+
+
+def distinct_counts(g: Groups, codes: np.ndarray, n_codes: int) -> np.ndarray:
+    """Distinct ``codes`` per group ``[G]`` (``len(np.unique(codes[members]))`` of each)."""
+    return np.bincount(distinct_pairs(g, codes, n_codes)[0], minlength=len(g.members))
+
+
+def top_all(g: Groups, codes: np.ndarray, names: list, k: int) -> tuple[np.ndarray, list[list[dict]]]:
+    """:func:`top` of every group at once: ``(distinct [G], per group [{endpoint, count}] of its k most
+    frequent)``, the same counts and order (count descending, then code)."""
+    G = len(g.members)
+    pg, pc, counts = distinct_pairs(g, codes, len(names))
+    distinct = np.bincount(pg, minlength=G)
+    order = np.lexsort((pc, -counts, pg))
+    start = np.zeros(G + 1, dtype=np.int64)
+    np.cumsum(distinct, out=start[1:])
+    codes_l, counts_l = pc[order].tolist(), counts[order].tolist()
+    tops = [[{"endpoint": names[codes_l[i]], "count": counts_l[i]} for i in range(a, min(a + k, b))]
+            for a, b in zip(start[:-1].tolist(), start[1:].tolist())]
+    return distinct, tops

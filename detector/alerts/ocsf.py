@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 
 from detector.alerts import attack as attack_db
-from detector.alerts.grouping import group, top
-from detector.alerts.severity import FindingFacts, Networks, points, severity
+from detector.alerts.grouping import distinct_counts, distinct_pairs, group, top_all
+from detector.alerts.severity import FindingFacts, Networks, points, severity_of
 from ingest.schema import is_transactions
 from knowledge.behaviour_predicates import TECHNIQUES as BEHAVIOUR_TECHNIQUES
 
@@ -104,43 +104,49 @@ def build_alerts(
     # ws.rows are table `row` values; map them to table positions (windows are in `row` order).
     pos = np.clip(np.searchsorted(tab_rows, ws_rows), 0, max(len(tab_rows) - 1, 0))
     scores = np.asarray(ws.scores, dtype=np.float64)
-    techs = list(ws.top_technique) if getattr(ws, "top_technique", None) is not None else [None] * n_ws
     beh = _BehaviourView(ws, n_ws)
     ks = np.flatnonzero(alerts_mask)                 # flagged records, as indices into ws
+    ks_l = ks.tolist()
+    top_tech = getattr(ws, "top_technique", None)
+    techs = [top_tech[k] for k in ks_l] if top_tech is not None else [None] * len(ks_l)  # per flagged record
     fp = pos[ks]                                     # their table positions
     # Only flagged records are looked at: the window's other rows are never converted (windows can be large).
     sub = table.take(pa.array(fp))
     is_tx = is_transactions(table.schema)
     src_col, dst_col, uid_col = ("customer_id", "terminal_id", "tx_id") if is_tx else ("src_ip", "dst_ip", "uid")
-    tech_k = [techs[k] or beh.best(int(k)) or NO_TECHNIQUE for k in ks.tolist()]
+    tech_k = [t or beh.best(k) or NO_TECHNIQUE for t, k in zip(techs, ks_l)]
     g = group(_col(sub, src_col), _col(sub, dst_col), tech_k)
     svc = _services(sub, dst_col)
     ts = sub.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6
-    refs = ref_rows if ref_rows is not None else tab_rows
+    refs = np.asarray(ref_rows if ref_rows is not None else tab_rows)
     fscores = scores[ks]
-    uids = _col(sub, uid_col)
+    # Per group, all groups at once (group g's records: g.order[g.bounds[g]:g.bounds[g + 1]], ascending).
+    st = _GroupStats(g, fscores, fp, ts, svc)
+    n_src_all, top_src_all = top_all(g, g.src_codes, g.src_names, TOP_K)
+    n_dst_all, top_dst_all = top_all(g, g.dst_codes, g.dst_names, TOP_K)
+    sketches = _sketches(g)
+    best_rows = sub.take(pa.array(st.best)).to_pylist()  # each group's highest-scoring record, as a dict
+    uids = _col(sub, uid_col).to_pylist()
+    aids = [alert_id(float(window.start), ep, tech, by) for by, ep, tech in zip(g.by, g.endpoint, g.technique)]
     finding_of = np.full(n_ws, None, dtype=object)
-    src_hash = np.fromiter((hash(x) for x in g.src_names), dtype=np.int64, count=len(g.src_names)).view(np.uint64)
-    out, first_pos, sketches = [], [], []
+    finding_of[ks] = np.array(aids, dtype=object)[g.inverse]
+    out = []
     for gi, members in enumerate(g.members):
         by, ep, tech = g.by[gi], g.endpoint[gi], g.technique[gi]
-        aid = alert_id(float(window.start), ep, tech, by)
-        finding_of[ks[members]] = aid
-        first_pos.append(int(fp[members].min()))
-        sc = fscores[members]
-        fin = np.isfinite(sc)
-        bi = int(members[int(np.nanargmax(sc))]) if fin.any() else int(members[0])
-        best = int(ks[bi])
-        max_score = float(np.nanmax(sc)) if fin.any() else float("nan")
-        n_src, top_src = top(g.src_codes[members], g.src_names, TOP_K)
-        sketches.append(np.unique(src_hash[g.src_codes[members]])[:SKETCH_K])
-        n_dst, top_dst = top(g.dst_codes[members], g.dst_names, TOP_K)
+        aid = aids[gi]
+        bi = int(st.best[gi])
+        best = ks_l[bi]
+        fin = bool(st.finite[gi])
+        max_score = float(st.max_score[gi]) if fin else float("nan")
+        n_src, top_src = int(n_src_all[gi]), top_src_all[gi]
+        n_dst, top_dst = int(n_dst_all[gi]), top_dst_all[gi]
         bsrc, bdst = g.src_names[int(g.src_codes[bi])], g.dst_names[int(g.dst_codes[bi])]
-        row = sub.slice(bi, 1).to_pylist()[0]
-        n_svc = len(np.unique(svc[members]))
+        row = best_rows[gi]
+        n_svc = int(st.services[gi])
         facts = FindingFacts(None if tech == NO_TECHNIQUE else tech, len(members), n_src, n_dst, n_svc, max_score,
                              threshold, nets.direction(bsrc, bdst), is_tx)
-        sev = severity(facts)
+        pts = points(facts)
+        sev = severity_of(pts)
         evidence = _evidence(row, is_tx, int(refs[fp[bi]]), float(scores[best]), threshold)
         ex = _explain(explain, best)
         if ex:
@@ -150,8 +156,9 @@ def build_alerts(
         evidences = [evidence] + _spread_evidence(by, ep, top_src if by == "dst" else top_dst, is_tx)
         key_src = ep if by == "src" else bsrc
         key_dst = ep if by == "dst" else bdst
-        rows = [int(refs[p]) for p in fp[members[:MAX_REFS]]]
-        uid_list = [u for u in uids.take(pa.array(members[:MAX_REFS])).to_pylist() if u is not None]
+        head = members[:MAX_REFS].tolist()
+        rows = [int(r) for r in refs[fp[head]].tolist()]
+        uid_list = [uids[i] for i in head if uids[i] is not None]
         out.append({
             "class_uid": CLASS_UID, "class_name": "Detection Finding",
             "category_uid": CATEGORY_UID, "category_name": "Findings",
@@ -167,8 +174,8 @@ def build_alerts(
             },
             "finding_info": {
                 "uid": aid, "title": title(by, ep, tech, n_src, is_tx),
-                "first_seen_time": int(float(ts[members].min()) * 1000),
-                "last_seen_time": int(float(ts[members].max()) * 1000),
+                "first_seen_time": int(float(st.ts_min[gi]) * 1000),
+                "last_seen_time": int(float(st.ts_max[gi]) * 1000),
                 "analytic": {"name": "graphsentry-stgnn", "type": "Learning (ML/DL)", "type_id": 4,
                              "version": model_version},
                 "attacks": [] if tech == NO_TECHNIQUE else attack_db.attacks(tech),
@@ -177,15 +184,15 @@ def build_alerts(
             "dst_endpoint": _endpoint(key_dst, row.get("dst_port") if by == "src" or is_tx else None, is_tx),
             "evidences": evidences,
             "unmapped": {
-                "score": max_score, "mean_score": float(np.nanmean(sc)) if fin.any() else None,
+                "score": max_score, "mean_score": st.mean(gi) if fin else None,
                 "threshold": threshold,
-                "score_ratio": (max_score / threshold) if threshold and fin.any() else None,
+                "score_ratio": (max_score / threshold) if threshold and fin else None,
                 "count": len(members), "technique": tech,
                 "technique_name": attack_db.technique(tech)[0] if tech != NO_TECHNIQUE else None,
                 "group_by": by, "key": ep,
                 "sources": n_src, "destinations": n_dst, "services": n_svc,
                 "top_sources": top_src, "top_destinations": top_dst,
-                "direction": facts.direction, "severity_points": points(facts),
+                "direction": facts.direction, "severity_points": pts,
                 "window": {"start": float(window.start), "end": float(window.end)},
                 "rows": rows, "uids": uid_list,
                 "model_version": model_version,
@@ -193,10 +200,54 @@ def build_alerts(
         })
         if beh.on:
             u = out[-1]["unmapped"]
-            u["behaviour_techniques"] = beh.union(ks[members].tolist())
+            mk = [ks_l[i] for i in members.tolist()]
+            u["behaviour_techniques"] = beh.union(mk)
             u["technique_source"] = (None if tech == NO_TECHNIQUE else
-                                     "knowledge" if any(techs[k] for k in ks[members].tolist()) else "behaviour")
-    return WindowAlerts(out, len(ks), len(ks) - len(out), first_pos, finding_of, sketches)
+                                     "knowledge" if any(techs[i] for i in members.tolist()) else "behaviour")
+    return WindowAlerts(out, len(ks), len(ks) - len(out), st.first_pos.tolist(), finding_of, sketches)
+
+
+class _GroupStats:
+    """Per group of a window's flagged records (:class:`~detector.alerts.grouping.Groups`), computed for all
+    groups at once: its best record (highest score, the first of equals; NaN scores ignored; the first
+    record when none is finite), whether any score is finite, the highest score, first position, first and
+    last time, distinct services; :meth:`mean` the NaN-ignoring mean score. The values of
+    ``np.nanargmax``, ``np.nanmax``, ``np.nanmean``, ``min``, ``max`` and ``len(np.unique(...))`` on each
+    group's records."""
+
+    def __init__(self, g, fscores: np.ndarray, fp: np.ndarray, ts: np.ndarray, svc: np.ndarray) -> None:
+        order, start = g.order, g.bounds[:-1]
+        self._start, self._end = g.bounds[:-1].tolist(), g.bounds[1:].tolist()
+        s = fscores[order]  # group by group, each group's records in ascending order
+        self.finite = np.logical_or.reduceat(np.isfinite(s), start)
+        self.max_score = np.fmax.reduceat(s, start)  # NaN ignored (NaN only where every score is NaN)
+        gid = np.repeat(np.arange(len(start)), np.diff(g.bounds))
+        at_max = np.where(s == self.max_score[gid], np.arange(len(s)), len(s))
+        first_max = np.minimum.reduceat(at_max, start)
+        self.best = order[np.where(self.finite, first_max, start)]
+        self._s0 = np.where(np.isnan(s), 0.0, s)  # nanmean's sum: NaN as 0, over the non-NaN count
+        self._n = np.add.reduceat((~np.isnan(s)).astype(np.int64), start)
+        self.first_pos = np.minimum.reduceat(fp[order], start)
+        t = ts[order]
+        self.ts_min, self.ts_max = np.minimum.reduceat(t, start), np.maximum.reduceat(t, start)
+        self.services = distinct_counts(g, svc, int(svc.max(initial=-1)) + 1)
+
+    def mean(self, gi: int) -> float:
+        return float(np.sum(self._s0[self._start[gi]:self._end[gi]]) / self._n[gi])
+
+
+def _sketches(g) -> list[np.ndarray]:
+    """Per group: the smallest :data:`SKETCH_K` distinct hashes of its distinct sources (ascending uint64)."""
+    pg, pc, _ = distinct_pairs(g, g.src_codes, len(g.src_names))
+    src_hash = np.fromiter((hash(x) for x in g.src_names), dtype=np.int64, count=len(g.src_names)).view(np.uint64)
+    h = src_hash[pc]
+    order = np.lexsort((h, pg))
+    pg, h = pg[order], h[order]
+    keep = np.ones(len(h), dtype=bool)
+    keep[1:] = (pg[1:] != pg[:-1]) | (h[1:] != h[:-1])  # one hash per group once (as np.unique)
+    pg, h = pg[keep], h[keep]
+    bounds = np.searchsorted(pg, np.arange(len(g.members) + 1))
+    return [h[a:min(b, a + SKETCH_K)].copy() for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
 
 
 def _services(sub: pa.Table, dst_col: str) -> np.ndarray:

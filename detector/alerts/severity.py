@@ -100,7 +100,11 @@ def points(f: FindingFacts) -> dict[str, int]:
 
 def severity(f: FindingFacts) -> int:
     """OCSF ``severity_id``: 2 Low, 3 Medium, 4 High, 5 Critical (see the module docstring)."""
-    p = points(f)
+    return severity_of(points(f))
+
+
+def severity_of(p: dict[str, int]) -> int:
+    """:func:`severity` from the finding's :func:`points`."""
     total = sum(p.values())
     sev = next((s for need, s in LEVELS if total >= need), 2)
     if sev == 5 and p["impact"] < 2:
