@@ -22,7 +22,9 @@ second thread keeps ``busy_thread_kept_share`` of its solo rate while the decode
 ``busy_thread_lost_ms_per_poll`` = (1 - kept share) x run time / polls; ``wall_ms_beside_busy_thread`` is
 a poll's wall time while it has to win the GIL back from that thread. ``arrow_read_options`` times
 ``pyarrow.json.read_json`` alone with and without threads and at two block sizes (the choice in
-``json_batch._arrow``). ``load_avg_1m_at_start`` says how busy the machine was.
+``json_batch._arrow``); ``small_polls`` gives CPU and GIL microseconds of both paths on polls of 16, 64 and
+256 messages (the whole-poll path's fixed cost sets ``json_batch.FAST_MIN``). ``load_avg_1m_at_start`` says
+how busy the machine was.
 
     .venv/bin/python benchmarks/json_decode_bench.py                 # ~30 s
     .venv/bin/python benchmarks/json_decode_bench.py --seconds 0.5   # quicker, noisier
@@ -178,6 +180,17 @@ def main() -> int:
             m = measure(f, args.seconds / 2, statistics.mean(solo), args.reps)
             opts[f"threads_{str(threads).lower()}_block_{block >> 10}k"] = {
                 k: m[k] for k in ("wall_ms", "wall_ms_median", "cpu_ms", "busy_thread_lost_ms_per_poll")}
+    small: dict = {}
+    for m in (16, 64, 256):  # the smallest polls the whole-poll path takes (json_batch.FAST_MIN = 16)
+        for name, fast in (("whole_poll", True), ("per_message_orjson", False)):
+            cpu, gil = [], []
+            for _ in range(100):
+                c, g = time.thread_time(), _NOGIL[0]
+                decode_json_batch(vals[:m], "flows", fast=fast)
+                cpu.append(time.thread_time() - c)
+                gil.append(cpu[-1] - (_NOGIL[0] - g))
+            small.setdefault(str(m), {})[name] = {"cpu_us": round(statistics.median(cpu) * 1e6),
+                                                  "gil_us": round(statistics.median(gil) * 1e6)}
     shares = {}
     for name, v in (("clean", vals), ("iso_ts", iso), ("1pct_bad", bad)):
         plan = _fast_rows(v, "flows")
@@ -187,6 +200,7 @@ def main() -> int:
 
     report = {**report_meta(), "load_avg_1m_at_start": round(load, 2), "messages": n, "poll_bytes": len(joined),
               "busy_thread_solo_rates": [round(r) for r in solo], "decoders": res, "arrow_read_options": opts,
+              "small_polls": small,
               "whole_poll_share_of_messages": shares,
               "whole_poll_vs_per_message_orjson": {
                   "gil_ms_ratio": round(w["gil_ms"] / max(o["gil_ms"], 1e-9), 3),
@@ -195,7 +209,7 @@ def main() -> int:
                   "wall_ms_ratio": round(w["wall_ms"] / max(o["wall_ms"], 1e-9), 3)}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("arrow_read_options", "whole_poll_share_of_messages",
+    print(json.dumps({k: report[k] for k in ("arrow_read_options", "small_polls", "whole_poll_share_of_messages",
                                              "whole_poll_vs_per_message_orjson")}, indent=1))
     print(f"wrote {args.out}")
     return 0

@@ -232,8 +232,9 @@ def _as_schema(t: pa.Table, schema: pa.Schema) -> pa.Table:
 # --------------------------------------------------------------------------------------------
 # the whole-poll path: pyarrow.json on the joined payloads, exact or not taken
 
-#: polls smaller than this take the per-message path (a ``read_json`` call costs about 100 messages' orjson)
-FAST_MIN = 64
+#: polls smaller than this take the per-message path (reports/json_decode_bench.json ``small_polls``: from
+#: 16 messages on the whole-poll path holds the GIL for less time, though it costs more CPU)
+FAST_MIN = 16
 #: a refused run is cut in this many parts and each read again, down to runs of ``_MIN_RUN`` messages
 _SPLIT, _MIN_RUN = 8, 32
 #: brackets one message may hold and still be read by Arrow (orjson and the standard library refuse deep nesting)

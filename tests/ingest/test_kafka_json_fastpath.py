@@ -371,3 +371,18 @@ def test_refusals_anywhere_in_the_poll(where):
     check_same(values)
     if where in ("first", "last", "one_in_a_hundred"):
         assert fast_share(values) >= 0.75
+
+
+def test_long_decimals_round_as_orjson_rounds_them():
+    """Numbers with more digits than a double holds, tiny and huge exponents: Arrow's and orjson's doubles agree."""
+    rng = np.random.default_rng(7)
+    values = []
+    for m in flows(200):
+        rec = {k: v for k, v in json.loads(m).items() if k not in ("duration", "ts", "entropy")}
+        digits = "".join(map(str, rng.integers(0, 10, int(rng.integers(1, 31)))))
+        exp = ["", "e-5", "E+3", "e300", "e-320", "e-330", "e-400"][int(rng.integers(7))]
+        values.append(("{" + f'"duration": {rng.integers(100000)}.{digits}{exp}, "entropy": 0.{digits}, '
+                       f'"ts": {rng.integers(1_600_000_000, 1_800_000_000)}.{digits}, '
+                       + json.dumps(rec)[1:-1] + "}").encode())
+    assert fast_share(values) == 1.0
+    check_same(values)
