@@ -325,21 +325,34 @@ class KnowledgeFeaturizer:
         row = kb.edge_row(edge) if edge is not None else kb.node[node]
         act = row[: kb.n_pred]
         tech = row[kb.tech_slice]
-        order = np.argsort(-tech, kind="stable")[:k]
-        out = []
-        for j in order.tolist():
+        js = []
+        for j in np.argsort(-tech, kind="stable")[:k].tolist():
             if tech[j] < min_score:
                 break
+            js.append(j)
+        w = self.weight.T[js]  # [n, P] float64: the links of the listed techniques
+        # each technique's predicate contributions act * w, and the activations themselves last
+        ranked = _positive_desc(np.vstack([act * w, act[None, :].astype(np.float64)]))
+        act_l, w_l = act.tolist(), w.tolist()
+        out = []
+        for i, j in enumerate(js):
             t = self.techniques[j]
-            contrib = act * self.weight[:, j]
-            preds = [{"name": self.predicates[p], "value": round(float(act[p]), 3),
-                      "confidence": round(float(self.weight[p, j]), 3)}
-                     for p in np.argsort(-contrib, kind="stable").tolist() if contrib[p] > 0]
+            preds = [{"name": self.predicates[p], "value": round(act_l[p], 3), "confidence": round(w_l[i][p], 3)}
+                     for p in ranked[i]]
             out.append({
                 "id": t["id"], "name": t["name"], "score": round(float(tech[j]), 4), "predicates": preds,
                 "tactics": t["tactics"],
                 "refs": {"attack": t["url"], "d3fend": t["d3fend"][:5], "mitigations": t["mitigations"][:5]},
             })
-        fired = [{"name": self.predicates[p], "value": round(float(act[p]), 3)}
-                 for p in np.argsort(-act, kind="stable").tolist() if act[p] > 0]
+        fired = [{"name": self.predicates[p], "value": round(act_l[p], 3)} for p in ranked[-1]]
         return {"edge": edge, "node": node, "techniques": out, "predicates": fired, "artifact": self.hash[:12]}
+
+
+def _positive_desc(m: np.ndarray) -> list[list[int]]:
+    """Per row of ``m``: the columns with a value above 0, largest first, ties in column order (the ``> 0``
+    entries of the row's ``np.argsort(-row, kind="stable")``), all rows sorted in one call."""
+    r, c = np.nonzero(m > 0)
+    o = np.lexsort((c, -m[r, c], r))
+    ends = np.cumsum(np.bincount(r, minlength=len(m))).tolist()
+    c = c[o].tolist()
+    return [c[a:b] for a, b in zip([0] + ends[:-1], ends)]
