@@ -19,7 +19,8 @@ an upper bound of the GIL time per poll, as the numpy and pyarrow.compute calls 
 the GIL for most of their work, count as holding it; ``gil_share_of_cpu`` and ``gil_us_per_message``.
 A second measure that needs no such accounting but is noisy on a busy machine: a pure-Python busy loop in a
 second thread keeps ``busy_thread_kept_share`` of its solo rate while the decoder runs in a loop, so
-``busy_thread_lost_ms_per_poll`` = (1 - kept share) x run time / polls; ``wall_ms_beside_busy_thread`` is
+``busy_thread_lost_ms_per_poll`` = (1 - kept share) x run time / polls (medians of three rounds, each
+rate measured just before its round; the other load of a shared machine moves both); ``wall_ms_beside_busy_thread`` is
 a poll's wall time while it has to win the GIL back from that thread. ``arrow_read_options`` times
 ``pyarrow.json.read_json`` alone with and without threads and at two block sizes (the choice in
 ``json_batch._arrow``); ``small_polls`` gives CPU and GIL microseconds of both paths on polls of 16, 64 and
@@ -92,7 +93,7 @@ def _timed_read_json(*args, **kwargs):
 pajson.read_json = _timed_read_json
 
 
-def measure(f, seconds: float, solo_rate: float, reps: int) -> dict:
+def measure(f, seconds: float, reps: int, rounds: int = 3) -> dict:
     """Solo wall/CPU per poll, then ``f`` in a loop for ``seconds`` beside the busy thread."""
     f()
     walls, cpus, nogil = [], [], []
@@ -102,28 +103,33 @@ def measure(f, seconds: float, solo_rate: float, reps: int) -> dict:
         walls.append(time.perf_counter() - t)
         cpus.append(time.thread_time() - c)
         nogil.append(_NOGIL[0] - g)
-    out: list = []
-    stop = [False]
-    th = threading.Thread(target=_busy, args=(stop, out))
-    th.start()
-    time.sleep(0.02)
-    polls, beside = 0, []
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        t = time.perf_counter()
-        f()
-        beside.append(time.perf_counter() - t)
-        polls += 1
-    run = time.perf_counter() - t0
-    stop[0] = True
-    th.join()
-    kept = min(1.0, (out[0] / out[1]) / solo_rate)
+    kept, lost, beside, polls = [], [], [], 0
+    for _ in range(rounds):  # solo rate and the run beside it alternate: the machine's other load drifts
+        solo_rate = busy_rate(0.2)
+        out: list = []
+        stop = [False]
+        th = threading.Thread(target=_busy, args=(stop, out))
+        th.start()
+        time.sleep(0.02)
+        k = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds / rounds:
+            t = time.perf_counter()
+            f()
+            beside.append(time.perf_counter() - t)
+            k += 1
+        run = time.perf_counter() - t0
+        stop[0] = True
+        th.join()
+        kept.append(min(1.0, (out[0] / out[1]) / solo_rate))
+        lost.append((1.0 - kept[-1]) * run / k)
+        polls += k
     cpu = statistics.median(cpus)
     gil = statistics.median([c - g for c, g in zip(cpus, nogil)])
     return {"wall_ms": round(min(walls) * 1e3, 2), "wall_ms_median": round(statistics.median(walls) * 1e3, 2),
             "cpu_ms": round(cpu * 1e3, 2), "gil_ms": round(gil * 1e3, 2), "gil_share_of_cpu": round(gil / cpu, 3),
-            "busy_thread_kept_share": round(kept, 3),
-            "busy_thread_lost_ms_per_poll": round((1.0 - kept) * run / polls * 1e3, 2),
+            "busy_thread_kept_share": round(statistics.median(kept), 3),
+            "busy_thread_lost_ms_per_poll": round(statistics.median(lost) * 1e3, 2),
             "wall_ms_beside_busy_thread": round(statistics.median(beside) * 1e3, 2),
             "polls_beside_busy_thread": polls}
 
@@ -163,12 +169,10 @@ def main() -> int:
         "whole_poll_1pct_bad": lambda: decode_json_batch(bad, "flows"),
         "per_message_orjson_1pct_bad": lambda: decode_json_batch(bad, "flows", fast=False),
     }
-    solo = [busy_rate(0.5)]
     res: dict = {}
     for name, f in decoders.items():
-        res[name] = measure(f, args.seconds, statistics.mean(solo), args.reps)
+        res[name] = measure(f, args.seconds, args.reps)
         res[name]["gil_us_per_message"] = round(res[name]["gil_ms"] * 1e3 / n, 3)
-        solo.append(busy_rate(0.3))
         print(f"{name:30s} " + "  ".join(f"{k} {v}" for k, v in res[name].items()), flush=True)
     joined = b"\n".join(vals)
     opts: dict = {}
@@ -177,7 +181,7 @@ def main() -> int:
             ro = pajson.ReadOptions(use_threads=threads, block_size=block)
             f = lambda ro=ro: _READ_JSON(pa.BufferReader(joined), read_options=ro,  # noqa: E731
                                                parse_options=_OPTIONS[("flows", "number")])
-            m = measure(f, args.seconds / 2, statistics.mean(solo), args.reps)
+            m = measure(f, args.seconds / 2, args.reps)
             opts[f"threads_{str(threads).lower()}_block_{block >> 10}k"] = {
                 k: m[k] for k in ("wall_ms", "wall_ms_median", "cpu_ms", "busy_thread_lost_ms_per_poll")}
     small: dict = {}
@@ -199,10 +203,12 @@ def main() -> int:
     from training.report_meta import report_meta
 
     report = {**report_meta(), "load_avg_1m_at_start": round(load, 2), "messages": n, "poll_bytes": len(joined),
-              "busy_thread_solo_rates": [round(r) for r in solo], "decoders": res, "arrow_read_options": opts,
+              "decoders": res, "arrow_read_options": opts,
               "small_polls": small,
               "whole_poll_share_of_messages": shares,
               "whole_poll_vs_per_message_orjson": {
+                  "gil_us_per_message": [w["gil_us_per_message"], o["gil_us_per_message"]],
+                  "cpu_ms": [w["cpu_ms"], o["cpu_ms"]],
                   "gil_ms_ratio": round(w["gil_ms"] / max(o["gil_ms"], 1e-9), 3),
                   "busy_thread_lost_ms_ratio": round(w["busy_thread_lost_ms_per_poll"]
                                                      / max(o["busy_thread_lost_ms_per_poll"], 1e-9), 3),
