@@ -386,3 +386,15 @@ def test_long_decimals_round_as_orjson_rounds_them():
                        + json.dumps(rec)[1:-1] + "}").encode())
     assert fast_share(values) == 1.0
     check_same(values)
+
+
+@pytest.mark.parametrize("ts", ["inf", "Infinity", 1e20, 1.7976931348623157e302, 9.3e12])
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_timestamp_beyond_int64_is_a_dead_letter_not_an_exception(ts, fast):
+    good = flows(40)
+    values = list(good)
+    values[7] = edit(good[7], ts=ts)
+    dl = ListDL()
+    t, idx, bad = decode_json_batch(values, "flows", dl, fast=fast)
+    assert [(line, reason) for line, reason, _ in dl.items] == [(7, "bad_value")] and bad == {"bad_value": 1}
+    assert t.num_rows == 39 and 7 not in idx.tolist()
