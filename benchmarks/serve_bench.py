@@ -235,13 +235,30 @@ def latency_run(bootstrap: str, tmp: Path, model, window: float | None, seconds:
                round(d.metrics.value("graphsentry_scoring_seconds_sum") / n_win, 3) if n_win else None,
            "stream_seconds": seconds, "records": n, "scored": s.records_scored, "late": s.late, "alerts": s.alerts,
            "event_to_alert_p50_s": s.event_to_alert_p50_s, "event_to_alert_p99_s": s.event_to_alert_p99_s,
-           "goal_p99_s": float(d.cfg["window"]["size"]) + 2.0}
+           "goal_p99_s": float(d.cfg["window"]["size"]) + 2.0, "stages_s": stage_summary(d.window_timings)}
     if rss_every > 0:
         res["rss_mb_every_10s"] = [r for r, _ in samples]
         res["flagged_share_every_10s"] = [f for _, f in samples]
         res["flagged_share"] = round(s.flagged_records / max(s.records_scored, 1), 5)
     return res
 
+
+
+def stage_summary(timings) -> dict:
+    """Median and max seconds per stage after a window's end (``Daemon.window_timings``; the first window, whose
+    records began mid-window when the stream started, included), and the slowest window's row."""
+    rows = [r for r in timings if r["records"] > 0]
+    if not rows:
+        return {}
+    out: dict = {}
+    for stage in ("close", "queued", "score", "alerts", "write"):
+        v = [r[stage] for r in rows if r[stage] is not None]
+        if v:
+            out[stage] = {"median": round(float(np.median(v)), 3), "max": round(float(np.max(v)), 3)}
+    total = lambda r: sum(r[k] or 0.0 for k in ("close", "queued", "score", "alerts", "write"))  # noqa: E731
+    worst = max(rows, key=total)
+    out["slowest_window"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in worst.items()}
+    return out
 
 
 # ---------------------------------------------------------------------------------------- scale-out

@@ -58,6 +58,13 @@ class Metrics:
         self.scoring_seconds = Histogram(
             "graphsentry_scoring_seconds", "Time to build and score one window", buckets=SCORING_BUCKETS, registry=r
         )
+        # where a window's seconds go after its end (docs/scale-out.md, "Event-to-alert latency"): close (event
+        # time passing end + lateness, to the window queued; live streams only), queued (waiting for the
+        # scorer), score, alerts (threshold, findings, explanations), write (every required sink durable)
+        self.window_stage = Histogram(
+            "graphsentry_window_stage_seconds", "Seconds one window spends in each stage after its end, by stage",
+            ["stage"], buckets=SCORING_BUCKETS, registry=r,
+        )
         self.event_to_alert = Histogram(
             "graphsentry_event_to_alert_seconds",
             "Wall time from an alert's first flagged record (its producer timestamp; file: read time) to the alert "

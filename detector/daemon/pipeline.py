@@ -111,6 +111,8 @@ class Daemon(BehaviourStage, CalibrationStage, AlertStage, ArchiveStage, Stages)
         from collections import deque
 
         self.e2a_samples: deque = deque(maxlen=100_000)  # raw event-to-alert latencies (summary, benchmarks)
+        self.window_timings: deque = deque(maxlen=10_000)  # per window: seconds per stage after its end (stages.py)
+        self._closed_at: dict[tuple[float, float], float] = {}  # (start, end) -> wall time the window closed
         # grace-period calibration (docs/calibration.md): the deployed threshold is daemon state
         self._cal = None                          # detector.grace.GraceCalibrator, or None (off)
         self._cal_reset = threading.Event()       # set by SIGHUP / reset_calibration(); applied between windows

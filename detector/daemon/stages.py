@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,7 @@ class Stages:
 
         def emit(windows: list) -> None:
             for w in windows:
+                self._closed_at[(w.start, w.end)] = time.time()  # the score stage times what follows from here
                 q_win.put(w)  # blocks when scoring falls behind: the backpressure chain starts here
                 m.queue_depth.labels("windows").set(q_win.qsize())
 
@@ -286,20 +288,24 @@ class Stages:
             self._apply_reset(model)
             if not self._beh_resumed:
                 self._resume_behaviour(model)
+            picked = time.time()
             t0 = time.perf_counter()
             results = self._score_batch(model.scorer, batch)
             per_window = (time.perf_counter() - t0) / len(batch)
+            timing = _WindowTiming(self, batch, picked, per_window)
             if self._archive_on and self._cal is None:
                 # the archive first, flushed once for the batch: before any of its records is marked done
-                prepared = [self._prepare_window(w, ws, model, per_window) for w, ws in zip(batch, results)]
+                prepared = [timing.alerts(self._prepare_window, w, ws, model, per_window)
+                            for w, ws in zip(batch, results)]
                 archived = self._archive_windows(prepared, model)
                 for p in prepared:
-                    self._emit_window(p, model, sinks, archived)
+                    timing.write(self._emit_window, p, model, sinks, archived)
             else:  # window by window (a calibrator saves its state after each window written: in step)
                 for w, ws in zip(batch, results):
-                    p = self._prepare_window(w, ws, model, per_window)
+                    p = timing.alerts(self._prepare_window, w, ws, model, per_window)
                     archived = self._archive_windows([p], model) if self._archive_on else True
-                    self._emit_window(p, model, sinks, archived)
+                    timing.write(self._emit_window, p, model, sinks, archived)
+            timing.observe()
             self._behaviour_metrics(model)
             if self._beh_unverified:
                 self._verify_late_streams()
@@ -325,3 +331,46 @@ class Stages:
             except Exception as exc:  # noqa: BLE001
                 out.append(exc)
         return out
+
+
+class _WindowTiming:
+    """Where a scored batch's seconds went, per window (``graphsentry_window_stage_seconds`` and
+    ``Daemon.window_timings``): close (event time past end + lateness to queued; live streams only), queued, score
+    (the batch's time shared out), alerts, write."""
+
+    #: a window whose end is this far from the wall clock is a backlog's: its close delay says nothing
+    LIVE_SKEW = 30.0
+
+    def __init__(self, daemon: Any, batch: list, picked: float, score_s: float) -> None:
+        self.daemon, self.batch, self.score_s = daemon, batch, score_s
+        lateness = float(daemon.cfg["window"]["lateness"] or 0.0)
+        self.rows = []
+        for w in batch:
+            closed = daemon._closed_at.pop((w.start, w.end), picked)
+            due = float(w.end) + lateness
+            self.rows.append({"window_end": float(w.end), "records": int(w.table.num_rows),
+                              "close": closed - due if abs(closed - due) <= self.LIVE_SKEW else None,
+                              "queued": max(0.0, picked - closed), "score": score_s, "alerts": 0.0, "write": 0.0})
+        self._alerts_i = self._write_i = 0
+
+    def alerts(self, fn: Callable, *args: Any) -> Any:
+        t = time.perf_counter()
+        out = fn(*args)
+        self.rows[self._alerts_i]["alerts"] = time.perf_counter() - t
+        self._alerts_i += 1
+        return out
+
+    def write(self, fn: Callable, *args: Any) -> Any:
+        t = time.perf_counter()
+        out = fn(*args)
+        self.rows[self._write_i]["write"] = time.perf_counter() - t
+        self._write_i += 1
+        return out
+
+    def observe(self) -> None:
+        h = self.daemon.metrics.window_stage
+        for r in self.rows:
+            for stage in ("close", "queued", "score", "alerts", "write"):
+                if r[stage] is not None:
+                    h.labels(stage).observe(max(0.0, r[stage]))
+            self.daemon.window_timings.append(r)

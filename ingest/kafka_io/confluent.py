@@ -78,9 +78,13 @@ class ConfluentSource(KafkaSource):
             by_tp.setdefault((m.topic(), m.partition()), []).append(m)
         if by_tp:
             self._rd_down = False
-        return [_Polled(t, p, [m.value() for m in ms], ms[0].offset(), ms[-1].offset(),
-                        max(m.timestamp()[1] for m in ms), [m.offset() for m in ms])
-                for (t, p), ms in by_tp.items()]
+        out = []
+        for (t, p), ms in by_tp.items():
+            first, last = ms[0].offset(), ms[-1].offset()
+            offsets = None if last - first + 1 == len(ms) else [m.offset() for m in ms]  # gaps: list them
+            out.append(_Polled(t, p, [m.value() for m in ms], first, last, max(m.timestamp()[1] for m in ms),
+                               offsets))
+        return out
 
     _rd_down = False
 

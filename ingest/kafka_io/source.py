@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import queue
 import threading
 import time
@@ -447,7 +448,9 @@ class KafkaSource:
                 self.fmt == "auto" and all(v is not None and v[:1] == b"{" for v in values))):
             dec = decode_messages(values, self.fmt, self.kind, self.dead_letter, source=source)
             if dec.msg_index is not None:
-                row_offs = np.asarray(offs, np.int64)[dec.msg_index]
+                arr = np.arange(offs.start, offs.stop, dtype=np.int64) if isinstance(offs, range) \
+                    else np.asarray(offs, np.int64)
+                row_offs = arr[dec.msg_index]
                 return dec, row_offs, np.zeros(len(row_offs), np.int64)
         return decode_positions(values, offs, self.fmt, self.kind, self.dead_letter, source=source)
 
@@ -490,9 +493,16 @@ class KafkaSource:
 
     def _poll_chunks(self) -> list[_Polled]:
         polled = self.consumer.poll(timeout_ms=200, max_records=self.max_poll_records)
-        return [_Polled(tp.topic, tp.partition, [m.value for m in msgs], msgs[0].offset, msgs[-1].offset,
-                        max((m.timestamp or 0 for m in msgs), default=0), [m.offset for m in msgs])
-                for tp, msgs in polled.items() if msgs]
+        out = []
+        for tp, msgs in polled.items():
+            if not msgs:
+                continue
+            first, last = msgs[0].offset, msgs[-1].offset
+            # offsets without gaps (the usual case: no compaction, no transaction markers) need no list
+            offsets = None if last - first + 1 == len(msgs) else list(map(_OFFSET, msgs))
+            newest = max(map(_timestamp, msgs))
+            out.append(_Polled(tp.topic, tp.partition, list(map(_VALUE, msgs)), first, last, newest, offsets))
+        return out
 
     def _commit_offsets(self, todo: dict[tuple[str, int], int]) -> None:
         from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -534,6 +544,13 @@ class KafkaSource:
 
     def _close(self) -> None:
         self.consumer.close(autocommit=False)
+
+
+_VALUE, _OFFSET = operator.attrgetter("value"), operator.attrgetter("offset")
+
+
+def _timestamp(m: Any) -> int:
+    return m.timestamp or 0
 
 
 @dataclass

@@ -89,6 +89,8 @@ def test_the_last_window_of_a_live_burst_alerts_within_window_plus_lateness(kafk
             time.sleep(0.1)
         took = time.monotonic() - sent
         hist_count = d.metrics.value("graphsentry_event_to_alert_seconds_count")
+        stage_counts = {st: d.metrics.value("graphsentry_window_stage_seconds_count", {"stage": st})
+                        for st in ("close", "queued", "score", "alerts", "write")}
     finally:
         d.stop("test")
         th.join(60)
@@ -97,3 +99,11 @@ def test_the_last_window_of_a_live_burst_alerts_within_window_plus_lateness(kafk
     assert s.alerts > 0 and hist_count == s.alerts
     assert s.event_to_alert_p99_s is not None and s.event_to_alert_p99_s < 2 * SIZE + LATE + 5.0
     assert len(read_alert_store(tmp_path / "a.db")) == s.alerts
+    # where the seconds went, per window: every scored window has its row, a live stream's its close delay
+    rows = list(d.window_timings)
+    assert len(rows) == s.windows_scored == stage_counts["score"] == stage_counts["write"] == stage_counts["close"]
+    assert sum(r["records"] for r in rows) == s.records_scored
+    for r in rows:
+        # the burst is sent up to 2 windows after its event times: its windows are due before they are read
+        assert r["close"] is not None and -1.0 < r["close"] < 2 * SIZE + LATE + 5.0
+        assert r["queued"] >= 0.0 and r["score"] > 0.0 and r["alerts"] > 0.0 and r["write"] > 0.0
