@@ -23,8 +23,8 @@ second thread keeps ``busy_thread_kept_share`` of its solo rate while the decode
 rate measured just before its round; the other load of a shared machine moves both); ``wall_ms_beside_busy_thread`` is
 a poll's wall time while it has to win the GIL back from that thread. ``arrow_read_options`` times
 ``pyarrow.json.read_json`` alone with and without threads and at two block sizes (the choice in
-``json_batch._arrow``); ``small_polls`` gives CPU and GIL microseconds of both paths on polls of 16, 64 and
-256 messages (the whole-poll path's fixed cost sets ``json_batch.FAST_MIN``). ``load_avg_1m_at_start`` says
+``json_batch._arrow``); ``small_polls`` gives CPU and GIL microseconds of both paths on polls of 16, 32, 64
+and 256 messages (the whole-poll path's fixed cost sets ``json_batch.FAST_MIN``). ``load_avg_1m_at_start`` says
 how busy the machine was.
 
     .venv/bin/python benchmarks/json_decode_bench.py                 # ~30 s
@@ -51,7 +51,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.json as pajson  # noqa: E402
 from serve_bench import gen_flows  # noqa: E402
 
-from ingest.kafka_io import table_to_json_messages  # noqa: E402
+from ingest.kafka_io import json_batch, table_to_json_messages  # noqa: E402
 from ingest.kafka_io.json_batch import _OPTIONS, _fast_rows, decode_json_batch, records_batch  # noqa: E402
 
 
@@ -185,16 +185,18 @@ def main() -> int:
             opts[f"threads_{str(threads).lower()}_block_{block >> 10}k"] = {
                 k: m[k] for k in ("wall_ms", "wall_ms_median", "cpu_ms", "busy_thread_lost_ms_per_poll")}
     small: dict = {}
-    for m in (16, 64, 256):  # the smallest polls the whole-poll path takes (json_batch.FAST_MIN = 16)
+    json_batch.FAST_MIN, fast_min = 1, json_batch.FAST_MIN  # the whole-poll path below its threshold too
+    for m in (16, 32, 64, 256):  # small polls: where the whole-poll path starts to pay (json_batch.FAST_MIN)
         for name, fast in (("whole_poll", True), ("per_message_orjson", False)):
             cpu, gil = [], []
-            for _ in range(100):
+            for _ in range(200):
                 c, g = time.thread_time(), _NOGIL[0]
                 decode_json_batch(vals[:m], "flows", fast=fast)
                 cpu.append(time.thread_time() - c)
                 gil.append(cpu[-1] - (_NOGIL[0] - g))
             small.setdefault(str(m), {})[name] = {"cpu_us": round(statistics.median(cpu) * 1e6),
                                                   "gil_us": round(statistics.median(gil) * 1e6)}
+    json_batch.FAST_MIN = fast_min
     shares = {}
     for name, v in (("clean", vals), ("iso_ts", iso), ("1pct_bad", bad)):
         plan = _fast_rows(v, "flows")

@@ -232,14 +232,17 @@ def _as_schema(t: pa.Table, schema: pa.Schema) -> pa.Table:
 # --------------------------------------------------------------------------------------------
 # the whole-poll path: pyarrow.json on the joined payloads, exact or not taken
 
-#: polls smaller than this take the per-message path (reports/json_decode_bench.json ``small_polls``: from
-#: 16 messages on the whole-poll path holds the GIL for less time, though it costs more CPU)
-FAST_MIN = 16
+#: polls smaller than this take the per-message path: the whole-poll path has a fixed cost of some hundred
+#: microseconds with the GIL, about that of 16 messages through orjson (reports/json_decode_bench.json
+#: ``small_polls``)
+FAST_MIN = 32
 #: a refused run is cut in this many parts and each read again, down to runs of ``_MIN_RUN`` messages
 _SPLIT, _MIN_RUN = 8, 32
 #: brackets one message may hold and still be read by Arrow (orjson and the standard library refuse deep nesting)
 _MAX_BRACKETS = 256
-_BLOCK = 1 << 20  # at least; a poll is always read as one block, in the calling thread
+#: a poll is read as one block (at least this big) in the calling thread: Arrow's threads gain nothing on one
+#: block and would take a core from the Kafka client (reports/json_decode_bench.json ``arrow_read_options``)
+_BLOCK = 1 << 20
 _ROW = re.compile(r"in row (\d+)")
 #: parse errors that name their row followed one by one before a refused run is cut in parts
 _MAX_NAMED = 32
