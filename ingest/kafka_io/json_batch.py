@@ -5,7 +5,7 @@ produce, so this is the daemon's hot path. Its thread shares the GIL with the Ka
 record parsing, so :func:`decode_json_batch` reads a poll in Arrow's C++, which releases the GIL:
 
 1. the payloads are joined with newlines and read by ``pyarrow.json`` with an explicit schema (fields
-   not in it are ignored), ``ts`` as a number or as text after the first message; the messages it
+   not in it are ignored), ``ts`` as a number or as text as the first message has it; the messages it
    cannot read exactly as orjson does are screened out first (:func:`_screen`: a ``None`` value, no
    ``{...}`` on one line, an empty message, another control byte, invalid UTF-8, ``NaN``/``Inf``, deep
    nesting); a message Arrow refuses with an error that names its row (a wrong JSON type, a duplicate
