@@ -108,7 +108,10 @@ class IncidentTracker:
             self._expire(min(a["unmapped"]["window"]["start"] for a in wa.alerts))
         fo = wa.finding_of
         if fo is not None and remap:
-            fo = np.array([remap.get(x, x) if x is not None else None for x in fo], dtype=object)
+            fo = np.array(fo, dtype=object)  # a copy; only the flagged records' entries (not None) change
+            hit = np.flatnonzero(np.not_equal(fo, None))
+            if len(hit):
+                fo[hit] = np.array([remap.get(x, x) for x in fo[hit].tolist()] + [None], dtype=object)[:-1]
         return WindowAlerts(out, wa.flagged, wa.suppressed, wa.first_pos, fo, wa.sketches)
 
     def _fold_one(self, a: dict, sketch: np.ndarray) -> dict:

@@ -61,6 +61,14 @@ class StreamScorer:
         self._behaviour: _Behaviour | None = None  # made on the first window (imports numba)
         self.technique = _TechniqueChannel.of(bundle)
 
+    def warm_up(self, networks=None, freeze_heap: bool = True) -> float:
+        """Pay the one-time costs of serving before the first window (:func:`detector.scoring.warm.warm_up`:
+        a throwaway scorer of this bundle scores a synthetic window and builds findings for it; this
+        scorer's state is not touched); the seconds it took."""
+        from detector.scoring.warm import warm_up
+
+        return warm_up(self, networks, freeze_heap)
+
     @property
     def behaviour(self):
         """The :class:`ingest.behaviour.BehaviourState` of this stream (None when off or not started)."""

@@ -57,6 +57,25 @@ def test_partial_ranges_combine_by_maximum():
     assert np.array_equal(np.where(better, j1, j0), j)
 
 
+@pytest.mark.parametrize("block", [1, 7, 1024])
+def test_partial_in_row_blocks_equals_the_whole_matrix_formula(block, monkeypatch):
+    """partial() works a block of rows at a time; its scores and columns are the one-shot formula's bit for bit
+    (float32 input, NaN rows, ties between columns, a ragged last block)."""
+    det = TechniqueDetector().fit(_benign(5000, 0))
+    A = _benign(1000, 4).astype(np.float32)
+    A[::11, 1] = A[::11, 2] = 0.9  # ties: the first column wins
+    A[5, 3] = np.nan
+    monkeypatch.setattr(TechniqueDetector, "BLOCK", block)
+    for start, cols in ((0, slice(None)), (2, slice(2, None))):
+        b = det.bound_[start:start + A[:, cols].shape[1]]
+        e = (A[:, cols] - b) / np.maximum(1.0 - b, 1e-3) - det.column_threshold_[start:start + len(b)]
+        j = np.argmax(e, axis=1)
+        s, col = det.partial(A[:, cols], start)
+        assert np.array_equal(s, np.maximum(e[np.arange(len(A)), j], -1.0), equal_nan=True)
+        assert np.array_equal(col, j + start)
+    assert np.isnan(det.partial(A, 0)[0][5])
+
+
 @pytest.mark.parametrize("kwargs, match", [({"target_fpr": 0}, "target_fpr"), ({"share": 1.5}, "share"),
                                            ({"quantile": 0}, "quantile"), ({"min_activation": 1.0}, "min_activation")])
 def test_bad_config(kwargs, match):
