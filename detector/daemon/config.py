@@ -160,7 +160,9 @@ class KafkaSection(_Section):
                                                description="undecodable messages go here (null: count only)")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a new consumer group starts")
-    max_poll_records: PosInt = Field(500, description="records per poll")
+    max_poll_records: PosInt = Field(2000, description="records per poll (a poll's JSON messages are decoded at once)")
+    fetch_max_wait_ms: PosInt = Field(
+        100, description="longest wait of the broker for new data per fetch, ms (lower: records arrive sooner)")
     session_timeout_ms: PosInt = Field(10000, description="consumer session timeout, ms")
     heartbeat_interval_ms: PosInt = Field(3000, description="consumer heartbeat, ms (below the session timeout)")
     commit_interval: PosFloat = Field(1.0, description="seconds between offset commits of what is durable")

@@ -88,22 +88,29 @@ def sniff_message(raw: bytes | None) -> str:
     return "unknown"
 
 
+#: microseconds an int64 timestamp column holds: a ``ts`` beyond is unusable, not an overflow
+_MAX_US = float(2**63 - 1)
+
+
 def _parse_ts(v: Any) -> int | None:
     """Microseconds since the epoch from seconds (number) or an ISO-8601 string; None if unusable."""
     if isinstance(v, bool):
         return None
     if isinstance(v, (int, float)):
-        if not math.isfinite(v):
+        try:
+            us = float(v) * 1e6
+        except OverflowError:  # an integer beyond a float
             return None
-        return int(round(float(v) * 1e6))
+        return int(round(us)) if math.isfinite(us) and abs(us) < _MAX_US else None
     if isinstance(v, str):
         try:
             d = datetime.fromisoformat(v.replace("Z", "+00:00"))
         except ValueError:
             try:
-                return int(round(float(v) * 1e6))
+                us = float(v) * 1e6
             except ValueError:
                 return None
+            return int(round(us)) if math.isfinite(us) and abs(us) < _MAX_US else None
         if d.tzinfo is None:
             d = d.replace(tzinfo=timezone.utc)
         return int(round(d.timestamp() * 1e6))

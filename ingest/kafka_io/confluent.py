@@ -36,6 +36,7 @@ class ConfluentSource(KafkaSource):
             "session.timeout.ms": int(self.cfg.get("session_timeout_ms", 10000)),
             "heartbeat.interval.ms": int(self.cfg.get("heartbeat_interval_ms", 3000)),
             "enable.partition.eof": False,
+            "fetch.wait.max.ms": int(self.cfg.get("fetch_max_wait_ms", 100)),
         }
         for k, ck in _CONFLUENT_KEYS.items():
             if self.cfg.get(k) not in (None, ""):

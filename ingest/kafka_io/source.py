@@ -141,6 +141,7 @@ class KafkaSource:
             session_timeout_ms=int(self.cfg.get("session_timeout_ms", 10000)),
             heartbeat_interval_ms=int(self.cfg.get("heartbeat_interval_ms", 3000)),
             max_partition_fetch_bytes=int(self.cfg.get("max_partition_fetch_bytes", 8388608)),
+            fetch_max_wait_ms=int(self.cfg.get("fetch_max_wait_ms", 100)),
             reconnect_backoff_max_ms=int(self.cfg.get("reconnect_backoff_max_ms", 2000)),
             request_timeout_ms=int(self.cfg.get("request_timeout_ms", 30000)),
         )
