@@ -223,6 +223,7 @@ class Daemon(BehaviourStage, CalibrationStage, AlertStage, ArchiveStage, Stages)
             self._log_startup()
             sinks = self._make_sinks()
             self.summary.sinks = [_describe(s) for s in sinks]
+            self._warm_up(self._model)
             if self._archive_on:  # opened now: a bad archive path stops the start, not the first window
                 self._archive = self._open_archive()
             if self.health is not None and not is_kafka:
@@ -323,6 +324,18 @@ class Daemon(BehaviourStage, CalibrationStage, AlertStage, ArchiveStage, Stages)
         if self._errors:
             raise RuntimeError(f"daemon failed: {self._errors[0]!r}") from self._errors[0]
         return s
+
+    def _warm_up(self, model: LoadedModel) -> None:
+        """The scorer's and the alert build's one-time costs before the first window (imports, the first torch
+        calls, the ATT&CK tables, a frozen heap: :func:`detector.scoring.warm.warm_up`), so the first window's
+        alerts are not late for them."""
+        from detector.alerts.stage import AlertStage
+
+        self._alert_stage = AlertStage.from_config(self.cfg["alerts"])
+        warm = getattr(model.scorer, "warm_up", None)
+        if callable(warm):
+            secs = warm(self._alert_stage.networks)
+            log.debug("warm-up took %.2f s", secs)
 
     def _log_startup(self) -> None:
         cfg, m = self.cfg, self._model
