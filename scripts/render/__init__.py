@@ -17,6 +17,7 @@ BLOCKS: dict[str, Callable[[Reports], list[str]]] = {
     "generalise": model.render_generalise,
     "score_bench": bench.render_score,
     "serve_bench": bench.render_serve,
+    "json_decode": bench.render_decode,
     "train_bench": bench.render_train,
     "knowledge_techniques": knowledge.render_techniques,
     "knowledge_throughput": knowledge.render_throughput,

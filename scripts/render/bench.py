@@ -7,6 +7,7 @@ SCORE = "reports/score_bench.json"
 SERVE = "reports/serve_bench.json"
 SERVE_CONFLUENT = "reports/serve_bench_confluent.json"
 TRAIN = "reports/train_bench.json"
+DECODE = "reports/json_decode_bench.json"
 
 
 def render_score(reports: Reports) -> list[str]:
@@ -47,3 +48,15 @@ def render_train(reports: Reports) -> list[str]:
                          f"stopped after {r.get('timed_out_after_s', 0):.0f} s", "n/a", r.get("loadavg_1m_before", "n/a")])
     return [f"{rep['data']}; {rep['records']:,} records, {rep['train_windows']:,} training windows.", ""] + table(
         ["run", "processes", "threads each", "epoch s (median)", "pretraining s", "load average before"], rows)
+
+
+def render_decode(reports: Reports) -> list[str]:
+    rep = reports.get(DECODE)
+    names = {"whole_poll": "whole poll, `pyarrow.json` (the daemon's path)",
+             "per_message_orjson": "orjson per message + one Arrow conversion (its fallback)",
+             "per_message_msgspec": "msgspec per message", "per_message_stdlib": "standard library per message",
+             "whole_poll_iso_ts": "whole poll, ISO-8601 `ts`", "per_message_orjson_iso_ts": "orjson per message, ISO-8601 `ts`"}
+    rows = [[label, f"{rep['decoders'][k]['wall_ms']:.1f}", f"{rep['decoders'][k]['cpu_ms']:.1f}",
+             f"{rep['decoders'][k]['gil_us_per_message']:.1f}"] for k, label in names.items() if k in rep["decoders"]]
+    return [f"One poll of {rep['messages']:,} flow messages:", ""] + table(
+        ["decoder", "wall ms", "CPU ms", "GIL-held µs per message (at most)"], rows)
