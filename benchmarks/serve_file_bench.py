@@ -8,10 +8,14 @@ each as a subprocess as a user runs it, one after the other:
 
 * ``graphsentry score LOG --model M --out scores.parquet`` [score]
 * ``graphsentry serve LOG --model M --config C --summary-json S`` (file source, sqlite alert sink) [serve]
+* with ``--follow``: the same with ``--follow`` (the tailing source, stopped by ``pipeline.max_records``
+  after the log's records) [serve_follow]
 
 Per run: wall s, records/s, CPU-s per record (user + sys of the child), peak RSS (the child's
 ``ru_maxrss``), flagged records (score: rows with ``alert``; serve: the summary's ``flagged_records``)
-and alerts (serve: after aggregation per source and technique). ``serve_to_score`` holds the ratios.
+and alerts (serve: after aggregation per source and technique). ``serve_to_score`` (``serve_follow_to_score``,
+``serve_baseline_to_score``) holds the ratios and the difference in flagged records. ``--baseline DIR`` also
+runs ``serve`` from another checkout (e.g. ``git worktree add DIR COMMIT``) [serve_baseline, baseline_commit].
 Figures go to ``reports/serve_file_bench.json`` (``--out``), with ``training/report_meta.py``'s provenance.
 
     .venv/bin/python benchmarks/serve_file_bench.py                    # 1M records, trains a model
@@ -108,12 +112,12 @@ def write_zeek(path: Path, table: pa.Table) -> None:
         f.write(b"#close\t2023-11-14-23-13-20\n")
 
 
-def run_measured(cmd: list[str], env: dict, logfile: Path) -> dict:
+def run_measured(cmd: list[str], env: dict, logfile: Path, cwd: Path = REPO) -> dict:
     """Run ``cmd`` (output to ``logfile``); wall s, the child's own CPU s (user + sys) and peak RSS (MB,
     ``ru_maxrss`` from ``wait4``), or exit with its log's tail when it fails."""
     with open(logfile, "wb") as lf:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=lf, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=lf, stderr=subprocess.STDOUT)
         _pid, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
@@ -132,6 +136,9 @@ def main() -> int:
     ap.add_argument("--train-minutes", type=float, default=15.0, help="their span, just before the hour (default 15)")
     ap.add_argument("--model", default=None, metavar="DIR", help="use this model directory (no training)")
     ap.add_argument("--skip", choices=["score", "serve"], default=None, help="run only the other command")
+    ap.add_argument("--follow", action="store_true",
+                    help="also `graphsentry serve --follow` (the tailing source) on the same log [serve_follow]")
+    ap.add_argument("--baseline", default=None, metavar="DIR", help="also run serve from this checkout [serve_baseline]")
     ap.add_argument("--out", default=str(REPO / "reports" / "serve_file_bench.json"))
     ap.add_argument("--workdir", default=None, help="keep the generated files here (default: a temporary directory)")
     a = ap.parse_args()
@@ -175,31 +182,45 @@ def main() -> int:
             st = pq.read_table(scores, columns=["alert"])
             r["flagged_records"] = int(pc.sum(pc.cast(st.column("alert"), pa.int64())).as_py() or 0)
             out["score"] = r
-        if a.skip != "serve":
-            cfg = work / "serve.yaml"
-            cfg.write_text(json.dumps({
-                "alerts": {"sinks": [{"type": "sqlite", "path": str(work / "alerts.db")}]},
-                "metrics": {"enabled": False}, "model": {"watch": False},
-            }))
-            summ = work / "summary.json"
-            r = run_measured(exe + ["serve", str(log), "--model", model, "--config", str(cfg),
-                                    "--summary-json", str(summ)], env, work / "serve.log")
+        runs = [("serve", False, REPO), ("serve_follow", True, REPO)]
+        if a.baseline:
+            base = Path(a.baseline).resolve()
+            runs.append(("serve_baseline", False, base))
+            out["baseline_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=base, capture_output=True,
+                                                    text=True).stdout.strip() or None
+        for key, follow, code in runs:
+            if a.skip == "serve" or (follow and not a.follow):
+                continue
+            db = work / f"alerts-{key}.db"
+            db.unlink(missing_ok=True)  # a fresh alert store: no alert deduplicated against an earlier run
+            conf = {"alerts": {"sinks": [{"type": "sqlite", "path": str(db)}]},
+                    "metrics": {"enabled": False}, "model": {"watch": False}}
+            if follow:  # tailing never ends by itself: stop after the log's records
+                conf["pipeline"] = {"max_records": a.records}
+            cfg = work / f"{key}.yaml"
+            cfg.write_text(json.dumps(conf))
+            summ = work / f"{key}-summary.json"
+            r = run_measured(exe + ["serve", str(log), "--model", model, "--config", str(cfg), "--summary-json",
+                                    str(summ)] + (["--follow"] if follow else []),
+                             dict(env, PYTHONPATH=str(code)), work / f"{key}.log", cwd=code)
             s = json.loads(summ.read_text())
             r.update(flagged_records=s["flagged_records"], alerts=s["alerts"], records_scored=s["records_scored"],
                      late=s["late"], windows_scored=s["windows_scored"])
-            out["serve"] = r
-        for k in ("score", "serve"):
+            out[key] = r
+        for k in ("score", "serve", "serve_follow", "serve_baseline"):
             if k in out:
                 r = out[k]
                 r["records_per_s"] = round(a.records / r["wall_s"])
                 r["cpu_s_per_record"] = r["cpu_s"] / a.records
                 r["wall_s"], r["cpu_s"], r["peak_rss_mb"] = round(r["wall_s"], 2), round(r["cpu_s"], 2), round(r["peak_rss_mb"])
-        if "score" in out and "serve" in out:
-            out["serve_to_score"] = {
-                "wall": round(out["serve"]["wall_s"] / out["score"]["wall_s"], 2),
-                "cpu": round(out["serve"]["cpu_s"] / max(out["score"]["cpu_s"], 1e-9), 2),
-                "peak_rss": round(out["serve"]["peak_rss_mb"] / max(out["score"]["peak_rss_mb"], 1), 2),
-            }
+        for k in ("serve", "serve_follow", "serve_baseline"):
+            if "score" in out and k in out:
+                out[f"{k}_to_score"] = {
+                    "wall": round(out[k]["wall_s"] / out["score"]["wall_s"], 2),
+                    "cpu": round(out[k]["cpu_s"] / max(out["score"]["cpu_s"], 1e-9), 2),
+                    "peak_rss": round(out[k]["peak_rss_mb"] / max(out["score"]["peak_rss_mb"], 1), 2),
+                    "flagged_records_difference": out[k]["flagged_records"] - out["score"]["flagged_records"],
+                }
         out.update(report_meta())
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(out, indent=2) + "\n")

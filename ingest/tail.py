@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -235,50 +236,78 @@ class TailSource:
         return True
 
     def _tail_text(self, st: _FileState) -> Iterator[pa.Table]:
-        """New complete lines of a text log (its header lines remembered and put before each chunk)."""
+        """New complete lines of a text log (its header lines remembered and put before each chunk), read
+        :attr:`read_bytes` at a time: a big backlog (a whole log at start) becomes many tables, each freed
+        once scored, not one table of all of it."""
         p = st.path
         stat = p.stat()
         if st.inode is not None and (stat.st_ino != st.inode or stat.st_size < st.pos):
             log.info("%s was rotated or truncated; reading it from the start", p)
             st.pos, st.header = 0, None
         st.inode = stat.st_ino
-        if stat.st_size <= st.pos:
-            return
-        try:
-            with open(p, "rb") as f:
-                f.seek(st.pos)
-                data = f.read(stat.st_size - st.pos)
-        except FileNotFoundError:
-            raise OSError(f"vanished while being read ({stat.st_size - st.pos} bytes not read)") from None
-        if st.pos == 0 and self._binary(data):
-            st.skip, st.pos = True, stat.st_size
-            _skip_file(p, "holds binary data, not a text log (a capture or archive needs its own suffix: "
-                          ".pcap, .parquet, .gz, ...)", self.dead_letter)
-            return
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            return  # no complete line yet
-        chunk = data[: cut + 1]
-        st.pos += cut + 1
-        lines = chunk.splitlines(keepends=True)
+        size = stat.st_size
+        while size > st.pos and not st.skip:
+            want = size - st.pos
+            try:
+                with open(p, "rb") as f:
+                    f.seek(st.pos)
+                    data = f.read(min(want, self.read_bytes))
+                    if len(data) < want and data.rfind(b"\n") < 0:  # a line longer than read_bytes
+                        data += f.read(want - len(data))
+            except FileNotFoundError:
+                raise OSError(f"vanished while being read ({size - st.pos} bytes not read)") from None
+            if st.pos == 0 and self._binary(data):
+                st.skip, st.pos = True, size
+                _skip_file(p, "holds binary data, not a text log (a capture or archive needs its own suffix: "
+                              ".pcap, .parquet, .gz, ...)", self.dead_letter)
+                return
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                return  # no complete line yet
+            st.pos += cut + 1
+            body = self._records(st, data[: cut + 1] if cut + 1 < len(data) else data)
+            if body:
+                t = self._parse(st, body)
+                if t is not None and t.num_rows:
+                    yield t
+
+    #: Bytes of a tailed text file read (and parsed into one table) at a time.
+    read_bytes = 8 << 20
+
+    # A comment line (Zeek's "#close"), a blank one or a lone carriage return (a line break to splitlines)
+    _NEEDS_SPLIT = re.compile(rb"(?m)^(?:#|[ \t\r\x0b\x0c]*\n)|\r(?!\n)")
+
+    @classmethod
+    def _records(cls, st: _FileState, chunk: bytes) -> bytes:
+        """The record lines of ``chunk`` (complete lines): the file's header lines taken off (remembered in
+        ``st.header`` from its first chunk), comment and blank lines dropped. Line by line only when the
+        chunk has such lines; a chunk of records alone is passed on as it is."""
+        start = 0
         if st.header is None:
             hdr: list[bytes] = []
-            i = 0
-            while i < len(lines) and lines[i].startswith(b"#") and not lines[i].startswith(b"#close"):
-                hdr.append(lines[i])
-                i += 1
-            if not hdr and lines and not lines[0].lstrip().startswith((b"{", b"[")):
-                hdr = [lines[0]]  # a CSV header line
-                i = 1
+            while chunk.startswith(b"#", start) and not chunk.startswith(b"#close", start):
+                end = cls._line_end(chunk, start)
+                hdr.append(chunk[start:end])
+                start = end
+            if not hdr and chunk:
+                end = cls._line_end(chunk, 0)
+                if not chunk[:end].lstrip().startswith((b"{", b"[")):
+                    hdr, start = [chunk[:end]], end  # a CSV header line
             st.header = hdr
-            lines = lines[i:]
+        body = chunk[start:] if start else chunk
+        if not body or not cls._NEEDS_SPLIT.search(body):
+            return body
         # Zeek's trailing "#close" and any comment lines carry no records.
-        lines = [ln for ln in lines if not ln.startswith(b"#") and ln.strip()]
-        if not lines:
-            return
-        t = self._parse(st, b"".join(lines))
-        if t is not None and t.num_rows:
-            yield t
+        return b"".join(ln for ln in body.splitlines(keepends=True) if not ln.startswith(b"#") and ln.strip())
+
+    @staticmethod
+    def _line_end(chunk: bytes, start: int) -> int:
+        """Where the line starting at ``start`` ends (after its line break: ``\\n``, ``\\r\\n`` or ``\\r``, as
+        ``splitlines`` splits), or the end of ``chunk``."""
+        n, r = chunk.find(b"\n", start), chunk.find(b"\r", start)
+        if r >= 0 and (n < 0 or r < n):
+            return r + 2 if chunk.startswith(b"\n", r + 1) else r + 1
+        return n + 1 if n >= 0 else len(chunk)
 
     @staticmethod
     def _binary(data: bytes) -> bool:

@@ -1,11 +1,14 @@
 """Bookkeeping of the records in flight: each record's daemon-local row, arrival and position
-(:class:`RowLedger`), the event-time merge of Kafka partitions (:class:`PartitionMerger`), and the done
-frontier that gates offset commits to the behaviour checkpoints (:class:`DoneFrontier`, :class:`GatedOffsets`)."""
+(:class:`RowLedger`), the records queued between two stages (:class:`QueuedRows`), the event-time merge of
+Kafka partitions (:class:`PartitionMerger`), and the done frontier that gates offset commits to the behaviour
+checkpoints (:class:`DoneFrontier`, :class:`GatedOffsets`)."""
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -108,6 +111,62 @@ class RowLedger:
     def pending(self) -> int:
         with self._lock:
             return sum(c[3] for c in self._chunks)
+
+
+class QueuedRows:
+    """Bounds the records, not only the items, one producer has queued for the next stage.
+
+    A queue bounded by items holds very different amounts of data with big items: 32 file chunks of 64k
+    records are a whole hour of a busy log, and every window waiting for the score stage joins the next
+    scoring batch (its working memory grows with the rows of the batch). :meth:`put` waits while the items
+    still queued hold more than ``max_rows`` records, unless the queue is empty: one item bigger than the
+    bound still goes, so nothing ever waits for good. The items still queued are the last ``qsize()`` put
+    (a FIFO queue with this producer as its only writer), so no consumer has to report what it took.
+    """
+
+    def __init__(self, max_rows: int, poll: float = 0.005) -> None:
+        if int(max_rows) < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows!r}")
+        self.max_rows, self.poll = int(max_rows), float(poll)
+        self._rows: deque[int] = deque()
+        self._sum = 0
+        self.waits = 0  # puts that waited for the consumer (a counter for tests and monitoring)
+
+    def queued(self, q: queue.Queue) -> int:
+        """Records of this producer's items still in ``q``."""
+        k = q.qsize()
+        while len(self._rows) > k:
+            self._sum -= self._rows.popleft()
+        return self._sum
+
+    def put(self, q: queue.Queue, item: object, rows: int, stop: Callable[[], bool] = lambda: False,
+            give_up: bool = True) -> bool:
+        """Put ``item`` (``rows`` records) once the queued records leave room. Once ``stop()`` is true the
+        records no longer hold it back; a full queue then still does, until a slot frees (``give_up``
+        False) or no longer (``give_up`` True: returns False, the item not put)."""
+        waited = False
+        while q.qsize() and self.queued(q) + rows > self.max_rows and not stop():
+            waited = True
+            time.sleep(self.poll)
+        self.waits += waited
+        while True:
+            try:
+                q.put(item, timeout=0.2)
+                break
+            except queue.Full:
+                if give_up and stop():
+                    return False
+        self.queued(q)
+        self._rows.append(int(rows))
+        self._sum += int(rows)
+        return True
+
+
+#: Records the file source may have queued for the window stage (4 of its 64k-record chunks).
+FILE_QUEUE_ROWS = 4 * 65536
+#: Records the window stage may have queued for the score stage, which scores the queued windows as one
+#: batch: its working memory grows with the batch's rows.
+SCORE_QUEUE_ROWS = 16384
 
 
 class PartitionMerger:

@@ -36,6 +36,7 @@ class Stages:
 
     # -- stages --------------------------------------------------------------------------
     def _file_source(self, q_in: queue.Queue) -> threading.Thread:
+        from detector.daemon.ledger import FILE_QUEUE_ROWS, QueuedRows
         from ingest.kafka_io import SourceBatch
         from ingest.tail import TailSource
 
@@ -46,6 +47,7 @@ class Stages:
         src = TailSource(s["paths"], format=s["format"], follow=bool(s["follow"]),
                          poll_interval=float(s["poll_interval"]), dead_letter=self._file_dl, stop=reading_stop)
         max_records = self.cfg["pipeline"].get("max_records")
+        queued = QueuedRows(FILE_QUEUE_ROWS)
 
         def run() -> None:
             n = 0
@@ -53,13 +55,8 @@ class Stages:
                 for t in src:
                     self.metrics.records.labels("file").inc(t.num_rows)
                     item = SourceBatch(t, "file", time.time())
-                    while True:  # bounded put that still notices a stop
-                        try:
-                            q_in.put(item, timeout=0.2)
-                            break
-                        except queue.Full:
-                            if reading_stop.is_set():
-                                return
+                    if not queued.put(q_in, item, t.num_rows, reading_stop.is_set):  # bounded in records
+                        return
                     n += t.num_rows
                     if max_records and n >= int(max_records):
                         break
@@ -137,10 +134,15 @@ class Stages:
                     self.summary.invalid += b.num_rows
                     self._mark_done(b.column("row").to_numpy())
 
+        from detector.daemon.ledger import SCORE_QUEUE_ROWS, QueuedRows
+
+        to_score = QueuedRows(SCORE_QUEUE_ROWS)  # the queued windows are scored as one batch: bound its rows
+
         def emit(windows: list) -> None:
             for w in windows:
                 self._closed_at[(w.start, w.end)] = time.time()  # the score stage times what follows from here
-                q_win.put(w)  # blocks when scoring falls behind: the backpressure chain starts here
+                # blocks when scoring falls behind: the backpressure chain starts here
+                to_score.put(q_win, w, w.num_rows, self.stop_event.is_set, give_up=False)
                 m.queue_depth.labels("windows").set(q_win.qsize())
 
         quiet_since = time.monotonic()  # when the last chunk came in
