@@ -61,13 +61,13 @@ class StreamScorer:
         self._behaviour: _Behaviour | None = None  # made on the first window (imports numba)
         self.technique = _TechniqueChannel.of(bundle)
 
-    def warm_up(self, networks=None, freeze_heap: bool = True) -> float:
+    def warm_up(self, networks=None, freeze_heap: bool = True, flows: int | None = None) -> float:
         """Pay the one-time costs of serving before the first window (:func:`detector.scoring.warm.warm_up`:
-        a throwaway scorer of this bundle scores a synthetic window and builds findings for it; this
-        scorer's state is not touched); the seconds it took."""
-        from detector.scoring.warm import warm_up
+        a throwaway scorer of this bundle scores a synthetic window of ``flows`` flows and builds findings for
+        it, then the heap is frozen; this scorer's state is not touched); the seconds it took."""
+        from detector.scoring.warm import WARM_FLOWS, warm_up
 
-        return warm_up(self, networks, freeze_heap)
+        return warm_up(self, networks, freeze_heap, WARM_FLOWS if flows is None else flows)
 
     @property
     def behaviour(self):

@@ -2,9 +2,10 @@
 
 :func:`warm_up` (also :meth:`StreamScorer.warm_up`) runs, on a throwaway scorer of the same bundle (its own
 node memory, graph stream and behaviour state: the serving scorer's state is not touched), one synthetic
-window of :data:`WARM_FLOWS` flows through ``score_window`` — numba's load of the compiled kernels, the
-forest layout and kNN bank, the threaded detector paths (two row blocks or more), the first torch calls —
-and builds findings for a few of its flows with their explanations (:func:`detector.alerts.build_alerts`:
+window of ``flows`` flows (default :data:`WARM_FLOWS`) through ``score_window`` — numba's load of the
+compiled kernels, the forest layout and kNN bank, the threaded detector paths, the first torch calls, and
+the heap grown to a large window's buffers (measured: the first 50,000-flow window took 0.70-0.76 CPU-s
+after a 4,500-flow warm-up, 0.55-0.61 after a 50,000-flow one, later windows ~0.5) — and builds findings for a few of its flows with their explanations (:func:`detector.alerts.build_alerts`:
 the ATT&CK tables, the alert modules). Nothing is written anywhere and no incident tracker sees them.
 
 With ``freeze_heap`` it then moves every object alive (the model, torch, numba, scikit-learn: about half a
@@ -25,7 +26,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-WARM_FLOWS = 4500  # > 2 x 2048-row blocks: the detectors' threaded paths run too
+WARM_FLOWS = 50_000  # a busy window (10k records/s, 5 s windows); > 2 x 2048 rows: the detectors' threaded paths
 WARM_ALERTS = 8    # flows given findings (explanations included)
 
 
@@ -56,10 +57,11 @@ def warm_flows(n: int = WARM_FLOWS, t0: float = 0.0):
     return conform(t, FLOW_SCHEMA)
 
 
-def warm_up(scorer, networks=None, freeze_heap: bool = True) -> float:
+def warm_up(scorer, networks=None, freeze_heap: bool = True, flows: int = WARM_FLOWS) -> float:
     """Pay ``scorer``'s one-time costs now (see the module docstring); the seconds it took. ``networks``: the
-    internal networks the alert build will use (:class:`detector.alerts.severity.Networks`). A scorer that is
-    not a :class:`~detector.scoring.StreamScorer` (a plugin's) gets the imports and the heap freeze only.
+    internal networks the alert build will use (:class:`detector.alerts.severity.Networks`); ``flows``: the
+    synthetic window's size (about the largest window expected). A scorer that is not a
+    :class:`~detector.scoring.StreamScorer` (a plugin's) gets the imports and the heap freeze only.
     Never raises: a real problem shows when scoring."""
     start = time.perf_counter()
     try:
@@ -74,7 +76,7 @@ def warm_up(scorer, networks=None, freeze_heap: bool = True) -> float:
         if isinstance(scorer, StreamScorer):
             beh = scorer.behaviour_params if scorer.behaviour_params is not None else scorer.behaviour_enabled
             twin = StreamScorer(scorer.bundle, behaviour=beh)  # its own state: nothing carries over
-            window = Window(0.0, 5.0, warm_flows())
+            window = Window(0.0, 5.0, warm_flows(max(int(flows), 1)))
             ws = twin.score_window(window)
             if len(ws.alerts):  # findings for a few flows, whatever their scores
                 flagged = np.zeros(len(ws.alerts), dtype=bool)

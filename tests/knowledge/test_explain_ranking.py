@@ -48,8 +48,9 @@ def kf():
 
 
 def test_explain_equals_one_sort_per_list(kf):
-    from ingest.schema import FLOW_SCHEMA, conform
     import pyarrow as pa
+
+    from ingest.schema import FLOW_SCHEMA, conform
 
     rng = np.random.default_rng(1)
     n = 400
