@@ -155,8 +155,20 @@ def _gather(rows: np.ndarray, idx: np.ndarray, out: np.ndarray | None) -> np.nda
         return rows[idx]
     if out.shape != (len(idx), rows.shape[1]):
         raise ValueError(f"out has shape {out.shape}, the rows need {(len(idx), rows.shape[1])}")
-    np.take(rows, idx, axis=0, out=out, mode="clip")  # "clip" writes straight into out (no buffer)
+    if out.flags.c_contiguous:
+        np.take(rows, idx, axis=0, out=out, mode="clip")  # "clip" writes straight into out (no buffer)
+        return out
+    # a view into a wider array (the model inputs' last columns): np.take would gather into a buffer of the
+    # whole block and copy it over; a block of rows at a time through a small one stays in cache
+    buf = np.empty((min(len(idx), _GATHER_ROWS), rows.shape[1]), dtype=out.dtype)
+    for lo in range(0, len(idx), _GATHER_ROWS):
+        hi = min(lo + _GATHER_ROWS, len(idx))
+        np.take(rows, idx[lo:hi], axis=0, out=buf[:hi - lo], mode="clip")
+        out[lo:hi] = buf[:hi - lo]
     return out
+
+
+_GATHER_ROWS = 2048  # rows per step of _gather into a strided out (2048 x 231 float32: ~1.9 MB)
 
 
 def _put(block: np.ndarray, out: np.ndarray | None) -> np.ndarray:
