@@ -1,5 +1,5 @@
 """Array kernels the predicates and node features are built from: group ids and distinct counts over
-integer codes (a table over the key range, or a sort), port-set lookups, and the per-node max of edge
+integer codes (a table over the key range; else a compiled hash table, or a sort without numba), port-set lookups, and the per-node max of edge
 activations (compiled by numba, else torch's ``scatter_reduce``, else NumPy).
 """
 from __future__ import annotations
@@ -30,6 +30,14 @@ def _rank(key: np.ndarray, kmax: int, nonneg: bool = True) -> tuple[np.ndarray, 
         seen[key] = True
         rank = np.cumsum(seen, dtype=np.int64)  # rank[v] - 1 = number of present keys below v
         return rank[key] - 1, int(rank[-1])
+    hashed = _hash_kernels()
+    if hashed is not None and len(key):
+        # distinct keys by a hash table (in order of first appearance), then only those sorted: the same
+        # inverse as np.unique's sort of every key, ~5x less time on a 50,000-flow window
+        first, uniq = hashed[0](np.ascontiguousarray(key, dtype=np.int64))
+        rank = np.empty(len(uniq), dtype=np.int64)
+        rank[np.argsort(uniq, kind="stable")] = np.arange(len(uniq))
+        return rank[first], len(uniq)
     _, inv = np.unique(key, return_inverse=True)
     return inv.astype(np.int64).ravel(), int(inv.max(initial=-1)) + 1
 
@@ -64,12 +72,76 @@ def _distinct(group: np.ndarray, n_groups: int, values: np.ndarray, mask: np.nda
         seen = np.zeros(n_groups * base, dtype=bool)
         seen[group * base + values] = True
         return np.bincount(np.flatnonzero(seen) // base, minlength=n_groups).astype(np.float64)
+    hashed = _hash_kernels()
+    if hashed is not None and int(values.min()) >= 0 and n_groups * base < 2 ** 62:
+        # each (group, value) pair counted once through a hash table (a compiled pass, no sort)
+        return hashed[1](np.ascontiguousarray(group * base + values, dtype=np.int64), base, n_groups)
     # sort + "differs from the previous" instead of np.unique: numpy 2's hash-based unique was 3x slower here
     pairs = np.sort(group * base + values)
     first = np.empty(len(pairs), dtype=bool)
     first[0] = True
     np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
     return np.bincount(pairs[first] // base, minlength=n_groups).astype(np.float64)
+
+
+def _first_ids(key):  # pragma: no cover - compiled by numba
+    """``(id of each key's distinct value in order of first appearance, the distinct values in that order)``."""
+    n = len(key)
+    bits = 1
+    while (1 << bits) < 2 * n:  # open addressing: a power of two, at least twice the keys
+        bits += 1
+    size, shift = 1 << bits, 64 - bits
+    mask = size - 1
+    slot_key = np.empty(size, dtype=np.int64)
+    slot_id = np.full(size, -1, dtype=np.int64)
+    ids = np.empty(n, dtype=np.int64)
+    uniq = np.empty(n, dtype=np.int64)
+    k = 0
+    for i in range(n):
+        v = key[i]
+        h = np.int64((np.uint64(v) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(shift))
+        while slot_id[h] >= 0 and slot_key[h] != v:
+            h = (h + 1) & mask
+        if slot_id[h] < 0:
+            slot_key[h] = v
+            slot_id[h] = k
+            uniq[k] = v
+            k += 1
+        ids[i] = slot_id[h]
+    return ids, uniq[:k]
+
+
+def _pair_counts(pairs, base, n_groups):  # pragma: no cover - compiled by numba
+    """Distinct ``pairs`` (``group * base + value``) per group, float64 ``[n_groups]``."""
+    n = len(pairs)
+    bits = 1
+    while (1 << bits) < 2 * n:  # open addressing: a power of two, at least twice the keys
+        bits += 1
+    size, shift = 1 << bits, 64 - bits
+    mask = size - 1
+    slot_key = np.empty(size, dtype=np.int64)
+    used = np.zeros(size, dtype=np.bool_)
+    out = np.zeros(n_groups, dtype=np.float64)
+    for i in range(n):
+        v = pairs[i]
+        h = np.int64((np.uint64(v) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(shift))
+        while used[h] and slot_key[h] != v:
+            h = (h + 1) & mask
+        if not used[h]:
+            used[h] = True
+            slot_key[h] = v
+            out[v // base] += 1.0
+    return out
+
+
+_HASH_KERNELS: list = []
+
+
+def _hash_kernels():
+    """``(_first_ids, _pair_counts)`` compiled, or None without numba (the callers sort instead)."""
+    if not _HASH_KERNELS:
+        _HASH_KERNELS.append(numba_kernels(_first_ids, _pair_counts))
+    return _HASH_KERNELS[0]
 
 
 _PORT_TABLES: dict[bytes, np.ndarray] = {}
