@@ -1,6 +1,7 @@
 """Array kernels the predicates and node features are built from: group ids and distinct counts over
-integer codes (a table over the key range; else a compiled hash table, or a sort without numba), port-set lookups, and the per-node max of edge
-activations (compiled by numba, else torch's ``scatter_reduce``, else NumPy).
+integer codes (a table over the key range; else a compiled hash table, or a sort without numba), port-set
+lookups, and the per-node max of edge activations (compiled by numba, else torch's ``scatter_reduce``, else
+NumPy).
 """
 from __future__ import annotations
 
