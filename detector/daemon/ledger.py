@@ -162,8 +162,8 @@ class QueuedRows:
         return True
 
 
-#: Records the file source may have queued for the window stage (4 of its 64k-record chunks).
-FILE_QUEUE_ROWS = 4 * 65536
+#: Records the file source may have queued for the window stage (2 of its 64k-record chunks).
+FILE_QUEUE_ROWS = 2 * 65536
 #: Records the window stage may have queued for the score stage, which scores the queued windows as one
 #: batch: its working memory grows with the batch's rows.
 SCORE_QUEUE_ROWS = 16384
