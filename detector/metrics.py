@@ -76,6 +76,10 @@ class Metrics:
             "graphsentry_consumer_lag", "Kafka consumer lag (messages) per partition", ["topic", "partition"],
             registry=r,
         )
+        self.partitions_held = Gauge(
+            "graphsentry_partitions_held", "Partitions paused because they are ahead of the others in event time",
+            registry=r,
+        )
         self.queue_depth = Gauge("graphsentry_queue_depth", "Items waiting in a pipeline queue", ["queue"], registry=r)
         self.alerts = Counter(
             "graphsentry_alerts_total", "Alerts written, by technique and severity", ["technique", "severity"],

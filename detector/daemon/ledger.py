@@ -200,6 +200,18 @@ class PartitionMerger:
         self.buffered += t.num_rows
         self._max_ts[partition] = max(self._max_ts.get(partition, int(ts.max())), int(ts.max()))
 
+    def ahead(self) -> set[int]:
+        """Partitions whose newest event time is past the slowest known partition's, while more than half of
+        ``max_rows`` wait here: reading them further only grows this buffer towards a forced release (records
+        then late), so the source pauses them until the slowest catches up (event-time alignment). Empty when
+        the buffer is small, so a silent partition never holds the others for longer than ``idle_after``."""
+        if self.buffered <= self.max_rows // 2:
+            return set()
+        if set(self.assigned()) - set(self._max_ts):  # a partition not heard from yet: let it be read first
+            return set(self._max_ts)
+        cut = min(self._max_ts.values())
+        return {p for p, t in self._max_ts.items() if t > cut}
+
     def release(self, everything: bool = False) -> pa.Table | None:
         if not self._buf:
             return None

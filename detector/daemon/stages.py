@@ -164,6 +164,8 @@ class Stages:
                 if released is not None:
                     emit(windower.push(released))
                     handle_side_outputs()
+                if hasattr(self.source, "hold"):
+                    self.source.hold(merger.ahead())
                 if merger.buffered == 0:
                     emit(windower.poll())
                     emit(self._quiet_watermark(windower, quiet_since))
@@ -191,6 +193,8 @@ class Stages:
                 released = merger.release()
                 if released is not None:
                     emit(windower.push(released))
+                if hasattr(self.source, "hold"):  # pause the partitions read far ahead of the slowest one
+                    self.source.hold(merger.ahead())
             handle_side_outputs()
         rest = merger.release(everything=True)
         if rest is not None and (drain_open or not self.stop_event.is_set()):

@@ -139,6 +139,16 @@ class ConfluentSource(KafkaSource):
         if parts:
             self.consumer.resume(parts)
 
+    def _pause_parts(self, partitions: set[int]) -> None:
+        from confluent_kafka import TopicPartition
+
+        self.consumer.pause([TopicPartition(self.topic, p) for p in partitions])
+
+    def _resume_parts(self, partitions: set[int]) -> None:
+        from confluent_kafka import TopicPartition
+
+        self.consumer.resume([TopicPartition(self.topic, p) for p in partitions])
+
     def _drain_tick(self) -> None:
         self.consumer.poll(0.1)  # keeps librdkafka serving callbacks while draining
 

@@ -72,6 +72,8 @@ class KafkaSource:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run_guarded, name="kafka-source", daemon=True)
         self._paused = False
+        self._held: set[int] = set()                  # partitions paused for event-time alignment (applied)
+        self._hold_req: frozenset[int] = frozenset()  # what the window stage asks for (set from its thread)
         self._last_commit: dict[tuple[str, int], int] = {}
         self._committed_log: dict[tuple[str, int], int] = {}
         self._on_assign = on_assign
@@ -109,6 +111,12 @@ class KafkaSource:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+    def hold(self, partitions: set[int]) -> None:
+        """Pause these partitions of the topic and resume the others held before: the window stage's event-time
+        alignment (a partition read far ahead of the others in event time only fills the partition merge).
+        Called from any thread; the poll thread applies it (the consumer is not thread-safe)."""
+        self._hold_req = frozenset(partitions)
 
     @property
     def finished(self) -> bool:
@@ -160,6 +168,7 @@ class KafkaSource:
 
     def _on_assigned(self, tps: set[tuple[str, int]]) -> None:
         self.assigned = set(tps)
+        self._held = set()  # a new assignment comes unpaused: what is still asked for is paused again
         self._assign_seen = True
         log.info("partitions assigned: %s", sorted(self.assigned), extra={"event": "partitions_assigned"})
         if self._on_assign:
@@ -307,7 +316,25 @@ class KafkaSource:
                 self._backpressure()
         # Draining: the batch is not handed on and its offsets are never committed (re-read later).
 
+    def _apply_hold(self) -> None:
+        req = self._hold_req
+        if req == self._held or self.consumer is None:
+            return
+        mine = {p for t, p in self.assigned if t == self.topic}
+        pause = (req - self._held) & mine  # one not assigned (yet) is paused once it is
+        resume = self._held - req
+        if pause:
+            self._pause_parts(pause)
+            self._held |= pause
+        if resume:
+            if not self._paused and resume & mine:  # a backpressure pause covers them until it ends
+                self._resume_parts(resume & mine)
+            self._held -= resume
+        if self.metrics:
+            self.metrics.partitions_held.set(len(self._held))
+
     def _backpressure(self) -> None:
+        self._apply_hold()
         depth = self.out.qsize()
         self.max_depth = max(self.max_depth, depth)
         if self.metrics:
@@ -323,6 +350,8 @@ class KafkaSource:
                 log.debug("paused partitions (queue %d)", depth)
         elif self._paused and depth <= self.low_water:
             self._resume_all()
+            if self._held:  # still ahead of the others in event time: stay paused
+                self._pause_parts(self._held)
             self._paused = False
             if self.metrics:
                 self.metrics.paused.set(0)
@@ -416,7 +445,7 @@ class KafkaSource:
                 # A paused consumer gets nothing by design: that is not the end of the topic. The first
                 # empty poll asks for the positions: a replay that read everything stops at once (an empty
                 # poll while fetches are in flight only costs that one round trip).
-                idle_polls = 0 if chunks or self._paused else idle_polls + 1
+                idle_polls = 0 if chunks or self._paused or self._held else idle_polls + 1
                 ends = self._end_positions() if self.stop_at_end and idle_polls >= 1 else None
                 if ends is not None:
                     log.info("all assigned partitions read to the end (stop_at_end): read %s, (position, end) %s",
@@ -539,6 +568,16 @@ class KafkaSource:
         paused = self.consumer.paused()
         if paused:
             self.consumer.resume(*paused)
+
+    def _pause_parts(self, partitions: set[int]) -> None:
+        from kafka.structs import TopicPartition
+
+        self.consumer.pause(*[TopicPartition(self.topic, p) for p in partitions])
+
+    def _resume_parts(self, partitions: set[int]) -> None:
+        from kafka.structs import TopicPartition
+
+        self.consumer.resume(*[TopicPartition(self.topic, p) for p in partitions])
 
     def _drain_tick(self) -> None:
         self._stop.wait(0.1)
