@@ -34,6 +34,7 @@ def _exported() -> set[str]:
     m.alerts.labels("T1", "high").inc()
     m.consumer_lag.labels("t", "0").set(1)
     m.queue_depth.labels("records").set(1)
+    m.window_stage.labels("score").observe(0.5)
     m.set_model("v", "p")
     from prometheus_client import generate_latest
 
