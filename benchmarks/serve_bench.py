@@ -419,8 +419,9 @@ def scale(bootstrap: str, tmp: Path, args, result: dict, goals: dict) -> None:
 
 
 def soak(bootstrap: str, tmp: Path, args, model_dir: str, result: dict, goals: dict) -> None:
-    """A real-time run of ``--soak-seconds`` at a fifth of ``--latency-rate``: RSS and the flagged share every 10 s."""
-    s = latency_run(bootstrap, tmp, model_dir, args.soak_seconds, args.latency_rate / 5, rss_every=10.0)
+    """A real-time run of ``--soak-seconds`` at ``--latency-rate`` (the rate the model was trained at): RSS and the
+    flagged share every 10 s."""
+    s = latency_run(bootstrap, tmp, model_dir, args.soak_seconds, args.latency_rate, rss_every=10.0)
     r = s["rss_mb_every_10s"]
     if len(r) >= 4:
         q = len(r) // 4

@@ -109,7 +109,7 @@ class IncidentTracker:
         fo = wa.finding_of
         if fo is not None and remap:
             fo = np.array(fo, dtype=object)  # a copy; only the flagged records' entries (not None) change
-            hit = np.flatnonzero(np.not_equal(fo, None))
+            hit = np.flatnonzero(fo != None)  # noqa: E711 - elementwise over an object array
             if len(hit):
                 fo[hit] = np.array([remap.get(x, x) for x in fo[hit].tolist()] + [None], dtype=object)[:-1]
         return WindowAlerts(out, wa.flagged, wa.suppressed, wa.first_pos, fo, wa.sketches)

@@ -91,7 +91,7 @@ def _no_ts(schema: pa.Schema) -> pa.Schema:
     return pa.schema([pa.field(f.name, f.type) for f in _json_schema(schema) if f.name != "ts"])
 
 
-def _finish(t: pa.Table, ts_us: list, schema: pa.Schema) -> pa.Table:
+def _finish(t: pa.Table, ts_us: list | np.ndarray, schema: pa.Schema) -> pa.Table:
     cols = []
     for f in schema:
         if f.name == "ts":
@@ -336,7 +336,8 @@ def _read(vals: list[bytes], pos: np.ndarray, options: pajson.ParseOptions, out:
             continue
         whole = start == 0 and joined is not None and len(sel) == len(vals)
         try:
-            t = _arrow(joined if whole else b"\n".join([vals[i] for i in sel.tolist()]), options)
+            t = _arrow(joined if whole and joined is not None else b"\n".join([vals[i] for i in sel.tolist()]),
+                       options)
         except (pa.ArrowException, ValueError) as exc:
             row = _ROW.search(str(exc))
             if row is None or named >= _MAX_NAMED or int(row.group(1)) >= len(sel):
