@@ -301,16 +301,16 @@ class Stages:
             timing = _WindowTiming(self, batch, picked, per_window)
             if self._archive_on and self._cal is None:
                 # the archive first, flushed once for the batch: before any of its records is marked done
-                prepared = [timing.alerts(self._prepare_window, w, ws, model, per_window)
+                prepared = [timing.timed("alerts", self._prepare_window, w, ws, model, per_window)
                             for w, ws in zip(batch, results)]
                 archived = self._archive_windows(prepared, model)
                 for p in prepared:
-                    timing.write(self._emit_window, p, model, sinks, archived)
+                    timing.timed("write", self._emit_window, p, model, sinks, archived)
             else:  # window by window (a calibrator saves its state after each window written: in step)
                 for w, ws in zip(batch, results):
-                    p = timing.alerts(self._prepare_window, w, ws, model, per_window)
+                    p = timing.timed("alerts", self._prepare_window, w, ws, model, per_window)
                     archived = self._archive_windows([p], model) if self._archive_on else True
-                    timing.write(self._emit_window, p, model, sinks, archived)
+                    timing.timed("write", self._emit_window, p, model, sinks, archived)
             timing.observe()
             self._behaviour_metrics(model)
             if self._beh_unverified:
@@ -357,20 +357,14 @@ class _WindowTiming:
             self.rows.append({"window_end": float(w.end), "records": int(w.table.num_rows),
                               "close": closed - due if abs(closed - due) <= self.LIVE_SKEW else None,
                               "queued": max(0.0, picked - closed), "score": score_s, "alerts": 0.0, "write": 0.0})
-        self._alerts_i = self._write_i = 0
+        self._next = {"alerts": 0, "write": 0}
 
-    def alerts(self, fn: Callable, *args: Any) -> Any:
+    def timed(self, stage: str, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)`` for the next window of the batch, its seconds recorded as that window's ``stage``."""
         t = time.perf_counter()
         out = fn(*args)
-        self.rows[self._alerts_i]["alerts"] = time.perf_counter() - t
-        self._alerts_i += 1
-        return out
-
-    def write(self, fn: Callable, *args: Any) -> Any:
-        t = time.perf_counter()
-        out = fn(*args)
-        self.rows[self._write_i]["write"] = time.perf_counter() - t
-        self._write_i += 1
+        self.rows[self._next[stage]][stage] = time.perf_counter() - t
+        self._next[stage] += 1
         return out
 
     def observe(self) -> None:

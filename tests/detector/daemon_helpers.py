@@ -52,6 +52,23 @@ def make_flows(n_benign: int = 400, n_scan: int = 120, duration: float = 40.0, s
     return conform(t, FLOW_SCHEMA)
 
 
+
+class ListDL:
+    """A dead-letter sink keeping ``(line, reason, raw)`` of each record (tests of the decoders)."""
+
+    def __init__(self):
+        self.items: list[tuple] = []
+
+    def add(self, source, line, reason, raw):
+        self.items.append((line, reason, raw))
+
+
+def json_flow_messages(n: int = 300, seed: int = 3) -> list[bytes]:
+    """``n`` JSON-per-record flow messages, a fifth of them from scanners."""
+    from ingest.kafka_io import table_to_json_messages
+
+    return table_to_json_messages(make_flows(n_benign=n - n // 5, n_scan=n // 5, duration=30.0, seed=seed))
+
 @dataclass
 class Scores:
     """Same fields as detector.scoring.WindowScores (kept torch-free so daemon subprocesses start fast)."""

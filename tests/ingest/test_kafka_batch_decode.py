@@ -13,24 +13,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detector"))
-from daemon_helpers import FanoutScorer, make_flows  # noqa: E402
+from daemon_helpers import FanoutScorer, ListDL, json_flow_messages, make_flows  # noqa: E402
 from kafka_fixtures import kafka_bootstrap, new_topic  # noqa: E402,F401
 
-from ingest.kafka_io import decode_messages, table_to_json_messages  # noqa: E402
+from ingest.kafka_io import decode_messages  # noqa: E402
 from ingest.kafka_io.json_batch import decode_json_batch, parse_json_message  # noqa: E402
 from ingest.schema import FLOW_SCHEMA  # noqa: E402
 
 
-class ListDL:
-    def __init__(self):
-        self.items: list[tuple] = []
-
-    def add(self, source, line, reason, raw):
-        self.items.append((line, reason, raw))
-
-
 def good_messages(n: int = 300, seed: int = 3) -> list[bytes]:
-    return table_to_json_messages(make_flows(n_benign=n - n // 5, n_scan=n // 5, duration=30.0, seed=seed))
+    return json_flow_messages(n, seed)
 
 
 def _obj(msg: bytes, **change) -> bytes:

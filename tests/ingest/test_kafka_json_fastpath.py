@@ -14,24 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detector"))
-from daemon_helpers import make_flows  # noqa: E402
+from daemon_helpers import ListDL, json_flow_messages  # noqa: E402
 
-from ingest.kafka_io import table_to_json_messages  # noqa: E402
 from ingest.kafka_io.codecs import _parse_ts  # noqa: E402
 from ingest.kafka_io.json_batch import FAST_MIN, _fast_rows, _ts_numbers, _ts_text, decode_json_batch  # noqa: E402
 from ingest.schema import FLOW_SCHEMA, TX_SCHEMA  # noqa: E402
 
 
-class ListDL:
-    def __init__(self):
-        self.items: list[tuple] = []
-
-    def add(self, source, line, reason, raw):
-        self.items.append((line, reason, raw))
-
-
 def flows(n: int = 120, seed: int = 3) -> list[bytes]:
-    return table_to_json_messages(make_flows(n_benign=n - n // 5, n_scan=n // 5, duration=30.0, seed=seed))
+    return json_flow_messages(n, seed)
 
 
 def txs(n: int = 120) -> list[bytes]:
