@@ -18,6 +18,8 @@ BLOCKS: dict[str, Callable[[Reports], list[str]]] = {
     "score_bench": bench.render_score,
     "serve_bench": bench.render_serve,
     "json_decode": bench.render_decode,
+    "window_bench": bench.render_window,
+    "serve_file_bench": bench.render_serve_file,
     "train_bench": bench.render_train,
     "knowledge_techniques": knowledge.render_techniques,
     "knowledge_throughput": knowledge.render_throughput,

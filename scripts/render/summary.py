@@ -9,7 +9,8 @@ def render(reports: Reports) -> list[str]:
     gen = reports.get(model.REPORT)
     st = model.stats(gen)
     score = reports.get(bench.SCORE)["runs"][0]
-    serve, confluent = reports.get(bench.SERVE), reports.get(bench.SERVE_CONFLUENT)
+    serve = reports.get(bench.SERVE)
+    tr = serve["transport"]
     train = reports.get(bench.TRAIN)["runs"]
     kg = reports.get(knowledge.THROUGHPUT)["throughput_60s"]
     fr = reports.get(fraud.REPORT)["summary"]
@@ -23,8 +24,10 @@ def render(reports: Reports) -> list[str]:
          "[model](docs/model.md)"],
         ["`graphsentry score`, end to end", f"{thousands(score['score_records_per_s'])} records/s "
          f"({score['detector']}, {thousands(score['records'])} LUFlow records)", "[benchmarks](docs/benchmarks.md)"],
-        ["daemon through Kafka, batched Arrow", f"{thousands(serve['daemon_arrow']['records_per_s'])} records/s "
-         f"(kafka-python), {thousands(confluent['daemon_arrow']['records_per_s'])} (confluent-kafka)",
+        ["daemon through Kafka, JSON per record", ", ".join(
+            f"{thousands(tr[b]['json']['records_per_s'])} records/s ({b})" for b in serve["backends"])
+         + f"; with the real model {thousands(serve['real_model'][serve['backends'][-1]]['records_per_s'])} "
+           f"({serve['backends'][-1]})",
          "[benchmarks](docs/benchmarks.md)"],
         ["event to alert, p99", f"{serve['latency']['event_to_alert_p99_s']:.1f} s with "
          f"{serve['latency']['window_s']:.0f} s windows", "[daemon](docs/daemon.md)"],
