@@ -161,6 +161,12 @@ class Stages:
                 if self.stop_event.is_set() and self.source is None and not self._file_thread.is_alive():
                     break
                 released = merger.release()  # a partition may have gone idle: release what waits on it
+                if merger.buffered and self._quiet_live(windower, quiet_since):
+                    # every partition of a live stream has been silent for longer than the lateness: nothing is
+                    # on its way that the merge could still order, so it holds nothing back (the quiet watermark
+                    # below then closes the windows on the wall clock)
+                    rest = merger.release(everything=True)
+                    released = rest if released is None else pa.concat_tables([released, rest])
                 if released is not None:
                     emit(windower.push(released))
                     handle_side_outputs()
@@ -209,6 +215,13 @@ class Stages:
 
     #: a stream is live when its newest event time is within this many seconds of the wall clock
     LIVE_SKEW = 30.0
+
+    def _quiet_live(self, windower: Any, quiet_since: float) -> bool:
+        """No record for longer than ``window.lateness`` on a live stream (see :meth:`_quiet_watermark`)."""
+        newest = windower.max_event_time
+        if newest is None or abs(time.time() - newest) > self.LIVE_SKEW:
+            return False
+        return time.monotonic() - quiet_since > float(self.cfg["window"]["lateness"] or 0.0)
 
     def _quiet_watermark(self, windower: Any, quiet_since: float) -> list:
         """Windows a quiet *live* stream has closed: while no record comes, its event time is taken to go on
