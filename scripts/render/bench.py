@@ -72,7 +72,8 @@ def render_serve(reports: Reports) -> list[str]:
                f"{thousands(soak['rate_per_s'])} records/s | {min(r):,.0f}-{max(r):,.0f} MB, 2nd to 4th quarter "
                f"{soak['rss_growth_mb_2nd_to_4th_quarter']:+.1f} MB; flagged {100 * soak['flagged_share']:.2f}%; "
                f"event-to-alert p99 {soak['event_to_alert_p99_s']:.1f} s over {soak['windows']} windows | "
-               f"flat within 10%: {_yes(reports.get(SOAK)['goals'].get('soak_rss_flat_within_10pct'))} |")
+               f"flat within 10%: {_yes(reports.get(SOAK)['goals'].get('soak_rss_flat_within_10pct'))}; p99 <= "
+               f"{soak['goal_p99_s']:.0f} s: {_yes(soak['event_to_alert_p99_s'] <= soak['goal_p99_s'])} |")
     return out
 
 
