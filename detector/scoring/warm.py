@@ -69,13 +69,12 @@ def warm_up(scorer, networks=None, freeze_heap: bool = True, flows: int = WARM_F
 
         from detector.alerts import attack
         from detector.alerts.ocsf import build_alerts
-        from detector.scoring.stream import StreamScorer
         from ingest.windows import Window
 
         attack._tables()  # the ATT&CK names and tactics (the knowledge artifact, read once)
-        if isinstance(scorer, StreamScorer):
+        if hasattr(scorer, "bundle") and hasattr(scorer, "behaviour_enabled"):  # a StreamScorer (no import: circle)
             beh = scorer.behaviour_params if scorer.behaviour_params is not None else scorer.behaviour_enabled
-            twin = StreamScorer(scorer.bundle, behaviour=beh)  # its own state: nothing carries over
+            twin = type(scorer)(scorer.bundle, behaviour=beh)  # its own state: nothing carries over
             window = Window(0.0, 5.0, warm_flows(max(int(flows), 1)))
             ws = twin.score_window(window)
             if len(ws.alerts):  # findings for a few flows, whatever their scores

@@ -577,7 +577,18 @@ class KafkaSource:
     def _resume_parts(self, partitions: set[int]) -> None:
         from kafka.structs import TopicPartition
 
-        self.consumer.resume(*[TopicPartition(self.topic, p) for p in partitions])
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        self.consumer.resume(*tps)
+        # kafka-python 3.0 parks a paused partition's parsed records and gives them back only when no other
+        # partition's batch is in line (checked with ``is None``; a batch read to its end stays in line), and it
+        # never fetches a partition with parked records: while other partitions flow, the resumed one would stay
+        # silent. Drop what is parked: the position was not moved past it, so it is fetched again.
+        parked = getattr(getattr(self.consumer, "_fetcher", None), "_paused_partition_records", None)
+        if isinstance(parked, dict):
+            for tp in tps:
+                records = parked.pop(tp, None)
+                if records is not None:
+                    records.drain()
 
     def _drain_tick(self) -> None:
         self._stop.wait(0.1)
