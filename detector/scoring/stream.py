@@ -67,7 +67,7 @@ class StreamScorer:
         it, then the heap is frozen; this scorer's state is not touched); the seconds it took."""
         from detector.scoring.warm import WARM_FLOWS, warm_up
 
-        return warm_up(self, networks, freeze_heap, WARM_FLOWS if flows is None else flows)
+        return warm_up(self, networks, freeze_heap, WARM_FLOWS if flows is None else flows, factory=StreamScorer)
 
     @property
     def behaviour(self):

@@ -57,10 +57,13 @@ def warm_flows(n: int = WARM_FLOWS, t0: float = 0.0):
     return conform(t, FLOW_SCHEMA)
 
 
-def warm_up(scorer, networks=None, freeze_heap: bool = True, flows: int = WARM_FLOWS) -> float:
+def warm_up(scorer, networks=None, freeze_heap: bool = True, flows: int = WARM_FLOWS, factory=None) -> float:
     """Pay ``scorer``'s one-time costs now (see the module docstring); the seconds it took. ``networks``: the
     internal networks the alert build will use (:class:`detector.alerts.severity.Networks`); ``flows``: the
-    synthetic window's size (about the largest window expected). A scorer that is not a
+    synthetic window's size (about the largest window expected); ``factory(bundle, behaviour=...)`` makes the
+    throwaway scorer (default: the scorer's own type; :meth:`StreamScorer.warm_up` passes the plain
+    :class:`~detector.scoring.StreamScorer`, so a subclass's side effects do not see the synthetic window). A scorer
+    that is not a
     :class:`~detector.scoring.StreamScorer` (a plugin's) gets the imports and the heap freeze only.
     Never raises: a real problem shows when scoring."""
     start = time.perf_counter()
@@ -74,7 +77,7 @@ def warm_up(scorer, networks=None, freeze_heap: bool = True, flows: int = WARM_F
         attack._tables()  # the ATT&CK names and tactics (the knowledge artifact, read once)
         if hasattr(scorer, "bundle") and hasattr(scorer, "behaviour_enabled"):  # a StreamScorer (no import: circle)
             beh = scorer.behaviour_params if scorer.behaviour_params is not None else scorer.behaviour_enabled
-            twin = type(scorer)(scorer.bundle, behaviour=beh)  # its own state: nothing carries over
+            twin = (factory or type(scorer))(scorer.bundle, behaviour=beh)  # its own state: nothing carries over
             window = Window(0.0, 5.0, warm_flows(max(int(flows), 1)))
             ws = twin.score_window(window)
             if len(ws.alerts):  # findings for a few flows, whatever their scores
